@@ -1,0 +1,23 @@
+"""Exception types: every failure a user can cause gets one of these, with a message naming the problem.
+
+Callers (the chat model, the CLI) catch `LiteStageError` to turn failures into clear messages instead of deep
+stack traces from torch or transformers.
+"""
+
+from __future__ import annotations
+
+
+class LiteStageError(Exception):
+    """Base class of every error raised on purpose by litestage_chain."""
+
+
+class InvalidInputError(LiteStageError, ValueError):
+    """A caller passed something that cannot be run: an empty prompt, a negative token budget, a bad plan."""
+
+
+class ModelLoadError(LiteStageError):
+    """A model source could not be resolved, read or converted."""
+
+
+class UnsupportedArchitectureError(ModelLoadError):
+    """The model loaded, but its decoder is not one the skipping engine knows how to run."""

@@ -1,0 +1,200 @@
+"""The skipping forward pass: run a decoder sub-layer by sub-layer, leaving out the ones a `SkipPlan` names.
+
+Positions and the attention mask are passed explicitly (never derived from the cache), so a skipped attention
+sub-layer, even in layer 0, changes nothing but the residual stream. A skipped sub-layer runs no module at all:
+no matmul, no weight read.
+
+The functions are small and pure in the gpt-fast style: `prefill` (whole prompt, fills the cache),
+`decode_one` (one token per row), and `sublayer_similarity` (importance measurement on the full model).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from litestage_chain.architecture import AttentionParts, DecoderView, MlpParts
+from litestage_chain.kv_cache import KVCache
+from litestage_chain.skip_plan import SkipPlan
+
+# observer(layer, kind, residual_before, residual_after): lets importance measurement see each sub-layer.
+SubLayerObserver = Callable[[int, str, torch.Tensor, torch.Tensor], None]
+
+
+def new_cache(view: DecoderView, plan: SkipPlan, batch_size: int, capacity: int, device: torch.device) -> KVCache:
+    """A cache with buffers only for the attention sub-layers that `plan` runs."""
+    parts = view.attention[0]
+    skipped = set(plan.attention)
+    layers = [layer for layer in range(view.num_layers) if layer not in skipped]
+    dtype = view.embed.weight.dtype
+    return KVCache(layers, batch_size, parts.num_kv_heads, parts.head_dim, capacity, dtype, device)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _attention(
+    parts: AttentionParts,
+    hidden: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    layer: int,
+    cache: KVCache,
+    start: int,
+    mask: Optional[torch.Tensor],
+    causal: bool,
+) -> torch.Tensor:
+    batch, length, _ = hidden.shape
+    x = parts.norm(hidden)
+    qkv = parts.qkv(x)
+    q_size = parts.num_heads * parts.head_dim
+    kv_size = parts.num_kv_heads * parts.head_dim
+    q, k, v = qkv.split((q_size, kv_size, kv_size), dim=-1)
+    q = q.view(batch, length, parts.num_heads, parts.head_dim).transpose(1, 2)
+    k = k.view(batch, length, parts.num_kv_heads, parts.head_dim).transpose(1, 2)
+    v = v.view(batch, length, parts.num_kv_heads, parts.head_dim).transpose(1, 2)
+    q = q * cos + _rotate_half(q) * sin
+    k = k * cos + _rotate_half(k) * sin
+    keys, values = cache.write(layer, start, k, v)
+    out = F.scaled_dot_product_attention(
+        q,
+        keys,
+        values,
+        attn_mask=mask,
+        is_causal=causal,
+        scale=parts.scaling,
+        enable_gqa=parts.num_kv_heads != parts.num_heads,
+    )
+    out = out.transpose(1, 2).reshape(batch, length, q_size)
+    return parts.o_proj(out)
+
+
+def _mlp(parts: MlpParts, hidden: torch.Tensor) -> torch.Tensor:
+    gate, up = parts.gate_up(parts.norm(hidden)).split(parts.intermediate_size, dim=-1)
+    return parts.down_proj(parts.act(gate) * up)
+
+
+def _attention_mask(key_valid: Optional[torch.Tensor], start: int, length: int) -> Optional[torch.Tensor]:
+    """Boolean mask [B, 1, T, start+T] (True = attend) for padded batches; None when no row is padded.
+
+    Every query may attend to itself, so a padding query never sees an all-False row (which makes SDPA emit NaN);
+    padding positions are never attended by real tokens, so their values do not matter.
+    """
+    if key_valid is None:
+        return None
+    total = start + length
+    keys = key_valid[:, None, None, :total]
+    if length == 1:
+        return keys
+    query_pos = torch.arange(start, total, device=key_valid.device)[:, None]
+    key_pos = torch.arange(total, device=key_valid.device)[None, :]
+    causal = key_pos <= query_pos
+    diagonal = key_pos == query_pos
+    return (keys & causal[None, None]) | diagonal[None, None]
+
+
+def run_layers(
+    view: DecoderView,
+    hidden: torch.Tensor,
+    positions: torch.Tensor,
+    cache: KVCache,
+    start: int,
+    key_valid: Optional[torch.Tensor],
+    plan: SkipPlan,
+    observer: Optional[SubLayerObserver] = None,
+) -> torch.Tensor:
+    """Run every decoder layer on `hidden` ([B, T, d]) at cache offset `start`, skipping what `plan` names."""
+    length = hidden.shape[1]
+    cos, sin = view.rotary(hidden, positions)
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    mask = _attention_mask(key_valid, start, length)
+    causal = mask is None and start == 0 and length > 1
+    if mask is None and start > 0 and length > 1:
+        # A multi-token chunk after cached tokens: causal within the chunk, full view of the past.
+        mask = _attention_mask(torch.ones(hidden.shape[0], start + length, dtype=torch.bool), start, length)
+    skip_attention = set(plan.attention)
+    skip_mlp = set(plan.mlp)
+    for layer in range(view.num_layers):
+        if layer not in skip_attention:
+            update = _attention(view.attention[layer], hidden, cos, sin, layer, cache, start, mask, causal)
+            if observer is not None:
+                observer(layer, "attention", hidden, hidden + update)
+            hidden = hidden + update
+        if layer not in skip_mlp:
+            update = _mlp(view.mlp[layer], hidden)
+            if observer is not None:
+                observer(layer, "mlp", hidden, hidden + update)
+            hidden = hidden + update
+    return hidden
+
+
+def logits_of_last(view: DecoderView, hidden: torch.Tensor) -> torch.Tensor:
+    """Project only the last position of each row to the vocabulary ([B, V], float32)."""
+    return view.lm_head(view.final_norm(hidden[:, -1:, :]))[:, 0, :].float()
+
+
+def prefill(
+    view: DecoderView,
+    input_ids: torch.Tensor,
+    positions: torch.Tensor,
+    key_valid: Optional[torch.Tensor],
+    cache: KVCache,
+    plan: SkipPlan,
+) -> torch.Tensor:
+    """Run the whole prompt ([B, T]) through the model, filling `cache`; return next-token logits [B, V]."""
+    hidden = view.embed(input_ids)
+    hidden = run_layers(view, hidden, positions, cache, 0, key_valid, plan)
+    return logits_of_last(view, hidden)
+
+
+def decode_one(
+    view: DecoderView,
+    tokens: torch.Tensor,
+    positions: torch.Tensor,
+    key_valid: Optional[torch.Tensor],
+    cache: KVCache,
+    start: int,
+    plan: SkipPlan,
+) -> torch.Tensor:
+    """Run one new token per row ([B]) at cache offset `start`; return next-token logits [B, V]."""
+    hidden = view.embed(tokens[:, None])
+    hidden = run_layers(view, hidden, positions[:, None], cache, start, key_valid, plan)
+    return logits_of_last(view, hidden)
+
+
+def all_logits(view: DecoderView, input_ids: torch.Tensor, plan: SkipPlan) -> torch.Tensor:
+    """Logits at every position of one unpadded sequence ([T] -> [T, V]), recomputed with a fresh cache.
+
+    The reference that KV-cached decoding is tested against.
+    """
+    ids = input_ids[None, :]
+    length = ids.shape[1]
+    cache = new_cache(view, plan, 1, length, ids.device)
+    positions = torch.arange(length, device=ids.device)[None, :]
+    hidden = run_layers(view, view.embed(ids), positions, cache, 0, None, plan)
+    return view.lm_head(view.final_norm(hidden))[0].float()
+
+
+def sublayer_similarity(view: DecoderView, input_ids: torch.Tensor) -> torch.Tensor:
+    """Mean over tokens of cos(residual before, residual after) for every sub-layer of the full model.
+
+    Returns [num_layers, 2] (column 0 attention, column 1 MLP). High similarity means the sub-layer barely changes
+    the residual stream: it is redundant and a candidate to skip (LiteStage step 1).
+    """
+    sims = torch.zeros(view.num_layers, 2, dtype=torch.float64)
+
+    def observe(layer: int, kind: str, before: torch.Tensor, after: torch.Tensor) -> None:
+        cos = F.cosine_similarity(before.float(), after.float(), dim=-1)
+        sims[layer, 0 if kind == "attention" else 1] = cos.mean().double()
+
+    ids = input_ids[None, :]
+    length = ids.shape[1]
+    cache = new_cache(view, SkipPlan(), 1, length, ids.device)
+    positions = torch.arange(length, device=ids.device)[None, :]
+    with torch.inference_mode():
+        run_layers(view, view.embed(ids), positions, cache, 0, None, SkipPlan(), observer=observe)
+    return sims.float()

@@ -1,0 +1,44 @@
+"""A static, per-call KV cache that holds entries only for the attention sub-layers a plan runs.
+
+Each call owns its cache (nothing is stored on the model), so concurrent calls cannot see each other's keys.
+Buffers are allocated once at full length (prompt + max new tokens): decoding writes in place, with no
+re-allocation or concatenation per token.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class KVCache:
+    """Key/value buffers `[batch, kv_heads, capacity, head_dim]` for the layers that run attention."""
+
+    def __init__(
+        self,
+        layers: list[int],
+        batch_size: int,
+        num_kv_heads: int,
+        head_dim: int,
+        capacity: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        shape = (batch_size, num_kv_heads, capacity, head_dim)
+        self.capacity = capacity
+        self.keys = {layer: torch.empty(shape, dtype=dtype, device=device) for layer in layers}
+        self.values = {layer: torch.empty(shape, dtype=dtype, device=device) for layer in layers}
+
+    def write(self, layer: int, start: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store new entries at positions `start..start+T` and return all entries up to there."""
+        end = start + keys.shape[2]
+        if end > self.capacity:
+            raise RuntimeError(f"KV cache overflow: {end} > capacity {self.capacity}")
+        self.keys[layer][:, :, start:end] = keys
+        self.values[layer][:, :, start:end] = values
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        """Keep only the given batch rows (used to drop finished sequences from a batch)."""
+        for store in (self.keys, self.values):
+            for layer in store:
+                store[layer] = store[layer].index_select(0, rows)

@@ -1,0 +1,231 @@
+"""`load_model`: turn a model source into a `LoadedModel` the engine can run, converting and caching GGUF once.
+
+GGUF files are dequantised by transformers on load, which takes ~20 s for 135M parameters and ~90 s for 1.5B.
+The converted model is saved once as safetensors (plus tokenizer) under the cache root, keyed by the GGUF file's
+sha256, so later loads take seconds. Nothing is ever unpickled: only safetensors weights are read.
+
+Loaded models are cached per process: every chat model, bound copy and chain node that names the same source shares
+one set of weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from litestage_chain.architecture import DecoderView, build_decoder_view, check_supported
+from litestage_chain.cache_dir import cache_root
+from litestage_chain.errors import ModelLoadError
+from litestage_chain.sources import ResolvedSource, resolve_source
+
+_COMPLETE_MARKER = "litestage-conversion.json"
+_GGUF_MAGIC = b"GGUF"
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for the engine: weights, tokenizer, prepared decoder view and identity."""
+
+    model: Any
+    tokenizer: Any
+    name: str
+    weights_sha256: str
+    source: str = ""
+    view: DecoderView = field(init=False, repr=False)
+    eos_token_ids: frozenset[int] = field(init=False)
+    pad_token_id: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.model.eval()
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(False)
+        self.view = build_decoder_view(self.model)
+        self.eos_token_ids = frozenset(_eos_ids(self.model, self.tokenizer))
+        pad = self.tokenizer.pad_token_id
+        self.pad_token_id = int(pad if pad is not None else min(self.eos_token_ids, default=0))
+
+    @property
+    def num_layers(self) -> int:
+        return self.view.num_layers
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.view.embed.weight.shape[0])
+
+    @property
+    def max_positions(self) -> int:
+        return int(getattr(self.model.config, "max_position_embeddings", 2048) or 2048)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of a complete prompt text (special tokens in the text are kept, none are added)."""
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def decode(self, token_ids: list[int]) -> str:
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.encode(text))
+
+    def render_chat(
+        self,
+        messages: list[dict[str, Any]],
+        tools: Optional[list[dict[str, Any]]] = None,
+        add_generation_prompt: bool = True,
+    ) -> str:
+        """Render HF-style chat messages to prompt text with the tokenizer's own chat template."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ModelLoadError(f"the tokenizer of {self.name} has no chat template")
+        kwargs: dict[str, Any] = {"tokenize": False, "add_generation_prompt": add_generation_prompt}
+        if tools:
+            kwargs["tools"] = tools
+        return str(self.tokenizer.apply_chat_template(messages, **kwargs))
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    ids: set[int] = set()
+    for value in (tokenizer.eos_token_id, getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
+    return ids
+
+
+_LOADED: dict[tuple[str, str], LoadedModel] = {}
+_LOAD_LOCK = threading.Lock()
+
+
+def load_model(source: str = "smollm2-135m", weights: str = "float32") -> LoadedModel:
+    """Load (once per process) the model named by `source`.
+
+    `source` is an embedded name (`"smollm2-135m"`, `"qwen2.5-coder-1.5b"`), a `.gguf` file, a local transformers
+    model directory, or a hub id. Raises `ModelLoadError` with the reason when it cannot.
+    """
+    if weights != "float32":
+        raise ModelLoadError(f"unknown weight format {weights!r}; supported: float32")
+    resolved = resolve_source(source)
+    key = (resolved.location, weights)
+    with _LOAD_LOCK:
+        if key not in _LOADED:
+            _LOADED[key] = _load_resolved(resolved)
+        return _LOADED[key]
+
+
+def from_pretrained_objects(model: Any, tokenizer: Any, name: str = "custom", weights_sha256: str = "") -> LoadedModel:
+    """Wrap an already-built transformers model and tokenizer (tests, custom pipelines)."""
+    check_supported(model.config)
+    return LoadedModel(model=model, tokenizer=tokenizer, name=name, weights_sha256=weights_sha256, source=name)
+
+
+def _load_resolved(resolved: ResolvedSource) -> LoadedModel:
+    if resolved.kind == "gguf":
+        directory, digest = _converted_gguf(Path(resolved.location))
+    elif resolved.kind == "directory":
+        directory, digest = Path(resolved.location), _directory_digest(Path(resolved.location))
+    else:
+        directory = _hub_snapshot(resolved.location)
+        digest = _directory_digest(directory)
+    model, tokenizer = _from_directory(directory)
+    return LoadedModel(model=model, tokenizer=tokenizer, name=resolved.name, weights_sha256=digest, source=resolved.location)
+
+
+def _from_directory(directory: Path) -> tuple[Any, Any]:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        config = AutoConfig.from_pretrained(directory)
+    except Exception as error:  # transformers raises many types for a bad config
+        raise ModelLoadError(f"cannot read the model config in {directory}: {error}") from error
+    check_supported(config)
+    if not any(directory.glob("*.safetensors")):
+        raise ModelLoadError(
+            f"{directory} has no .safetensors weights; only safetensors are loaded (pickled weights are never read)"
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+        model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, use_safetensors=True)
+    except Exception as error:
+        raise ModelLoadError(f"cannot load the model in {directory}: {error}") from error
+    return model, tokenizer
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _directory_digest(directory: Path) -> str:
+    """Identity of a model directory: sha256 over its safetensors files, in name order."""
+    digest = hashlib.sha256()
+    for path in sorted(directory.glob("*.safetensors")):
+        digest.update(path.name.encode())
+        digest.update(file_sha256(path).encode())
+    return digest.hexdigest()
+
+
+def _converted_gguf(path: Path) -> tuple[Path, str]:
+    """Return the cached safetensors conversion of a GGUF file (converting it first if needed) and the file's sha256."""
+    with path.open("rb") as handle:
+        if handle.read(4) != _GGUF_MAGIC:
+            raise ModelLoadError(f"{path} is not a GGUF file (bad magic bytes): the file is corrupt or of another format")
+    digest = file_sha256(path)
+    target = cache_root() / "converted" / digest
+    if (target / _COMPLETE_MARKER).is_file():
+        return target, digest
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{digest[:12]}-", dir=target.parent))
+    try:
+        _convert_gguf(path, staging)
+        (staging / _COMPLETE_MARKER).write_text(json.dumps({"gguf": path.name, "sha256": digest}))
+        if target.exists():  # a concurrent conversion finished first
+            shutil.rmtree(staging)
+        else:
+            staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target, digest
+
+
+def _convert_gguf(path: Path, out_dir: Path) -> None:
+    """Dequantise a GGUF file with transformers and save it as float32 safetensors plus tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    except Exception as error:
+        raise ModelLoadError(f"cannot read GGUF file {path}: {error}") from error
+    check_supported(model.config)
+    # save_pretrained refuses models that carry the GGUF quantiser marker, although the weights are plain floats now.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+
+
+def _hub_snapshot(repo_id: str) -> Path:
+    """Download (or find in the local HF cache) a hub model's safetensors snapshot."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(
+            snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"])
+        )
+    except Exception as error:
+        raise ModelLoadError(
+            f"cannot fetch {repo_id!r} from the Hugging Face hub ({type(error).__name__}: {error}); "
+            "pass a local model directory or GGUF file instead"
+        ) from error

@@ -1,0 +1,51 @@
+"""Shared fixtures: tiny random models for unit tests, the real default model for integration tests."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny_models import tiny_llama as _tiny_llama  # noqa: E402
+from tiny_models import tiny_qwen2 as _tiny_qwen2  # noqa: E402
+
+from litestage_chain import LoadedModel, from_pretrained_objects  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_llama() -> LoadedModel:
+    model, tokenizer = _tiny_llama()
+    return from_pretrained_objects(model, tokenizer, name="tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2() -> LoadedModel:
+    model, tokenizer = _tiny_qwen2()
+    return from_pretrained_objects(model, tokenizer, name="tiny-qwen2")
+
+
+@pytest.fixture(params=["llama", "qwen2"])
+def tiny_model(request: pytest.FixtureRequest) -> LoadedModel:
+    """Each test using this runs once per supported architecture."""
+    return request.getfixturevalue(f"tiny_{request.param}")
+
+
+@pytest.fixture(scope="session")
+def real_model() -> LoadedModel:
+    """The embedded default model (SmolLM2-135M-Instruct), loaded once per test session."""
+    from litestage_chain import load_model
+
+    return load_model("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"benchmark data folder {SHARED_DATA} is absent (it lives beside the repository)")
+    return SHARED_DATA
