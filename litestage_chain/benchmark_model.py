@@ -32,9 +32,10 @@ class BenchmarkModelError(RuntimeError):
 
 
 def default_cache_dir() -> Path:
-    """Cache folder: ``$LITESTAGE_CACHE`` if set, else ``~/.cache/litestage_chain``."""
-    env = os.environ.get("LITESTAGE_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "litestage_chain"
+    """The package cache root (``$LITESTAGE_CACHE``, else the user's cache dir), as the engine uses."""
+    from litestage_chain.cache_dir import cache_root
+
+    return cache_root()
 
 
 def qwen_part_paths() -> list[Path]:

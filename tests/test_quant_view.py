@@ -1,0 +1,85 @@
+"""Converted decoder views run through the engine and stay close to the float logits."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from litestage_chain import GenerationConfig, LoadedModel, SkipPlan, generate
+from litestage_chain.forward import all_logits
+from litestage_chain.quant import Int4Linear, Int8Linear
+from litestage_chain.quant.view import replace_view_modules, quantize_decoder_view, view_linears
+
+
+def _with_view(lm: LoadedModel, fmt: str, **kwargs: object) -> LoadedModel:
+    clone = copy.copy(lm)  # shallow: the shared session model is never modified
+    clone.view = quantize_decoder_view(lm.view, fmt, **kwargs)  # type: ignore[arg-type]
+    return clone
+
+
+def _dequantised(lm: LoadedModel) -> LoadedModel:
+    """The same low-bit weights as plain float Linears: the exact reference for the kernels."""
+    modules = {}
+    for name, module in view_linears(lm.view).items():
+        linear = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
+        linear.weight = nn.Parameter(module.dequantize(), requires_grad=False)
+        if module.bias is not None:
+            linear.bias = nn.Parameter(module.bias.float(), requires_grad=False)
+        modules[name] = linear
+    clone = copy.copy(lm)
+    clone.view = replace_view_modules(lm.view, modules)
+    return clone
+
+
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+def test_view_logits_match_dequantised_float(tiny_model: LoadedModel, fmt: str) -> None:
+    lm = _with_view(tiny_model, fmt)
+    ids = torch.tensor(tiny_model.encode("hello quantised world"))
+    decode_shaped = all_logits(lm.view, ids[:1], SkipPlan())  # one row: the compiled GEMV
+    prefill_shaped = all_logits(lm.view, ids, SkipPlan())  # many rows: dequantise + matmul
+    ref = all_logits(_dequantised(lm).view, ids, SkipPlan())
+    torch.testing.assert_close(prefill_shaped, ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(decode_shaped, ref[:1], rtol=1e-4, atol=1e-4)
+
+
+# Random Gaussian weights through 4 layers are a worst case for rounding (real checkpoints are
+# measured in benchmarks/README.md); these bounds only catch gross breakage.
+@pytest.mark.parametrize("fmt, tol", [("bfloat16", 0.05), ("int8", 0.1), ("int4", 0.8)])
+def test_view_logits_near_float(tiny_model: LoadedModel, fmt: str, tol: float) -> None:
+    ids = torch.tensor(tiny_model.encode("hello quantised world"))
+    ref = all_logits(tiny_model.view, ids, SkipPlan())
+    got = all_logits(_with_view(tiny_model, fmt).view, ids, SkipPlan())
+    rel = (got - ref).norm() / ref.norm()
+    assert rel < tol, f"{fmt}: relative logit error {rel:.4f}"
+
+
+def test_view_conversion_leaves_original_alone(tiny_model: LoadedModel) -> None:
+    before = {name: type(m) for name, m in view_linears(tiny_model.view).items()}
+    converted = _with_view(tiny_model, "int8").view
+    assert {name: type(m) for name, m in view_linears(tiny_model.view).items()} == before
+    kinds = {type(m) for m in view_linears(converted).values()}
+    assert kinds == {Int8Linear}
+    assert all(type(m) is nn.Linear for m in view_linears(tiny_model.view).values())
+
+
+def test_generate_with_int8_view_and_skips(tiny_model: LoadedModel) -> None:
+    lm = _with_view(tiny_model, "int8")
+    prompt = tiny_model.render_chat([{"role": "user", "content": "hi"}])
+    cfg = GenerationConfig(max_new_tokens=6, temperature=0.0)
+    plan = SkipPlan(attention=[1], mlp=[2])
+    quant = generate(lm, [prompt, prompt + "x"], plan=plan, config=cfg)
+    ref = generate(_dequantised(lm), [prompt, prompt + "x"], plan=plan, config=cfg)
+    assert [r.token_ids for r in quant] == [r.token_ids for r in ref]
+
+
+def test_view_cache_roundtrip(tiny_model: LoadedModel, tmp_path: Path) -> None:
+    first = quantize_decoder_view(tiny_model.view, "int4", weights_id="tiny", cache_dir=tmp_path)
+    assert len(list((tmp_path / "converted").iterdir())) == 1
+    second = quantize_decoder_view(tiny_model.view, "int4", weights_id="tiny", cache_dir=tmp_path)
+    a, b = view_linears(first), view_linears(second)
+    assert all(isinstance(m, Int4Linear) for m in b.values())
+    assert all(torch.equal(a[n].qweight, b[n].qweight) for n in a)
