@@ -40,6 +40,7 @@ class GenerationConfig(BaseModel):
     seed: Optional[int] = Field(None, description="Seed for sampling; same seed, same output.")
     stop: tuple[str, ...] = Field((), description="Strings that end generation; the text is cut before them.")
     early_exit: Optional[EarlyExitConfig] = Field(None, description="Confidence early exit; None disables it.")
+    ignore_eos: bool = Field(False, description="Keep decoding past EOS (benchmarks that need a fixed length).")
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -218,7 +219,7 @@ def _advance(
     """Append one token to a row, update its text, and decide whether (and why) it is finished."""
     row.token_ids.append(token)
     row.confidences.append(token_confidence)
-    if token in model.eos_token_ids:
+    if token in model.eos_token_ids and not config.ignore_eos:
         row.finish = "eos"
     else:
         text = model.decode([t for t in row.token_ids if t not in model.eos_token_ids])
