@@ -39,6 +39,7 @@ from typing_extensions import override
 from litestage_chain.early_exit import EarlyExitConfig
 from litestage_chain.errors import InvalidInputError
 from litestage_chain.generation import GenerationConfig, GenerationResult, generate
+from litestage_chain.guided import closest_name, fill_object
 from litestage_chain.loading import LoadedModel, load_model
 from litestage_chain.messages import to_chat_dicts
 from litestage_chain.skip_plan import SkipPlan
@@ -58,7 +59,7 @@ DEFAULT_MODEL = "smollm2-135m"
 # Keyword arguments a call (invoke/stream/batch, or .bind) may pass; anything else is a typo worth an error.
 CALL_KWARGS = frozenset(
     {"stage", "skip_plan", "early_exit", "max_tokens", "temperature", "top_p", "seed", "model", "tools",
-     "tool_choice", "response_prefix", "stream"}
+     "tool_choice", "response_prefix", "response_schema", "stream"}
 )
 
 
@@ -74,6 +75,13 @@ class PreparedCall:
     prompt: str
     prefix: str
     tools: tuple[ToolSpec, ...]
+    forced_tool: str | None = None
+    schema: dict[str, Any] | None = None
+
+    @property
+    def guided(self) -> bool:
+        """Whether the reply is JSON filled value by value (forced tool call or structured output)."""
+        return self.forced_tool is not None or self.schema is not None
 
     def batch_key(self) -> tuple[int, SkipPlan, GenerationConfig]:
         """Calls with equal keys can share one batched `generate` (one plan, one decoding config)."""
@@ -236,8 +244,9 @@ class ChatLiteStage(BaseChatModel):
         specs = tuple(tool_specs(kwargs["tools"])) if kwargs.get("tools") else ()
         forced = forced_tool_name(kwargs.get("tool_choice"), specs) if specs else None
         stops = list(stop if stop is not None else (self.stop or []))
-        if forced is not None:
-            stops.append("</tool_call>")
+        schema = kwargs.get("response_schema")
+        if schema is not None and not isinstance(schema, dict):
+            raise InvalidInputError("response_schema must be a JSON schema dict")
         try:
             config = GenerationConfig(
                 max_new_tokens=kwargs.get("max_tokens", self.max_tokens),
@@ -258,7 +267,7 @@ class ChatLiteStage(BaseChatModel):
             else:
                 chat.insert(0, {"role": "system", "content": instructions})
         prompt = loaded.render_chat(chat, tools=[s.as_openai() for s in specs] if native_tools else None)
-        prefix = call_prefix(forced, specs) + str(kwargs.get("response_prefix") or "")
+        prefix = "" if (forced or schema) else str(kwargs.get("response_prefix") or "")
         return PreparedCall(
             loaded=loaded,
             model_name=str(kwargs.get("model") or loaded.name),
@@ -268,17 +277,44 @@ class ChatLiteStage(BaseChatModel):
             prompt=prompt + prefix,
             prefix=prefix,
             tools=specs,
+            forced_tool=forced,
+            schema=schema,
         )
 
     # ------------------------------------------------------------------ generation
 
     def _run(self, calls: Sequence[PreparedCall], on_token: Any = None) -> list[GenerationResult]:
-        """Generate for calls that share one batch key, in one batched engine call."""
+        """Generate for calls that share one batch key, in one batched engine call (guided calls one by one)."""
         first = calls[0]
-        if first.tools and first.prefix.endswith("}}"):
-            # A forced call of an argument-less tool is complete before generation: nothing to decode.
-            return [_empty_result(c) for c in calls]
+        if first.guided:
+            return [self._run_guided(call) for call in calls]
         return generate(first.loaded, [c.prompt for c in calls], plan=first.plan, config=first.config, on_token=on_token)
+
+    def _run_guided(self, call: PreparedCall) -> GenerationResult:
+        """Fill a forced tool call or a structured reply value by value (see `litestage_chain.guided`)."""
+
+        def step(continuation: str, stops: Sequence[str], max_new: int) -> GenerationResult:
+            config = call.config.model_copy(update={"max_new_tokens": max(1, max_new), "stop": tuple(stops)})
+            return generate(call.loaded, [call.prompt + continuation], plan=call.plan, config=config)[0]
+
+        budget = call.config.max_new_tokens
+        results: list[GenerationResult] = []
+        if call.schema is not None:
+            filled = fill_object(step, "", call.schema, budget=budget)
+            return _combined(call, filled.text, filled.results)
+        text = call_prefix(call.forced_tool, call.tools)  # '<tool_call>\n{"name": "' (+ the name if known)
+        name = call.forced_tool
+        if name == "any":
+            result = step(text, ['"'], 16)
+            results.append(result)
+            name = closest_name(result.text.strip(), [s.name for s in call.tools])
+            if name is None:  # left as an unparseable call, reported in invalid_tool_calls
+                return _combined(call, text + result.text, results)
+            text += name + '", "arguments": '
+        spec = next(s for s in call.tools if s.name == name)
+        filled = fill_object(step, text, spec.parameters, budget=budget)
+        results.extend(filled.results)
+        return _combined(call, text + filled.text + "}\n</tool_call>", results)
 
     def _message(self, call: PreparedCall, result: GenerationResult) -> AIMessage:
         text = call.prefix + result.text
@@ -326,7 +362,7 @@ class ChatLiteStage(BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         call = self.prepare(messages, stop, **kwargs)
-        if call.tools:
+        if call.tools or call.guided:
             # A half-written tool call cannot be told apart from text until it is complete: emit one chunk.
             yield _whole_message_chunk(self._message(call, self._run([call])[0]))
             return
@@ -357,7 +393,7 @@ class ChatLiteStage(BaseChatModel):
     ) -> AsyncIterator[ChatGenerationChunk]:
         loop = asyncio.get_running_loop()
         call = await loop.run_in_executor(None, functools.partial(self.prepare, messages, stop, **kwargs))
-        if call.tools:
+        if call.tools or call.guided:
             result = await loop.run_in_executor(None, self._run, [call])
             yield _whole_message_chunk(self._message(call, result[0]))
             return
@@ -383,7 +419,7 @@ class ChatLiteStage(BaseChatModel):
 
     def _can_batch(self, kwargs: Mapping[str, Any]) -> bool:
         """Batching bypasses the per-call cache and rate limiter, so only use it when neither is active."""
-        if kwargs.get("tools") or self.rate_limiter is not None:
+        if kwargs.get("tools") or kwargs.get("response_schema") or self.rate_limiter is not None:
             return False
         if self.cache is False:
             return True
@@ -686,16 +722,17 @@ def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def _empty_result(call: PreparedCall) -> GenerationResult:
+def _combined(call: PreparedCall, text: str, results: Sequence[GenerationResult]) -> GenerationResult:
+    """One result standing for the several engine calls of a guided reply (tokens and seconds summed)."""
     return GenerationResult(
-        text="",
-        token_ids=[],
-        confidences=[],
+        text=text,
+        token_ids=[t for r in results for t in r.token_ids],
+        confidences=[c for r in results for c in r.confidences],
         prompt_tokens=call.loaded.count_tokens(call.prompt),
-        generated_tokens=0,
-        prefill_seconds=0.0,
-        decode_seconds=0.0,
-        early_exited=False,
+        generated_tokens=sum(r.generated_tokens for r in results),
+        prefill_seconds=sum(r.prefill_seconds for r in results),
+        decode_seconds=sum(r.decode_seconds for r in results),
+        early_exited=any(r.early_exited for r in results),
         finish_reason="stop",
         plan=call.plan,
     )

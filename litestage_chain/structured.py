@@ -1,8 +1,8 @@
 """Structured output for a local model with no JSON mode: schema in the prompt, parse, re-ask on failure.
 
-A small model gets the JSON right most of the time when it sees the schema and an empty skeleton and its reply is
-started for it (`{"first_key": `); when it does not, the parse or validation error is shown to it and it tries
-again (tenacity drives the attempts). After the last attempt `StructuredOutputError` says what was wrong with the
+The keys are listed in the prompt and the reply is filled value by value (`litestage_chain.guided`), so the JSON
+is always well-formed; when a value does not validate (a word where a number belongs), the error is shown to the
+model and it tries again (tenacity drives the attempts). After the last attempt `StructuredOutputError` says what was wrong with the
 last reply, instead of returning something half-parsed.
 """
 
@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from tenacity import AsyncRetrying, Retrying, retry_if_exception_type, stop_after_attempt
 
 from litestage_chain.errors import InvalidInputError, LiteStageError
+from litestage_chain.guided import value_type
 from litestage_chain.tools import _leading_json_object
 
 if TYPE_CHECKING:
@@ -43,9 +44,8 @@ def structured_output_runnable(
     if json_schema.get("type", "object") != "object" or not properties:
         raise InvalidInputError("structured output needs an object schema with at least one property")
     validate = _validator(schema, json_schema)
-    prefix = '{"' + properties[0] + '": '
     bound = model.bind(
-        response_prefix=prefix,
+        response_schema=json_schema,
         ls_structured_output_format={"kwargs": {"method": method}, "schema": schema},
     )
     instruction = schema_instruction(json_schema)
@@ -97,14 +97,22 @@ def structured_output_runnable(
 
 
 def schema_instruction(json_schema: dict[str, Any]) -> str:
-    """The system text describing the expected reply: the schema and a skeleton with every key."""
+    """The system text describing the expected reply: one line per key, then a skeleton with every key.
+
+    Deliberately not the raw JSON schema: a small model reads "setup (string): question to set up a joke" far
+    better than nested schema JSON, and tends to copy the latter instead of answering.
+    """
     properties = json_schema.get("properties") or {}
+    required = set(json_schema.get("required") or [])
+    lines = []
+    for key, spec in properties.items():
+        description = spec.get("description") or spec.get("title") or ""
+        optional = "" if key in required else ", optional"
+        lines.append(f"- {key} ({value_type(spec)}{optional}){': ' + description if description else ''}")
     skeleton = "{" + ", ".join(f'"{key}": {_placeholder(spec)}' for key, spec in properties.items()) + "}"
-    compact = json.dumps(json_schema, ensure_ascii=False)
+    purpose = json_schema.get("description") or json_schema.get("title") or "the answer"
     return (
-        "Reply with only one JSON object and nothing else. It must match this JSON schema:\n"
-        f"{compact}\n"
-        f"Write it like this, filling in the values:\n{skeleton}"
+        f"Reply with one JSON object: {purpose}. Its keys:\n" + "\n".join(lines) + f"\nFormat: {skeleton}"
     )
 
 
@@ -146,12 +154,8 @@ def _validator(schema: dict[str, Any] | type, json_schema: dict[str, Any]) -> Ca
 
 
 def _placeholder(spec: dict[str, Any]) -> str:
-    kind = spec.get("type")
-    if kind is None and "anyOf" in spec:
-        kinds = [s.get("type") for s in spec["anyOf"] if s.get("type") != "null"]
-        kind = kinds[0] if kinds else None
-    return {"string": '"..."', "integer": "0", "number": "0.0", "boolean": "true", "array": "[]", "object": "{}"}.get(
-        str(kind), '"..."'
+    return {"integer": "0", "number": "0.0", "boolean": "true", "array": "[]", "object": "{}"}.get(
+        value_type(spec), '"..."'
     )
 
 

@@ -106,16 +106,12 @@ def tools_system_prompt(specs: Sequence[ToolSpec], forced: str | None) -> str:
 
 
 def call_prefix(forced: str | None, specs: Sequence[ToolSpec]) -> str:
-    """Text the assistant turn starts with so that a forced call comes out well-formed."""
+    """Text the assistant turn starts with so that a forced call comes out well-formed (the arguments follow)."""
     if forced is None:
         return ""
     if forced == "any":
         return '<tool_call>\n{"name": "'
-    spec = next(s for s in specs if s.name == forced)
-    if not spec.parameters.get("properties"):
-        # Nothing to generate: the arguments are known to be empty.
-        return '<tool_call>\n{"name": "' + forced + '", "arguments": {}}'
-    return '<tool_call>\n{"name": "' + forced + '", "arguments": {'
+    return '<tool_call>\n{"name": "' + forced + '", "arguments": '
 
 
 @dataclass(frozen=True)
