@@ -5,7 +5,7 @@ Every call decides its own budget: which sub-layers to skip (`skip_plan`, or the
 copies, `configurable_fields` rebuilds and concurrent calls with different budgets all share one set of weights
 safely. Weights load on first use (construction stays cheap) through `load_model`'s process-wide cache.
 
-Calls sharing a budget are generated as one padded batch (`batch`, `abatch`, `generate`), which is where a CPU
+Calls sharing a budget are generated as one padded batch (`batch`, `abatch`), which is where a CPU
 gets most of its throughput.
 """
 
@@ -30,7 +30,7 @@ from langchain_core.language_models import BaseChatModel, LanguageModelInput, Mo
 from langchain_core.language_models.base import LangSmithParams
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
-from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult, LLMResult, RunInfo
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult, LLMResult
 from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.config import get_config_list
 from pydantic import ConfigDict, Field, InstanceOf, field_validator
@@ -426,78 +426,6 @@ class ChatLiteStage(BaseChatModel):
         return self.cache is None and get_llm_cache() is None
 
     @override
-    def generate(
-        self,
-        messages: list[list[BaseMessage]],
-        stop: list[str] | None = None,
-        callbacks: Any = None,
-        *,
-        tags: list[str] | None = None,
-        metadata: dict[str, Any] | None = None,
-        run_name: str | None = None,
-        run_id: Any = None,
-        **kwargs: Any,
-    ) -> LLMResult:
-        """Like `BaseChatModel.generate`, but prompts that share a budget decode together in one batch."""
-        if len(messages) < 2 or not self._can_batch(kwargs):
-            return super().generate(
-                messages, stop, callbacks, tags=tags, metadata=metadata, run_name=run_name, run_id=run_id, **kwargs
-            )
-        structured = kwargs.pop("ls_structured_output_format", None)
-        kwargs.pop("structured_output_format", None)
-        params = self._get_invocation_params(stop=stop, **kwargs)
-        options: dict[str, Any] = {"stop": stop}
-        if structured:
-            options["ls_structured_output_format"] = structured
-        manager = CallbackManager.configure(
-            callbacks,
-            self.callbacks,
-            self.verbose,
-            tags,
-            self.tags,
-            {**(metadata or {}), **self._get_ls_params_with_defaults(stop=stop, **kwargs)},
-            self.metadata,
-        )
-        run_managers = manager.on_chat_model_start(
-            self._serialized,
-            [list(m) for m in messages],
-            invocation_params=params,
-            options=options,
-            name=run_name,
-            run_id=run_id,
-            batch_size=len(messages),
-        )
-        kwargs.pop("stream", None)
-        try:
-            calls = [self.prepare(m, stop, **kwargs) for m in messages]
-            results: list[GenerationResult | None] = [None] * len(calls)
-            groups: dict[Any, list[int]] = {}
-            for index, call in enumerate(calls):
-                groups.setdefault(call.batch_key(), []).append(index)
-            for indices in groups.values():
-
-                def on_token(row: int, piece: str, indices: list[int] = indices) -> None:
-                    rm = run_managers[indices[row]]
-                    rm.on_llm_new_token(piece, chunk=ChatGenerationChunk(message=AIMessageChunk(content=piece)))
-
-                outputs = self._run([calls[i] for i in indices], on_token=on_token)
-                for i, output in zip(indices, outputs, strict=True):
-                    results[i] = output
-        except BaseException as exc:
-            for rm in run_managers:
-                rm.on_llm_error(exc, response=LLMResult(generations=[]))
-            raise
-        generations = []
-        for call, result, rm in zip(calls, results, run_managers, strict=True):
-            assert result is not None
-            message = self._message(call, result)
-            message.id = f"lc_run--{rm.run_id}"
-            generation = ChatGeneration(message=message)
-            rm.on_llm_end(LLMResult(generations=[[generation]]))
-            generations.append([generation])
-        return LLMResult(generations=generations, run=[RunInfo(run_id=rm.run_id) for rm in run_managers])
-
-    @override
     def batch(
         self,
         inputs: list[LanguageModelInput],
@@ -508,32 +436,28 @@ class ChatLiteStage(BaseChatModel):
     ) -> list[AIMessage]:
         """Batched generation: inputs sharing a budget decode together (`max_concurrency` caps the batch size).
 
-        Falls back to LangChain's per-input threads when errors must be returned per input, when the inputs have
-        different run configs, or when a cache, rate limiter or tools are in play.
+        Every input still gets its own callback run (so tracing and `astream_events` look the same as for single
+        calls); only the decoding is shared. Falls back to LangChain's per-input threads when a cache, a rate
+        limiter or tools are in play.
         """
         if not inputs:
             return []
         configs = get_config_list(config, len(inputs))
-        if return_exceptions or len(inputs) < 2 or not self._can_batch(kwargs) or not _same_run_config(configs):
+        if len(inputs) < 2 or not self._can_batch(kwargs):
             return cast(
                 list[AIMessage], super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
             )
-        first = configs[0]
-        size = first.get("max_concurrency") or len(inputs)
-        stop = kwargs.pop("stop", None)
-        outputs: list[AIMessage] = []
+        size = configs[0].get("max_concurrency") or len(inputs)
+        outputs: list[Any] = []
         for start in range(0, len(inputs), size):
-            chunk = inputs[start : start + size]
-            result = self.generate(
-                [self._convert_input(item).to_messages() for item in chunk],
-                stop=stop,
-                callbacks=first.get("callbacks"),
-                tags=first.get("tags"),
-                metadata=first.get("metadata"),
-                run_name=first.get("run_name"),
-                **kwargs,
+            outputs.extend(
+                self._batch_generate(
+                    [self._convert_input(item).to_messages() for item in inputs[start : start + size]],
+                    configs[start : start + size],
+                    return_exceptions=return_exceptions,
+                    **kwargs,
+                )
             )
-            outputs.extend(cast(AIMessage, gen[0].message) for gen in result.generations)
         return outputs
 
     @override
@@ -551,6 +475,81 @@ class ChatLiteStage(BaseChatModel):
             context.run, self.batch, inputs, config, return_exceptions=return_exceptions, **kwargs
         )
         return await asyncio.get_running_loop().run_in_executor(None, func)
+
+    def _batch_generate(
+        self,
+        message_lists: list[list[BaseMessage]],
+        configs: list[RunnableConfig],
+        *,
+        return_exceptions: bool,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> list[AIMessage | Exception]:
+        """One callback run per input, one engine call per group of inputs that share a budget."""
+        structured = kwargs.pop("ls_structured_output_format", None)
+        kwargs.pop("structured_output_format", None)
+        kwargs.pop("stream", None)
+        params = self._get_invocation_params(stop=stop, **kwargs)
+        options: dict[str, Any] = {"stop": stop}
+        if structured:
+            options["ls_structured_output_format"] = structured
+        ls_params = self._get_ls_params_with_defaults(stop=stop, **kwargs)
+        run_managers: list[CallbackManagerForLLMRun] = []
+        for messages, config in zip(message_lists, configs, strict=True):
+            manager = CallbackManager.configure(
+                config.get("callbacks"),
+                self.callbacks,
+                self.verbose,
+                config.get("tags"),
+                self.tags,
+                {**(config.get("metadata") or {}), **ls_params},
+                self.metadata,
+            )
+            (run_manager,) = manager.on_chat_model_start(
+                self._serialized,
+                [messages],
+                invocation_params=params,
+                options=options,
+                name=config.get("run_name"),
+                run_id=config.pop("run_id", None),
+                batch_size=len(message_lists),
+            )
+            run_managers.append(run_manager)
+        outcomes: list[AIMessage | Exception | None] = [None] * len(message_lists)
+        groups: dict[Any, list[tuple[int, PreparedCall]]] = {}
+        for index, messages in enumerate(message_lists):
+            try:
+                call = self.prepare(messages, stop, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - reported on this input's run, raised or returned below
+                outcomes[index] = exc
+                continue
+            groups.setdefault(call.batch_key(), []).append((index, call))
+        for members in groups.values():
+
+            def on_token(row: int, piece: str, members: list[tuple[int, PreparedCall]] = members) -> None:
+                chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
+                run_managers[members[row][0]].on_llm_new_token(piece, chunk=chunk)
+
+            try:
+                results = self._run([call for _, call in members], on_token=on_token)
+            except Exception as exc:  # noqa: BLE001 - the whole group failed together
+                for index, _ in members:
+                    outcomes[index] = exc
+                continue
+            for (index, call), result in zip(members, results, strict=True):
+                message = self._message(call, result)
+                message.id = f"lc_run--{run_managers[index].run_id}"
+                outcomes[index] = message
+        for outcome, run_manager in zip(outcomes, run_managers, strict=True):
+            if isinstance(outcome, Exception):
+                run_manager.on_llm_error(outcome, response=LLMResult(generations=[]))
+            else:
+                run_manager.on_llm_end(LLMResult(generations=[[ChatGeneration(message=cast(AIMessage, outcome))]]))
+        if not return_exceptions:
+            for outcome in outcomes:
+                if isinstance(outcome, Exception):
+                    raise outcome
+        return cast(list[AIMessage | Exception], outcomes)
 
     # ------------------------------------------------------------------ tools and structured output
 
@@ -738,8 +737,3 @@ def _combined(call: PreparedCall, text: str, results: Sequence[GenerationResult]
     )
 
 
-def _same_run_config(configs: Sequence[RunnableConfig]) -> bool:
-    """True when one callback manager can serve every input (same callbacks, tags, metadata, run name)."""
-    first = configs[0]
-    keys = ("callbacks", "tags", "metadata", "run_name", "max_concurrency")
-    return all(all(c.get(k) == first.get(k) for k in keys) for c in configs[1:])

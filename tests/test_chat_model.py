@@ -247,3 +247,24 @@ def test_ls_params_and_identifying_params(llm: ChatLiteStage) -> None:
     assert params["ls_max_tokens"] == 6 and params["ls_stop"] == ["x"]
     assert llm._get_ls_params(model="other")["ls_model_name"] == "other"
     assert llm._identifying_params["skip_plan"] == {"attention": [], "mlp": []}
+
+
+def test_batch_with_per_input_configs_is_still_one_decode(
+    llm: ChatLiteStage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # LCEL sequences hand each step one config per input (each with its own child callbacks).
+    import litestage_chain.chat_model as module
+
+    calls: list[int] = []
+    real = module.generate
+    monkeypatch.setattr(module, "generate", lambda m, b, **k: calls.append(len(b)) or real(m, b, **k))
+    chain = llm.bind(max_tokens=3) | (lambda message: message.content)
+    outputs = chain.batch(["a", "b", "c"])
+    assert calls == [3] and len(outputs) == 3
+
+
+def test_batch_errors_per_input(llm: ChatLiteStage) -> None:
+    outputs = llm.batch(["fine", []], return_exceptions=True)
+    assert isinstance(outputs[0], AIMessage) and isinstance(outputs[1], InvalidInputError)
+    with pytest.raises(InvalidInputError, match="no messages"):
+        llm.batch(["fine", []])
