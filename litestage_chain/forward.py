@@ -144,10 +144,12 @@ def prefill(
     key_valid: Optional[torch.Tensor],
     cache: KVCache,
     plan: SkipPlan,
+    start: int = 0,
 ) -> torch.Tensor:
-    """Run the whole prompt ([B, T]) through the model, filling `cache`; return next-token logits [B, V]."""
+    """Run the prompt ([B, T]) through the model from cache offset `start` (after a reused prefix), filling `cache`;
+    return next-token logits [B, V]."""
     hidden = view.embed(input_ids)
-    hidden = run_layers(view, hidden, positions, cache, 0, key_valid, plan)
+    hidden = run_layers(view, hidden, positions, cache, start, key_valid, plan)
     return logits_of_last(view, hidden)
 
 

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from litestage_chain.early_exit import EarlyExitConfig
 from litestage_chain.errors import InvalidInputError
 from litestage_chain.forward import decode_one, new_cache, prefill
+from litestage_chain.prefix_cache import load_prefix
 from litestage_chain.sampling import choose_next, confidence
 from litestage_chain.skip_plan import SkipPlan
 from litestage_chain.stopping import find_stop, safe_length
@@ -106,6 +107,17 @@ def _encode(model: "LoadedModel", prompts: Sequence[Prompt]) -> list[list[int]]:
     return encoded
 
 
+def _usable_prefix(model: "LoadedModel", shared_prefix: Optional[Prompt], encoded: list[list[int]]) -> list[int]:
+    """The shared prefix's tokens if every prompt starts with them and continues past them, else []."""
+    if shared_prefix is None:
+        return []
+    prefix = model.encode(shared_prefix) if isinstance(shared_prefix, str) else list(shared_prefix)
+    size = len(prefix)
+    if size == 0 or any(len(r) <= size or r[:size] != prefix for r in encoded):
+        return []
+    return prefix
+
+
 def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Left-pad to one length; the validity mask is None when no row needed padding."""
     width = max(len(r) for r in rows)
@@ -123,16 +135,22 @@ def generate(
     plan: Optional[SkipPlan] = None,
     config: Optional[GenerationConfig] = None,
     on_token: Optional[TokenCallback] = None,
+    shared_prefix: Optional[Prompt] = None,
 ) -> list[GenerationResult]:
     """Generate a continuation for each prompt under one skip plan; results come back in prompt order.
 
     Prompts are complete texts (render chat messages with `LoadedModel.render_chat` first) or token-id lists.
     `on_token(batch_index, text_piece)` is called as text becomes final (stop strings are never emitted).
+    `shared_prefix` names a beginning that every prompt shares (instructions, few-shot exemplars): its KV entries
+    are computed once per plan and reused across calls and batch rows. If a prompt does not start with its tokens,
+    the prefix is not reused for that call.
     """
     plan = plan or SkipPlan()
     config = config or GenerationConfig()
     plan.check(model.num_layers)
     encoded = _encode(model, prompts)
+    prefix = _usable_prefix(model, shared_prefix, encoded)
+    reused = len(prefix)
     longest = max(len(r) for r in encoded)
     room = model.max_positions - longest
     if room < 1:
@@ -145,16 +163,18 @@ def generate(
         generator = torch.Generator().manual_seed(config.seed)
 
     view = model.view
-    input_ids, prompt_valid = _left_pad(encoded, model.pad_token_id)
-    batch, width = input_ids.shape
+    # Cache layout per row: [reused prefix][left padding][rest of the prompt][generated tokens].
+    input_ids, prompt_valid = _left_pad([r[reused:] for r in encoded], model.pad_token_id)
+    batch, suffix_width = input_ids.shape
+    width = reused + suffix_width
     capacity = width + max_new
     key_valid = None
     if prompt_valid is not None:
         key_valid = torch.ones((batch, capacity), dtype=torch.bool)
-        key_valid[:, :width] = prompt_valid
-        positions = (prompt_valid.long().cumsum(dim=1) - 1).clamp(min=0)
+        key_valid[:, reused:width] = prompt_valid
+        positions = reused + (prompt_valid.long().cumsum(dim=1) - 1).clamp(min=0)
     else:
-        positions = torch.arange(width).expand(batch, width)
+        positions = reused + torch.arange(suffix_width).expand(batch, suffix_width)
     rows = [_Row(index=i, prompt_tokens=len(r)) for i, r in enumerate(encoded)]
     active = list(range(batch))
     next_position = positions[:, -1] + 1
@@ -162,7 +182,9 @@ def generate(
     with torch.inference_mode():
         started = time.perf_counter()
         cache = new_cache(view, plan, batch, capacity, input_ids.device)
-        logits = prefill(view, input_ids, positions, key_valid, cache, plan)
+        if reused:
+            load_prefix(cache, model.prefix_cache.get_or_compute(view, plan, prefix))
+        logits = prefill(view, input_ids, positions, key_valid, cache, plan, start=reused)
         prefill_seconds = time.perf_counter() - started
         decode_started = time.perf_counter()
         for step in range(max_new):

@@ -24,6 +24,7 @@ import torch
 from litestage_chain.architecture import DecoderView, build_decoder_view, check_supported
 from litestage_chain.cache_dir import cache_root
 from litestage_chain.errors import ModelLoadError
+from litestage_chain.prefix_cache import PrefixCache
 from litestage_chain.sources import ResolvedSource, resolve_source
 
 _COMPLETE_MARKER = "litestage-conversion.json"
@@ -40,6 +41,7 @@ class LoadedModel:
     weights_sha256: str
     source: str = ""
     view: DecoderView = field(init=False, repr=False)
+    prefix_cache: PrefixCache = field(init=False, repr=False)
     eos_token_ids: frozenset[int] = field(init=False)
     pad_token_id: int = field(init=False)
 
@@ -48,6 +50,7 @@ class LoadedModel:
         for parameter in self.model.parameters():
             parameter.requires_grad_(False)
         self.view = build_decoder_view(self.model)
+        self.prefix_cache = PrefixCache()
         self.eos_token_ids = frozenset(_eos_ids(self.model, self.tokenizer))
         pad = self.tokenizer.pad_token_id
         self.pad_token_id = int(pad if pad is not None else min(self.eos_token_ids, default=0))

@@ -1,0 +1,82 @@
+"""Reuse the KV entries of a prompt prefix shared by many calls (few-shot exemplars, system prompts).
+
+Every stage prompt of a reasoning chain starts with the same long instructions and exemplars; only the question at
+the end changes. Prefilling that prefix again for every question and every batch row is wasted work on a CPU. A
+prefix's keys and values depend only on the prefix tokens and on the skip plan (attention is causal), so they are
+computed once per (plan, prefix) and copied into each call's own cache.
+
+The prefix is always computed alone, the same way, whether it is found here or not, so a call's output never depends
+on what other calls ran before it. Entries are immutable once stored; a lock guards the table itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from typing import Sequence
+
+import torch
+
+from litestage_chain.architecture import DecoderView
+from litestage_chain.forward import new_cache, run_layers
+from litestage_chain.kv_cache import KVCache
+from litestage_chain.skip_plan import SkipPlan
+
+PrefixEntry = dict[int, tuple[torch.Tensor, torch.Tensor]]  # layer -> (keys, values), each [1, kv_heads, P, d]
+
+
+class PrefixCache:
+    """A small thread-safe LRU table of prefix KV entries keyed by (plan, prefix tokens)."""
+
+    def __init__(self, max_entries: int = 16) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[tuple[SkipPlan, str], PrefixEntry] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def _key(plan: SkipPlan, prefix: Sequence[int]) -> tuple[SkipPlan, str]:
+        digest = hashlib.sha256(torch.tensor(list(prefix), dtype=torch.int64).numpy().tobytes()).hexdigest()
+        return plan, digest
+
+    def get_or_compute(self, view: DecoderView, plan: SkipPlan, prefix: Sequence[int]) -> PrefixEntry:
+        key = self._key(plan, prefix)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+                self.hits += 1
+                return entry
+            self.misses += 1
+        entry = compute_prefix(view, plan, prefix)
+        with self._lock:
+            self._entries[key] = entry
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+        return entry
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+def compute_prefix(view: DecoderView, plan: SkipPlan, prefix: Sequence[int]) -> PrefixEntry:
+    """Prefill `prefix` alone (batch 1) under `plan` and return its per-layer keys and values."""
+    ids = torch.tensor([list(prefix)], dtype=torch.long)
+    length = ids.shape[1]
+    cache = new_cache(view, plan, 1, length, ids.device)
+    positions = torch.arange(length)[None, :]
+    with torch.inference_mode():
+        run_layers(view, view.embed(ids), positions, cache, 0, None, plan)
+    return {layer: (cache.keys[layer].clone(), cache.values[layer].clone()) for layer in cache.keys}
+
+
+def load_prefix(cache: KVCache, entry: PrefixEntry) -> None:
+    """Copy a prefix entry into columns [0, P) of every row of a call's cache."""
+    for layer, (keys, values) in entry.items():
+        length = keys.shape[2]
+        cache.keys[layer][:, :, :length] = keys
+        cache.values[layer][:, :, :length] = values

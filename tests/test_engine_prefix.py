@@ -1,0 +1,38 @@
+"""Reusing a shared prompt prefix's KV entries gives the same tokens as prefilling everything."""
+
+from __future__ import annotations
+
+from litestage_chain import GenerationConfig, LoadedModel, SkipPlan, generate
+
+PREFIX = "You are a careful assistant. Example: Q: 1+1? A: 2.\n"
+QUESTIONS = ["Q: what is red? A:", "Q: a much longer question about the colour of the sky at noon? A:"]
+
+
+def test_prefix_reuse_matches_full_prefill_in_batches_and_alone(tiny_model: LoadedModel) -> None:
+    config = GenerationConfig(max_new_tokens=12)
+    plan = SkipPlan(attention=[0], mlp=[2])
+    prompts = [PREFIX + q for q in QUESTIONS]
+    full = [r.token_ids for r in generate(tiny_model, prompts, plan=plan, config=config)]
+    tiny_model.prefix_cache.clear()
+    hits_before = tiny_model.prefix_cache.hits
+    reused = [r.token_ids for r in generate(tiny_model, prompts, plan=plan, config=config, shared_prefix=PREFIX)]
+    again = [generate(tiny_model, [p], plan=plan, config=config, shared_prefix=PREFIX)[0].token_ids for p in prompts]
+    assert reused == full == again
+    assert tiny_model.prefix_cache.hits - hits_before == 2, "the second and third calls reuse the stored prefix"
+
+
+def test_prefix_entries_are_per_plan(tiny_model: LoadedModel) -> None:
+    config = GenerationConfig(max_new_tokens=8)
+    prompt = PREFIX + QUESTIONS[0]
+    for plan in (SkipPlan(), SkipPlan(attention=[1, 2])):
+        expected = generate(tiny_model, [prompt], plan=plan, config=config)[0].token_ids
+        assert generate(tiny_model, [prompt], plan=plan, config=config, shared_prefix=PREFIX)[0].token_ids == expected
+
+
+def test_prompt_not_starting_with_the_prefix_is_run_in_full(tiny_model: LoadedModel) -> None:
+    config = GenerationConfig(max_new_tokens=8)
+    misses = tiny_model.prefix_cache.misses
+    result = generate(tiny_model, ["unrelated prompt"], config=config, shared_prefix=PREFIX)[0]
+    assert result.token_ids == generate(tiny_model, ["unrelated prompt"], config=config)[0].token_ids
+    assert tiny_model.prefix_cache.misses == misses
+    assert result.prompt_tokens == len(tiny_model.encode("unrelated prompt"))
