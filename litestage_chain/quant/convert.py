@@ -13,7 +13,7 @@ from typing import TypeVar, overload
 
 from torch import nn
 
-from litestage_chain.quant.formats import DEFAULT_INT4_GROUP, WEIGHT_FORMATS, WeightFormat, convert_linear
+from litestage_chain.quant.formats import WEIGHT_FORMATS, WeightFormat, convert_linear
 
 _DECODER_LINEAR = re.compile(r"(^|\.)layers\.\d+\.")
 _LM_HEAD = re.compile(r"(^|\.)lm_head$")
@@ -39,22 +39,20 @@ def _replace(root: nn.Module, qualified: str, new: nn.Module) -> None:
 
 
 @overload
-def quantize_model_linears(model_or_modules: M, fmt: WeightFormat, *, int4_group: int = ...) -> M: ...
+def quantize_model_linears(model_or_modules: M, fmt: WeightFormat) -> M: ...
 @overload
 def quantize_model_linears(
-    model_or_modules: Mapping[str, nn.Linear], fmt: WeightFormat, *, int4_group: int = ...
+    model_or_modules: Mapping[str, nn.Linear], fmt: WeightFormat
 ) -> dict[str, nn.Module]: ...
 @overload
 def quantize_model_linears(
-    model_or_modules: Sequence[nn.Linear], fmt: WeightFormat, *, int4_group: int = ...
+    model_or_modules: Sequence[nn.Linear], fmt: WeightFormat
 ) -> list[nn.Module]: ...
 
 
 def quantize_model_linears(
     model_or_modules: nn.Module | Mapping[str, nn.Linear] | Sequence[nn.Linear],
     fmt: WeightFormat,
-    *,
-    int4_group: int = DEFAULT_INT4_GROUP,
 ) -> nn.Module | dict[str, nn.Module] | list[nn.Module]:
     """Convert Linears to ``fmt`` ("float32" leaves them as they are).
 
@@ -63,18 +61,12 @@ def quantize_model_linears(
       decode loop owns, not a shared one;
     * a mapping name -> Linear: a new dict name -> converted module;
     * a sequence of Linears: a new list of converted modules, in order.
-
-    ``int4`` needs ``in_features`` divisible by ``int4_group``; Linears that are not fall
-    back to ``int8`` rather than failing the whole model.
     """
     if fmt not in WEIGHT_FORMATS:
         raise ValueError(f"unknown weight format {fmt!r}; expected one of {WEIGHT_FORMATS}")
 
     def one(linear: nn.Linear) -> nn.Module:
-        chosen: WeightFormat = fmt
-        if fmt == "int4" and linear.in_features % int4_group:
-            chosen = "int8"
-        return convert_linear(linear, chosen, int4_group=int4_group)
+        return convert_linear(linear, fmt)
 
     if isinstance(model_or_modules, nn.Module):
         model = model_or_modules

@@ -6,9 +6,14 @@ takes ``[..., in_features]`` and returns ``[..., out_features]`` in the dtype of
 because they are inference-only and must not be touched by optimisers.
 
 Why several paths inside one forward: decode calls carry one (or a few) token rows, where the
-compiled GEMV reads the low-bit weights once and wins by the byte ratio; prefill carries many
-rows, where a float GEMM is compute-bound and the fastest thing is to dequantise once and
-hand the product to ATen's matmul.
+compiled VNNI GEMV reads the low-bit weights once and wins by the byte ratio; prefill carries
+many rows, where a float GEMM is compute-bound and the fastest thing is to dequantise once and
+hand the product to ATen's matmul. The compiled path also quantises the activation row to
+int8 in groups of 32 (as GGUF Q8_0 does); the dequantise path keeps float activations. The
+effect on real checkpoints is measured in benchmarks/README.md.
+
+The weights are stored in the kernel's blocked layout (see csrc/cpu_gemv.cpp): rows padded to
+a multiple of 16 and inputs to a multiple of 32 with zeros, 16 rows interleaved per block.
 """
 
 from __future__ import annotations
@@ -25,47 +30,80 @@ WeightFormat = Literal["float32", "bfloat16", "int8", "int4"]
 WEIGHT_FORMATS: tuple[str, ...] = ("float32", "bfloat16", "int8", "int4")
 
 #: Rows of ``x`` up to which the compiled GEMV beats dequantise + matmul (the kernel reads the
-#: weights once per 4 rows). Measured with benchmarks/cpu_formats.py --rows.
+#: weights once per 4 rows). Measured with ``benchmarks/cpu_formats.py rows``.
 GEMV_MAX_ROWS = 8
 
-DEFAULT_INT4_GROUP = 32
+#: Inputs per int4 (scale, min) group and per activation-quantisation group.
+GROUP = 32
+_ROWS = 16  # output rows per block
 
 
-def _flatten(x: torch.Tensor, in_features: int) -> torch.Tensor:
-    if x.shape[-1] != in_features:
-        raise ValueError(f"expected last dim {in_features}, got shape {tuple(x.shape)}")
-    return x.reshape(-1, in_features).to(torch.float32).contiguous()
+def _round_up(value: int, multiple: int) -> int:
+    return (value + multiple - 1) // multiple * multiple
+
+
+def _fast_kernels():  # noqa: ANN202 - the compiled module has no static type
+    """The compiled module if its VNNI path runs on this CPU, else ``None`` (use the fallback)."""
+    kernels = get_kernels()
+    return kernels if kernels is not None and kernels.kernel_isa() == "avx512_vnni" else None
+
+
+def round_activations_like_kernel(x2: torch.Tensor) -> torch.Tensor:
+    """``x2 [M, K32]`` after the compiled path's int8 rounding (groups of 32, scale amax/127).
+
+    The kernels compute exactly ``dequantize() @ round_activations_like_kernel(x)``; tests
+    use this to check them, and to build float references that make the same choices.
+    """
+    g = x2.to(torch.float32).reshape(x2.shape[0], -1, GROUP)
+    scale = g.abs().amax(dim=-1, keepdim=True) / 127.0
+    q = torch.round(g * torch.where(scale > 0, 1.0 / scale, torch.zeros_like(scale))).clamp_(-127, 127)
+    return (q * scale).reshape(x2.shape)
+
+
+def _pad_weight(weight: torch.Tensor) -> torch.Tensor:
+    """float32 copy padded with zeros to [N16, K32]."""
+    w = weight.detach().to(torch.float32)
+    n, k = w.shape
+    return F.pad(w, (0, _round_up(k, GROUP) - k, 0, _round_up(n, _ROWS) - n))
 
 
 def _bias_or_none(linear: nn.Linear) -> torch.Tensor | None:
     return None if linear.bias is None else linear.bias.detach().to(torch.float32).clone()
 
 
-class _LowBitLinear(nn.Module):
+class _BlockedLinear(nn.Module):
     """Shared shape bookkeeping and the GEMV-or-matmul dispatch."""
-
-    in_features: int
-    out_features: int
-    bias: torch.Tensor | None
 
     def __init__(self, in_features: int, out_features: int, bias: torch.Tensor | None) -> None:
         super().__init__()
-        self.in_features = in_features
-        self.out_features = out_features
+        self.in_features = int(in_features)
+        self.out_features = int(out_features)
         self.register_buffer("bias", bias)
 
+    @property
+    def padded_in_features(self) -> int:
+        return _round_up(self.in_features, GROUP)
+
     def dequantize(self) -> torch.Tensor:
-        """The float32 ``[out, in]`` weight these codes stand for."""
+        """The float32 ``[out_features, in_features]`` weight these codes stand for."""
+        return self._dequantize_padded()[: self.out_features, : self.in_features]
+
+    def _dequantize_padded(self) -> torch.Tensor:
         raise NotImplementedError
 
-    def _gemv(self, x2: torch.Tensor) -> torch.Tensor | None:
-        """Compiled small-batch product, or ``None`` when the kernels are unavailable."""
+    def _kernel(self, kernels, x2: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x2 = _flatten(x, self.in_features)
-        y = self._gemv(x2) if x2.shape[0] <= GEMV_MAX_ROWS else None
-        if y is None:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"expected last dim {self.in_features}, got shape {tuple(x.shape)}")
+        x2 = x.reshape(-1, self.in_features).to(torch.float32)
+        kernels = _fast_kernels() if x2.shape[0] <= GEMV_MAX_ROWS else None
+        if kernels is not None:
+            pad = self.padded_in_features - self.in_features
+            x2 = F.pad(x2, (0, pad)) if pad else x2.contiguous()
+            y = self._kernel(kernels, x2)
+        else:
             y = F.linear(x2, self.dequantize())
         if self.bias is not None:
             y = y + self.bias
@@ -74,6 +112,9 @@ class _LowBitLinear(nn.Module):
     def weight_bytes(self) -> int:
         """Bytes read per full pass over the weights (what decode speed is bound by)."""
         return sum(b.numel() * b.element_size() for name, b in self.named_buffers() if name != "bias")
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
 def quantize_int8_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,11 +125,21 @@ def quantize_int8_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return q.contiguous(), scale.contiguous()
 
 
-class Int8Linear(_LowBitLinear):
-    """int8 weights, one float32 scale per output row; float32 activations (weight-only)."""
+def pack_int8_blocked(q: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """int8 codes [N, K] and row scales [N] -> (uint8 [N16/16, K32/4, 16, 4] codes + 128, float [N16])."""
+    n, k = q.shape
+    n16, k32 = _round_up(n, _ROWS), _round_up(k, GROUP)
+    codes = F.pad(q.to(torch.int16), (0, k32 - k, 0, n16 - n)) + 128
+    blocked = codes.to(torch.uint8).reshape(n16 // _ROWS, _ROWS, k32 // 4, 4).permute(0, 2, 1, 3).contiguous()
+    return blocked, F.pad(scale.to(torch.float32), (0, n16 - n)).contiguous()
 
-    def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> None:
-        out_features, in_features = qweight.shape
+
+class Int8Linear(_BlockedLinear):
+    """int8 weights with one float32 scale per output row."""
+
+    def __init__(
+        self, qweight: torch.Tensor, scale: torch.Tensor, in_features: int, out_features: int, bias: torch.Tensor | None
+    ) -> None:
         super().__init__(in_features, out_features, bias)
         self.register_buffer("qweight", qweight.contiguous())
         self.register_buffer("scale", scale.to(torch.float32).contiguous())
@@ -96,82 +147,84 @@ class Int8Linear(_LowBitLinear):
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> Int8Linear:
         q, scale = quantize_int8_rows(linear.weight)
-        return cls(q, scale, _bias_or_none(linear))
+        blocked, padded_scale = pack_int8_blocked(q, scale)
+        return cls(blocked, padded_scale, linear.in_features, linear.out_features, _bias_or_none(linear))
 
-    def dequantize(self) -> torch.Tensor:
-        return self.qweight.to(torch.float32) * self.scale[:, None]
+    def _dequantize_padded(self) -> torch.Tensor:
+        blocks, k4 = self.qweight.shape[:2]
+        codes = self.qweight.permute(0, 2, 1, 3).reshape(blocks * _ROWS, k4 * 4).to(torch.float32) - 128.0
+        return codes * self.scale[:, None]
 
-    def _gemv(self, x2: torch.Tensor) -> torch.Tensor | None:
-        kernels = get_kernels()
-        return None if kernels is None else kernels.int8_gemv(x2, self.qweight, self.scale)
+    def _kernel(self, kernels, x2: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        return kernels.int8_blocked_gemv(x2, self.qweight, self.scale, self.out_features)
 
 
-def quantize_int4_groups(weight: torch.Tensor, group: int = DEFAULT_INT4_GROUP) -> tuple[torch.Tensor, torch.Tensor]:
-    """Asymmetric int4 per group of ``group`` inputs: ``w ~= scale * q + min``, q in [0, 15].
+def quantize_int4_groups(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Asymmetric int4 per group of 32 inputs: ``w ~= scale * q + min``, q in [0, 15].
 
-    Returns the packed codes ``uint8 [out, in/2]`` (within a group, byte j holds element j in
-    its low nibble and element j + group/2 in its high nibble, the layout the kernel loads)
-    and ``float16 [out, in/group, 2]`` (scale, min) pairs. The same scale+min form as GGUF
-    Q4_K keeps re-quantising a Q4_K checkpoint close to lossless.
+    Returns codes ``uint8 [N, K]`` and ``float16 [N, K/32, 2]`` (scale, min) pairs; K must be
+    a multiple of 32. The same scale+min form as GGUF Q4_K keeps re-quantising a Q4_K
+    checkpoint close to lossless.
     """
     w = weight.detach().to(torch.float32)
-    out_features, in_features = w.shape
-    if group % 32 or in_features % group:
-        raise ValueError(f"int4 needs in_features ({in_features}) divisible by group ({group}), a multiple of 32")
-    g = w.reshape(out_features, in_features // group, group)
-    lo = g.amin(dim=-1)
-    hi = g.amax(dim=-1)
+    n, k = w.shape
+    if k % GROUP:
+        raise ValueError(f"int4 groups need in_features ({k}) divisible by {GROUP}")
+    g = w.reshape(n, k // GROUP, GROUP)
+    lo, hi = g.amin(dim=-1), g.amax(dim=-1)
     scale = ((hi - lo) / 15.0).to(torch.float16)
     minimum = lo.to(torch.float16)
-    scale32 = scale.to(torch.float32).clamp_min(1e-8)[..., None]
-    q = torch.round((g - minimum.to(torch.float32)[..., None]) / scale32).clamp_(0, 15).to(torch.uint8)
-    half = group // 2
-    packed = (q[..., :half] | (q[..., half:] << 4)).reshape(out_features, in_features // 2)
-    return packed.contiguous(), torch.stack([scale, minimum], dim=-1).contiguous()
+    step = scale.to(torch.float32).clamp_min(1e-8)[..., None]
+    codes = torch.round((g - minimum.to(torch.float32)[..., None]) / step).clamp_(0, 15).to(torch.uint8)
+    return codes.reshape(n, k), torch.stack([scale, minimum], dim=-1).contiguous()
 
 
-def unpack_int4(packed: torch.Tensor, group: int) -> torch.Tensor:
-    """Codes ``uint8 [out, in]`` in [0, 15] from the packed layout of :func:`quantize_int4_groups`."""
-    out_features = packed.shape[0]
-    g = packed.reshape(out_features, -1, group // 2)
-    return torch.cat([g & 0xF, g >> 4], dim=-1).reshape(out_features, -1)
+def pack_int4_blocked(codes: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes [N, K] and (scale, min) [N, K/32, 2] -> (uint8 [N16/16, K/8, 16, 4], half [N16/16, K/32, 2, 16])."""
+    n, k = codes.shape
+    n16 = _round_up(n, _ROWS)
+    c = F.pad(codes, (0, 0, 0, n16 - n)).reshape(n16 // _ROWS, _ROWS, k // 8, 8)
+    packed = (c[..., :4] | (c[..., 4:] << 4)).permute(0, 2, 1, 3).contiguous()
+    p = F.pad(params.to(torch.float16), (0, 0, 0, 0, 0, n16 - n))
+    p = p.reshape(n16 // _ROWS, _ROWS, k // GROUP, 2).permute(0, 2, 3, 1).contiguous()
+    return packed, p
 
 
-class Int4Linear(_LowBitLinear):
-    """Packed 4-bit weights with a float16 (scale, min) per group; float32 activations."""
+class Int4Linear(_BlockedLinear):
+    """Packed 4-bit weights with a float16 (scale, min) per row and group of 32 inputs."""
 
-    def __init__(self, qweight: torch.Tensor, params: torch.Tensor, group: int, bias: torch.Tensor | None) -> None:
-        out_features = qweight.shape[0]
-        in_features = qweight.shape[1] * 2
+    def __init__(
+        self, qweight: torch.Tensor, params: torch.Tensor, in_features: int, out_features: int, bias: torch.Tensor | None
+    ) -> None:
         super().__init__(in_features, out_features, bias)
-        self.group = int(group)
         self.register_buffer("qweight", qweight.contiguous())
         self.register_buffer("params", params.to(torch.float16).contiguous())
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, group: int = DEFAULT_INT4_GROUP) -> Int4Linear:
-        packed, params = quantize_int4_groups(linear.weight, group)
-        return cls(packed, params, group, _bias_or_none(linear))
+    def from_linear(cls, linear: nn.Linear) -> Int4Linear:
+        padded = _pad_weight(linear.weight)
+        codes, params = quantize_int4_groups(padded)
+        packed, blocked_params = pack_int4_blocked(codes, params)
+        return cls(packed, blocked_params, linear.in_features, linear.out_features, _bias_or_none(linear))
 
-    def dequantize(self) -> torch.Tensor:
-        q = unpack_int4(self.qweight, self.group).to(torch.float32)
-        q = q.reshape(self.out_features, -1, self.group)
-        p = self.params.to(torch.float32)
-        return (q * p[..., :1] + p[..., 1:]).reshape(self.out_features, self.in_features)
+    def _dequantize_padded(self) -> torch.Tensor:
+        blocks, k8 = self.qweight.shape[:2]
+        lo, hi = self.qweight & 0xF, self.qweight >> 4
+        codes = torch.cat([lo, hi], dim=-1)  # [B, K/8, 16, 8]: inputs 0..3 then 4..7
+        codes = codes.permute(0, 2, 1, 3).reshape(blocks * _ROWS, k8 * 8).to(torch.float32)
+        p = self.params.to(torch.float32).permute(0, 3, 1, 2).reshape(blocks * _ROWS, -1, 2)
+        grouped = codes.reshape(blocks * _ROWS, -1, GROUP)
+        return (grouped * p[..., :1] + p[..., 1:]).reshape(blocks * _ROWS, k8 * 8)
 
-    def _gemv(self, x2: torch.Tensor) -> torch.Tensor | None:
-        kernels = get_kernels()
-        return None if kernels is None else kernels.int4_gemv(x2, self.qweight, self.params, self.group)
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, group={self.group}"
+    def _kernel(self, kernels, x2: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        return kernels.int4_blocked_gemv(x2, self.qweight, self.params, self.out_features)
 
 
 class BFloat16Linear(nn.Module):
     """bfloat16 weights computed in bfloat16: the half-size reference format.
 
-    Kept for comparison: on this CPU class ATen's bf16 GEMV is slower than float32 despite
-    reading half the bytes, which is why the integer formats exist.
+    Kept for comparison: ATen's bf16 GEMV on this CPU class is not faster than float32
+    despite reading half the bytes, which is why the integer formats exist.
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
@@ -194,7 +247,7 @@ class BFloat16Linear(nn.Module):
         return self.weight.numel() * self.weight.element_size()
 
 
-def convert_linear(linear: nn.Linear, fmt: WeightFormat, *, int4_group: int = DEFAULT_INT4_GROUP) -> nn.Module:
+def convert_linear(linear: nn.Linear, fmt: WeightFormat) -> nn.Module:
     """One ``nn.Linear`` in format ``fmt``; ``"float32"`` returns the module unchanged."""
     if not isinstance(linear, nn.Linear):
         raise TypeError(f"expected nn.Linear, got {type(linear).__name__}")
@@ -205,5 +258,5 @@ def convert_linear(linear: nn.Linear, fmt: WeightFormat, *, int4_group: int = DE
     if fmt == "int8":
         return Int8Linear.from_linear(linear)
     if fmt == "int4":
-        return Int4Linear.from_linear(linear, int4_group)
+        return Int4Linear.from_linear(linear)
     raise ValueError(f"unknown weight format {fmt!r}; expected one of {WEIGHT_FORMATS}")

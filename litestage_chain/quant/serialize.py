@@ -20,7 +20,6 @@ from torch import nn
 from litestage_chain.benchmark_model import default_cache_dir
 from litestage_chain.quant.convert import _replace, quantize_model_linears, target_linear_names
 from litestage_chain.quant.formats import (
-    DEFAULT_INT4_GROUP,
     BFloat16Linear,
     Int4Linear,
     Int8Linear,
@@ -28,7 +27,7 @@ from litestage_chain.quant.formats import (
 )
 
 #: Bump when a format's layout or rounding changes so stale caches are not reused.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _META_KEY = "litestage_quant"
 
 _KINDS: dict[type[nn.Module], str] = {Int8Linear: "int8", Int4Linear: "int4", BFloat16Linear: "bfloat16"}
@@ -38,10 +37,7 @@ def _module_entry(module: nn.Module) -> dict[str, object]:
     kind = _KINDS.get(type(module))
     if kind is None:
         raise TypeError(f"cannot serialise {type(module).__name__}; only converted Linears")
-    entry: dict[str, object] = {"kind": kind}
-    if isinstance(module, Int4Linear):
-        entry["group"] = module.group
-    return entry
+    return {"kind": kind, "in_features": int(module.in_features), "out_features": int(module.out_features)}
 
 
 def _converted_modules(source: nn.Module | Mapping[str, nn.Module]) -> dict[str, nn.Module]:
@@ -94,10 +90,11 @@ def load_converted(path: str | os.PathLike[str]) -> dict[str, nn.Module]:
     for name, entry in info["modules"].items():
         bias = tensors.get(f"{name}.bias")
         kind = entry["kind"]
+        shape = (int(entry["in_features"]), int(entry["out_features"]))
         if kind == "int8":
-            modules[name] = Int8Linear(tensors[f"{name}.qweight"], tensors[f"{name}.scale"], bias)
+            modules[name] = Int8Linear(tensors[f"{name}.qweight"], tensors[f"{name}.scale"], *shape, bias)
         elif kind == "int4":
-            modules[name] = Int4Linear(tensors[f"{name}.qweight"], tensors[f"{name}.params"], int(entry["group"]), bias)
+            modules[name] = Int4Linear(tensors[f"{name}.qweight"], tensors[f"{name}.params"], *shape, bias)
         elif kind == "bfloat16":
             modules[name] = BFloat16Linear(tensors[f"{name}.weight"], bias)
         else:
@@ -105,13 +102,10 @@ def load_converted(path: str | os.PathLike[str]) -> dict[str, nn.Module]:
     return modules
 
 
-def converted_cache_path(
-    weights_id: str, fmt: WeightFormat, int4_group: int = DEFAULT_INT4_GROUP, cache_dir: str | os.PathLike[str] | None = None
-) -> Path:
+def converted_cache_path(weights_id: str, fmt: WeightFormat, cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """Cache file for ``weights_id`` (e.g. the model's weights sha256) in format ``fmt``."""
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    group = f"-g{int4_group}" if fmt == "int4" else ""
-    return root / "converted" / f"{weights_id[:32]}-{fmt}{group}-v{FORMAT_VERSION}.safetensors"
+    return root / "converted" / f"{weights_id[:32]}-{fmt}-v{FORMAT_VERSION}.safetensors"
 
 
 def quantize_model_linears_cached(
@@ -119,7 +113,6 @@ def quantize_model_linears_cached(
     fmt: WeightFormat,
     weights_id: str,
     *,
-    int4_group: int = DEFAULT_INT4_GROUP,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> nn.Module:
     """:func:`quantize_model_linears` in place, reusing a safetensors cache keyed by ``weights_id``.
@@ -128,7 +121,7 @@ def quantize_model_linears_cached(
     """
     if fmt == "float32":
         return model
-    path = converted_cache_path(weights_id, fmt, int4_group, cache_dir)
+    path = converted_cache_path(weights_id, fmt, cache_dir)
     if path.is_file():
         try:
             modules = load_converted(path)
@@ -138,6 +131,6 @@ def quantize_model_linears_cached(
             for name, module in modules.items():
                 _replace(model, name, module)
             return model
-    quantize_model_linears(model, fmt, int4_group=int4_group)
+    quantize_model_linears(model, fmt)
     save_converted(model, path, {"weights_id": weights_id, "format": fmt})
     return model

@@ -15,7 +15,7 @@ from torch import nn
 
 from litestage_chain.architecture import DecoderView
 from litestage_chain.quant.convert import quantize_model_linears
-from litestage_chain.quant.formats import DEFAULT_INT4_GROUP, WeightFormat
+from litestage_chain.quant.formats import WeightFormat
 from litestage_chain.quant.serialize import converted_cache_path, load_converted, save_converted
 
 
@@ -50,7 +50,6 @@ def quantize_decoder_view(
     fmt: WeightFormat,
     *,
     weights_id: str | None = None,
-    int4_group: int = DEFAULT_INT4_GROUP,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> DecoderView:
     """A new view whose projections are in ``fmt``; the input view is not modified.
@@ -64,7 +63,7 @@ def quantize_decoder_view(
     current = view_linears(view)
     linears = {name: m for name, m in current.items() if type(m) is nn.Linear}
     converted: dict[str, nn.Module] | None = None
-    path = converted_cache_path(weights_id, fmt, int4_group, cache_dir) if weights_id else None
+    path = converted_cache_path(weights_id, fmt, cache_dir) if weights_id else None
     if path is not None and path.is_file():
         try:
             cached = load_converted(path)
@@ -73,7 +72,7 @@ def quantize_decoder_view(
         if set(cached) == set(linears):
             converted = cached
     if converted is None:
-        converted = quantize_model_linears(linears, fmt, int4_group=int4_group)
+        converted = quantize_model_linears(linears, fmt)
         if path is not None:
             save_converted(converted, path, {"weights_id": weights_id or "", "format": fmt})
     return replace_view_modules(view, {**current, **converted})

@@ -1,27 +1,37 @@
 // Low-bit weight GEMV kernels for batch-1 (and small-batch) CPU decoding.
 //
 // Why: at decode time every Linear is a matrix-vector product, so its cost is reading the
-// weights. Storing them as int8 (per output row scale) or int4 (per group scale and min) reads 4x or
-// 8x fewer bytes than float32, but only if the dequantisation happens in registers; the ATen
-// paths (_weight_int8pack_mm, dequantise-then-matmul) are slower than the float GEMV.
+// weights. int8 (per output row scale) or int4 (per group of 32 scale and min) read 4x or ~6x
+// fewer bytes than float32, but only if the arithmetic keeps up with memory: the ATen paths
+// (_weight_int8pack_mm, dequantise-then-matmul) and even a float-activation AVX-512 kernel
+// (~3 vector ops per 16 weights to widen int8 to float) end up compute-bound at half the
+// bandwidth. Quantising the activation row to int8 once per call (groups of 32, one float
+// scale each, as GGUF Q8_0 does) lets AVX-512 VNNI multiply 64 weight bytes by x with one
+// vpdpbusd. The weights are repacked so one 64-byte load holds 4 consecutive inputs of 16
+// consecutive output rows: vector lanes are output rows, x is a 32-bit broadcast, and no
+// horizontal reduction is needed.
 //
 // The file compiles with the compiler's default x86-64 target; the AVX-512 paths carry
 // function-level target attributes and are chosen at run time with __builtin_cpu_supports,
 // so the built extension never executes an instruction the CPU lacks (a -march=native build
 // can, on hosts whose compiler and CPU disagree). Other CPUs take a plain C++ path.
 //
-// Layouts (row-major, one row per output feature):
-//   int8:  w  int8  [N, K],   scale float [N]              y = scale[n] * sum_k w[n,k] x[k]
-//   int4:  w  uint8 [N, K/2], params half [N, K/G, 2]      two 4-bit codes q in [0, 15] per
-//          byte; params hold (scale, min) per group of G, value = scale * q + min (the same
-//          asymmetric form as GGUF Q4_K blocks). Within each group, byte j holds element j (low
-//          nibble) and element j + G/2 (high nibble), so one 16-byte load feeds two 16-lane
-//          halves.
+// Layouts (N16 = N rounded up to 16 with zero rows; K a multiple of 32):
+//   x8:  xq int8 [M, K], sx float [M, K/32] (x ~= sx * xq), xqsum int32 [M, K/32], xsum float [M, K/32]
+//        xsum is sx * xqsum, the sum of the *quantised* x, so the int4 min term and the code term
+//        see the same x and the result is exactly dequant(W) . dequant(x); mixing in the float
+//        sum would leave the large mean part of the positive codes uncancelled.
+//   i8b: w uint8 [N16/16, K/4, 16, 4] = int8 code + 128, sw float [N16]     y = sw * sum (w-128) x
+//   i4b: w uint8 [N16/16, K/8, 16, 4], low nibbles inputs 0..3, high nibbles 4..7 of each 8;
+//        params half [N16/16, K/32, 2, 16] (scale, min) per row and group of 32: w = scale*q + min
+//        (the asymmetric form of GGUF Q4_K sub-blocks)
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
 #include <cstdint>
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -33,174 +43,7 @@
 
 namespace {
 
-constexpr int64_t kMaxRowsX = 4;  // x rows handled per pass over the weights
-
-// ---------------------------------------------------------------- portable paths
-
-void int8_rows_ref(const float* x, int64_t m, int64_t k, const int8_t* w, const float* scale,
-                   float* y, int64_t n, int64_t row_begin, int64_t row_end) {
-  for (int64_t r = row_begin; r < row_end; ++r) {
-    const int8_t* wr = w + r * k;
-    for (int64_t i = 0; i < m; ++i) {
-      const float* xi = x + i * k;
-      float acc = 0.f;
-      for (int64_t c = 0; c < k; ++c) acc += static_cast<float>(wr[c]) * xi[c];
-      y[i * n + r] = acc * scale[r];
-    }
-  }
-}
-
-void int4_rows_ref(const float* x, int64_t m, int64_t k, const uint8_t* w, const at::Half* params,
-                   int64_t group, float* y, int64_t n, int64_t row_begin, int64_t row_end) {
-  const int64_t groups = k / group;
-  const int64_t half = group / 2;
-  for (int64_t r = row_begin; r < row_end; ++r) {
-    const uint8_t* wr = w + r * (k / 2);
-    const at::Half* pr = params + r * groups * 2;
-    for (int64_t i = 0; i < m; ++i) {
-      const float* xi = x + i * k;
-      float acc = 0.f;
-      for (int64_t g = 0; g < groups; ++g) {
-        const uint8_t* wg = wr + g * half;
-        const float* xg = xi + g * group;
-        float dot = 0.f, sum = 0.f;
-        for (int64_t j = 0; j < half; ++j) {
-          dot += static_cast<float>(wg[j] & 0xF) * xg[j] + static_cast<float>(wg[j] >> 4) * xg[j + half];
-          sum += xg[j] + xg[j + half];
-        }
-        acc += static_cast<float>(pr[2 * g]) * dot + static_cast<float>(pr[2 * g + 1]) * sum;
-      }
-      y[i * n + r] = acc;
-    }
-  }
-}
-
 #if LS_X86
-// ---------------------------------------------------------------- AVX-512 int8
-
-// One weight row against M (<= 4) x rows. The weights are widened once per 16 lanes and
-// reused for every x row, so a small batch costs one pass over the weights.
-template <int M>
-__attribute__((target("avx512f,avx512bw,avx512vl,fma")))
-inline void int8_row_avx512(const float* x, int64_t k, const int8_t* wr, float s, float* out,
-                            int64_t out_stride) {
-  __m512 acc0[M], acc1[M];
-  for (int i = 0; i < M; ++i) { acc0[i] = _mm512_setzero_ps(); acc1[i] = _mm512_setzero_ps(); }
-  int64_t c = 0;
-  for (; c + 32 <= k; c += 32) {
-    __m512 w0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(wr + c))));
-    __m512 w1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(wr + c + 16))));
-    for (int i = 0; i < M; ++i) {
-      acc0[i] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + i * k + c), acc0[i]);
-      acc1[i] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + i * k + c + 16), acc1[i]);
-    }
-  }
-  for (; c < k; c += 16) {
-    const int64_t left = k - c;
-    const __mmask16 mask = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u);
-    __m512 w0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, wr + c)));
-    for (int i = 0; i < M; ++i)
-      acc0[i] = _mm512_fmadd_ps(w0, _mm512_maskz_loadu_ps(mask, x + i * k + c), acc0[i]);
-  }
-  for (int i = 0; i < M; ++i)
-    out[i * out_stride] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[i], acc1[i])) * s;
-}
-
-// Two weight rows at once against one x row: two independent load streams keep more
-// memory requests in flight, which is what batch-1 decode is bound by.
-__attribute__((target("avx512f,avx512bw,avx512vl,fma")))
-inline void int8_row2_avx512(const float* x, int64_t k, const int8_t* wa, const int8_t* wb,
-                             float sa, float sb, float* out) {
-  __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-  __m512 b0 = _mm512_setzero_ps(), b1 = _mm512_setzero_ps();
-  int64_t c = 0;
-  for (; c + 32 <= k; c += 32) {
-    const __m512 x0 = _mm512_loadu_ps(x + c);
-    const __m512 x1 = _mm512_loadu_ps(x + c + 16);
-    a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(wa + c)))), x0, a0);
-    a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(wa + c + 16)))), x1, a1);
-    b0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(wb + c)))), x0, b0);
-    b1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(wb + c + 16)))), x1, b1);
-  }
-  for (; c < k; c += 16) {
-    const int64_t left = k - c;
-    const __mmask16 mask = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u);
-    const __m512 x0 = _mm512_maskz_loadu_ps(mask, x + c);
-    a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, wa + c))), x0, a0);
-    b0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, wb + c))), x0, b0);
-  }
-  out[0] = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) * sa;
-  out[1] = _mm512_reduce_add_ps(_mm512_add_ps(b0, b1)) * sb;
-}
-
-__attribute__((target("avx512f,avx512bw,avx512vl,fma")))
-void int8_rows_avx512(const float* x, int64_t m, int64_t k, const int8_t* w, const float* scale,
-                      float* y, int64_t n, int64_t row_begin, int64_t row_end) {
-  if (m == 1) {
-    int64_t r = row_begin;
-    for (; r + 2 <= row_end; r += 2) {
-      float pair[2];
-      int8_row2_avx512(x, k, w + r * k, w + (r + 1) * k, scale[r], scale[r + 1], pair);
-      y[r] = pair[0];
-      y[r + 1] = pair[1];
-    }
-    for (; r < row_end; ++r) int8_row_avx512<1>(x, k, w + r * k, scale[r], y + r, n);
-    return;
-  }
-  for (int64_t i0 = 0; i0 < m; i0 += kMaxRowsX) {
-    const int64_t mb = std::min<int64_t>(kMaxRowsX, m - i0);
-    const float* xb = x + i0 * k;
-    float* yb = y + i0 * n;
-    for (int64_t r = row_begin; r < row_end; ++r) {
-      switch (mb) {
-        case 4: int8_row_avx512<4>(xb, k, w + r * k, scale[r], yb + r, n); break;
-        case 3: int8_row_avx512<3>(xb, k, w + r * k, scale[r], yb + r, n); break;
-        case 2: int8_row_avx512<2>(xb, k, w + r * k, scale[r], yb + r, n); break;
-        default: int8_row_avx512<1>(xb, k, w + r * k, scale[r], yb + r, n); break;
-      }
-    }
-  }
-}
-
-// ---------------------------------------------------------------- AVX-512 int4
-
-// Per group: scale * sum(q x) + min * sum(x). sum(x) per group (gsum) is computed once per
-// call because x is shared by every row; sum(q x) stays in vector registers and is scaled
-// with one FMA per group.
-__attribute__((target("avx512f,avx512bw,avx512vl,fma,f16c")))
-void int4_rows_avx512(const float* x, int64_t m, int64_t k, const uint8_t* w, const uint16_t* params,
-                      int64_t group, const float* gsum, float* y, int64_t n, int64_t row_begin,
-                      int64_t row_end) {
-  const int64_t groups = k / group;
-  const int64_t half = group / 2;
-  const __m512i low4 = _mm512_set1_epi32(0xF);
-  for (int64_t i = 0; i < m; ++i) {
-    const float* xi = x + i * k;
-    const float* gs = gsum + i * groups;
-    for (int64_t r = row_begin; r < row_end; ++r) {
-      const uint8_t* wr = w + r * (k / 2);
-      const uint16_t* pr = params + r * groups * 2;
-      __m512 acc = _mm512_setzero_ps();
-      float offset = 0.f;
-      for (int64_t g = 0; g < groups; ++g) {
-        const uint8_t* wg = wr + g * half;
-        const float* xg = xi + g * group;
-        __m512 part0 = _mm512_setzero_ps(), part1 = _mm512_setzero_ps();
-        for (int64_t j = 0; j < half; j += 16) {
-          const __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(wg + j)));
-          const __m512 lo = _mm512_cvtepi32_ps(_mm512_and_si512(q, low4));
-          const __m512 hi = _mm512_cvtepi32_ps(_mm512_srli_epi32(q, 4));
-          part0 = _mm512_fmadd_ps(lo, _mm512_loadu_ps(xg + j), part0);
-          part1 = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xg + half + j), part1);
-        }
-        acc = _mm512_fmadd_ps(_mm512_add_ps(part0, part1), _mm512_set1_ps(_cvtsh_ss(pr[2 * g])), acc);
-        offset += _cvtsh_ss(pr[2 * g + 1]) * gs[g];
-      }
-      y[i * n + r] = _mm512_reduce_add_ps(acc) + offset;
-    }
-  }
-}
-
 bool g_force_portable = false;  // lets tests exercise the portable path on AVX-512 hosts
 
 bool has_avx512() {
@@ -215,79 +58,307 @@ bool g_force_portable = false;
 bool has_avx512() { return false; }
 #endif
 
-void check_common(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& scale) {
-  TORCH_CHECK(x.device().is_cpu() && w.device().is_cpu() && scale.device().is_cpu(), "CPU tensors only");
-  TORCH_CHECK(x.scalar_type() == torch::kFloat32, "x must be float32");
-  TORCH_CHECK(scale.scalar_type() == torch::kFloat32, "scale must be float32");
-  TORCH_CHECK(x.dim() == 2 && w.dim() == 2, "x must be [M, K] and w 2-D");
-  TORCH_CHECK(x.is_contiguous() && w.is_contiguous() && scale.is_contiguous(), "contiguous inputs only");
+
+constexpr int64_t kXGroup = 32;
+
+void quantize_x_rows(const float* x, int64_t m, int64_t k, int8_t* xq, float* sx, int32_t* xqsum, float* xsum) {
+  const int64_t groups = k / kXGroup;
+  for (int64_t i = 0; i < m; ++i) {
+    for (int64_t g = 0; g < groups; ++g) {
+      const float* xg = x + i * k + g * kXGroup;
+      float amax = 0.f;
+      for (int64_t j = 0; j < kXGroup; ++j) {
+        amax = std::max(amax, std::abs(xg[j]));
+      }
+      const float scale = amax / 127.f;
+      const float inv = amax > 0.f ? 127.f / amax : 0.f;
+      int32_t qsum = 0;
+      int8_t* qg = xq + i * k + g * kXGroup;
+      for (int64_t j = 0; j < kXGroup; ++j) {
+        const int32_t q = static_cast<int32_t>(std::nearbyint(xg[j] * inv));
+        qg[j] = static_cast<int8_t>(std::max(-127, std::min(127, q)));
+        qsum += qg[j];
+      }
+      sx[i * groups + g] = scale;
+      xqsum[i * groups + g] = qsum;
+      xsum[i * groups + g] = scale * static_cast<float>(qsum);  // sum of the quantised x: see above
+    }
+  }
 }
 
-// Rows per parallel task: big enough that thread hand-off is noise next to the work.
-int64_t grain_rows(int64_t k_bytes) { return std::max<int64_t>(16, (256 * 1024) / std::max<int64_t>(1, k_bytes)); }
+struct XQuant {
+  torch::Tensor xq, sx, xqsum, xsum;
+};
+
+XQuant quantize_x(const torch::Tensor& x) {
+  const int64_t m = x.size(0), k = x.size(1);
+  XQuant q{torch::empty({m, k}, x.options().dtype(torch::kInt8)), torch::empty({m, k / kXGroup}, x.options()),
+           torch::empty({m, k / kXGroup}, x.options().dtype(torch::kInt32)), torch::empty({m, k / kXGroup}, x.options())};
+  quantize_x_rows(x.data_ptr<float>(), m, k, q.xq.data_ptr<int8_t>(), q.sx.data_ptr<float>(),
+                  q.xqsum.data_ptr<int32_t>(), q.xsum.data_ptr<float>());
+  return q;
+}
+
+inline int32_t load_i32(const int8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+// Portable references for the blocked layouts (also the path on CPUs without AVX-512 VNNI).
+void i8b_blocks_ref(const uint8_t* w, const float* sw, int64_t k, const XQuant& q, int64_t m, float* y, int64_t n16,
+                    int64_t nb_begin, int64_t nb_end) {
+  const int64_t groups = k / kXGroup;
+  const int8_t* xq = q.xq.data_ptr<int8_t>();
+  const float* sx = q.sx.data_ptr<float>();
+  for (int64_t nb = nb_begin; nb < nb_end; ++nb) {
+    const uint8_t* wb = w + nb * 16 * k;
+    for (int64_t i = 0; i < m; ++i) {
+      for (int64_t r = 0; r < 16; ++r) {
+        float acc = 0.f;
+        for (int64_t g = 0; g < groups; ++g) {
+          int32_t dot = 0;
+          for (int64_t j = g * kXGroup; j < (g + 1) * kXGroup; ++j)
+            dot += (static_cast<int32_t>(wb[(j / 4) * 64 + r * 4 + (j % 4)]) - 128) * xq[i * k + j];
+          acc += static_cast<float>(dot) * sx[i * groups + g];
+        }
+        y[i * n16 + nb * 16 + r] = acc * sw[nb * 16 + r];
+      }
+    }
+  }
+}
+
+void i4b_blocks_ref(const uint8_t* w, const at::Half* params, int64_t k, const XQuant& q, int64_t m, float* y,
+                    int64_t n16, int64_t nb_begin, int64_t nb_end) {
+  const int64_t groups = k / kXGroup;
+  const int8_t* xq = q.xq.data_ptr<int8_t>();
+  const float* sx = q.sx.data_ptr<float>();
+  const float* xs = q.xsum.data_ptr<float>();
+  for (int64_t nb = nb_begin; nb < nb_end; ++nb) {
+    const uint8_t* wb = w + nb * 8 * k;  // 16 rows * k / 2 bytes
+    const at::Half* pb = params + nb * groups * 32;
+    for (int64_t i = 0; i < m; ++i) {
+      for (int64_t r = 0; r < 16; ++r) {
+        float acc = 0.f;
+        for (int64_t g = 0; g < groups; ++g) {
+          int32_t dot = 0;
+          for (int64_t j = g * kXGroup; j < (g + 1) * kXGroup; ++j) {
+            const uint8_t byte = wb[(j / 8) * 64 + r * 4 + (j % 4)];
+            const int32_t code = (j % 8) < 4 ? (byte & 0xF) : (byte >> 4);
+            dot += code * xq[i * k + j];
+          }
+          const float scale = static_cast<float>(pb[g * 32 + r]);
+          const float minimum = static_cast<float>(pb[g * 32 + 16 + r]);
+          acc += scale * sx[i * groups + g] * static_cast<float>(dot) + minimum * xs[i * groups + g];
+        }
+        y[i * n16 + nb * 16 + r] = acc;
+      }
+    }
+  }
+}
+
+#if LS_X86
+#define LS_VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")))
+
+// B row blocks (16 rows each) against M x rows; B*M independent accumulator chains hide the
+// vpdpbusd latency, and each weight load is reused for all M rows.
+template <int B, int M>
+LS_VNNI_TARGET void i8b_kernel(const uint8_t* w, const float* sw, int64_t k, const int8_t* xq, const float* sx,
+                               const int32_t* xqsum, float* y, int64_t n16, int64_t nb) {
+  const int64_t groups = k / kXGroup;
+  const int64_t block_bytes = 16 * k;
+  __m512 facc[B][M];
+  for (int b = 0; b < B; ++b)
+    for (int i = 0; i < M; ++i) facc[b][i] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < groups; ++g) {
+    __m512i ia[B][M];
+    for (int b = 0; b < B; ++b)
+      for (int i = 0; i < M; ++i) ia[b][i] = _mm512_setzero_si512();
+    for (int t = 0; t < kXGroup / 4; ++t) {
+      __m512i xv[M];
+      for (int i = 0; i < M; ++i) xv[i] = _mm512_set1_epi32(load_i32(xq + i * k + g * kXGroup + t * 4));
+      for (int b = 0; b < B; ++b) {
+        const __m512i wv = _mm512_loadu_si512(w + (nb + b) * block_bytes + (g * (kXGroup / 4) + t) * 64);
+        for (int i = 0; i < M; ++i) ia[b][i] = _mm512_dpbusd_epi32(ia[b][i], wv, xv[i]);
+      }
+    }
+    for (int i = 0; i < M; ++i) {
+      const __m512i corr = _mm512_set1_epi32(128 * xqsum[i * groups + g]);
+      const __m512 s = _mm512_set1_ps(sx[i * groups + g]);
+      for (int b = 0; b < B; ++b)
+        facc[b][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(ia[b][i], corr)), s, facc[b][i]);
+    }
+  }
+  for (int b = 0; b < B; ++b) {
+    const __m512 rs = _mm512_loadu_ps(sw + (nb + b) * 16);
+    for (int i = 0; i < M; ++i) _mm512_storeu_ps(y + i * n16 + (nb + b) * 16, _mm512_mul_ps(facc[b][i], rs));
+  }
+}
+
+template <int B, int M>
+LS_VNNI_TARGET void i4b_kernel(const uint8_t* w, const uint16_t* params, int64_t k, const int8_t* xq, const float* sx,
+                               const float* xsum, float* y, int64_t n16, int64_t nb) {
+  const int64_t groups = k / kXGroup;
+  const int64_t block_bytes = 8 * k;
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  __m512 facc[B][M];
+  for (int b = 0; b < B; ++b)
+    for (int i = 0; i < M; ++i) facc[b][i] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < groups; ++g) {
+    __m512i ia[B][M];
+    for (int b = 0; b < B; ++b)
+      for (int i = 0; i < M; ++i) ia[b][i] = _mm512_setzero_si512();
+    for (int t = 0; t < kXGroup / 8; ++t) {
+      __m512i xlo[M], xhi[M];
+      for (int i = 0; i < M; ++i) {
+        const int8_t* xp = xq + i * k + g * kXGroup + t * 8;
+        xlo[i] = _mm512_set1_epi32(load_i32(xp));
+        xhi[i] = _mm512_set1_epi32(load_i32(xp + 4));
+      }
+      for (int b = 0; b < B; ++b) {
+        const __m512i v = _mm512_loadu_si512(w + (nb + b) * block_bytes + (g * (kXGroup / 8) + t) * 64);
+        const __m512i lo = _mm512_and_si512(v, low4);
+        const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
+        for (int i = 0; i < M; ++i) {
+          ia[b][i] = _mm512_dpbusd_epi32(ia[b][i], lo, xlo[i]);
+          ia[b][i] = _mm512_dpbusd_epi32(ia[b][i], hi, xhi[i]);
+        }
+      }
+    }
+    for (int b = 0; b < B; ++b) {
+      const uint16_t* pg = params + ((nb + b) * groups + g) * 32;
+      const __m512 scale = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)pg));
+      const __m512 minimum = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(pg + 16)));
+      for (int i = 0; i < M; ++i) {
+        const __m512 s = _mm512_mul_ps(scale, _mm512_set1_ps(sx[i * groups + g]));
+        facc[b][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[b][i]), s, facc[b][i]);
+        facc[b][i] = _mm512_fmadd_ps(minimum, _mm512_set1_ps(xsum[i * groups + g]), facc[b][i]);
+      }
+    }
+  }
+  for (int b = 0; b < B; ++b)
+    for (int i = 0; i < M; ++i) _mm512_storeu_ps(y + i * n16 + (nb + b) * 16, facc[b][i]);
+}
+
+// Runs blocks [nb_begin, nb_end) for all m rows: x rows in chunks of 4/2/1, blocks 4/2/1 at a time.
+template <typename Kernel4x1, typename Kernel2x2, typename Kernel1x4, typename Kernel2x1, typename Kernel1x2,
+          typename Kernel1x1>
+void run_blocked(int64_t m, int64_t nb_begin, int64_t nb_end, int64_t k, int64_t n16, Kernel4x1 k41, Kernel2x2 k22,
+                 Kernel1x4 k14, Kernel2x1 k21, Kernel1x2 k12, Kernel1x1 k11) {
+  int64_t i = 0;
+  for (; i + 4 <= m; i += 4)
+    for (int64_t nb = nb_begin; nb < nb_end; ++nb) k14(i, nb);
+  for (; i + 2 <= m; i += 2) {
+    int64_t nb = nb_begin;
+    for (; nb + 2 <= nb_end; nb += 2) k22(i, nb);
+    for (; nb < nb_end; ++nb) k12(i, nb);
+  }
+  for (; i < m; ++i) {
+    int64_t nb = nb_begin;
+    for (; nb + 4 <= nb_end; nb += 4) k41(i, nb);
+    for (; nb + 2 <= nb_end; nb += 2) k21(i, nb);
+    for (; nb < nb_end; ++nb) k11(i, nb);
+  }
+  (void)k;
+  (void)n16;
+}
+
+bool has_vnni() {
+  if (g_force_portable) return false;
+  static const bool ok = has_avx512() && __builtin_cpu_supports("avx512vnni");
+  return ok;
+}
+#else
+bool has_vnni() { return false; }
+#endif
 
 }  // namespace
 
-torch::Tensor int8_gemv(torch::Tensor x, torch::Tensor w, torch::Tensor scale) {
-  check_common(x, w, scale);
-  TORCH_CHECK(w.scalar_type() == torch::kInt8, "w must be int8");
-  const int64_t m = x.size(0), k = x.size(1), n = w.size(0);
-  TORCH_CHECK(w.size(1) == k && scale.numel() == n, "shape mismatch");
-  auto y = torch::empty({m, n}, x.options());
-  const float* xp = x.data_ptr<float>();
-  const int8_t* wp = w.data_ptr<int8_t>();
-  const float* sp = scale.data_ptr<float>();
-  float* yp = y.data_ptr<float>();
-  const bool fast = has_avx512();
-  at::parallel_for(0, n, grain_rows(k), [&](int64_t begin, int64_t end) {
-#if LS_X86
-    if (fast) { int8_rows_avx512(xp, m, k, wp, sp, yp, n, begin, end); return; }
-#endif
-    int8_rows_ref(xp, m, k, wp, sp, yp, n, begin, end);
-  });
-  return y;
-}
 
-torch::Tensor int4_gemv(torch::Tensor x, torch::Tensor w, torch::Tensor params, int64_t group) {
-  TORCH_CHECK(x.device().is_cpu() && w.device().is_cpu() && params.device().is_cpu(), "CPU tensors only");
-  TORCH_CHECK(x.scalar_type() == torch::kFloat32, "x must be float32");
-  TORCH_CHECK(w.scalar_type() == torch::kUInt8, "w must be uint8 (packed int4)");
-  TORCH_CHECK(params.scalar_type() == torch::kFloat16, "params must be float16 (scale, min) pairs");
-  TORCH_CHECK(x.dim() == 2 && w.dim() == 2, "x must be [M, K] and w [N, K/2]");
-  TORCH_CHECK(x.is_contiguous() && w.is_contiguous() && params.is_contiguous(), "contiguous inputs only");
-  TORCH_CHECK(group >= 32 && group % 32 == 0, "group must be a multiple of 32");
-  const int64_t m = x.size(0), k = x.size(1), n = w.size(0);
-  TORCH_CHECK(k % group == 0 && w.size(1) * 2 == k, "K must be a multiple of group and w [N, K/2]");
-  TORCH_CHECK(params.dim() == 3 && params.size(0) == n && params.size(1) == k / group && params.size(2) == 2,
-              "params must be [N, K/group, 2]");
-  auto y = torch::empty({m, n}, x.options());
-  const float* xp = x.data_ptr<float>();
+torch::Tensor int8_blocked_gemv(torch::Tensor x, torch::Tensor w, torch::Tensor sw, int64_t n) {
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == torch::kFloat32 && x.dim() == 2 && x.is_contiguous(),
+              "x must be a contiguous float32 CPU [M, K] tensor");
+  TORCH_CHECK(w.scalar_type() == torch::kUInt8 && w.dim() == 4 && w.size(2) == 16 && w.size(3) == 4 && w.is_contiguous(),
+              "w must be uint8 [N/16, K/4, 16, 4]");
+  const int64_t m = x.size(0), k = x.size(1), nblocks = w.size(0), n16 = nblocks * 16;
+  TORCH_CHECK(k % kXGroup == 0 && w.size(1) * 4 == k, "K must be a multiple of 32 and match w");
+  TORCH_CHECK(sw.scalar_type() == torch::kFloat32 && sw.numel() == n16 && sw.is_contiguous(), "sw must be float32 [N16]");
+  TORCH_CHECK(n <= n16 && n > n16 - 16, "n does not match the padded row count");
+  const XQuant q = quantize_x(x);
+  auto y = torch::empty({m, n16}, x.options());
   const uint8_t* wp = w.data_ptr<uint8_t>();
-  const at::Half* pp = params.data_ptr<at::Half>();
+  const float* sp = sw.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  const bool fast = has_avx512();
-  torch::Tensor gsum;
-  if (fast) gsum = x.view({m, k / group, group}).sum(-1).contiguous();
-  at::parallel_for(0, n, grain_rows(k / 2), [&](int64_t begin, int64_t end) {
+  const bool fast = has_vnni();
+  at::parallel_for(0, nblocks, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, k / 16)), [&](int64_t b0, int64_t b1) {
 #if LS_X86
     if (fast) {
-      int4_rows_avx512(xp, m, k, wp, reinterpret_cast<const uint16_t*>(pp), group, gsum.data_ptr<float>(), yp, n,
-                       begin, end);
+      const int8_t* xq = q.xq.data_ptr<int8_t>();
+      const float* sx = q.sx.data_ptr<float>();
+      const int32_t* xs = q.xqsum.data_ptr<int32_t>();
+      const int64_t groups = k / kXGroup;
+      auto call = [&](auto kernel) {
+        return [&, kernel](int64_t i, int64_t nb) {
+          kernel(wp, sp, k, xq + i * k, sx + i * groups, xs + i * groups, yp + i * n16, n16, nb);
+        };
+      };
+      run_blocked(m, b0, b1, k, n16, call(i8b_kernel<4, 1>), call(i8b_kernel<2, 2>), call(i8b_kernel<1, 4>),
+                  call(i8b_kernel<2, 1>), call(i8b_kernel<1, 2>), call(i8b_kernel<1, 1>));
       return;
     }
 #endif
-    int4_rows_ref(xp, m, k, wp, pp, group, yp, n, begin, end);
+    i8b_blocks_ref(wp, sp, k, q, m, yp, n16, b0, b1);
   });
-  return y;
+  return n == n16 ? y : y.narrow(1, 0, n);
 }
 
-std::string kernel_isa() { return has_avx512() ? "avx512" : "portable"; }
+torch::Tensor int4_blocked_gemv(torch::Tensor x, torch::Tensor w, torch::Tensor params, int64_t n) {
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == torch::kFloat32 && x.dim() == 2 && x.is_contiguous(),
+              "x must be a contiguous float32 CPU [M, K] tensor");
+  TORCH_CHECK(w.scalar_type() == torch::kUInt8 && w.dim() == 4 && w.size(2) == 16 && w.size(3) == 4 && w.is_contiguous(),
+              "w must be uint8 [N/16, K/8, 16, 4]");
+  const int64_t m = x.size(0), k = x.size(1), nblocks = w.size(0), n16 = nblocks * 16;
+  TORCH_CHECK(k % kXGroup == 0 && w.size(1) * 8 == k, "K must be a multiple of 32 and match w");
+  TORCH_CHECK(params.scalar_type() == torch::kFloat16 && params.dim() == 4 && params.size(0) == nblocks &&
+                  params.size(1) == k / kXGroup && params.size(2) == 2 && params.size(3) == 16 && params.is_contiguous(),
+              "params must be float16 [N/16, K/32, 2, 16]");
+  TORCH_CHECK(n <= n16 && n > n16 - 16, "n does not match the padded row count");
+  const XQuant q = quantize_x(x);
+  auto y = torch::empty({m, n16}, x.options());
+  const uint8_t* wp = w.data_ptr<uint8_t>();
+  const at::Half* pp = params.data_ptr<at::Half>();
+  float* yp = y.data_ptr<float>();
+  const bool fast = has_vnni();
+  at::parallel_for(0, nblocks, std::max<int64_t>(1, 8192 / std::max<int64_t>(1, k / 16)), [&](int64_t b0, int64_t b1) {
+#if LS_X86
+    if (fast) {
+      const int8_t* xq = q.xq.data_ptr<int8_t>();
+      const float* sx = q.sx.data_ptr<float>();
+      const float* xs = q.xsum.data_ptr<float>();
+      const uint16_t* pr = reinterpret_cast<const uint16_t*>(pp);
+      const int64_t groups = k / kXGroup;
+      auto call = [&](auto kernel) {
+        return [&, kernel](int64_t i, int64_t nb) {
+          kernel(wp, pr, k, xq + i * k, sx + i * groups, xs + i * groups, yp + i * n16, n16, nb);
+        };
+      };
+      run_blocked(m, b0, b1, k, n16, call(i4b_kernel<4, 1>), call(i4b_kernel<2, 2>), call(i4b_kernel<1, 4>),
+                  call(i4b_kernel<2, 1>), call(i4b_kernel<1, 2>), call(i4b_kernel<1, 1>));
+      return;
+    }
+#endif
+    i4b_blocks_ref(wp, pp, k, q, m, yp, n16, b0, b1);
+  });
+  return n == n16 ? y : y.narrow(1, 0, n);
+}
+
+std::string kernel_isa() { return has_vnni() ? "avx512_vnni" : "portable"; }
 
 void force_portable(bool on) { g_force_portable = on; }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("int8_gemv", &int8_gemv, "y[M,N] = (x[M,K] @ w_int8[N,K]^T) * scale[N]");
-  m.def("int4_gemv", &int4_gemv, "y[M,N] = x[M,K] @ dequant(w_int4[N,K/2], params[N,K/G,2])^T");
+  m.def("int8_blocked_gemv", &int8_blocked_gemv, "W8A8 GEMV on the VNNI-blocked int8 layout; returns [M, n]");
+  m.def("int4_blocked_gemv", &int4_blocked_gemv, "W4A8 GEMV on the VNNI-blocked int4 layout; returns [M, n]");
   m.def("kernel_isa", &kernel_isa, "instruction set the kernels dispatch to on this CPU");
   m.def("force_portable", &force_portable, "route every call through the portable C++ path (testing)");
 }
