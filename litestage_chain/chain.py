@@ -156,7 +156,11 @@ def stage_node(
 
     bound = model.bind(
         stage=stage, stop=STAGE_STOPS[stage], **({"max_tokens": max_tokens} if max_tokens else {}), **budget
-    ).with_config(tags=[f"stage:{stage}"], metadata={"litestage_stage": stage}, run_name=f"{name or stage}_model")
+    ).with_config(
+        tags=[f"stage:{stage}"],
+        metadata={"litestage_stage": stage, "litestage_node": name or stage},
+        run_name=f"{name or stage}_model",
+    )
 
     def parse(message: AIMessage) -> StageOutput:
         return StageOutput.from_message(stage, message)
