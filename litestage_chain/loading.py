@@ -10,6 +10,7 @@ one set of weights.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -17,7 +18,7 @@ import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 
@@ -140,6 +141,20 @@ def _load_resolved(resolved: ResolvedSource) -> LoadedModel:
     return LoadedModel(model=model, tokenizer=tokenizer, name=resolved.name, weights_sha256=digest, source=resolved.location)
 
 
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Hide transformers' per-tensor progress bars while loading (they would interleave with streamed answers)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def _from_directory(directory: Path) -> tuple[Any, Any]:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -153,8 +168,9 @@ def _from_directory(directory: Path) -> tuple[Any, Any]:
             f"{directory} has no .safetensors weights; only safetensors are loaded (pickled weights are never read)"
         )
     try:
-        tokenizer = AutoTokenizer.from_pretrained(directory)
-        model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, use_safetensors=True)
+        with _quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(directory)
+            model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, use_safetensors=True)
     except Exception as error:
         raise ModelLoadError(f"cannot load the model in {directory}: {error}") from error
     return model, tokenizer
@@ -206,8 +222,9 @@ def _convert_gguf(path: Path, out_dir: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        with _quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     except Exception as error:
         raise ModelLoadError(f"cannot read GGUF file {path}: {error}") from error
     check_supported(model.config)
@@ -215,7 +232,8 @@ def _convert_gguf(path: Path, out_dir: Path) -> None:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.save_pretrained(out_dir, safe_serialization=True)
+    with _quiet_transformers():
+        model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
 
 
