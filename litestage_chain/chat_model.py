@@ -17,7 +17,7 @@ import functools
 import queue
 import threading
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, cast
 
 from langchain_core.callbacks import (
@@ -45,6 +45,7 @@ from litestage_chain.messages import to_chat_dicts
 from litestage_chain.skip_plan import SkipPlan
 from litestage_chain.stages import Stage, StageBudgets, as_stage_budgets, check_stage
 from litestage_chain.tools import (
+    TOOL_CALL_OPEN,
     ParsedToolCalls,
     ToolLike,
     ToolSpec,
@@ -288,10 +289,33 @@ class ChatLiteStage(BaseChatModel):
         first = calls[0]
         if first.guided:
             return [self._run_guided(call) for call in calls]
+        if first.tools:
+            return [self._run_tools_auto(call) for call in calls]
         return generate(first.loaded, [c.prompt for c in calls], plan=first.plan, config=first.config, on_token=on_token)
 
-    def _run_guided(self, call: PreparedCall) -> GenerationResult:
-        """Fill a forced tool call or a structured reply value by value (see `litestage_chain.guided`)."""
+    def _run_tools_auto(self, call: PreparedCall) -> GenerationResult:
+        """Tools bound, none forced: the model decides; if it opens a `<tool_call>`, the call is filled guided.
+
+        Generation stops at the opening tag; when that is why it stopped, the text so far is kept as content and
+        the call itself continues exactly like a forced `"any"` call.
+        """
+        config = call.config.model_copy(update={"stop": (*call.config.stop, TOOL_CALL_OPEN)})
+        first = generate(call.loaded, [call.prompt], plan=call.plan, config=config)[0]
+        opened = first.finish_reason == "stop" and TOOL_CALL_OPEN in call.loaded.decode(first.token_ids)
+        if not opened:
+            return first
+        lead = first.text.rstrip()
+        forced = call.tools[0].name if len(call.tools) == 1 else "any"
+        continued = self._run_guided(
+            replace(call, prompt=call.prompt + first.text, forced_tool=forced), lead=(lead + "\n") if lead else ""
+        )
+        return _combined(call, continued.text, [first, continued])
+
+    def _run_guided(self, call: PreparedCall, lead: str = "") -> GenerationResult:
+        """Fill a forced tool call or a structured reply value by value (see `litestage_chain.guided`).
+
+        `lead` is text already generated before the call (auto tool mode); it starts the returned text.
+        """
 
         def step(continuation: str, stops: Sequence[str], max_new: int) -> GenerationResult:
             config = call.config.model_copy(update={"max_new_tokens": max(1, max_new), "stop": tuple(stops)})
@@ -309,12 +333,12 @@ class ChatLiteStage(BaseChatModel):
             results.append(result)
             name = closest_name(result.text.strip(), [s.name for s in call.tools])
             if name is None:  # left as an unparseable call, reported in invalid_tool_calls
-                return _combined(call, text + result.text, results)
+                return _combined(call, lead + text + result.text, results)
             text += name + '", "arguments": '
         spec = next(s for s in call.tools if s.name == name)
         filled = fill_object(step, text, spec.parameters, budget=budget)
         results.extend(filled.results)
-        return _combined(call, text + filled.text + "}\n</tool_call>", results)
+        return _combined(call, lead + text + filled.text + "}\n</tool_call>", results)
 
     def _message(self, call: PreparedCall, result: GenerationResult) -> AIMessage:
         text = call.prefix + result.text

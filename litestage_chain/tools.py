@@ -49,7 +49,7 @@ class ToolSpec:
 
 
 def tool_specs(tools: Sequence[ToolLike]) -> list[ToolSpec]:
-    """Normalise LangChain tools, pydantic models, functions and JSON/OpenAI schemas to `ToolSpec`s."""
+    """Normalise LangChain tools, pydantic models, functions and JSON/OpenAI schemas to `ToolSpec`s (by name)."""
     specs = []
     for tool in tools:
         try:
@@ -63,10 +63,11 @@ def tool_specs(tools: Sequence[ToolLike]) -> list[ToolSpec]:
                 parameters=function.get("parameters") or {"type": "object", "properties": {}},
             )
         )
-    names = [s.name for s in specs]
-    if len(set(names)) != len(names):
-        raise InvalidInputError(f"tool names must be unique, got {names}")
-    return specs
+    # The same tool given twice (e.g. a pydantic model and its JSON schema) is one tool to the model: keep the first.
+    unique: dict[str, ToolSpec] = {}
+    for spec in specs:
+        unique.setdefault(spec.name, spec)
+    return list(unique.values())
 
 
 def forced_tool_name(tool_choice: Any, specs: Sequence[ToolSpec]) -> str | None:
@@ -93,16 +94,29 @@ def tools_system_prompt(specs: Sequence[ToolSpec], forced: str | None) -> str:
         "You can call tools. The available tools, one JSON object per line:",
         *(json.dumps(s.as_json(), ensure_ascii=False) for s in specs),
         "",
-        "To call a tool, reply with exactly:",
-        '<tool_call>{"name": "<tool name>", "arguments": {<arguments as JSON>}}</tool_call>',
+        "To call a tool, reply with a line like this one (with your own argument values):",
+        render_example_call(specs[0]),
     ]
     if forced == "any":
         lines.append("You must call one of the tools.")
     elif forced is not None:
         lines.append(f"You must call the tool {forced}.")
     else:
-        lines.append("If no tool is needed, answer normally.")
+        lines.append("When a tool can answer the request, call it; otherwise answer normally.")
     return "\n".join(lines)
+
+
+def render_example_call(spec: ToolSpec) -> str:
+    """A concrete example call of `spec` with placeholder values (small models copy abstract templates literally)."""
+    placeholders = {"integer": 1, "number": 1.0, "boolean": True, "array": [], "object": {}}
+    args = {
+        key: placeholders.get(str(prop.get("type")), "...")
+        for key, prop in (spec.parameters.get("properties") or {}).items()
+    }
+    return "<tool_call>" + json.dumps({"name": spec.name, "arguments": args}, ensure_ascii=False) + "</tool_call>"
+
+
+TOOL_CALL_OPEN = "<tool_call>"
 
 
 def call_prefix(forced: str | None, specs: Sequence[ToolSpec]) -> str:

@@ -62,8 +62,7 @@ def test_tool_specs_and_system_prompt() -> None:
     lines = prompt.splitlines()
     assert json.loads(lines[1])["name"] == "adder" and json.loads(lines[2])["name"] == "clock"
     assert "<tool_call>" in prompt and "must call the tool adder" in prompt
-    with pytest.raises(InvalidInputError, match="unique"):
-        tool_specs([adder, adder])
+    assert [s.name for s in tool_specs([adder, adder.args_schema, clock])] == ["adder", "clock"]
 
 
 @pytest.mark.parametrize(
@@ -233,3 +232,35 @@ def test_structured_output_on_tiny_model_is_valid_json_or_clear_error(tiny_long:
     # String fields always validate: the guided fill makes the JSON well-formed even from a random model.
     assert isinstance(raw["parsed"], Note) and raw["parsing_error"] is None
     assert json.loads(raw["raw"].content) == raw["parsed"].model_dump()
+
+
+def test_auto_tool_mode_fills_a_call_the_model_opens(tiny_long: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    import litestage_chain.chat_model as module
+
+    # The engine is scripted: a random model would never choose to open a tool call.
+    script = [("Let me add.", "Let me add.<tool_call>", "stop"), (" 2", " 2,", "stop"), ("3", "3}", "stop")]
+    seen: list[tuple[str, tuple[str, ...]]] = []
+
+    def scripted_generate(model, prompts, plan=None, config=None, on_token=None):  # type: ignore[no-untyped-def]
+        seen.append((prompts[0], config.stop))
+        text, raw, reason = script.pop(0)
+        return [
+            GenerationResult(
+                text=text, token_ids=model.encode(raw), confidences=[0.9] * len(raw), prompt_tokens=7,
+                generated_tokens=len(raw), prefill_seconds=0.1, decode_seconds=0.1, early_exited=False,
+                finish_reason=reason, plan=plan,
+            )
+        ]
+
+    monkeypatch.setattr(module, "generate", scripted_generate)
+    llm = ChatLiteStage(model=tiny_long, max_tokens=8)
+    message = llm.bind_tools([adder]).invoke("add 2 and 3")
+    assert message.content == "Let me add."
+    assert [(c["name"], c["args"]) for c in message.tool_calls] == [("adder", {"a": 2, "b": 3})]
+    assert "<tool_call>" in seen[0][1]  # the model's own decision ends the free generation
+    assert seen[1][0].endswith('Let me add.<tool_call>\n{"name": "adder", "arguments": {"a": ')
+    assert message.usage_metadata["output_tokens"] == len("Let me add.<tool_call>") + 3 + 2
+
+    script[:] = [("Five.", "Five.", "eos")]
+    plain = llm.bind_tools([adder]).invoke("what is 2 + 3?")
+    assert plain.content == "Five." and plain.tool_calls == [] and plain.invalid_tool_calls == []

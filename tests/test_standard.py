@@ -1,0 +1,74 @@
+"""LangChain's standard chat-model test suites, run against ChatLiteStage.
+
+Unit tests need no weights. Integration tests run on the real default model (SmolLM2-135M-Instruct, loaded once
+per session by `load_model`'s cache) with a small token budget to keep CI fast.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from langchain_core.language_models import BaseChatModel
+from langchain_tests.integration_tests import ChatModelIntegrationTests
+from langchain_tests.unit_tests import ChatModelUnitTests
+
+from litestage_chain.chat_model import ChatLiteStage
+
+
+class TestChatLiteStageUnit(ChatModelUnitTests):
+    # Skipped by the suite itself, with its own reason: test_init_from_env (a local model reads no environment
+    # variables) and test_serdes (the model holds loaded weights, so it is not LangChain-serialisable).
+
+    @property
+    def chat_model_class(self) -> type[ChatLiteStage]:
+        return ChatLiteStage
+
+    @property
+    def chat_model_params(self) -> dict[str, Any]:
+        return {"model": "smollm2-135m"}
+
+    @property
+    def standard_chat_model_params(self) -> dict[str, Any]:
+        # A local model has no API key and makes no network requests, so `api_key` and `timeout` do not apply
+        # (the model rejects unknown arguments instead of ignoring them).
+        params = super().standard_chat_model_params
+        params.pop("api_key")
+        params.pop("timeout")
+        return params
+
+
+@pytest.mark.integration
+class TestChatLiteStageIntegration(ChatModelIntegrationTests):
+    # Skipped by the suite itself, with its own reason: media inputs (image/audio/PDF/video: the model reads text
+    # only), Anthropic-format inputs, VCR timing (no HTTP to record), model override without an alternative
+    # model value (only one embedded model is guaranteed to be present).
+
+    @property
+    def chat_model_class(self) -> type[ChatLiteStage]:
+        return ChatLiteStage
+
+    @property
+    def chat_model_params(self) -> dict[str, Any]:
+        return {"model": "smollm2-135m", "max_tokens": 12}
+
+    @property
+    def standard_chat_model_params(self) -> dict[str, Any]:
+        params = super().standard_chat_model_params
+        params.pop("timeout")  # no network requests to time out
+        return params
+
+    @property
+    def supports_json_mode(self) -> bool:
+        # method="json_mode" takes the same prompt-and-validate path as the other methods.
+        return True
+
+    @pytest.mark.xfail(
+        reason="model capability, not plumbing: with tool_choice left to the model, SmolLM2-135M answers the "
+        "weather question in prose instead of calling the tool. Forced tool calls work (test_tool_calling, "
+        "test_tool_choice) and auto mode is covered on scripted output in tests/test_chat_model_tools.py.",
+        strict=False,
+    )
+    @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)
+    def test_agent_loop(self, model: BaseChatModel) -> None:
+        super().test_agent_loop(model)
