@@ -24,7 +24,7 @@ from litestage_chain.quant import formats, kernels
 from litestage_chain.quant.formats import (
     pack_int8_blocked,
     quantize_int4_groups,
-    quantize_int8_rows,
+    quantize_int8_groups,
     round_activations_like_kernel,
 )
 
@@ -54,18 +54,21 @@ def kernel_module(request: pytest.FixtureRequest) -> Iterator[object]:
         module.force_portable(False)
 
 
-def test_int8_rows_roundtrip_error_is_half_a_step() -> None:
-    w = torch.randn(10, 40)
-    q, scale = quantize_int8_rows(w)
-    assert q.dtype == torch.int8 and q.abs().max() <= 127
-    assert torch.all((q.float() * scale[:, None] - w).abs() <= scale[:, None] / 2 + 1e-6)
+def test_int8_groups_roundtrip_error_is_half_a_step() -> None:
+    w = torch.randn(10, 64)
+    q, scale = quantize_int8_groups(w)
+    assert q.dtype == torch.int8 and q.abs().max() <= 127 and scale.shape == (10, 2)
+    step = scale.float().repeat_interleave(32, dim=1)
+    assert torch.all((q.float() * step - w).abs() <= step / 2 + 1e-3 * w.abs())
 
 
 @pytest.mark.parametrize("n, k", [(16, 32), (21, 64), (5, 40)])
 def test_int8_blocked_layout_dequantises_to_the_codes(n: int, k: int) -> None:
-    q, scale = quantize_int8_rows(torch.randn(n, k))
+    k32 = (k + 31) // 32 * 32
+    q, scale = quantize_int8_groups(torch.randn(n, k32))
     blocked = Int8Linear(*pack_int8_blocked(q, scale), k, n, None)
-    torch.testing.assert_close(blocked.dequantize(), q.float() * scale[:, None])
+    expected = (q.float() * scale.float().repeat_interleave(32, dim=1))[:, :k]
+    torch.testing.assert_close(blocked.dequantize(), expected)
 
 
 @pytest.mark.parametrize("n, k", [(16, 32), (21, 64), (5, 40)])
@@ -93,7 +96,7 @@ def test_kernel_equals_dequantised_weight_timesround_activations_like_kernel(ker
     x = torch.randn(m, k)
     ref = round_activations_like_kernel(x).double() @ module.dequantize().double().T
     if fmt == "int8":
-        out = kernel_module.int8_blocked_gemv(x, module.qweight, module.scale, n)
+        out = kernel_module.int8_blocked_gemv(x, module.qweight, module.scales, n)
     else:
         out = kernel_module.int4_blocked_gemv(x, module.qweight, module.params, n)
     assert out.shape == (m, n)
@@ -163,7 +166,7 @@ def test_model_conversion_targets_layers_and_lm_head() -> None:
     assert isinstance(model.layers[0].q_proj, Int4Linear)
     assert isinstance(model.layers[1].down_proj, Int4Linear)  # padded to 96 inputs inside
     assert model.layers[1].down_proj(torch.randn(2, 80)).shape == (2, 64)
-    assert isinstance(model.lm_head, Int4Linear)
+    assert isinstance(model.lm_head, Int8Linear)  # int4 layers keep an int8 head by default
     assert torch.equal(model.embed_tokens.weight, embed_before)
 
 

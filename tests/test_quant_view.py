@@ -77,6 +77,10 @@ def test_view_conversion_leaves_original_alone(tiny_model: LoadedModel) -> None:
     assert {name: type(m) for name, m in view_linears(tiny_model.view).items()} == before
     kinds = {type(m) for m in view_linears(converted).values()}
     assert kinds == {Int8Linear}
+    int4 = view_linears(quantize_decoder_view(tiny_model.view, "int4"))
+    assert isinstance(int4["lm_head"], Int8Linear) and isinstance(int4["mlp.0.down_proj"], Int4Linear)
+    head_fp32 = view_linears(quantize_decoder_view(tiny_model.view, "int4", lm_head_fmt="float32"))
+    assert type(head_fp32["lm_head"]) is nn.Linear
     assert all(type(m) is nn.Linear for m in view_linears(tiny_model.view).values())
 
 
@@ -95,5 +99,5 @@ def test_view_cache_roundtrip(tiny_model: LoadedModel, tmp_path: Path) -> None:
     assert len(list((tmp_path / "converted").iterdir())) == 1
     second = quantize_decoder_view(tiny_model.view, "int4", weights_id="tiny", cache_dir=tmp_path)
     a, b = view_linears(first), view_linears(second)
-    assert all(isinstance(m, Int4Linear) for m in b.values())
+    assert all(isinstance(m, Int4Linear) for n, m in b.items() if n != "lm_head")
     assert all(torch.equal(a[n].qweight, b[n].qweight) for n in a)

@@ -13,7 +13,7 @@ from typing import TypeVar, overload
 
 from torch import nn
 
-from litestage_chain.quant.formats import WEIGHT_FORMATS, WeightFormat, convert_linear
+from litestage_chain.quant.formats import WEIGHT_FORMATS, WeightFormat, convert_linear, default_lm_head_format
 
 _DECODER_LINEAR = re.compile(r"(^|\.)layers\.\d+\.")
 _LM_HEAD = re.compile(r"(^|\.)lm_head$")
@@ -39,20 +39,24 @@ def _replace(root: nn.Module, qualified: str, new: nn.Module) -> None:
 
 
 @overload
-def quantize_model_linears(model_or_modules: M, fmt: WeightFormat) -> M: ...
+def quantize_model_linears(
+    model_or_modules: M, fmt: WeightFormat, *, lm_head_fmt: WeightFormat | None = ...
+) -> M: ...
 @overload
 def quantize_model_linears(
-    model_or_modules: Mapping[str, nn.Linear], fmt: WeightFormat
+    model_or_modules: Mapping[str, nn.Linear], fmt: WeightFormat, *, lm_head_fmt: WeightFormat | None = ...
 ) -> dict[str, nn.Module]: ...
 @overload
 def quantize_model_linears(
-    model_or_modules: Sequence[nn.Linear], fmt: WeightFormat
+    model_or_modules: Sequence[nn.Linear], fmt: WeightFormat, *, lm_head_fmt: WeightFormat | None = ...
 ) -> list[nn.Module]: ...
 
 
 def quantize_model_linears(
     model_or_modules: nn.Module | Mapping[str, nn.Linear] | Sequence[nn.Linear],
     fmt: WeightFormat,
+    *,
+    lm_head_fmt: WeightFormat | None = None,
 ) -> nn.Module | dict[str, nn.Module] | list[nn.Module]:
     """Convert Linears to ``fmt`` ("float32" leaves them as they are).
 
@@ -61,20 +65,25 @@ def quantize_model_linears(
       decode loop owns, not a shared one;
     * a mapping name -> Linear: a new dict name -> converted module;
     * a sequence of Linears: a new list of converted modules, in order.
+
+    A module named ``lm_head`` (or ending in ``.lm_head``) gets ``lm_head_fmt``, by default
+    :func:`default_lm_head_format` (int8 when ``fmt`` is int4).
     """
     if fmt not in WEIGHT_FORMATS:
         raise ValueError(f"unknown weight format {fmt!r}; expected one of {WEIGHT_FORMATS}")
 
-    def one(linear: nn.Linear) -> nn.Module:
-        return convert_linear(linear, fmt)
+    head_fmt = lm_head_fmt if lm_head_fmt is not None else default_lm_head_format(fmt)
+
+    def one(linear: nn.Linear, name: str = "") -> nn.Module:
+        return convert_linear(linear, head_fmt if _LM_HEAD.search(name) else fmt)
 
     if isinstance(model_or_modules, nn.Module):
         model = model_or_modules
-        if fmt == "float32":
-            return model
         for name in target_linear_names(model):
-            _replace(model, name, one(model.get_submodule(name)))
+            converted = one(model.get_submodule(name), name)
+            if converted is not model.get_submodule(name):
+                _replace(model, name, converted)
         return model
     if isinstance(model_or_modules, Mapping):
-        return {name: one(linear) for name, linear in model_or_modules.items()}
+        return {name: one(linear, name) for name, linear in model_or_modules.items()}
     return [one(linear) for linear in model_or_modules]

@@ -27,7 +27,7 @@ from litestage_chain.quant.formats import (
 )
 
 #: Bump when a format's layout or rounding changes so stale caches are not reused.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 _META_KEY = "litestage_quant"
 
 _KINDS: dict[type[nn.Module], str] = {Int8Linear: "int8", Int4Linear: "int4", BFloat16Linear: "bfloat16"}
@@ -92,7 +92,7 @@ def load_converted(path: str | os.PathLike[str]) -> dict[str, nn.Module]:
         kind = entry["kind"]
         shape = (int(entry["in_features"]), int(entry["out_features"]))
         if kind == "int8":
-            modules[name] = Int8Linear(tensors[f"{name}.qweight"], tensors[f"{name}.scale"], *shape, bias)
+            modules[name] = Int8Linear(tensors[f"{name}.qweight"], tensors[f"{name}.scales"], *shape, bias)
         elif kind == "int4":
             modules[name] = Int4Linear(tensors[f"{name}.qweight"], tensors[f"{name}.params"], *shape, bias)
         elif kind == "bfloat16":

@@ -15,7 +15,7 @@ from torch import nn
 
 from litestage_chain.architecture import DecoderView
 from litestage_chain.quant.convert import quantize_model_linears
-from litestage_chain.quant.formats import WeightFormat
+from litestage_chain.quant.formats import WeightFormat, default_lm_head_format
 from litestage_chain.quant.serialize import converted_cache_path, load_converted, save_converted
 
 
@@ -49,30 +49,36 @@ def quantize_decoder_view(
     view: DecoderView,
     fmt: WeightFormat,
     *,
+    lm_head_fmt: WeightFormat | None = None,
     weights_id: str | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> DecoderView:
-    """A new view whose projections are in ``fmt``; the input view is not modified.
+    """A new view whose projections are in ``fmt`` (``lm_head`` in ``lm_head_fmt``, by default
+    int8 for int4 layers); the input view is not modified.
 
     With ``weights_id`` (e.g. ``LoadedModel.weights_sha256``) the converted tensors are cached
     as safetensors and reused on the next load. Projections that are not ``nn.Linear`` (an
     unfused fallback) are left as they are.
     """
-    if fmt == "float32":
+    head_fmt = lm_head_fmt if lm_head_fmt is not None else default_lm_head_format(fmt)
+    if fmt == "float32" and head_fmt == "float32":
         return view
     current = view_linears(view)
     linears = {name: m for name, m in current.items() if type(m) is nn.Linear}
+    expected = {name for name in linears if (head_fmt if name == "lm_head" else fmt) != "float32"}
+    label = fmt if head_fmt == default_lm_head_format(fmt) else f"{fmt}-head-{head_fmt}"
+    path = converted_cache_path(weights_id, label, cache_dir) if weights_id else None  # type: ignore[arg-type]
     converted: dict[str, nn.Module] | None = None
-    path = converted_cache_path(weights_id, fmt, cache_dir) if weights_id else None
     if path is not None and path.is_file():
         try:
             cached = load_converted(path)
         except (ValueError, OSError, KeyError):
             cached = {}
-        if set(cached) == set(linears):
+        if set(cached) == expected:
             converted = cached
     if converted is None:
-        converted = quantize_model_linears(linears, fmt)
+        every = quantize_model_linears(linears, fmt, lm_head_fmt=head_fmt)
+        converted = {name: every[name] for name in expected}
         if path is not None:
-            save_converted(converted, path, {"weights_id": weights_id or "", "format": fmt})
+            save_converted(converted, path, {"weights_id": weights_id or "", "format": label})
     return replace_view_modules(view, {**current, **converted})
