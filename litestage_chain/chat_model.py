@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import json
 import queue
 import threading
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
@@ -740,8 +741,6 @@ def _whole_message_chunk(message: AIMessage) -> ChatGenerationChunk:
 
 
 def _json(value: Any) -> str:
-    import json
-
     return json.dumps(value, ensure_ascii=False)
 
 

@@ -8,7 +8,6 @@ last reply, instead of returning something half-parsed.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 

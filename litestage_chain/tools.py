@@ -94,8 +94,8 @@ def tools_system_prompt(specs: Sequence[ToolSpec], forced: str | None) -> str:
         "You can call tools. The available tools, one JSON object per line:",
         *(json.dumps(s.as_json(), ensure_ascii=False) for s in specs),
         "",
-        "To call a tool, reply with a line like this one (with your own argument values):",
-        render_example_call(specs[0]),
+        "To call a tool, reply with exactly:",
+        '<tool_call>{"name": "<tool name>", "arguments": {<arguments as JSON>}}</tool_call>',
     ]
     if forced == "any":
         lines.append("You must call one of the tools.")
@@ -104,16 +104,6 @@ def tools_system_prompt(specs: Sequence[ToolSpec], forced: str | None) -> str:
     else:
         lines.append("When a tool can answer the request, call it; otherwise answer normally.")
     return "\n".join(lines)
-
-
-def render_example_call(spec: ToolSpec) -> str:
-    """A concrete example call of `spec` with placeholder values (small models copy abstract templates literally)."""
-    placeholders = {"integer": 1, "number": 1.0, "boolean": True, "array": [], "object": {}}
-    args = {
-        key: placeholders.get(str(prop.get("type")), "...")
-        for key, prop in (spec.parameters.get("properties") or {}).items()
-    }
-    return "<tool_call>" + json.dumps({"name": spec.name, "arguments": args}, ensure_ascii=False) + "</tool_call>"
 
 
 TOOL_CALL_OPEN = "<tool_call>"
