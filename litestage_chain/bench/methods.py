@@ -1,0 +1,280 @@
+"""The compared methods as per-stage skip plans: LiteStage and the baselines, each swept over a skip count.
+
+Every method is reduced to the same thing, a `MethodPoint`: one skip plan and one early-exit rule per stage. The
+runner then evaluates all points with the same engine, prompts and questions, so the only difference between
+methods is which sub-layers they skip and whether stages exit early.
+
+Methods (the names the command line accepts):
+
+* ``full``: no skipping, no early exit. Every speedup is measured against it.
+* ``litestage`` / ``litestage-noexit``: the searched profile's per-stage plans, with and without generation
+  early exit (the ablation that shows what early exit adds on top of stage-wise budgets).
+* ``uniform`` / ``uniform-exit``: the same number of skipped sub-layers in every stage, taken from LiteStage's
+  accumulated importance ranking; the ``-exit`` variant adds early exit (tokens vs skips with and without it).
+* ``adaskip``: AdaSkip-style sub-layer skipping (see `adaskip_ranking`), one skip set for all stages.
+* ``unified``: whole layers (attention and MLP together) skipped at evenly spaced depths.
+* ``exit-depth``: the last k layers dropped (static early exit at depth L-k).
+* ``stage-only``: the ranking's first k sub-layers skipped in one stage, the others full: per-stage sensitivity.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from litestage_chain.early_exit import EarlyExitConfig
+from litestage_chain.errors import InvalidInputError
+from litestage_chain.importance import SubLayer, plan_for_count, rank_sublayers
+from litestage_chain.profile import Profile
+from litestage_chain.skip_plan import SkipPlan
+from litestage_chain.stages import STAGES
+
+MethodName = Literal[
+    "full", "litestage", "litestage-noexit", "uniform", "uniform-exit", "adaskip", "unified", "exit-depth", "stage-only"
+]
+METHODS: tuple[MethodName, ...] = (
+    "full", "litestage", "litestage-noexit", "uniform", "uniform-exit", "adaskip", "unified", "exit-depth", "stage-only"
+)
+SWEPT: tuple[MethodName, ...] = ("uniform", "uniform-exit", "adaskip", "unified", "exit-depth", "stage-only")
+"""Methods with a skip count to sweep (sub-layers for the ranked ones, whole layers for unified / exit-depth)."""
+NEEDS_PROFILE: tuple[MethodName, ...] = ("litestage", "litestage-noexit")
+LAYER_COUNTED: tuple[MethodName, ...] = ("unified", "exit-depth")
+
+DEFAULT_SWEEPS: dict[str, tuple[int, ...]] = {
+    "uniform": (4, 8, 12, 16, 20),
+    "uniform-exit": (4, 8, 12, 16, 20),
+    "adaskip": (4, 8, 12, 16, 20),
+    "unified": (2, 4, 6, 8, 10),
+    "exit-depth": (2, 4, 6, 8, 10),
+    "stage-only": (4, 8, 12, 16, 20),
+}
+"""Default skip counts, sized for a ~30-layer model (60 sub-layers): up to a third of the model skipped."""
+
+
+class MethodPoint(BaseModel):
+    """One evaluated configuration: a method at one skip count, as a plan and an early-exit rule per stage.
+
+    `count` is the swept parameter (sub-layers for ranked methods, layers for ``unified``/``exit-depth``, 0 for
+    methods without a sweep); `stage` names the one stage a ``stage-only`` point skips in.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    method: MethodName
+    count: int = Field(0, ge=0)
+    stage: str | None = None
+    plans: dict[str, SkipPlan]
+    early_exit: dict[str, EarlyExitConfig | None]
+
+    @property
+    def label(self) -> str:
+        """A short unique name, e.g. ``uniform@8``, ``stage-only/recall@4``, ``full``."""
+        name = self.method + (f"/{self.stage}" if self.stage else "")
+        return name if self.method in ("full", *NEEDS_PROFILE) else f"{name}@{self.count}"
+
+    @property
+    def skipped_sublayers(self) -> dict[str, int]:
+        """Sub-layers skipped per stage (a skipped whole layer counts as two)."""
+        return {stage: plan.num_skipped for stage, plan in self.plans.items()}
+
+    @property
+    def uses_early_exit(self) -> bool:
+        return any(rule is not None for rule in self.early_exit.values())
+
+    def payload(self) -> dict[str, object]:
+        """Canonical JSON data of what this point runs (plans and early exit), used in keys and result files."""
+        return {
+            "method": self.method,
+            "count": self.count,
+            "stage": self.stage,
+            "plans": {s: self.plans[s].model_dump(mode="json") for s in sorted(self.plans)},
+            "early_exit": {s: (r.model_dump() if r else None) for s, r in sorted(self.early_exit.items())},
+        }
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(self.payload(), sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+# ----------------------------------------------------------------------------------------- plan builders
+
+
+def evenly_spaced_layers(num_layers: int, count: int) -> list[int]:
+    """`count` distinct layer indices spread evenly over depth: the midpoints of `count` equal segments.
+
+    For 30 layers: 1 -> [15], 3 -> [5, 15, 25]. Midpoints keep the first and last layers (the most sensitive
+    ones in most models) out of small skip sets, and consecutive picks differ by floor or ceil of L/count.
+    """
+    _check_layer_count(num_layers, count)
+    return [((2 * index + 1) * num_layers) // (2 * count) for index in range(count)]
+
+
+def unified_plan(num_layers: int, count: int) -> SkipPlan:
+    """Skip `count` whole layers (attention and MLP together) at evenly spaced depths."""
+    layers = evenly_spaced_layers(num_layers, count) if count else []
+    return SkipPlan(attention=layers, mlp=layers)
+
+
+def last_layers_plan(num_layers: int, count: int) -> SkipPlan:
+    """Drop the last `count` whole layers: the final norm and LM head read layer L-count-1's output."""
+    _check_layer_count(num_layers, count)
+    layers = list(range(num_layers - count, num_layers))
+    return SkipPlan(attention=layers, mlp=layers)
+
+
+def _check_layer_count(num_layers: int, count: int) -> None:
+    if num_layers < 1:
+        raise InvalidInputError(f"the model must have at least one layer, got {num_layers}")
+    if count < 0 or count >= num_layers:
+        raise InvalidInputError(
+            f"cannot skip {count} whole layers of a {num_layers}-layer model (use 0..{num_layers - 1}: "
+            "at least one layer must run)"
+        )
+
+
+def adaskip_ranking(similarity: torch.Tensor) -> list[SubLayer]:
+    """AdaSkip-style order of sub-layers to skip, from each sub-layer's input/output similarity.
+
+    AdaSkip (He et al., AAAI 2025) observes that attention and FFN sub-layers have different importance
+    distributions: attention sub-layers usually change the residual stream far less, so ranking both kinds on one
+    raw similarity scale skips almost only attention. It therefore ranks attention sub-layers among attention and
+    FFN sub-layers among FFN, each by its own IO similarity, and decides how many of each kind to skip. Here both
+    kinds are standardised against their own distribution (z-score of the similarity within the kind) and the two
+    rankings are merged by that standing, so a sub-layer is skipped early when it is unusually redundant *for its
+    kind*. The similarity is measured on the full model over the prompts only (AdaSkip's offline, prefill-based
+    importance); AdaSkip's online re-ranking of FFN sub-layers during decoding needs per-token plan changes the
+    engine does not make, so it is left out.
+
+    This differs from the ``uniform`` baseline, which uses LiteStage's ranking: one joint sort of raw similarity,
+    measured on prompts *and* generated text, accumulated over stages.
+
+    `similarity` is [num_layers, 2] (column 0 attention, column 1 MLP); ties go to the lower layer, attention first.
+    """
+    if similarity.ndim != 2 or similarity.shape[1] != 2 or similarity.shape[0] < 1:
+        raise InvalidInputError(f"expected a [num_layers, 2] similarity tensor, got shape {tuple(similarity.shape)}")
+    values = similarity.double()
+    mean = values.mean(dim=0, keepdim=True)
+    spread = values.std(dim=0, unbiased=False, keepdim=True)
+    standardised = (values - mean) / torch.where(spread > 0, spread, torch.ones_like(spread))
+    return rank_sublayers(standardised)
+
+
+def mean_similarity(per_stage: Mapping[str, Sequence[tuple[float, float]]]) -> torch.Tensor:
+    """The [num_layers, 2] similarity averaged over stages (one skip set for all stages needs one score)."""
+    if not per_stage:
+        raise InvalidInputError("no per-stage similarities given")
+    return torch.stack([torch.tensor(rows, dtype=torch.float64) for rows in per_stage.values()]).mean(dim=0)
+
+
+# ----------------------------------------------------------------------------------------- expanding methods
+
+
+class MethodContext(BaseModel):
+    """What the methods are built from: the model's depth, the two rankings, the profile and the early-exit rule."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    num_layers: int = Field(ge=1)
+    ranking: list[SubLayer] = Field(description="LiteStage's accumulated ranking (uniform, stage-only)")
+    adaskip_ranking: list[SubLayer] | None = None
+    profile: Profile | None = None
+    early_exit: EarlyExitConfig = Field(default_factory=EarlyExitConfig)
+    stages: tuple[str, ...] = STAGES
+
+
+def _same_everywhere(stages: Sequence[str], plan: SkipPlan, rule: EarlyExitConfig | None) -> tuple[dict, dict]:
+    return {stage: plan for stage in stages}, {stage: rule for stage in stages}
+
+
+def full_point(context: MethodContext) -> MethodPoint:
+    plans, rules = _same_everywhere(context.stages, SkipPlan(), None)
+    return MethodPoint(method="full", plans=plans, early_exit=rules)
+
+
+def method_points(method: str, context: MethodContext, counts: Sequence[int] | None = None) -> list[MethodPoint]:
+    """Every point of `method`: one per swept count (one per stage and count for ``stage-only``)."""
+    if method not in METHODS:
+        raise InvalidInputError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+    stages = context.stages
+    if method == "full":
+        return [full_point(context)]
+    if method in NEEDS_PROFILE:
+        profile = context.profile
+        if profile is None:
+            raise InvalidInputError(f"method {method!r} needs a searched profile (--profile FILE or shipped name)")
+        plans = {stage: profile.plan_for(stage) for stage in stages}
+        for stage, plan in plans.items():
+            plan.check(context.num_layers)
+        rules = (
+            {stage: profile.early_exit_for(stage) or context.early_exit for stage in stages}
+            if method == "litestage"
+            else {stage: None for stage in stages}
+        )
+        return [MethodPoint(method=method, count=sum(p.num_skipped for p in plans.values()), plans=plans, early_exit=rules)]  # type: ignore[arg-type]
+
+    chosen = list(counts) if counts is not None else list(DEFAULT_SWEEPS[method])
+    if not chosen:
+        raise InvalidInputError(f"method {method!r} has an empty sweep")
+    bad = [c for c in chosen if c < 1]
+    if bad:
+        raise InvalidInputError(f"method {method!r}: skip counts must be >= 1, got {bad}")
+    points: list[MethodPoint] = []
+    for count in sorted(set(chosen)):
+        if method in ("uniform", "uniform-exit"):
+            rule = context.early_exit if method == "uniform-exit" else None
+            plans, rules = _same_everywhere(stages, plan_for_count(context.ranking, count), rule)
+            points.append(MethodPoint(method=method, count=count, plans=plans, early_exit=rules))  # type: ignore[arg-type]
+        elif method == "adaskip":
+            if context.adaskip_ranking is None:
+                raise InvalidInputError("method 'adaskip' needs the AdaSkip ranking (prompt IO similarity)")
+            plans, rules = _same_everywhere(stages, plan_for_count(context.adaskip_ranking, count), None)
+            points.append(MethodPoint(method=method, count=count, plans=plans, early_exit=rules))
+        elif method in LAYER_COUNTED:
+            build = unified_plan if method == "unified" else last_layers_plan
+            plans, rules = _same_everywhere(stages, build(context.num_layers, count), None)
+            points.append(MethodPoint(method=method, count=count, plans=plans, early_exit=rules))  # type: ignore[arg-type]
+        else:  # stage-only
+            plan = plan_for_count(context.ranking, count)
+            for stage in stages:
+                plans = {s: (plan if s == stage else SkipPlan()) for s in stages}
+                points.append(MethodPoint(
+                    method="stage-only", count=count, stage=stage, plans=plans, early_exit={s: None for s in stages}
+                ))
+    return points
+
+
+def all_points(
+    methods: Sequence[str], context: MethodContext, sweeps: Mapping[str, Sequence[int]] | None = None
+) -> list[MethodPoint]:
+    """The full model first, then every point of every method, without duplicates (same method, count, stage)."""
+    sweeps = dict(sweeps or {})
+    unknown = sorted(set(sweeps) - set(SWEPT))
+    if unknown:
+        raise InvalidInputError(f"sweeps given for method(s) without a sweep: {unknown}; swept methods: {list(SWEPT)}")
+    points = [full_point(context)]
+    seen = {points[0].label}
+    for method in methods:
+        for point in method_points(method, context, sweeps.get(method)):
+            if point.label not in seen:
+                seen.add(point.label)
+                points.append(point)
+    return points
+
+
+def parse_sweep(text: str) -> tuple[str, list[int]]:
+    """Parse ``METHOD=4,8,12`` (the --sweep option) into (method, counts); errors name what is wrong."""
+    method, sep, values = text.partition("=")
+    method = method.strip()
+    if not sep or not values.strip():
+        raise InvalidInputError(f"--sweep {text!r}: expected METHOD=N,N,... e.g. uniform=4,8,12")
+    if method not in SWEPT:
+        raise InvalidInputError(f"--sweep {text!r}: {method!r} has no sweep; swept methods: {', '.join(SWEPT)}")
+    try:
+        counts = [int(part) for part in values.split(",") if part.strip()]
+    except ValueError:
+        raise InvalidInputError(f"--sweep {text!r}: skip counts must be integers") from None
+    return method, counts

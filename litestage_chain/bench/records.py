@@ -1,0 +1,150 @@
+"""Per-question benchmark records and the append-only JSONL file that makes a benchmark run resumable.
+
+A record is what one method point measured on one question: the answer, whether it is right, and the tokens
+and seconds of every stage. Records hold ids, labels and measurements only, never question or generated text,
+so a results folder can be shared without redistributing a dataset.
+
+A record's key hashes the point (its plans and early-exit rules), the executor's identity (model weights,
+prompts, token budgets) and the question's content: a re-run reuses exactly the records it would recompute,
+and anything that changes the result changes the key. Lines are flushed and fsynced one by one; a crash can
+leave at most a partial last line, which is dropped (with a warning) when the file is opened again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from litestage_chain.data.types import Question, question_fingerprint
+from litestage_chain.errors import LiteStageError
+
+RECORDS_FILE = "records.jsonl"
+
+
+class RecordsError(LiteStageError):
+    """The records file exists but a line other than a partial last one cannot be read back."""
+
+
+class StageMeasure(BaseModel):
+    """One stage's cost on one question: generated tokens and engine seconds (prefill + decode)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    tokens: int = Field(ge=0)
+    seconds: float = Field(ge=0.0)
+    early_exited: bool = False
+
+
+class Outcome(BaseModel):
+    """What running one point on one question produced (before it is keyed and stored)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    question_id: str
+    answer: str | None
+    answer_source: str | None = None
+    fallback_used: bool = False
+    stages: dict[str, StageMeasure] = Field(description="per stage, plus 'fallback' when the summary was re-run")
+    seconds: float = Field(ge=0.0, description="engine seconds over all stages and the fallback")
+
+
+class QuestionRecord(BaseModel):
+    """One stored measurement: a point's outcome on one question, with what identifies it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    key: str
+    identity: str = Field(description="hash of the executor identity the record was measured under")
+    point: str = Field(description="the point's label, e.g. 'uniform@8'")
+    point_key: str = Field(description="hash of the point's plans and early-exit rules")
+    method: str
+    count: int
+    stage: str | None
+    skipped: dict[str, int] = Field(description="sub-layers skipped per stage")
+    early_exit: bool
+    question_id: str
+    gold: str | None
+    answer: str | None
+    correct: bool | None
+    answer_source: str | None
+    fallback_used: bool
+    stages: dict[str, StageMeasure]
+    seconds: float = Field(ge=0.0)
+
+    @property
+    def tokens(self) -> int:
+        return sum(measure.tokens for measure in self.stages.values())
+
+
+def identity_hash(identity: str) -> str:
+    """A short stable hash of an executor identity string (identities can be long)."""
+    return hashlib.sha256(identity.encode()).hexdigest()[:32]
+
+
+def record_key(point_key: str, identity: str, question: Question) -> str:
+    payload = json.dumps(
+        {"point": point_key, "identity": identity_hash(identity), "question": question_fingerprint([question])},
+        sort_keys=True, separators=(",", ":"),
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+class RecordStore:
+    """Records by key, appended to `path` (when given) as they are made; reopening the file resumes a run."""
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        self.path = Path(path) if path is not None else None
+        self._records: dict[str, QuestionRecord] = {}
+        if self.path is not None and self.path.exists():
+            self._load(self.path)
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._records
+
+    def __iter__(self) -> Iterator[QuestionRecord]:
+        return iter(self._records.values())
+
+    def get(self, key: str) -> QuestionRecord | None:
+        return self._records.get(key)
+
+    def _load(self, path: Path) -> None:
+        data = path.read_bytes()
+        *complete, partial = data.split(b"\n")
+        for number, raw in enumerate(complete, start=1):
+            if not raw.strip():
+                continue
+            try:
+                record = QuestionRecord.model_validate_json(raw)
+            except ValidationError as error:
+                raise RecordsError(f"{path} line {number} is not a valid benchmark record: {error}") from error
+            self._records[record.key] = record
+        if partial.strip():
+            warnings.warn(
+                f"{path}: dropping a partial last record ({len(partial)} bytes) left by an interrupted write",
+                stacklevel=3,
+            )
+            with path.open("r+b") as handle:
+                handle.truncate(len(data) - len(partial))
+
+    def add(self, records: Iterable[QuestionRecord]) -> None:
+        """Keep `records` and append them to the file before returning (flushed and fsynced)."""
+        batch = list(records)
+        for record in batch:
+            self._records[record.key] = record
+        if self.path is None or not batch:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as handle:
+            for record in batch:
+                handle.write(record.model_dump_json() + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())

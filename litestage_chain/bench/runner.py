@@ -1,0 +1,108 @@
+"""Run every method point over the questions, interleaved per question batch, resuming from the records file.
+
+The loop is: for each batch of `interleave` questions, run every point (the full model first) on the questions
+of that batch it has no record for. Interleaving means a slow spell of the machine (other processes share the
+CPU) hits all methods on the same questions alike, instead of inflating whichever method happened to run then;
+speedups are ratios over the same questions, so they are not skewed by it.
+
+Running a point is delegated to an `Executor` (the real one runs the reasoning chain, see `executor.py`), which
+keeps the loop testable with a stub and the measurement in one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+from tqdm.auto import tqdm
+
+from litestage_chain.bench.methods import MethodPoint
+from litestage_chain.bench.records import Outcome, QuestionRecord, RecordStore, identity_hash, record_key
+from litestage_chain.data.types import Question
+from litestage_chain.errors import InvalidInputError
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """Runs one method point over questions. `identity` must change whenever outcomes would (weights, prompts,
+    token budgets): it is part of every record's key."""
+
+    identity: str
+
+    def run(self, point: MethodPoint, questions: Sequence[Question]) -> list[Outcome]: ...
+
+
+def to_record(point: MethodPoint, identity: str, question: Question, outcome: Outcome) -> QuestionRecord:
+    """Key an outcome and attach the point and gold label it belongs to."""
+    if outcome.question_id != question.id:
+        raise InvalidInputError(f"outcome for question {outcome.question_id!r} returned in the place of {question.id!r}")
+    gold = question.answer
+    return QuestionRecord(
+        key=record_key(point.key(), identity, question),
+        identity=identity_hash(identity),
+        point=point.label,
+        point_key=point.key(),
+        method=point.method,
+        count=point.count,
+        stage=point.stage,
+        skipped=point.skipped_sublayers,
+        early_exit=point.uses_early_exit,
+        question_id=question.id,
+        gold=gold,
+        answer=outcome.answer,
+        correct=None if gold is None else (outcome.answer is not None and outcome.answer.upper() == gold.upper()),
+        answer_source=outcome.answer_source,
+        fallback_used=outcome.fallback_used,
+        stages=outcome.stages,
+        seconds=outcome.seconds,
+    )
+
+
+def run_points(
+    executor: Executor,
+    points: Sequence[MethodPoint],
+    questions: Sequence[Question],
+    store: RecordStore,
+    *,
+    interleave: int = 4,
+    progress: bool = True,
+) -> list[QuestionRecord]:
+    """Every (point, question) record, measuring only those missing from `store`; returns them point-major.
+
+    Raises `InvalidInputError` for an empty question or point list, duplicate question ids or point labels, or
+    `interleave` < 1.
+    """
+    if not questions:
+        raise InvalidInputError("no questions to benchmark")
+    if not points:
+        raise InvalidInputError("no method points to benchmark")
+    if interleave < 1:
+        raise InvalidInputError(f"interleave must be >= 1, got {interleave}")
+    ids = [q.id for q in questions]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise InvalidInputError(f"duplicate question ids: {duplicates[:5]}")
+    labels = [p.label for p in points]
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    if repeated:
+        raise InvalidInputError(f"duplicate method points: {repeated}")
+
+    identity = executor.identity
+    keys = {(p.label, q.id): record_key(p.key(), identity, q) for p in points for q in questions}
+    todo = sum(1 for key in keys.values() if key not in store)
+    with tqdm(total=todo, desc="benchmark", unit="run", disable=not progress or todo == 0) as bar:
+        for start in range(0, len(questions), interleave):
+            batch = list(questions[start : start + interleave])
+            for point in points:
+                missing = [q for q in batch if keys[(point.label, q.id)] not in store]
+                if not missing:
+                    continue
+                bar.set_postfix_str(point.label)
+                outcomes = executor.run(point, missing)
+                if len(outcomes) != len(missing):
+                    raise InvalidInputError(
+                        f"executor returned {len(outcomes)} outcomes for {len(missing)} questions ({point.label})"
+                    )
+                store.add(to_record(point, identity, q, o) for q, o in zip(missing, outcomes, strict=True))
+                bar.update(len(missing))
+    return [store.get(keys[(p.label, q.id)]) for p in points for q in questions]  # type: ignore[misc]
