@@ -1,0 +1,205 @@
+"""Turn per-question records into the results table: accuracy with its Wilson interval, time, speedup, tokens.
+
+Speedup is always against the full model *of the same run*, over the *same questions*: a point's speedup is
+mean(full seconds) / mean(point seconds) over the questions both have (the "median speedup" uses medians).
+Comparing with a full-model time from another run would fold machine load into the speedup.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from statistics import fmean, median
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from litestage_chain.bench.records import QuestionRecord
+from litestage_chain.errors import InvalidInputError
+
+Z_95 = 1.959963984540054
+RESULTS_JSON = "results.json"
+RESULTS_MD = "results.md"
+RESULTS_FORMAT = 1
+TOKEN_COLUMNS = ("recall", "analysis", "summary", "fallback")
+
+
+def wilson_interval(successes: int, total: int, z: float = Z_95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (95% by default).
+
+    Preferred over the normal approximation because benchmark slices are small and accuracies can sit near 0
+    or 1, where p +- z*sqrt(p(1-p)/n) leaves [0, 1] or collapses to a point.
+    """
+    if total < 1:
+        raise InvalidInputError(f"a confidence interval needs at least one question, got {total}")
+    if not 0 <= successes <= total:
+        raise InvalidInputError(f"successes must be within 0..{total}, got {successes}")
+    p = successes / total
+    z2 = z * z
+    centre = (p + z2 / (2 * total)) / (1 + z2 / total)
+    half = z * math.sqrt(p * (1 - p) / total + z2 / (4 * total * total)) / (1 + z2 / total)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+class PointSummary(BaseModel):
+    """One row of the results table: a method point aggregated over the questions."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    point: str
+    method: str
+    count: int
+    stage: str | None
+    skipped: dict[str, int]
+    early_exit: bool
+    questions: int
+    correct: int | None
+    accuracy: float | None
+    ci_low: float | None
+    ci_high: float | None
+    mean_seconds: float
+    median_seconds: float
+    speedup: float = Field(description="mean full-model seconds / mean seconds, over the same questions")
+    median_speedup: float = Field(description="median full-model seconds / median seconds, same questions")
+    tokens: dict[str, float] = Field(description="mean generated tokens per question, per stage and fallback")
+    stage_seconds: dict[str, float] = Field(description="mean engine seconds per question, per stage and fallback")
+    fallback_rate: float
+    unanswered_rate: float
+
+
+def _by_point(records: Sequence[QuestionRecord]) -> dict[str, list[QuestionRecord]]:
+    grouped: dict[str, list[QuestionRecord]] = {}
+    for record in records:
+        grouped.setdefault(record.point, []).append(record)
+    return grouped
+
+
+def summarise(records: Sequence[QuestionRecord], full_point: str = "full") -> list[PointSummary]:
+    """One `PointSummary` per point, in first-seen order; raises if the full model's records are missing."""
+    grouped = _by_point(records)
+    if full_point not in grouped:
+        raise InvalidInputError(
+            f"no records of the full model ({full_point!r}): speedups are measured against it in the same run"
+        )
+    full_seconds = {r.question_id: r.seconds for r in grouped[full_point]}
+    rows = []
+    for label, group in grouped.items():
+        ids = [r.question_id for r in group]
+        if len(set(ids)) != len(ids):
+            raise InvalidInputError(f"point {label!r} has several records for one question")
+        shared = [r for r in group if r.question_id in full_seconds]
+        if not shared:
+            raise InvalidInputError(f"point {label!r} shares no question with the full model")
+        own = [r.seconds for r in shared]
+        base = [full_seconds[r.question_id] for r in shared]
+        first = group[0]
+        labelled = [r for r in group if r.correct is not None]
+        correct = sum(1 for r in labelled if r.correct) if labelled else None
+        low, high = wilson_interval(correct, len(labelled)) if labelled and correct is not None else (None, None)
+        columns = sorted({name for r in group for name in r.stages} | set(TOKEN_COLUMNS[:3]), key=_column_order)
+        rows.append(PointSummary(
+            point=label,
+            method=first.method,
+            count=first.count,
+            stage=first.stage,
+            skipped=first.skipped,
+            early_exit=first.early_exit,
+            questions=len(group),
+            correct=correct,
+            accuracy=(correct / len(labelled)) if labelled and correct is not None else None,
+            ci_low=low,
+            ci_high=high,
+            mean_seconds=fmean(r.seconds for r in group),
+            median_seconds=median(r.seconds for r in group),
+            speedup=_ratio(fmean(base), fmean(own)),
+            median_speedup=_ratio(median(base), median(own)),
+            tokens={c: fmean(r.stages[c].tokens if c in r.stages else 0 for r in group) for c in columns},
+            stage_seconds={c: fmean(r.stages[c].seconds if c in r.stages else 0.0 for r in group) for c in columns},
+            fallback_rate=fmean(1.0 if r.fallback_used else 0.0 for r in group),
+            unanswered_rate=fmean(1.0 if r.answer is None else 0.0 for r in group),
+        ))
+    return rows
+
+
+def _column_order(name: str) -> tuple[int, str]:
+    return (TOKEN_COLUMNS.index(name) if name in TOKEN_COLUMNS else len(TOKEN_COLUMNS), name)
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator > 0 else math.inf
+
+
+# ----------------------------------------------------------------------------------------- files
+
+
+def markdown_table(rows: Sequence[PointSummary]) -> str:
+    """The results table in GitHub markdown; accuracy as a percentage with its 95% Wilson interval."""
+    header = (
+        "| method | point | skipped sub-layers (R/A/S) | early exit | n | accuracy % [95% CI] | mean s/question "
+        "| median s | speedup (mean) | speedup (median) | tokens R/A/S/fallback |"
+    )
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for row in rows:
+        skipped = "/".join(str(row.skipped.get(s, 0)) for s in TOKEN_COLUMNS[:3])
+        accuracy = (
+            f"{100 * row.accuracy:.1f} [{100 * (row.ci_low or 0):.1f}, {100 * (row.ci_high or 0):.1f}]"
+            if row.accuracy is not None
+            else "n/a (unlabelled)"
+        )
+        tokens = "/".join(f"{row.tokens.get(c, 0.0):.1f}" for c in TOKEN_COLUMNS)
+        lines.append(
+            f"| {row.method} | {row.point} | {skipped} | {'yes' if row.early_exit else 'no'} | {row.questions} "
+            f"| {accuracy} | {row.mean_seconds:.2f} | {row.median_seconds:.2f} | {row.speedup:.2f}x "
+            f"| {row.median_speedup:.2f}x | {tokens} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_report(
+    out_dir: str | Path,
+    rows: Sequence[PointSummary],
+    meta: Mapping[str, Any],
+    points: Sequence[Mapping[str, Any]] = (),
+) -> tuple[Path, Path]:
+    """Write `results.json` (metadata, point definitions, table rows) and `results.md`; return both paths."""
+    folder = Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    document = {
+        "format": RESULTS_FORMAT,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "meta": dict(meta),
+        "points": list(points),
+        "summary": [row.model_dump(mode="json") for row in rows],
+    }
+    json_path = folder / RESULTS_JSON
+    json_path.write_text(json.dumps(document, indent=2, allow_nan=True) + "\n", encoding="utf-8")
+    title = f"# Benchmark: {meta.get('benchmark', '?')} ({meta.get('questions', '?')} questions, model {meta.get('model', '?')})\n\n"
+    notes = (
+        "Speedup: mean (or median) engine seconds per question of the full model divided by the point's, over "
+        "the same questions in the same run. Accuracy interval: 95% Wilson score interval. Tokens: mean generated "
+        "tokens per question in the recall / analysis / summary stages and the full-model summary re-run.\n\n"
+    )
+    md_path = folder / RESULTS_MD
+    md_path.write_text(title + notes + markdown_table(rows), encoding="utf-8")
+    return json_path, md_path
+
+
+def load_results(folder: str | Path) -> dict[str, Any]:
+    """Read a results folder's `results.json`, with an error naming the folder when it is absent or unreadable."""
+    path = Path(folder) / RESULTS_JSON
+    if not path.is_file():
+        raise InvalidInputError(f"no {RESULTS_JSON} in {folder}: run `litestage bench ... --out {folder}` first")
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise InvalidInputError(f"{path} is not valid JSON: {error.msg} at line {error.lineno}") from error
+    if document.get("format") != RESULTS_FORMAT:
+        raise InvalidInputError(f"{path} has results format {document.get('format')!r}, expected {RESULTS_FORMAT}")
+    return document
+
+
+def rows_of(document: Mapping[str, Any]) -> list[PointSummary]:
+    return [PointSummary.model_validate(row) for row in document["summary"]]
