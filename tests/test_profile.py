@@ -154,3 +154,24 @@ def test_every_shipped_profile_is_valid(name: str) -> None:
     profile = Profile.load(name)
     assert profile.trace, "a shipped profile keeps its search trace"
     assert any(entry.chosen for entry in profile.trace)
+
+
+def test_profile_drives_the_chat_model_per_stage() -> None:
+    """A saved profile plugs into ChatLiteStage as its stage budgets, and refuses other weights."""
+    from tiny_models import tiny_llama
+
+    from litestage_chain import from_pretrained_objects
+    from litestage_chain.chat_model import ChatLiteStage
+
+    model, tokenizer = tiny_llama()
+    lm = from_pretrained_objects(model, tokenizer, name="tiny", weights_sha256=SHA)
+    profile = make_profile().model_copy(
+        update={"stages": {**make_profile().stages, "recall": StageSettings(plan=SkipPlan(attention=[1], mlp=[3]))}}
+    )
+    chat = ChatLiteStage(model=lm, stage_profile=profile, max_tokens=3)
+    message = chat.invoke("hi", stage="recall")
+    assert message.response_metadata["skipped"] == {"attention": [1], "mlp": [3]}
+    assert chat.invoke("hi", stage="summary").response_metadata["skipped"] == {"attention": [], "mlp": []}
+    other = from_pretrained_objects(model, tokenizer, name="other", weights_sha256=OTHER_SHA)
+    with pytest.raises(ProfileMismatchError, match="made for model 'smollm2-135m'"):
+        ChatLiteStage(model=other, stage_profile=profile, max_tokens=3).invoke("hi", stage="recall")
