@@ -1,0 +1,101 @@
+"""The real executor: a method point run through the recall -> analysis -> summary chain on the loaded model.
+
+It composes the search's `ChainEvaluator` (same prompts, stop strings, token budgets and greedy decoding as
+the offline search and `litestage ask`) and the chain's `FinalizeStep` (answer extraction and the full-model
+summary re-run), so every method is measured on exactly the pipeline LiteStage is searched and served on.
+
+Stage outputs are reused between points: decoding is greedy, so a stage's output depends only on its plan, its
+early-exit rule and its inputs. When two points run an identical stage computation (e.g. every ``stage-only``
+point of the summary stage reuses the full model's recall and analysis), the output and the seconds measured
+when it was first produced are reused. An identical computation therefore gets an identical time in every
+method, which removes machine noise from exactly the parts methods share.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+
+from litestage_chain.bench.methods import MethodPoint
+from litestage_chain.bench.records import Outcome, StageMeasure
+from litestage_chain.chain import FinalizeStep, ReasoningResult, stage_node
+from litestage_chain.data.types import Question
+from litestage_chain.early_exit import EarlyExitConfig
+from litestage_chain.errors import InvalidInputError
+from litestage_chain.loading import LoadedModel
+from litestage_chain.search_eval import ChainEvaluator
+from litestage_chain.skip_plan import SkipPlan
+from litestage_chain.stages import STAGES
+
+FALLBACK = "fallback"
+
+
+def outcome_of(result: ReasoningResult, question_id: str) -> Outcome:
+    """Per-stage tokens and seconds (plus the fallback re-run, if any) of one chain result."""
+    stages = {
+        stage: StageMeasure(tokens=output.generated_tokens, seconds=output.seconds, early_exited=output.early_exited)
+        for stage, output in result.stages.items()
+    }
+    if result.fallback is not None:
+        stages[FALLBACK] = StageMeasure(tokens=result.fallback.generated_tokens, seconds=result.fallback.seconds)
+    return Outcome(
+        question_id=question_id,
+        answer=result.answer,
+        answer_source=result.answer_source,
+        fallback_used=result.fallback_used,
+        stages=stages,
+        seconds=result.model_seconds,
+    )
+
+
+class ChainExecutor:
+    """Runs method points through the reasoning chain; one `ChainEvaluator` (and stage cache) per early-exit rule.
+
+    Args mirror `ChainEvaluator`: per-stage `max_tokens`, `num_shots`, `prompts_dir`, `fallback` (re-run the
+    summary on the full model when no answer can be read) and `batch_size` (1 = single-question latency).
+    """
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        *,
+        max_tokens: Mapping[str, int] | None = None,
+        num_shots: int = 2,
+        prompts_dir: str | None = None,
+        fallback: bool = True,
+        batch_size: int = 1,
+        progress: bool = False,
+    ) -> None:
+        self.model = model
+        self._settings = dict(
+            max_tokens=dict(max_tokens) if max_tokens else None, num_shots=num_shots, prompts_dir=prompts_dir,
+            fallback=fallback, batch_size=batch_size, progress=progress,
+        )
+        self.fallback = fallback
+        self._evaluators: dict[str, ChainEvaluator] = {}
+        self.base = self.evaluator({stage: None for stage in STAGES})
+        self.identity = "bench-v1:" + self.base.identity
+
+    def evaluator(self, early_exit: Mapping[str, EarlyExitConfig | None]) -> ChainEvaluator:
+        """The evaluator (with its stage-output cache) for one per-stage early-exit setting."""
+        key = json.dumps({s: (r.model_dump() if r else None) for s, r in sorted(early_exit.items())}, sort_keys=True)
+        if key not in self._evaluators:
+            self._evaluators[key] = ChainEvaluator(self.model, early_exit=dict(early_exit), **self._settings)  # type: ignore[arg-type]
+        return self._evaluators[key]
+
+    def run(self, point: MethodPoint, questions: Sequence[Question]) -> list[Outcome]:
+        if not questions:
+            raise InvalidInputError("no questions to run")
+        evaluator = self.evaluator(point.early_exit)
+        states = evaluator.run_stages(point.plans, questions)
+        fallback = (
+            stage_node(
+                evaluator.chat, "summary", evaluator.prompts, num_shots=evaluator.num_shots,
+                max_tokens=evaluator.max_tokens["summary"], skip_plan=SkipPlan(), early_exit=None,
+                name="summary_fallback",
+            )
+            if self.fallback
+            else None
+        )
+        results: list[ReasoningResult] = FinalizeStep(fallback).batch(states)
+        return [outcome_of(result, question.id) for result, question in zip(results, questions, strict=True)]
