@@ -221,6 +221,7 @@ def bench_quality(source: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     sub = parser.add_subparsers(dest="cmd", required=True)
     g = sub.add_parser("gemv")
     g.add_argument("--model", choices=["smollm2", "qwen", "all"], default="all")
@@ -235,6 +236,8 @@ def main() -> None:
     q = sub.add_parser("quality")
     q.add_argument("--source", default="smollm2-135m")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.cmd == "gemv":
         bench_gemv(["smollm2", "qwen"] if args.model == "all" else [args.model], args.rounds)
     elif args.cmd == "rows":

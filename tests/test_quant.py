@@ -48,10 +48,12 @@ def kernel_module(request: pytest.FixtureRequest) -> Iterator[object]:
     if request.param == "avx512_vnni" and module.kernel_isa() != "avx512_vnni":
         pytest.skip("CPU has no AVX-512 VNNI; the portable path is covered by the other case")
     module.force_portable(request.param == "portable")
+    formats._fast.clear()
     try:
         yield module
     finally:
         module.force_portable(False)
+        formats._fast.clear()
 
 
 def test_int8_groups_roundtrip_error_is_half_a_step() -> None:
@@ -112,7 +114,7 @@ def test_module_close_to_float_linear(
     if use_kernels and BUILD_PROBLEM is not None:
         pytest.skip(f"C++ kernels cannot be built here: {BUILD_PROBLEM}")
     if not use_kernels:
-        monkeypatch.setattr(formats, "get_kernels", lambda: None)
+        monkeypatch.setattr(formats, "_fast_kernels", lambda: None)
     lin = nn.Linear(64, 48, bias=True)
     module = convert_linear(lin, fmt)  # type: ignore[arg-type]
     assert module.in_features == 64 and module.out_features == 48

@@ -42,10 +42,15 @@ def _round_up(value: int, multiple: int) -> int:
     return (value + multiple - 1) // multiple * multiple
 
 
+_fast: list[object] = []  # memo of _fast_kernels(): it sits on the per-token path
+
+
 def _fast_kernels():  # noqa: ANN202 - the compiled module has no static type
     """The compiled module if its VNNI path runs on this CPU, else ``None`` (use the fallback)."""
-    kernels = get_kernels()
-    return kernels if kernels is not None and kernels.kernel_isa() == "avx512_vnni" else None
+    if not _fast:
+        kernels = get_kernels()
+        _fast.append(kernels if kernels is not None and kernels.kernel_isa() == "avx512_vnni" else None)
+    return _fast[0]
 
 
 def round_activations_like_kernel(x2: torch.Tensor) -> torch.Tensor:
