@@ -26,6 +26,15 @@ TOKENS = {"recall": 4, "analysis": 4, "summary": 3}
 SHA = "5e" * 32
 
 
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """The tiny model is overhead-bound: one thread is faster, and immune to slowdowns on a busy machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def lm():
     """A tiny random Llama with room for unshortened stage prompts (byte-level tokens)."""
