@@ -159,6 +159,23 @@ class Profile(BaseModel):
             except InvalidInputError as error:
                 raise ProfileMismatchError(f"stage {stage!r}: {error}") from error
 
+    def describe(self) -> str:
+        """A few human-readable lines: what the profile is for and what each stage runs with."""
+        lines = [
+            f"profile for {self.model.name} (weights {self.model.weights_sha256[:12]}), searched on "
+            f"{self.questions.benchmark}/{self.questions.split} ({self.questions.size} questions), "
+            f"{self.metric} >= full {self.full_score:.3f} - {self.epsilon:g}",
+        ]
+        for stage in self.stage_order:
+            settings = self.stages[stage]
+            early = settings.early_exit
+            exit_text = (
+                f"early exit window={early.window} threshold={early.threshold:g} min_tokens={early.min_tokens}"
+                if early is not None else "no early exit"
+            )
+            lines.append(f"  {stage}: skip {settings.plan.num_skipped} ({settings.plan.describe()}), {exit_text}")
+        return "\n".join(lines)
+
     # ----- files --------------------------------------------------------------------------------------
 
     def to_json(self) -> str:
