@@ -1,0 +1,169 @@
+"""`litestage profile`: run the LiteStage offline search into a profile file, or show a profile.
+
+Registered into the `litestage` command by `add_profile_parser(subparsers)`.
+
+* ``litestage profile search --benchmark csqa --data DIR --size 100 --out csqa.json`` calibrates, ranks
+  sub-layers, searches per-stage budgets on a seeded slice of the train split and writes the profile.
+  Every evaluation is appended to ``--log`` (default: beside ``--out``); re-running the same command
+  after an interruption resumes without redoing finished evaluations.
+* ``litestage profile show NAME_OR_FILE`` prints what a profile runs each stage with (no argument: the
+  shipped profile names).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from litestage_chain.errors import InvalidInputError
+
+
+def add_profile_parser(subparsers: Any) -> None:
+    """Add the `profile` subcommand (with `search` and `show`) to the `litestage` command's subparsers."""
+    profile = subparsers.add_parser(
+        "profile",
+        help="search per-stage layer-skipping budgets into a profile, or show a profile",
+        description="LiteStage offline phase: rank sub-layers, search each stage's skip budget, write a profile.",
+    )
+    actions = profile.add_subparsers(dest="profile_command", metavar="ACTION")
+
+    search = actions.add_parser(
+        "search",
+        help="run the budget search on a seeded slice of a benchmark's train split and write a profile",
+        description="Calibrate, rank sub-layers and search per-stage budgets; re-running the same command resumes.",
+    )
+    search.add_argument("--benchmark", required=True, help="benchmark name (csqa, obqa, strategyqa)")
+    search.add_argument("--data", required=True, metavar="DIR", help="data folder holding <benchmark>/train.jsonl")
+    search.add_argument("--size", type=int, default=100, metavar="N", help="questions searched on (default 100)")
+    search.add_argument("--seed", type=int, default=0, help="seed of the question slice (default 0)")
+    search.add_argument("--model", "-m", default="smollm2-135m", help="model source (default: smollm2-135m)")
+    search.add_argument("--out", required=True, metavar="FILE", help="where to write the profile JSON")
+    search.add_argument("--log", metavar="FILE", help="results log to resume from (default: <out>.search.jsonl)")
+    search.add_argument("--epsilon", type=float, default=0.02, help="allowed metric drop from the full model")
+    search.add_argument("--metric", choices=("accuracy", "agreement"), default="accuracy",
+                        help="accuracy against labels, or agreement with the full model's answers")
+    search.add_argument("--step", type=int, default=1, metavar="N", help="skip counts tried: N, 2N, ... (default 1)")
+    search.add_argument("--max-skip", type=int, metavar="N", help="largest skip count tried (default: all sub-layers)")
+    search.add_argument("--collapse-margin", type=float, default=0.1,
+                        help="a candidate this far below the target counts as collapsed (default 0.1)")
+    search.add_argument("--patience", type=int, default=2,
+                        help="consecutive collapsed candidates that end a stage's sweep (default 2)")
+    search.add_argument("--calibration-size", type=int, default=8, metavar="N",
+                        help="questions whose stage texts calibrate the importance ranking (default 8)")
+    search.add_argument("--max-tokens", metavar="N|STAGE=N,...",
+                        help="cap every stage at N tokens, or per-stage budgets, e.g. recall=32,analysis=64,summary=16")
+    search.add_argument("--shots", type=int, default=2, metavar="N", help="worked examples per stage (default 2)")
+    search.add_argument("--no-fallback", action="store_true", help="do not re-run unreadable summaries on the full model")
+    search.add_argument("--batch-size", type=int, default=1, metavar="N",
+                        help="questions decoded together (default 1: single-question latency)")
+    search.add_argument("--no-early-exit", action="store_true", help="search (and profile) without early exit")
+    search.add_argument("--exit-window", type=int, default=4, metavar="N", help="early exit: tokens averaged (default 4)")
+    search.add_argument("--exit-threshold", type=float, default=0.5, metavar="P",
+                        help="early exit: mean confidence below which a stage stops (default 0.5)")
+    search.add_argument("--exit-min-tokens", type=int, default=8, metavar="N",
+                        help="early exit: never before N tokens (default 8)")
+    search.add_argument("--threads", type=int, metavar="N",
+                        help="torch CPU threads (default: torch's choice; 1 is steadier on a busy machine)")
+    search.add_argument("--no-progress", action="store_true", help="no progress bars or per-candidate lines")
+    search.set_defaults(handler=run_profile_search)
+
+    show = actions.add_parser("show", help="print a profile's per-stage settings (no argument: list shipped ones)")
+    show.add_argument("profile", nargs="?", help="a profile JSON file or shipped profile name")
+    show.add_argument("--trace", action="store_true", help="also print every evaluated candidate")
+    show.set_defaults(handler=run_profile_show)
+
+    profile.set_defaults(handler=lambda args: _usage(profile))
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return 1
+
+
+def run_profile_search(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    """Load the model and questions, run the offline search, write the profile and print its summary."""
+    import torch
+    from pydantic import ValidationError
+
+    from litestage_chain.bench.cli import parse_max_tokens
+    from litestage_chain.data.rows import describe_validation_error
+    from litestage_chain.data import search_questions
+    from litestage_chain.early_exit import EarlyExitConfig
+    from litestage_chain.loading import load_model
+    from litestage_chain.offline import search_profile
+    from litestage_chain.profile import TraceEntry
+    from litestage_chain.search import SearchConfig
+    from litestage_chain.search_eval import ChainEvaluator
+
+    out = out or sys.stdout
+    if args.threads is not None:
+        if args.threads < 1:
+            raise InvalidInputError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    try:
+        config = SearchConfig(
+            epsilon=args.epsilon, metric=args.metric, step=args.step, max_skip=args.max_skip,
+            collapse_margin=args.collapse_margin, patience=args.patience,
+        )
+        early_exit = None if args.no_early_exit else EarlyExitConfig(
+            window=args.exit_window, threshold=args.exit_threshold, min_tokens=args.exit_min_tokens
+        )
+    except ValidationError as error:
+        raise InvalidInputError(f"invalid search settings: {describe_validation_error(error)}") from error
+    target = Path(args.out)
+    log = Path(args.log) if args.log else target.with_name(target.name + ".search.jsonl")
+    questions = search_questions(args.benchmark, args.size, seed=args.seed, data_dir=args.data)
+    model = load_model(args.model)
+    evaluator = ChainEvaluator(
+        model, early_exit=early_exit, max_tokens=parse_max_tokens(args.max_tokens), num_shots=args.shots,
+        fallback=not args.no_fallback, batch_size=args.batch_size, progress=not args.no_progress,
+    )
+    out.write(f"searching {model.name} on {questions.benchmark}/{questions.split}; log: {log}\n")
+    out.flush()
+
+    def report(entry: TraceEntry) -> None:
+        if args.no_progress:
+            return
+        stage = entry.stage or "full model"
+        mark = "meets target" if entry.meets_target else "below target"
+        stored = ", from log" if entry.reused else ""
+        out.write(f"  {stage:>10} skip {entry.skip_count:>2}: {args.metric} {entry.score:.3f}, "
+                  f"{entry.mean_latency_seconds:.2f} s/question, {mark}{stored}\n")
+        out.flush()
+
+    profile, result, _ = search_profile(
+        model, questions, config=config, evaluator=evaluator, calibration_size=args.calibration_size,
+        seed=args.seed, store_path=log, on_candidate=report, progress=not args.no_progress,
+    )
+    profile.save(target)
+    out.write(profile.describe() + "\n")
+    speedup = result.full.mean_latency_seconds / result.final.mean_latency_seconds if result.final.mean_latency_seconds else 0.0
+    out.write(
+        f"{args.metric}: full {result.full_score:.3f} -> {result.final_score:.3f}; latency "
+        f"{result.full.mean_latency_seconds:.2f} s -> {result.final.mean_latency_seconds:.2f} s per question "
+        f"({speedup:.2f}x); {result.evaluations} new evaluations\nwrote {target}\n"
+    )
+    out.flush()
+    return 0
+
+
+def run_profile_show(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    """Print a profile's summary (and trace), or the shipped profile names."""
+    from litestage_chain.profile import Profile, shipped_profiles
+
+    out = out or sys.stdout
+    if not args.profile:
+        names = shipped_profiles()
+        out.write(("shipped profiles: " + ", ".join(names)) if names else "no shipped profiles")
+        out.write("\n")
+        return 0
+    profile = Profile.load(args.profile)
+    out.write(profile.describe() + "\n")
+    if args.trace:
+        for entry in profile.trace:
+            flags = "".join((" chosen" if entry.chosen else "", " (below target)" if not entry.meets_target else ""))
+            out.write(f"  {entry.stage or 'full':>10} skip {entry.skip_count:>2}: score {entry.score:.3f}, "
+                      f"{entry.mean_latency_seconds:.2f} s{flags}\n")
+    return 0

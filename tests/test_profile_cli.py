@@ -1,0 +1,106 @@
+"""`litestage profile search` / `show` end to end, on a tiny model saved as a local model folder."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_models import _common, byte_tokenizer
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from litestage_chain.errors import InvalidInputError
+from litestage_chain.profile import Profile, ProfileError
+from litestage_chain.profile_cli import add_profile_parser
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny-model")
+    tokenizer = byte_tokenizer()
+    torch.manual_seed(5)
+    model = LlamaForCausalLM(LlamaConfig(**{**_common(tokenizer, 4), "max_position_embeddings": 4096}))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="litestage")
+    add_profile_parser(parser.add_subparsers(dest="command"))
+    return parser.parse_args(argv)
+
+
+def write_data(root: Path, n: int = 4) -> Path:
+    (root / "csqa").mkdir(parents=True)
+    with (root / "csqa" / "train.jsonl").open("w") as handle:
+        for i in range(n):
+            handle.write(json.dumps({"id": f"t{i}", "question": f"Pick option {i}?", "answer": "A",
+                                     "choices": [{"label": "A", "text": "red"}, {"label": "B", "text": "blue"}]}) + "\n")
+    return root
+
+
+def test_search_writes_a_profile_resumes_and_shows(model_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("LITESTAGE_CACHE", str(tmp_path / "cache"))
+    data = write_data(tmp_path / "data")
+    target = tmp_path / "profiles" / "csqa.json"
+    argv = ["profile", "search", "--benchmark", "csqa", "--data", str(data), "--size", "2", "--model", str(model_dir),
+            "--out", str(target), "--max-skip", "1", "--epsilon", "1.0", "--calibration-size", "1",
+            "--max-tokens", "recall=3,analysis=3,summary=2", "--shots", "0", "--no-progress", "--threads", "1"]
+    out = io.StringIO()
+    args = parse(argv)
+    assert args.handler(args, out=out) == 0
+    text = out.getvalue()
+    assert "wrote" in text and "4 new evaluations" in text
+    profile = Profile.load(target)
+    assert profile.questions.size == 2 and profile.questions.split == "train[n=2,seed=0]"
+    assert profile.early_exit_for("recall") is not None, "early exit is on unless --no-early-exit"
+    log = target.with_name("csqa.json.search.jsonl")
+    assert len(log.read_text().splitlines()) == 4
+
+    again = io.StringIO()
+    args = parse(argv)
+    assert args.handler(args, out=again) == 0
+    assert "0 new evaluations" in again.getvalue()
+    assert Profile.load(target).stages == profile.stages
+
+    shown = io.StringIO()
+    args = parse(["profile", "show", str(target), "--trace"])
+    assert args.handler(args, out=shown) == 0
+    lines = shown.getvalue().splitlines()
+    assert lines[0].startswith("profile for ") and sum("chosen" in line for line in lines) == 3
+
+
+def test_bad_settings_are_clear_errors(tmp_path: Path) -> None:
+    data = write_data(tmp_path / "data")
+    base = ["profile", "search", "--benchmark", "csqa", "--data", str(data), "--out", str(tmp_path / "p.json")]
+    args = parse(base + ["--epsilon", "2"])
+    with pytest.raises(InvalidInputError, match="invalid search settings: epsilon: Input should be less than or equal to 1"):
+        args.handler(args, out=io.StringIO())
+    args = parse(base + ["--size", "9"])
+    with pytest.raises(InvalidInputError, match="asked for 9 questions but csqa/train has only 4"):
+        args.handler(args, out=io.StringIO())
+    args = parse(base + ["--threads", "0"])
+    with pytest.raises(InvalidInputError, match="--threads"):
+        args.handler(args, out=io.StringIO())
+
+
+def test_show_lists_shipped_profiles_or_fails_clearly(tmp_path: Path) -> None:
+    out = io.StringIO()
+    args = parse(["profile", "show"])
+    assert args.handler(args, out=out) == 0
+    assert "shipped profiles" in out.getvalue()
+    args = parse(["profile", "show", "no-such-profile"])
+    with pytest.raises(ProfileError, match="no profile file 'no-such-profile'"):
+        args.handler(args, out=io.StringIO())
