@@ -68,6 +68,11 @@ def add_bench_subcommand(subparsers: Any) -> None:
                        help="early exit: mean confidence below which a stage stops (default 0.5)")
     bench.add_argument("--exit-min-tokens", type=int, default=8, metavar="N",
                        help="early exit: never before N tokens (default 8)")
+    bench.add_argument(
+        "--threads", type=int, default=1, metavar="N",
+        help="torch threads (default 1; 0 keeps torch's default). On a CPU shared with other processes, "
+        "several threads spin-wait on each other and decoding gets many times slower and noisier",
+    )
     bench.add_argument("--no-progress", action="store_true", help="no progress bars")
     bench.add_argument("--no-plots", action="store_true", help="write the table only")
     bench.add_argument("--report-only", action="store_true",
@@ -160,7 +165,7 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
     sweeps = dict(parse_sweep(text) for text in args.sweep)
     max_tokens = parse_max_tokens(args.max_tokens)
     for name, value, low in (("--interleave", args.interleave, 1), ("--batch-size", args.batch_size, 1),
-                             ("--shots", args.shots, 0)):
+                             ("--shots", args.shots, 0), ("--threads", args.threads, 0)):
         if value < low:
             raise InvalidInputError(f"{name} must be >= {low}, got {value}")
     methods = _chosen_methods(args, out)
@@ -179,6 +184,10 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
                                      min_tokens=args.exit_min_tokens)
     except ValueError as error:
         raise InvalidInputError(f"early-exit options: {error}") from error
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     profile = Profile.load(args.profile) if args.profile else None
     model = load_model(args.model)
     if profile is not None:
@@ -207,7 +216,7 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
         "fingerprint": questions.fingerprint, "seed": args.seed, "model": model.name,
         "weights_sha256": model.weights_sha256, "profile": args.profile, "methods": methods,
         "max_tokens": executor.base.max_tokens, "shots": args.shots, "fallback": not args.no_fallback,
-        "batch_size": args.batch_size, "interleave": args.interleave, "early_exit": early_exit.model_dump(),
+        "batch_size": args.batch_size, "interleave": args.interleave, "threads": args.threads, "early_exit": early_exit.model_dump(),
         "calibration_ids": [q.id for q in calibration], "ranking": [list(s) for s in ranking],
         "adaskip_ranking": [list(s) for s in adaskip] if adaskip else None,
     }

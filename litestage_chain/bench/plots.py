@@ -41,7 +41,8 @@ def _percent(value: float | None) -> float:
 def _error(row: PointSummary) -> tuple[float, float]:
     if row.accuracy is None or row.ci_low is None or row.ci_high is None:
         return (0.0, 0.0)
-    return (100.0 * (row.accuracy - row.ci_low), 100.0 * (row.ci_high - row.accuracy))
+    # clamped: at 0% or 100% accuracy float rounding can put the bound a hair past the estimate
+    return (max(0.0, 100.0 * (row.accuracy - row.ci_low)), max(0.0, 100.0 * (row.ci_high - row.accuracy)))
 
 
 def _full(rows: Sequence[PointSummary]) -> PointSummary | None:
