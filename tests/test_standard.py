@@ -53,12 +53,6 @@ class TestChatLiteStageIntegration(ChatModelIntegrationTests):
         return {"model": "smollm2-135m", "max_tokens": 12}
 
     @property
-    def standard_chat_model_params(self) -> dict[str, Any]:
-        params = super().standard_chat_model_params
-        params.pop("timeout")  # no network requests to time out
-        return params
-
-    @property
     def supports_json_mode(self) -> bool:
         # method="json_mode" takes the same prompt-and-validate path as the other methods.
         return True
