@@ -27,7 +27,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from litestage_chain.quant import convert_linear, kernels_status  # noqa: E402
-from litestage_chain.quant.formats import GEMV_MAX_ROWS, WEIGHT_FORMATS  # noqa: E402
+from litestage_chain.quant.formats import WEIGHT_FORMATS  # noqa: E402
 
 # (out, in) of every distinct Linear a decode step runs, fused as the engine fuses them
 SHAPES: dict[str, list[tuple[str, int, int]]] = {
@@ -99,26 +99,29 @@ def bench_rows(rounds: int) -> None:
     """Where the compiled GEMV stops paying versus dequantise + matmul, per row count."""
     from litestage_chain.quant import formats
 
-    print(f"kernels: {kernels_status()}; GEMV_MAX_ROWS={GEMV_MAX_ROWS}")
+    print(f"kernels: {kernels_status()}")
     print("| shape | format | rows | kernel us | dequant+matmul us | fp32 matmul us |")
     print("|---|---|---:|---:|---:|---:|")
+    kernels = formats._fast_kernels()
+    if kernels is None:
+        print("no compiled VNNI kernels here: nothing to compare")
+        return
     for n, k in [(3072, 576), (8960, 1536)]:
         linear = nn.Linear(k, n, bias=False)
         for fmt in ("int8", "int4"):
             module = convert_linear(linear, fmt)  # type: ignore[arg-type]
-            for rows in (1, 2, 4, 8, 16, 32, 64):
+            for rows in (1, 4, 8, 16, 32, 64, 128, 256):
                 x = torch.randn(rows, k)
                 fns = {
-                    "kernel": lambda: module._gemv(x),
+                    "kernel": lambda: module._kernel(kernels, x),
                     "dequant": lambda: torch.nn.functional.linear(x, module.dequantize()),
                     "fp32": lambda: linear(x),
                 }
-                t = interleaved_medians(fns, rounds, 3)
+                t = interleaved_medians(fns, rounds, 2)
                 print(
                     f"| {n}x{k} | {fmt} | {rows} | {t['kernel'] * 1e6:.0f} | {t['dequant'] * 1e6:.0f} | "
                     f"{t['fp32'] * 1e6:.0f} |"
                 )
-    del formats
 
 
 def _agreement(a: list[int], b: list[int]) -> float:
@@ -180,8 +183,8 @@ QUALITY_TEXT = (
 def bench_quality(source: str) -> None:
     """Next-token agreement with float32 over a fixed text, per format and arithmetic path.
 
-    "kernel" forces the compiled path (int8-rounded activations, what decode uses) for every
-    position; "float-act" forces dequantise + matmul (weight rounding only).
+    "kernel" is the compiled path (int8-rounded activations); "float-act" is the no-kernel
+    fallback (dequantised weights, float activations: weight rounding only).
     """
     import torch.nn.functional as F
 
@@ -207,16 +210,18 @@ def bench_quality(source: str) -> None:
     print("| format / path | mean KL vs fp32 (nats) | top-1 agreement | perplexity |")
     print("|---|---:|---:|---:|")
     row("float32", ref)
-    saved = formats.GEMV_MAX_ROWS
+    compiled = formats._fast_kernels()
     try:
         for fmt in ("bfloat16", "int8", "int4"):
             view = quantize_decoder_view(lm.view, fmt, weights_id=lm.weights_sha256)  # type: ignore[arg-type]
-            paths = [("", saved)] if fmt == "bfloat16" else [(" kernel", 1 << 30), (" float-act", 0)]
-            for suffix, limit in paths:
-                formats.GEMV_MAX_ROWS = limit
+            paths = [("", compiled)] if fmt == "bfloat16" else [(" kernel", compiled), (" float-act", None)]
+            for suffix, kernels in paths:
+                if suffix == " kernel" and kernels is None:
+                    continue
+                formats._fast[:] = [kernels]
                 row(fmt + suffix, all_logits(view, ids, SkipPlan()))
     finally:
-        formats.GEMV_MAX_ROWS = saved
+        formats._fast[:] = [compiled]
 
 
 def main() -> None:

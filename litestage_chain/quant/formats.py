@@ -5,12 +5,13 @@ takes ``[..., in_features]`` and returns ``[..., out_features]`` in the dtype of
 ``in_features`` / ``out_features`` attributes exist. Weights are buffers, not parameters,
 because they are inference-only and must not be touched by optimisers.
 
-Why several paths inside one forward: decode calls carry one (or a few) token rows, where the
-compiled VNNI GEMV reads the low-bit weights once and wins by the byte ratio; prefill carries
-many rows, where a float GEMM is compute-bound and the fastest thing is to dequantise once and
-hand the product to ATen's matmul. The compiled path also quantises the activation row to
-int8 in groups of 32 (as GGUF Q8_0 does); the dequantise path keeps float activations. The
-effect on real checkpoints is measured in benchmarks/README.md.
+Two paths: with the compiled AVX-512 VNNI kernels (see kernels.py) every call, decode or
+prefill, runs on the low-bit weights directly; it quantises the activation rows to int8 in
+groups of 32 (as GGUF Q8_0 does). Measured on this project's CPU, that beats both float32
+matmul and dequantise-then-matmul at every row count tried (1-256, benchmarks/README.md).
+Without the kernels (no compiler, no VNNI), the module dequantises once, keeps the float32
+weight and calls ATen: the numbers are those of the rounded weights at float32 speed and
+size, so the format still works everywhere but only pays where the kernels run.
 
 The weights are stored in the kernel's blocked layout (see csrc/cpu_gemv.cpp): rows padded to
 a multiple of 16 and inputs to a multiple of 32 with zeros, 16 rows interleaved per block.
@@ -28,10 +29,6 @@ from litestage_chain.quant.kernels import get_kernels
 
 WeightFormat = Literal["float32", "bfloat16", "int8", "int4"]
 WEIGHT_FORMATS: tuple[str, ...] = ("float32", "bfloat16", "int8", "int4")
-
-#: Rows of ``x`` up to which the compiled GEMV beats dequantise + matmul (the kernel reads the
-#: weights once per 4 rows). Measured with ``benchmarks/cpu_formats.py rows``.
-GEMV_MAX_ROWS = 8
 
 #: Inputs per int4 (scale, min) group and per activation-quantisation group.
 GROUP = 32
@@ -60,8 +57,10 @@ def round_activations_like_kernel(x2: torch.Tensor) -> torch.Tensor:
     use this to check them, and to build float references that make the same choices.
     """
     g = x2.to(torch.float32).reshape(x2.shape[0], -1, GROUP)
-    scale = g.abs().amax(dim=-1, keepdim=True) / 127.0
-    q = torch.round(g * torch.where(scale > 0, 1.0 / scale, torch.zeros_like(scale))).clamp_(-127, 127)
+    amax = g.abs().amax(dim=-1, keepdim=True)
+    scale = amax / 127.0
+    inv = torch.where(amax > 0, 127.0 / amax, torch.zeros_like(amax))  # the kernel's float32 ops, in order
+    q = torch.round(g * inv).clamp_(-127, 127)
     return (q * scale).reshape(x2.shape)
 
 
@@ -84,6 +83,7 @@ class _BlockedLinear(nn.Module):
         self.in_features = int(in_features)
         self.out_features = int(out_features)
         self.register_buffer("bias", bias)
+        self._dense: torch.Tensor | None = None  # fallback-only float32 copy, never saved
 
     @property
     def padded_in_features(self) -> int:
@@ -103,13 +103,15 @@ class _BlockedLinear(nn.Module):
         if x.shape[-1] != self.in_features:
             raise ValueError(f"expected last dim {self.in_features}, got shape {tuple(x.shape)}")
         x2 = x.reshape(-1, self.in_features).to(torch.float32)
-        kernels = _fast_kernels() if x2.shape[0] <= GEMV_MAX_ROWS else None
+        kernels = _fast_kernels()
         if kernels is not None:
             pad = self.padded_in_features - self.in_features
             x2 = F.pad(x2, (0, pad)) if pad else x2.contiguous()
             y = self._kernel(kernels, x2)
         else:
-            y = F.linear(x2, self.dequantize())
+            if self._dense is None:
+                self._dense = self.dequantize().contiguous()
+            y = F.linear(x2, self._dense)
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
