@@ -194,8 +194,22 @@ class StagePrinter(BaseCallbackHandler):
         self.out.flush()
 
 
-SUBCOMMANDS: list[Callable[[Any], None]] = [add_ask_parser]
-"""Registration functions of the subcommands; append `add_profile_parser` / `add_bench_parser` here."""
+def add_profile_parser(subparsers: Any) -> None:
+    """`litestage profile ...` (offline search), defined in `litestage_chain.profile_cli`."""
+    from litestage_chain.profile_cli import add_profile_parser as register
+
+    register(subparsers)
+
+
+def add_bench_parser(subparsers: Any) -> None:
+    """`litestage bench ...` (benchmark runs), defined in `litestage_chain.bench.cli`."""
+    from litestage_chain.bench.cli import add_bench_subcommand as register
+
+    register(subparsers)
+
+
+SUBCOMMANDS: list[Callable[[Any], None]] = [add_ask_parser, add_profile_parser, add_bench_parser]
+"""Registration functions of the subcommands, in the order `litestage --help` lists them."""
 
 
 if __name__ == "__main__":

@@ -44,6 +44,13 @@ def test_parser_has_ask_subcommand() -> None:
     assert args.command == "ask" and args.choice == ["x", "y"] and args.no_stream and args.model == "smollm2-135m"
 
 
+def test_all_subcommands_are_registered(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "ask" in out and "profile" in out and "bench" in out
+
+
 def test_no_subcommand_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 1
     assert "ask" in capsys.readouterr().err
