@@ -194,7 +194,7 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
         profile.check_model(model)
     progress = not args.no_progress
     executor = ChainExecutor(model, max_tokens=max_tokens, num_shots=args.shots, fallback=not args.no_fallback,
-                             batch_size=args.batch_size, progress=progress)
+                             batch_size=args.batch_size, progress=False)  # one bar: the runner's
     needs_ranking = profile is None and any(m in RANKED for m in methods)
     calibration = _calibration_questions(args) if needs_ranking or "adaskip" in methods else ()
     ranking = (
@@ -216,7 +216,8 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
         "fingerprint": questions.fingerprint, "seed": args.seed, "model": model.name,
         "weights_sha256": model.weights_sha256, "profile": args.profile, "methods": methods,
         "max_tokens": executor.base.max_tokens, "shots": args.shots, "fallback": not args.no_fallback,
-        "batch_size": args.batch_size, "interleave": args.interleave, "threads": args.threads, "early_exit": early_exit.model_dump(),
+        "batch_size": args.batch_size, "interleave": args.interleave, "threads": args.threads,
+        "early_exit": early_exit.model_dump(),
         "calibration_ids": [q.id for q in calibration], "ranking": [list(s) for s in ranking],
         "adaskip_ranking": [list(s) for s in adaskip] if adaskip else None,
     }

@@ -80,7 +80,8 @@ class ChainExecutor:
         """The evaluator (with its stage-output cache) for one per-stage early-exit setting."""
         key = json.dumps({s: (r.model_dump() if r else None) for s, r in sorted(early_exit.items())}, sort_keys=True)
         if key not in self._evaluators:
-            self._evaluators[key] = ChainEvaluator(self.model, early_exit=dict(early_exit), **self._settings)  # type: ignore[arg-type]
+            rules = dict(early_exit)
+            self._evaluators[key] = ChainEvaluator(self.model, early_exit=rules, **self._settings)  # type: ignore[arg-type]
         return self._evaluators[key]
 
     def run(self, point: MethodPoint, questions: Sequence[Question]) -> list[Outcome]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -199,8 +199,9 @@ def method_points(method: str, context: MethodContext, counts: Sequence[int] | N
     """Every point of `method`: one per swept count (one per stage and count for ``stage-only``)."""
     if method not in METHODS:
         raise InvalidInputError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+    name = cast(MethodName, method)
     stages = context.stages
-    if method == "full":
+    if name == "full":
         return [full_point(context)]
     if method in NEEDS_PROFILE:
         profile = context.profile
@@ -214,7 +215,8 @@ def method_points(method: str, context: MethodContext, counts: Sequence[int] | N
             if method == "litestage"
             else {stage: None for stage in stages}
         )
-        return [MethodPoint(method=method, count=sum(p.num_skipped for p in plans.values()), plans=plans, early_exit=rules)]  # type: ignore[arg-type]
+        total = sum(plan.num_skipped for plan in plans.values())
+        return [MethodPoint(method=name, count=total, plans=plans, early_exit=rules)]
 
     chosen = list(counts) if counts is not None else list(DEFAULT_SWEEPS[method])
     if not chosen:
@@ -227,16 +229,16 @@ def method_points(method: str, context: MethodContext, counts: Sequence[int] | N
         if method in ("uniform", "uniform-exit"):
             rule = context.early_exit if method == "uniform-exit" else None
             plans, rules = _same_everywhere(stages, plan_for_count(context.ranking, count), rule)
-            points.append(MethodPoint(method=method, count=count, plans=plans, early_exit=rules))  # type: ignore[arg-type]
+            points.append(MethodPoint(method=name, count=count, plans=plans, early_exit=rules))
         elif method == "adaskip":
             if context.adaskip_ranking is None:
                 raise InvalidInputError("method 'adaskip' needs the AdaSkip ranking (prompt IO similarity)")
             plans, rules = _same_everywhere(stages, plan_for_count(context.adaskip_ranking, count), None)
-            points.append(MethodPoint(method=method, count=count, plans=plans, early_exit=rules))
+            points.append(MethodPoint(method=name, count=count, plans=plans, early_exit=rules))
         elif method in LAYER_COUNTED:
             build = unified_plan if method == "unified" else last_layers_plan
             plans, rules = _same_everywhere(stages, build(context.num_layers, count), None)
-            points.append(MethodPoint(method=method, count=count, plans=plans, early_exit=rules))  # type: ignore[arg-type]
+            points.append(MethodPoint(method=name, count=count, plans=plans, early_exit=rules))
         else:  # stage-only
             plan = plan_for_count(context.ranking, count)
             for stage in stages:

@@ -178,7 +178,10 @@ def write_report(
     }
     json_path = folder / RESULTS_JSON
     json_path.write_text(json.dumps(document, indent=2, allow_nan=True) + "\n", encoding="utf-8")
-    title = f"# Benchmark: {meta.get('benchmark', '?')} ({meta.get('questions', '?')} questions, model {meta.get('model', '?')})\n\n"
+    title = (
+        f"# Benchmark: {meta.get('benchmark', '?')} ({meta.get('questions', '?')} questions, "
+        f"model {meta.get('model', '?')})\n\n"
+    )
     notes = (
         "Speedup: mean (or median) engine seconds per question of the full model divided by the point's, over "
         "the same questions in the same run. Accuracy interval: 95% Wilson score interval. Tokens: mean generated "

@@ -23,7 +23,11 @@ RUN_FILE = "run.json"
 
 
 def write_run(
-    out_dir: str | Path, meta: Mapping[str, Any], points: Sequence[MethodPoint], identity: str, question_ids: Sequence[str]
+    out_dir: str | Path,
+    meta: Mapping[str, Any],
+    points: Sequence[MethodPoint],
+    identity: str,
+    question_ids: Sequence[str],
 ) -> Path:
     """Record what this run measures (before measuring), so the report can be rebuilt from the records alone."""
     folder = Path(out_dir)
