@@ -34,7 +34,7 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult, LLMResult
 from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.config import get_config_list
-from pydantic import ConfigDict, Field, InstanceOf, field_validator
+from pydantic import ConfigDict, Field, InstanceOf, field_validator, model_validator
 from typing_extensions import override
 
 from litestage_chain.early_exit import EarlyExitConfig
@@ -44,7 +44,7 @@ from litestage_chain.guided import closest_name, fill_object
 from litestage_chain.loading import LoadedModel, load_model
 from litestage_chain.messages import to_chat_dicts
 from litestage_chain.skip_plan import SkipPlan
-from litestage_chain.stages import Stage, StageBudgets, as_stage_budgets, check_stage
+from litestage_chain.stages import STAGES, Stage, StageBudgets, as_stage_budgets, check_stage
 from litestage_chain.tools import (
     TOOL_CALL_OPEN,
     ParsedToolCalls,
@@ -128,14 +128,33 @@ class ChatLiteStage(BaseChatModel):
     """Reasoning stage this model runs (`recall`, `analysis`, `summary`); selects the plan in `stage_profile`."""
     stage_profile: Any = None
     """Per-stage budgets: a mapping stage -> `SkipPlan`, or an object with `plan_for(stage)` and
-    `early_exit_for(stage)` (the offline search's profile). Named `stage_profile` because `profile` is
-    langchain-core's model-capabilities field."""
+    `early_exit_for(stage)` (the offline search's `Profile`). Stored as `stage_profile` because `profile` is
+    langchain-core's model-capabilities field; `ChatLiteStage(profile=...)` with stage budgets lands here too."""
     early_exit: EarlyExitConfig | None = None
     """Confidence-based early exit; `None` disables it."""
     streaming: bool = False
     """Generate token by token even on `invoke`, so streaming callbacks and `astream_events` see every piece."""
     max_retries: int = Field(2, ge=0)
     """How many times `with_structured_output` asks again after a reply fails to parse or validate."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _route_stage_profile(cls, data: Any) -> Any:
+        """Accept `profile=<stage budgets>` as an alias of `stage_profile`.
+
+        `profile` is langchain-core's model-capabilities field (a dict of feature flags). A value that is clearly a
+        stage budget (an object with `plan_for`, or a mapping keyed by stage names) is moved to `stage_profile`;
+        a capabilities dict stays where it is.
+        """
+        if isinstance(data, dict) and "profile" in data and "stage_profile" not in data:
+            value = data["profile"]
+            is_budget = hasattr(value, "plan_for") or (
+                isinstance(value, Mapping) and bool(value) and set(value) <= set(STAGES)
+            )
+            if is_budget:
+                data = {k: v for k, v in data.items() if k != "profile"}
+                data["stage_profile"] = value
+        return data
 
     @field_validator("stage_profile", mode="before")
     @classmethod

@@ -268,3 +268,12 @@ def test_batch_errors_per_input(llm: ChatLiteStage) -> None:
     assert isinstance(outputs[0], AIMessage) and isinstance(outputs[1], InvalidInputError)
     with pytest.raises(InvalidInputError, match="no messages"):
         llm.batch(["fine", []])
+
+
+def test_profile_keyword_is_an_alias_for_stage_budgets(tiny_llama: LoadedModel) -> None:
+    llm = ChatLiteStage(model=tiny_llama, max_tokens=2, profile={"recall": SkipPlan(mlp=[3])})
+    assert isinstance(llm.stage_profile, PlanMapping)
+    assert llm.profile is not None and llm.profile.get("tool_calling") is True  # capabilities stay intact
+    assert llm.bind(stage="recall").invoke("x").response_metadata["skipped"]["mlp"] == [3]
+    capabilities = ChatLiteStage(model=tiny_llama, profile={"max_input_tokens": 100})
+    assert capabilities.stage_profile is None and capabilities.profile == {"max_input_tokens": 100}
