@@ -79,6 +79,7 @@ class PreparedCall:
     tools: tuple[ToolSpec, ...]
     forced_tool: str | None = None
     schema: dict[str, Any] | None = None
+    shared_prefix: str | None = None
 
     @property
     def guided(self) -> bool:
@@ -136,6 +137,9 @@ class ChatLiteStage(BaseChatModel):
     """Generate token by token even on `invoke`, so streaming callbacks and `astream_events` see every piece."""
     max_retries: int = Field(2, ge=0)
     """How many times `with_structured_output` asks again after a reply fails to parse or validate."""
+    reuse_prefix: bool = True
+    """Reuse the KV entries of everything before the last message across calls with the same plan (system
+    prompt, few-shot exemplars, conversation history), so repeated stage prompts are not prefilled again."""
 
     @model_validator(mode="before")
     @classmethod
@@ -287,7 +291,11 @@ class ChatLiteStage(BaseChatModel):
                 chat[0] = {"role": "system", "content": chat[0]["content"] + "\n\n" + instructions}
             else:
                 chat.insert(0, {"role": "system", "content": instructions})
-        prompt = loaded.render_chat(chat, tools=[s.as_openai() for s in specs] if native_tools else None)
+        template_tools = [s.as_openai() for s in specs] if native_tools else None
+        prompt = loaded.render_chat(chat, tools=template_tools)
+        shared_prefix = None
+        if self.reuse_prefix and len(chat) >= 2:
+            shared_prefix = loaded.render_chat(chat[:-1], tools=template_tools, add_generation_prompt=False)
         prefix = "" if (forced or schema) else str(kwargs.get("response_prefix") or "")
         return PreparedCall(
             loaded=loaded,
@@ -300,6 +308,7 @@ class ChatLiteStage(BaseChatModel):
             tools=specs,
             forced_tool=forced,
             schema=schema,
+            shared_prefix=shared_prefix,
         )
 
     # ------------------------------------------------------------------ generation
@@ -311,7 +320,15 @@ class ChatLiteStage(BaseChatModel):
             return [self._run_guided(call) for call in calls]
         if first.tools:
             return [self._run_tools_auto(call) for call in calls]
-        return generate(first.loaded, [c.prompt for c in calls], plan=first.plan, config=first.config, on_token=on_token)
+        return generate(
+            first.loaded,
+            [c.prompt for c in calls],
+            plan=first.plan,
+            config=first.config,
+            on_token=on_token,
+            # The engine reuses a prefix only when every row starts with it; mixed prefixes prefill in full.
+            shared_prefix=first.shared_prefix if all(c.shared_prefix == first.shared_prefix for c in calls) else None,
+        )
 
     def _run_tools_auto(self, call: PreparedCall) -> GenerationResult:
         """Tools bound, none forced: the model decides; if it opens a `<tool_call>`, the call is filled guided.
@@ -320,7 +337,7 @@ class ChatLiteStage(BaseChatModel):
         the call itself continues exactly like a forced `"any"` call.
         """
         config = call.config.model_copy(update={"stop": (*call.config.stop, TOOL_CALL_OPEN)})
-        first = generate(call.loaded, [call.prompt], plan=call.plan, config=config)[0]
+        first = generate(call.loaded, [call.prompt], plan=call.plan, config=config, shared_prefix=call.shared_prefix)[0]
         opened = first.finish_reason == "stop" and TOOL_CALL_OPEN in call.loaded.decode(first.token_ids)
         if not opened:
             return first
@@ -339,7 +356,10 @@ class ChatLiteStage(BaseChatModel):
 
         def step(continuation: str, stops: Sequence[str], max_new: int) -> GenerationResult:
             config = call.config.model_copy(update={"max_new_tokens": max(1, max_new), "stop": tuple(stops)})
-            return generate(call.loaded, [call.prompt + continuation], plan=call.plan, config=config)[0]
+            # Every step extends the same prompt: its KV entries are computed once and reused by the next steps.
+            return generate(
+                call.loaded, [call.prompt + continuation], plan=call.plan, config=config, shared_prefix=call.prompt
+            )[0]
 
         budget = call.config.max_new_tokens
         results: list[GenerationResult] = []

@@ -277,3 +277,27 @@ def test_profile_keyword_is_an_alias_for_stage_budgets(tiny_llama: LoadedModel) 
     assert llm.bind(stage="recall").invoke("x").response_metadata["skipped"]["mlp"] == [3]
     capabilities = ChatLiteStage(model=tiny_llama, profile={"max_input_tokens": 100})
     assert capabilities.stage_profile is None and capabilities.profile == {"max_input_tokens": 100}
+
+
+def test_prefix_reuse_passes_the_history_and_keeps_outputs(llm: ChatLiteStage, monkeypatch: pytest.MonkeyPatch) -> None:
+    import litestage_chain.chat_model as module
+
+    conversation = [SystemMessage("be brief"), HumanMessage("hi"), AIMessage("hello"), HumanMessage("how are you")]
+    without = llm.model_copy(update={"reuse_prefix": False}).bind(max_tokens=8).invoke(conversation).content
+    prefixes: list[str | None] = []
+    real = module.generate
+
+    def spy(model, prompts, **kwargs):  # type: ignore[no-untyped-def]
+        prefixes.append(kwargs.get("shared_prefix"))
+        return real(model, prompts, **kwargs)
+
+    monkeypatch.setattr(module, "generate", spy)
+    first = llm.bind(max_tokens=8).invoke(conversation).content
+    again = llm.bind(max_tokens=8).invoke(conversation).content  # now served from the prefix cache
+    assert first == again == without
+    history = llm.loaded_model().render_chat(
+        [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
+         {"role": "assistant", "content": "hello"}],
+        add_generation_prompt=False,
+    )
+    assert prefixes == [history, history]

@@ -241,7 +241,7 @@ def test_auto_tool_mode_fills_a_call_the_model_opens(tiny_long: LoadedModel, mon
     script = [("Let me add.", "Let me add.<tool_call>", "stop"), (" 2", " 2,", "stop"), ("3", "3}", "stop")]
     seen: list[tuple[str, tuple[str, ...]]] = []
 
-    def scripted_generate(model, prompts, plan=None, config=None, on_token=None):  # type: ignore[no-untyped-def]
+    def scripted_generate(model, prompts, plan=None, config=None, on_token=None, shared_prefix=None):  # type: ignore[no-untyped-def]
         seen.append((prompts[0], config.stop))
         text, raw, reason = script.pop(0)
         return [
