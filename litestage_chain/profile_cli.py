@@ -58,6 +58,9 @@ def add_profile_parser(subparsers: Any) -> None:
     search.add_argument("--no-fallback", action="store_true", help="do not re-run unreadable summaries on the full model")
     search.add_argument("--batch-size", type=int, default=1, metavar="N",
                         help="questions decoded together (default 1: single-question latency)")
+    search.add_argument("--fresh-timings", action="store_true",
+                        help="regenerate and time every stage in every evaluation instead of reusing unchanged "
+                        "stages' outputs (slower; steadier comparisons on a busy machine)")
     search.add_argument("--no-early-exit", action="store_true", help="search (and profile) without early exit")
     search.add_argument("--exit-window", type=int, default=4, metavar="N", help="early exit: tokens averaged (default 4)")
     search.add_argument("--exit-threshold", type=float, default=0.5, metavar="P",
@@ -118,7 +121,8 @@ def run_profile_search(args: argparse.Namespace, out: TextIO | None = None) -> i
     model = load_model(args.model)
     evaluator = ChainEvaluator(
         model, early_exit=early_exit, max_tokens=parse_max_tokens(args.max_tokens), num_shots=args.shots,
-        fallback=not args.no_fallback, batch_size=args.batch_size, progress=not args.no_progress,
+        fallback=not args.no_fallback, batch_size=args.batch_size, reuse_outputs=not args.fresh_timings,
+        progress=not args.no_progress,
     )
     out.write(f"searching {model.name} on {questions.benchmark}/{questions.split}; log: {log}\n")
     out.flush()

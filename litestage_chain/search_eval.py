@@ -128,6 +128,9 @@ class ChainEvaluator:
         prompts_dir, num_shots: the prompt templates and how many worked examples each stage shows.
         fallback: re-run the summary on the full model when no answer can be read (as the chain does).
         batch_size: questions decoded together (1 = single-question latency, see the module docstring).
+        reuse_outputs: reuse unchanged stages' outputs (and their measured times) across evaluations. Turn
+            off to time every stage afresh in every evaluation: slower, but candidates are then never
+            compared on times measured under different machine load.
     """
 
     def __init__(
@@ -140,6 +143,7 @@ class ChainEvaluator:
         num_shots: int = 2,
         fallback: bool = True,
         batch_size: int = 1,
+        reuse_outputs: bool = True,
         progress: bool = False,
     ) -> None:
         if batch_size < 1:
@@ -150,6 +154,7 @@ class ChainEvaluator:
         self.num_shots = num_shots
         self.fallback = fallback
         self.batch_size = batch_size
+        self.reuse_outputs = reuse_outputs
         self.progress = progress
         self.max_tokens: dict[Stage, int] = {**DEFAULT_MAX_TOKENS, **{check_stage(k): v for k, v in (max_tokens or {}).items()}}
         self.early_exit: dict[Stage, EarlyExitConfig | None] = _per_stage_early_exit(early_exit)
@@ -170,6 +175,7 @@ class ChainEvaluator:
             "num_shots": self.num_shots,
             "fallback": self.fallback,
             "batch_size": self.batch_size,
+            "reuse_outputs": self.reuse_outputs,
             "stops": STAGE_STOPS,
             "prompts": prompts,
         })
@@ -202,6 +208,8 @@ class ChainEvaluator:
     def evaluate(self, plans: Mapping[str, SkipPlan], questions: Sequence[Question]) -> EvalResult:
         if not questions:
             raise InvalidInputError("no questions to evaluate")
+        if not self.reuse_outputs:
+            self._cache.clear()
         states = self.run_stages(plans, questions)
         fallback = self._node("summary", SkipPlan(), None, "summary_fallback") if self.fallback else None
         results: list[ReasoningResult] = FinalizeStep(fallback).batch(states)

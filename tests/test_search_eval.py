@@ -97,6 +97,15 @@ def test_unchanged_stage_outputs_are_reused(lm) -> None:
     assert all(s["recall"].skipped == SkipPlan(mlp=[2, 3]) for s in states)
 
 
+def test_outputs_can_be_timed_afresh_in_every_evaluation(lm) -> None:
+    ev = evaluator(lm, fallback=False, reuse_outputs=False)
+    first = ev.evaluate(FULL, questions(2))
+    second = ev.evaluate({**FULL, "summary": SkipPlan(attention=[1])}, questions(2))
+    assert dict(ev.generated) == {"recall": 4, "analysis": 4, "summary": 4}
+    assert first.answers.keys() == second.answers.keys()
+    assert evaluator(lm, reuse_outputs=False).identity != evaluator(lm).identity
+
+
 def test_identity_tracks_what_changes_results(lm) -> None:
     base = evaluator(lm).identity
     assert evaluator(lm).identity == base
