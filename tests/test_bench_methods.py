@@ -135,6 +135,17 @@ def test_adaskip_ranks_attention_and_mlp_each_within_its_kind() -> None:
     mlp_order = [layer for layer, kind in ranking if kind == "mlp"]
     assert attention_order == [1, 2, 0, 3] and mlp_order == [1, 3, 2, 0], "within a kind, by its own similarity"
     assert mean_similarity({"a": [(1.0, 0.0)], "b": [(0.0, 1.0)]}).tolist() == [[0.5, 0.5]]
+
+
+def test_adaskip_standing_is_robust_to_an_outlier_layer() -> None:
+    # Layer 0's MLP barely keeps the residual (as in real models); with a mean/std scale this one value would
+    # squash every other MLP z-score and the first skips would again all be attention.
+    attention = [0.57, 0.84] + [0.980 + 0.001 * (i % 7) for i in range(2, 12)]
+    mlp = [0.06] + [0.965 + 0.001 * (i % 5) for i in range(1, 11)] + [0.990]
+    ranking = adaskip_ranking(torch.tensor(list(zip(attention, mlp, strict=True))))
+    assert ranking[0] == (11, "mlp"), "the MLP sub-layer standing far above its kind goes first"
+    assert {kind for _, kind in ranking[:6]} == {"attention", "mlp"}
+    assert ranking[-2:] == [(0, "attention"), (0, "mlp")] or set(ranking[-3:]) >= {(0, "mlp"), (0, "attention")}
     with pytest.raises(InvalidInputError, match=r"\[num_layers, 2\]"):
         adaskip_ranking(torch.zeros(3))
 

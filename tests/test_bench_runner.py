@@ -66,14 +66,18 @@ def points() -> list[MethodPoint]:
                        "stage-only": [2]})
 
 
-def test_points_are_interleaved_per_question_batch_full_model_first() -> None:
+def test_points_are_interleaved_per_question_batch_in_rotating_order() -> None:
     stub, pts = StubExecutor(), points()
     records = run_points(stub, pts, questions(5), RecordStore(), interleave=2, progress=False)
     assert len(records) == len(pts) * 5
+    assert [r.point for r in records[:5]] == ["full"] * 5, "returned point-major in the given order"
     batches = [ids for _, ids in stub.calls]
     assert batches == [["q0", "q1"]] * len(pts) + [["q2", "q3"]] * len(pts) + [["q4"]] * len(pts)
-    assert [label for label, _ in stub.calls[: len(pts)]] == [p.label for p in pts]
-    assert stub.calls[0][0] == "full"
+    labels = [p.label for p in pts]
+    rounds = [[label for label, _ in stub.calls[i * len(pts) : (i + 1) * len(pts)]] for i in range(3)]
+    assert rounds[0] == labels and rounds[0][0] == "full"
+    assert rounds[1] == labels[1:] + labels[:1], "each round starts one point later"
+    assert rounds[2] == labels[2:] + labels[:2]
 
 
 def test_resume_redoes_nothing_and_finishes_what_is_missing(tmp_path: Path) -> None:

@@ -142,10 +142,12 @@ def adaskip_ranking(similarity: torch.Tensor) -> list[SubLayer]:
     AdaSkip (He et al., AAAI 2025) observes that attention and FFN sub-layers have different importance
     distributions: attention sub-layers usually change the residual stream far less, so ranking both kinds on one
     raw similarity scale skips almost only attention. It therefore ranks attention sub-layers among attention and
-    FFN sub-layers among FFN, each by its own IO similarity, and decides how many of each kind to skip. Here both
-    kinds are standardised against their own distribution (z-score of the similarity within the kind) and the two
-    rankings are merged by that standing, so a sub-layer is skipped early when it is unusually redundant *for its
-    kind*. The similarity is measured on the full model over the prompts only (AdaSkip's offline, prefill-based
+    FFN sub-layers among FFN, each by its own IO similarity, and decides how many of each kind to skip. Here each
+    kind is standardised against its own distribution and the two rankings are merged by that standing, so a
+    sub-layer is skipped early when it is unusually redundant *for its kind*. The standardisation is robust (median
+    and median absolute deviation): the first layer's sub-layers, which rewrite the embedding, have similarities
+    far below the rest, and a mean/standard-deviation scale would let that one outlier squash its whole kind.
+    The similarity is measured on the full model over the prompts only (AdaSkip's offline, prefill-based
     importance); AdaSkip's online re-ranking of FFN sub-layers during decoding needs per-token plan changes the
     engine does not make, so it is left out.
 
@@ -157,9 +159,9 @@ def adaskip_ranking(similarity: torch.Tensor) -> list[SubLayer]:
     if similarity.ndim != 2 or similarity.shape[1] != 2 or similarity.shape[0] < 1:
         raise InvalidInputError(f"expected a [num_layers, 2] similarity tensor, got shape {tuple(similarity.shape)}")
     values = similarity.double()
-    mean = values.mean(dim=0, keepdim=True)
-    spread = values.std(dim=0, unbiased=False, keepdim=True)
-    standardised = (values - mean) / torch.where(spread > 0, spread, torch.ones_like(spread))
+    centre = values.median(dim=0, keepdim=True).values
+    spread = (values - centre).abs().median(dim=0, keepdim=True).values
+    standardised = (values - centre) / torch.where(spread > 0, spread, torch.ones_like(spread))
     return rank_sublayers(standardised)
 
 

@@ -1,7 +1,7 @@
 """Run every method point over the questions, interleaved per question batch, resuming from the records file.
 
-The loop is: for each batch of `interleave` questions, run every point (the full model first) on the questions
-of that batch it has no record for. Interleaving means a slow spell of the machine (other processes share the
+The loop is: for each batch of `interleave` questions, run every point on the questions of that batch it has no
+record for, in an order rotated by one point per batch. Interleaving means a slow spell of the machine (other processes share the
 CPU) hits all methods on the same questions alike, instead of inflating whichever method happened to run then;
 speedups are ratios over the same questions, so they are not skewed by it.
 
@@ -58,6 +58,16 @@ def to_record(point: MethodPoint, identity: str, question: Question, outcome: Ou
     )
 
 
+def rotated(points: Sequence[MethodPoint], round_index: int) -> list[MethodPoint]:
+    """The run order of one round: `points` rotated by the round number.
+
+    Rotating spreads a systematic within-round effect (the load rising or falling during a round, the first
+    run after a pause) over all methods, instead of always landing on the same one (e.g. the full model).
+    """
+    shift = round_index % len(points)
+    return [*points[shift:], *points[:shift]]
+
+
 def run_points(
     executor: Executor,
     points: Sequence[MethodPoint],
@@ -91,9 +101,9 @@ def run_points(
     keys = {(p.label, q.id): record_key(p.key(), identity, q) for p in points for q in questions}
     todo = sum(1 for key in keys.values() if key not in store)
     with tqdm(total=todo, desc="benchmark", unit="run", disable=not progress or todo == 0) as bar:
-        for start in range(0, len(questions), interleave):
+        for round_index, start in enumerate(range(0, len(questions), interleave)):
             batch = list(questions[start : start + interleave])
-            for point in points:
+            for point in rotated(points, round_index):
                 missing = [q for q in batch if keys[(point.label, q.id)] not in store]
                 if not missing:
                     continue
