@@ -70,6 +70,12 @@ def test_executor_measures_every_stage_and_reuses_identical_stage_runs() -> None
     exited = executor.run(point("uniform-exit", SkipPlan(mlp=[1]), exit_rule), questions)
     assert all(o.stages["recall"].tokens == 1 and o.stages["recall"].early_exited for o in exited)
     assert "bench-v1:" in executor.identity
+    fresh = ChainExecutor(lm, max_tokens=TOKENS, num_shots=0, fallback=False, reuse_outputs=False)
+    assert fresh.identity != executor.identity
+    again = fresh.run(point("full", SkipPlan()), questions)
+    assert [o.answer for o in again] == [o.answer for o in full], "same greedy outputs"
+    assert again[0].stages["recall"].seconds != full[0].stages["recall"].seconds, "but timed afresh"
+    assert fresh.evaluator({s: None for s in STAGES}) is not fresh.evaluator({s: None for s in STAGES})
 
 
 @pytest.fixture()

@@ -73,6 +73,11 @@ def add_bench_subcommand(subparsers: Any) -> None:
         help="torch threads (default 1; 0 keeps torch's default). On a CPU shared with other processes, "
         "several threads spin-wait on each other and decoding gets many times slower and noisier",
     )
+    bench.add_argument(
+        "--no-reuse", action="store_true",
+        help="time every stage afresh for every method point instead of reusing identical stage runs "
+        "(slower; shared stages are then not timed once under one moment's machine load)",
+    )
     bench.add_argument("--no-progress", action="store_true", help="no progress bars")
     bench.add_argument("--no-plots", action="store_true", help="write the table only")
     bench.add_argument("--report-only", action="store_true",
@@ -194,7 +199,8 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
         profile.check_model(model)
     progress = not args.no_progress
     executor = ChainExecutor(model, max_tokens=max_tokens, num_shots=args.shots, fallback=not args.no_fallback,
-                             batch_size=args.batch_size, progress=False)  # one bar: the runner's
+                             batch_size=args.batch_size, reuse_outputs=not args.no_reuse,
+                             progress=False)  # one bar: the runner's
     needs_ranking = profile is None and any(m in RANKED for m in methods)
     calibration = _calibration_questions(args) if needs_ranking or "adaskip" in methods else ()
     ranking = (
@@ -216,7 +222,7 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
         "fingerprint": questions.fingerprint, "seed": args.seed, "model": model.name,
         "weights_sha256": model.weights_sha256, "profile": args.profile, "methods": methods,
         "max_tokens": executor.base.max_tokens, "shots": args.shots, "fallback": not args.no_fallback,
-        "batch_size": args.batch_size, "interleave": args.interleave, "threads": args.threads,
+        "batch_size": args.batch_size, "interleave": args.interleave, "threads": args.threads, "reuse_outputs": not args.no_reuse,
         "early_exit": early_exit.model_dump(),
         "calibration_ids": [q.id for q in calibration], "ranking": [list(s) for s in ranking],
         "adaskip_ranking": [list(s) for s in adaskip] if adaskip else None,

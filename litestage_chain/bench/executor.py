@@ -4,11 +4,13 @@ It composes the search's `ChainEvaluator` (same prompts, stop strings, token bud
 the offline search and `litestage ask`) and the chain's `FinalizeStep` (answer extraction and the full-model
 summary re-run), so every method is measured on exactly the pipeline LiteStage is searched and served on.
 
-Stage outputs are reused between points: decoding is greedy, so a stage's output depends only on its plan, its
-early-exit rule and its inputs. When two points run an identical stage computation (e.g. every ``stage-only``
-point of the summary stage reuses the full model's recall and analysis), the output and the seconds measured
-when it was first produced are reused. An identical computation therefore gets an identical time in every
-method, which removes machine noise from exactly the parts methods share.
+By default stage outputs are reused between points: decoding is greedy, so a stage's output depends only on its
+plan, its early-exit rule and its inputs. When two points run an identical stage computation (e.g. every
+``stage-only`` point of the summary stage reuses the full model's recall and analysis), the output and the
+seconds measured when it was first produced are reused. An identical computation therefore gets an identical
+time in every method, and the run is much shorter. The price: a shared stage is timed once, under whatever load
+the machine had then. With ``reuse_outputs=False`` every point times every stage afresh (slower, but each
+point's seconds are all measured in its own turn of the interleaved loop).
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ class ChainExecutor:
     """Runs method points through the reasoning chain; one `ChainEvaluator` (and stage cache) per early-exit rule.
 
     Args mirror `ChainEvaluator`: per-stage `max_tokens`, `num_shots`, `prompts_dir`, `fallback` (re-run the
-    summary on the full model when no answer can be read) and `batch_size` (1 = single-question latency).
+    summary on the full model when no answer can be read), `batch_size` (1 = single-question latency) and
+    `reuse_outputs` (see the module docstring).
     """
 
     def __init__(
@@ -64,12 +67,14 @@ class ChainExecutor:
         prompts_dir: str | None = None,
         fallback: bool = True,
         batch_size: int = 1,
+        reuse_outputs: bool = True,
         progress: bool = False,
     ) -> None:
         self.model = model
+        self.reuse_outputs = reuse_outputs
         self._settings = dict(
             max_tokens=dict(max_tokens) if max_tokens else None, num_shots=num_shots, prompts_dir=prompts_dir,
-            fallback=fallback, batch_size=batch_size, progress=progress,
+            fallback=fallback, batch_size=batch_size, reuse_outputs=reuse_outputs, progress=progress,
         )
         self.fallback = fallback
         self._evaluators: dict[str, ChainEvaluator] = {}
@@ -79,7 +84,7 @@ class ChainExecutor:
     def evaluator(self, early_exit: Mapping[str, EarlyExitConfig | None]) -> ChainEvaluator:
         """The evaluator (with its stage-output cache) for one per-stage early-exit setting."""
         key = json.dumps({s: (r.model_dump() if r else None) for s, r in sorted(early_exit.items())}, sort_keys=True)
-        if key not in self._evaluators:
+        if key not in self._evaluators or not self.reuse_outputs:  # a new evaluator starts with an empty cache
             rules = dict(early_exit)
             self._evaluators[key] = ChainEvaluator(self.model, early_exit=rules, **self._settings)  # type: ignore[arg-type]
         return self._evaluators[key]
