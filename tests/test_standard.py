@@ -41,8 +41,7 @@ class TestChatLiteStageUnit(ChatModelUnitTests):
 @pytest.mark.integration
 class TestChatLiteStageIntegration(ChatModelIntegrationTests):
     # Skipped by the suite itself, with its own reason: media inputs (image/audio/PDF/video: the model reads text
-    # only), Anthropic-format inputs, VCR timing (no HTTP to record), model override without an alternative
-    # model value (only one embedded model is guaranteed to be present).
+    # only), Anthropic-format inputs, VCR timing (no HTTP to record).
 
     @property
     def chat_model_class(self) -> type[ChatLiteStage]:
@@ -51,6 +50,14 @@ class TestChatLiteStageIntegration(ChatModelIntegrationTests):
     @property
     def chat_model_params(self) -> dict[str, Any]:
         return {"model": "smollm2-135m", "max_tokens": 12}
+
+    @property
+    def model_override_value(self) -> str:
+        # Another source string for the same weights (the embedded GGUF file's path): a per-call `model=` override
+        # is exercised end to end without loading a second model.
+        from litestage_chain.sources import resolve_source
+
+        return resolve_source("smollm2-135m").location
 
     @property
     def supports_json_mode(self) -> bool:
