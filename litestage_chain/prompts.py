@@ -170,12 +170,12 @@ def parse_template(text: str, *, source: str = "<template>") -> StageTemplate:
 
 def default_prompts_dir() -> Path:
     """Where the templates are read from: `$LITESTAGE_PROMPTS_DIR`, else the repository's top-level `prompts/`,
-    else a copy packaged inside `litestage_chain/prompts/`."""
+    else the copy packaged inside installed wheels as `litestage_chain/prompt_templates/`."""
     env = os.environ.get(PROMPTS_ENV_VAR)
     if env:
         return Path(env)
     package_dir = Path(__file__).resolve().parent
-    for candidate in (package_dir.parent / "prompts", package_dir / "prompts"):
+    for candidate in (package_dir.parent / "prompts", package_dir / "prompt_templates"):
         if (candidate / "mcq" / "recall.txt").is_file():
             return candidate
     raise InvalidInputError(
