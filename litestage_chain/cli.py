@@ -24,7 +24,9 @@ from litestage_chain.stages import STAGES, PlanMapping, as_stage_budgets
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `litestage` console script; returns the process exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    from litestage_chain.profile_cli import normalise_profile_argv
+
+    args = parser.parse_args(normalise_profile_argv(list(sys.argv[1:] if argv is None else argv)))
     if not getattr(args, "handler", None):
         parser.print_help(sys.stderr)
         return 1

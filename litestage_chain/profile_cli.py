@@ -20,6 +20,24 @@ from typing import Any, TextIO
 from litestage_chain.errors import InvalidInputError
 
 
+def _points(text: str) -> float:
+    """Parse an epsilon given in percentage points (as the paper states it) into a fraction."""
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"epsilon must be a number of points, got {text!r}") from exc
+    if not 0.0 <= value <= 100.0:
+        raise argparse.ArgumentTypeError(f"epsilon must be between 0 and 100 points, got {value}")
+    return value / 100.0
+
+
+def normalise_profile_argv(argv: list[str]) -> list[str]:
+    """`litestage profile --benchmark ...` means `litestage profile search --benchmark ...`."""
+    if len(argv) >= 2 and argv[0] == "profile" and argv[1].startswith("--") and argv[1] != "--help":
+        return [argv[0], "search", *argv[1:]]
+    return argv
+
+
 def add_profile_parser(subparsers: Any) -> None:
     """Add the `profile` subcommand (with `search` and `show`) to the `litestage` command's subparsers."""
     profile = subparsers.add_parser(
@@ -36,12 +54,15 @@ def add_profile_parser(subparsers: Any) -> None:
     )
     search.add_argument("--benchmark", required=True, help="benchmark name (csqa, obqa, strategyqa)")
     search.add_argument("--data", required=True, metavar="DIR", help="data folder holding <benchmark>/train.jsonl")
-    search.add_argument("--size", type=int, default=100, metavar="N", help="questions searched on (default 100)")
-    search.add_argument("--seed", type=int, default=0, help="seed of the question slice (default 0)")
+    search.add_argument("--n", "--size", dest="size", type=int, default=100, metavar="N",
+                        help="questions searched on (default 100)")
+    search.add_argument("--split-seed", "--seed", dest="seed", type=int, default=0,
+                        help="seed of the validation slice drawn from the train split (default 0)")
     search.add_argument("--model", "-m", default="smollm2-135m", help="model source (default: smollm2-135m)")
     search.add_argument("--out", required=True, metavar="FILE", help="where to write the profile JSON")
     search.add_argument("--log", metavar="FILE", help="results log to resume from (default: <out>.search.jsonl)")
-    search.add_argument("--epsilon", type=float, default=0.02, help="allowed metric drop from the full model")
+    search.add_argument("--epsilon", type=_points, default=0.02, metavar="POINTS",
+                        help="allowed drop from the full model, in percentage points (default 2.0)")
     search.add_argument("--metric", choices=("accuracy", "agreement"), default="accuracy",
                         help="accuracy against labels, or agreement with the full model's answers")
     search.add_argument("--step", type=int, default=1, metavar="N", help="skip counts tried: N, 2N, ... (default 1)")

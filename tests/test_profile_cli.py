@@ -85,9 +85,8 @@ def test_search_writes_a_profile_resumes_and_shows(model_dir: Path, tmp_path: Pa
 def test_bad_settings_are_clear_errors(tmp_path: Path) -> None:
     data = write_data(tmp_path / "data")
     base = ["profile", "search", "--benchmark", "csqa", "--data", str(data), "--out", str(tmp_path / "p.json")]
-    args = parse(base + ["--epsilon", "2"])
-    with pytest.raises(InvalidInputError, match="invalid search settings: epsilon: Input should be less than or equal to 1"):
-        args.handler(args, out=io.StringIO())
+    with pytest.raises(SystemExit):  # epsilon is in points: 0..100
+        parse(base + ["--epsilon", "200"])
     args = parse(base + ["--size", "9"])
     with pytest.raises(InvalidInputError, match="asked for 9 questions but csqa/train has only 4"):
         args.handler(args, out=io.StringIO())
@@ -104,3 +103,17 @@ def test_show_lists_shipped_profiles_or_fails_clearly(tmp_path: Path) -> None:
     args = parse(["profile", "show", "no-such-profile"])
     with pytest.raises(ProfileError, match="no profile file 'no-such-profile'"):
         args.handler(args, out=io.StringIO())
+
+
+def test_issue_spelling_of_the_profile_command_is_accepted() -> None:
+    """`litestage profile --benchmark ... --n ... --split-seed ... --epsilon POINTS` is `profile search`."""
+    from litestage_chain.cli import build_parser
+    from litestage_chain.profile_cli import normalise_profile_argv
+
+    argv = ["profile", "--benchmark", "csqa", "--data", "d", "--n", "7", "--split-seed", "3", "--epsilon", "1.0",
+            "--out", "p.json"]
+    args = build_parser().parse_args(normalise_profile_argv(argv))
+    assert (args.profile_command, args.size, args.seed, args.epsilon) == ("search", 7, 3, 0.01)
+    assert normalise_profile_argv(["profile", "show", "csqa"]) == ["profile", "show", "csqa"]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(normalise_profile_argv(["profile", "--benchmark", "x", "--epsilon", "-1"]))
