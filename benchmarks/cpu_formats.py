@@ -135,34 +135,37 @@ def _agreement(a: list[int], b: list[int]) -> float:
 
 
 def bench_decode(source: str, tokens: int, rounds: int, formats: list[str]) -> None:
-    """Decode tokens/s through the engine with each format (median of ``rounds`` after a warm-up)."""
+    """Decode tokens/s through the engine per format: one warm-up each, then ``rounds``
+    interleaved rounds (every format once per round) so load changes hit all formats alike."""
     from litestage_chain import GenerationConfig, generate, load_model
-    from litestage_chain.quant.view import quantize_decoder_view
+    from litestage_chain.quant.view import quantize_decoder_view, view_linears
 
     lm = load_model(source)
     prompt = lm.render_chat([{"role": "user", "content": "Write a Python function that checks whether a number is prime."}])
     cfg = GenerationConfig(max_new_tokens=tokens, temperature=0.0)
     print(f"model: {lm.name}; kernels: {kernels_status()}; threads: {torch.get_num_threads()}; new tokens: {tokens}")
-    print("| format | decode tok/s (median) | prefill s | weight MB read/token | greedy prefix match vs fp32 |")
-    print("|---|---:|---:|---:|---:|")
-    reference: list[int] | None = None
+    variants = {}
     for fmt in formats:
         variant = copy.copy(lm)
         start = time.perf_counter()
         variant.view = quantize_decoder_view(lm.view, fmt, weights_id=lm.weights_sha256)  # type: ignore[arg-type]
-        convert_s = time.perf_counter() - start
+        print(f"{fmt}: convert/load {time.perf_counter() - start:.1f}s")
         generate(variant, [prompt], config=GenerationConfig(max_new_tokens=4, temperature=0.0))  # warm-up
-        runs = [generate(variant, [prompt], config=cfg)[0] for _ in range(rounds)]
-        rates = [r.generated_tokens / r.decode_seconds for r in runs if r.decode_seconds > 0]
-        from litestage_chain.quant.view import view_linears
-
-        mb = sum(_weight_bytes(m) for m in view_linears(variant.view).values()) / 1e6
-        ids = runs[0].token_ids
-        if reference is None:
-            reference = ids
+        variants[fmt] = variant
+    runs: dict[str, list] = {fmt: [] for fmt in formats}
+    for _ in range(rounds):
+        for fmt, variant in variants.items():
+            runs[fmt].append(generate(variant, [prompt], config=cfg)[0])
+    print("| format | decode tok/s (median) | runs | prefill s | weight MB read/token | greedy prefix match vs first |")
+    print("|---|---:|---|---:|---:|---:|")
+    reference = runs[formats[0]][0].token_ids
+    for fmt in formats:
+        rates = [r.generated_tokens / r.decode_seconds for r in runs[fmt] if r.decode_seconds > 0]
+        mb = sum(_weight_bytes(m) for m in view_linears(variants[fmt].view).values()) / 1e6
         print(
-            f"| {fmt} | {statistics.median(rates):.1f} | {statistics.median(r.prefill_seconds for r in runs):.2f} | "
-            f"{mb:.0f} | {_agreement(ids, reference):.2f} |  (convert/load {convert_s:.1f}s)"
+            f"| {fmt} | {statistics.median(rates):.1f} | {[round(r, 1) for r in rates]} | "
+            f"{statistics.median(r.prefill_seconds for r in runs[fmt]):.2f} | {mb:.0f} | "
+            f"{_agreement(runs[fmt][0].token_ids, reference):.2f} |"
         )
 
 
