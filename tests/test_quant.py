@@ -29,10 +29,9 @@ from litestage_chain.quant.formats import (
 )
 
 BUILD_PROBLEM = kernels.kernel_build_problem()
-needs_kernels = pytest.mark.skipif(
-    BUILD_PROBLEM is not None and "disabled" not in BUILD_PROBLEM,
-    reason=f"C++ kernels cannot be built here: {BUILD_PROBLEM}",
-)
+# Skipped only when a build tool is missing (or the kernels are switched off on purpose);
+# a failing build with the tools present fails the tests instead.
+needs_kernels = pytest.mark.skipif(BUILD_PROBLEM is not None, reason=f"C++ kernels cannot be built here: {BUILD_PROBLEM}")
 
 
 @pytest.fixture(autouse=True)
