@@ -114,6 +114,8 @@ class ChatLiteStage(BaseChatModel):
 
     model: str | InstanceOf[LoadedModel] = DEFAULT_MODEL
     """Model source (embedded name, GGUF path, local HF dir, hub id) or an already loaded `LoadedModel`."""
+    weights: Literal["float32", "bfloat16", "int8", "int4"] = "float32"
+    """Weight format the engine runs the projections in (ignored when `model` is a `LoadedModel`)."""
     max_tokens: int = Field(256, ge=1)
     """Most tokens to generate per call."""
     temperature: float = Field(0.0, ge=0.0)
@@ -185,6 +187,7 @@ class ChatLiteStage(BaseChatModel):
     def _identifying_params(self) -> dict[str, Any]:
         return {
             "model": self.model_name,
+            "weights": self.weights,
             "max_tokens": self.max_tokens,
             "temperature": self.temperature,
             "top_p": self.top_p,
@@ -229,7 +232,7 @@ class ChatLiteStage(BaseChatModel):
     def loaded_model(self, source: str | LoadedModel | None = None) -> LoadedModel:
         """The loaded weights for `source` (default: this instance's model), loading them on first use."""
         source = self.model if source is None else source
-        return source if isinstance(source, LoadedModel) else load_model(source)
+        return source if isinstance(source, LoadedModel) else load_model(source, weights=self.weights)
 
     def resolve_budget(self, stage: str | None, **overrides: Any) -> tuple[SkipPlan, EarlyExitConfig | None]:
         """The plan and early exit a call with `stage` and these overrides runs with (see the class docstring)."""

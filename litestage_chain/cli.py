@@ -67,6 +67,8 @@ def add_ask_parser(subparsers: Any) -> None:
         help="an answer option (repeat for each option; labelled A, B, C, ... in order)",
     )
     ask.add_argument("--model", "-m", default="smollm2-135m", help="model source (default: the embedded smollm2-135m)")
+    ask.add_argument("--weights", choices=("float32", "bfloat16", "int8", "int4"), default="float32",
+                     help="weight format the engine runs in (default float32)")
     ask.add_argument(
         "--profile", "-p", metavar="FILE",
         help="per-stage budgets: a profile JSON file or shipped profile name, or a JSON file mapping stage -> "
@@ -83,6 +85,7 @@ def add_ask_parser(subparsers: Any) -> None:
 def run_ask(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Build the chain, run the question, stream or print each stage, then the answer and the timing table."""
     from litestage_chain.chain import DEFAULT_MAX_TOKENS, build_reasoning_chain
+    from litestage_chain.chat_model import ChatLiteStage
     from litestage_chain.prompts import Question
 
     out = out or sys.stdout
@@ -96,8 +99,9 @@ def run_ask(args: argparse.Namespace, out: TextIO | None = None) -> int:
         if args.max_tokens
         else None
     )
+    model = ChatLiteStage(model=args.model, weights=getattr(args, "weights", "float32"))
     chain = build_reasoning_chain(
-        args.model, plans=plans, max_tokens=max_tokens, num_shots=args.shots, fallback=not args.no_fallback
+        model, plans=plans, max_tokens=max_tokens, num_shots=args.shots, fallback=not args.no_fallback
     )
     out.write(f"Question: {question.question}\n")
     for choice in question.choices:

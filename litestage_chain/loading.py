@@ -41,6 +41,7 @@ class LoadedModel:
     name: str
     weights_sha256: str
     source: str = ""
+    weights: str = "float32"
     view: DecoderView = field(init=False, repr=False)
     prefix_cache: PrefixCache = field(init=False, repr=False)
     eos_token_ids: frozenset[int] = field(init=False)
@@ -51,6 +52,11 @@ class LoadedModel:
         for parameter in self.model.parameters():
             parameter.requires_grad_(False)
         self.view = build_decoder_view(self.model)
+        if self.weights != "float32":
+            from litestage_chain.quant.view import quantize_decoder_view
+
+            # The engine runs the view; the transformers model keeps its float32 weights for reference use.
+            self.view = quantize_decoder_view(self.view, self.weights, weights_id=self.weights_sha256 or None)
         self.prefix_cache = PrefixCache()
         self.eos_token_ids = frozenset(_eos_ids(self.model, self.tokenizer))
         pad = self.tokenizer.pad_token_id
@@ -107,29 +113,40 @@ _LOADED: dict[tuple[str, str], LoadedModel] = {}
 _LOAD_LOCK = threading.Lock()
 
 
+WEIGHT_FORMATS = ("float32", "bfloat16", "int8", "int4")
+
+
 def load_model(source: str = "smollm2-135m", weights: str = "float32") -> LoadedModel:
-    """Load (once per process) the model named by `source`.
+    """Load (once per process) the model named by `source`, its projections in the weight format `weights`.
 
     `source` is an embedded name (`"smollm2-135m"`, `"qwen2.5-coder-1.5b"`), a `.gguf` file, a local transformers
-    model directory, or a hub id. Raises `ModelLoadError` with the reason when it cannot.
+    model directory, or a hub id. `weights` is `"float32"` (reference), `"bfloat16"`, `"int8"` or `"int4"`
+    (weight-only, group-wise scales; converted once and cached). Raises `ModelLoadError` with the reason when it
+    cannot.
     """
-    if weights != "float32":
-        raise ModelLoadError(f"unknown weight format {weights!r}; supported: float32")
+    if weights not in WEIGHT_FORMATS:
+        raise ModelLoadError(f"unknown weight format {weights!r}; supported: {', '.join(WEIGHT_FORMATS)}")
     resolved = resolve_source(source)
     key = (resolved.location, weights)
     with _LOAD_LOCK:
         if key not in _LOADED:
-            _LOADED[key] = _load_resolved(resolved)
+            _LOADED[key] = _load_resolved(resolved, weights)
         return _LOADED[key]
 
 
-def from_pretrained_objects(model: Any, tokenizer: Any, name: str = "custom", weights_sha256: str = "") -> LoadedModel:
+def from_pretrained_objects(
+    model: Any, tokenizer: Any, name: str = "custom", weights_sha256: str = "", weights: str = "float32"
+) -> LoadedModel:
     """Wrap an already-built transformers model and tokenizer (tests, custom pipelines)."""
     check_supported(model.config)
-    return LoadedModel(model=model, tokenizer=tokenizer, name=name, weights_sha256=weights_sha256, source=name)
+    if weights not in WEIGHT_FORMATS:
+        raise ModelLoadError(f"unknown weight format {weights!r}; supported: {', '.join(WEIGHT_FORMATS)}")
+    return LoadedModel(
+        model=model, tokenizer=tokenizer, name=name, weights_sha256=weights_sha256, source=name, weights=weights
+    )
 
 
-def _load_resolved(resolved: ResolvedSource) -> LoadedModel:
+def _load_resolved(resolved: ResolvedSource, weights: str) -> LoadedModel:
     if resolved.kind == "gguf":
         directory, digest = _converted_gguf(Path(resolved.location))
     elif resolved.kind == "directory":
@@ -138,7 +155,14 @@ def _load_resolved(resolved: ResolvedSource) -> LoadedModel:
         directory = _hub_snapshot(resolved.location)
         digest = _directory_digest(directory)
     model, tokenizer = _from_directory(directory)
-    return LoadedModel(model=model, tokenizer=tokenizer, name=resolved.name, weights_sha256=digest, source=resolved.location)
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        name=resolved.name,
+        weights_sha256=digest,
+        source=resolved.location,
+        weights=weights,
+    )
 
 
 @contextlib.contextmanager
