@@ -8,17 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from langchain_core.messages import AIMessage
 from langchain_core.runnables import RunnableLambda, RunnableParallel
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from litestage_chain import EarlyExitConfig, InvalidInputError, LoadedModel, SkipPlan, from_pretrained_objects
 from litestage_chain.chain import ReasoningResult, build_reasoning_chain, run_batch
 from litestage_chain.chat_model import ChatLiteStage
 
 sys.path.insert(0, str(Path(__file__).parent))
-from tiny_models import byte_tokenizer  # noqa: E402
+from tiny_models import tiny_long_context_llama  # noqa: E402
 
 QUESTION = {"question": "Where is milk kept cold?", "choices": ["oven", "fridge", "bag"]}
 YESNO = {"id": "y1", "question": "Can cats fly?", "choices": [{"label": "A", "text": "yes"}, {"label": "B", "text": "no"}], "answer": "B"}
@@ -29,14 +27,7 @@ PLANS = {"recall": SkipPlan(attention=[0]), "analysis": SkipPlan(), "summary": S
 @pytest.fixture(scope="module")
 def tiny_long() -> LoadedModel:
     """A tiny random Llama with a long context: few-shot stage prompts are long in byte tokens."""
-    tokenizer = byte_tokenizer()
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, max_position_embeddings=4096, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=None, tie_word_embeddings=False,
-    )
-    return from_pretrained_objects(LlamaForCausalLM(config).eval(), tokenizer, name="tiny-long")
+    return from_pretrained_objects(*tiny_long_context_llama(), name="tiny-long")
 
 
 class Recorder(ChatLiteStage):

@@ -39,20 +39,11 @@ SPECS = tool_specs([adder, clock])
 @pytest.fixture(scope="module")
 def tiny_long() -> LoadedModel:
     """A tiny random Llama with a long context: tool and schema prompts are long in byte tokens."""
-    import torch
-    from tiny_models import byte_tokenizer
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from tiny_models import tiny_long_context_llama
 
     from litestage_chain import from_pretrained_objects
 
-    tokenizer = byte_tokenizer()
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, max_position_embeddings=4096, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=None, tie_word_embeddings=False,
-    )
-    return from_pretrained_objects(LlamaForCausalLM(config).eval(), tokenizer, name="tiny-long")
+    return from_pretrained_objects(*tiny_long_context_llama(), name="tiny-long")
 
 
 def test_tool_specs_and_system_prompt() -> None:

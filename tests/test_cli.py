@@ -9,15 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from litestage_chain.cli import build_parser, load_plans, main
 from litestage_chain.errors import InvalidInputError
 from litestage_chain.stages import PlanMapping
 
 sys.path.insert(0, str(Path(__file__).parent))
-from tiny_models import byte_tokenizer  # noqa: E402
+from tiny_models import save_tiny_long_context_llama  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -25,17 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Llama saved as a transformers model directory, loadable with `--model DIR`."""
-    tokenizer = byte_tokenizer()
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, max_position_embeddings=4096, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=None, tie_word_embeddings=False,
-    )
-    directory = tmp_path_factory.mktemp("tiny-cli-model")
-    LlamaForCausalLM(config).eval().save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+    return save_tiny_long_context_llama(tmp_path_factory.mktemp("tiny-cli-model"))
 
 
 def test_parser_has_ask_subcommand() -> None:

@@ -8,12 +8,10 @@ from pathlib import Path
 
 import nbformat
 import pytest
-import torch
 from nbclient import NotebookClient
-from transformers import LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).parent))
-from tiny_models import byte_tokenizer  # noqa: E402
+from tiny_models import save_tiny_long_context_llama  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOK = REPO / "notebooks" / "quickstart.ipynb"
@@ -47,16 +45,7 @@ def test_notebook_is_valid_and_has_no_stored_outputs() -> None:
 
 
 def test_notebook_runs_on_a_tiny_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    tokenizer = byte_tokenizer()
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, max_position_embeddings=4096, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=None, tie_word_embeddings=False,
-    )
-    model_dir = tmp_path / "tiny"
-    LlamaForCausalLM(config).eval().save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
+    model_dir = save_tiny_long_context_llama(tmp_path / "tiny")
     text = outputs_text(run_notebook(tmp_path, monkeypatch, str(model_dir)))
     assert "[recall]" in text and "[analysis]" in text and "[summary]" in text
     assert "stage" in text and "prefill s" in text  # the timing table

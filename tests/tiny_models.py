@@ -57,3 +57,24 @@ def tiny_qwen2(layers: int = 4, seed: int = 0) -> tuple[Qwen2ForCausalLM, PreTra
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(Qwen2Config(**_common(tokenizer, layers)))
     return model.eval(), tokenizer
+
+
+def tiny_long_context_llama(seed: int = 0) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
+    """A smaller 2-layer Llama with a 4096-token context: few-shot stage, tool and schema prompts are long in
+    byte tokens."""
+    tokenizer = byte_tokenizer()
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=4096, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=None, tie_word_embeddings=False,
+    )
+    return LlamaForCausalLM(config).eval(), tokenizer
+
+
+def save_tiny_long_context_llama(directory, seed: int = 0):
+    """Save `tiny_long_context_llama` as a transformers model directory (loadable by path) and return the path."""
+    model, tokenizer = tiny_long_context_llama(seed)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
