@@ -21,13 +21,7 @@ from litestage_chain.bench.report import RESULTS_JSON, RESULTS_MD
 from litestage_chain.data.types import Question
 from litestage_chain.profile import ModelIdentity, Profile, SearchedQuestions, StageSettings
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a shared, loaded CPU, multi-threaded tiny matmuls spin-wait and run many times slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 STAGES = ("recall", "analysis", "summary")

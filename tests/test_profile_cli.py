@@ -17,12 +17,7 @@ from litestage_chain.profile import Profile, ProfileError
 from litestage_chain.profile_cli import add_profile_parser
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -26,13 +26,7 @@ TOKENS = {"recall": 4, "analysis": 4, "summary": 3}
 SHA = "5e" * 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """The tiny model is overhead-bound: one thread is faster, and immune to slowdowns on a busy machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
