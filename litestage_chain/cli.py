@@ -18,6 +18,7 @@ from uuid import UUID
 from langchain_core.callbacks import BaseCallbackHandler
 
 from litestage_chain.errors import InvalidInputError, LiteStageError
+from litestage_chain.weight_formats import WEIGHT_FORMATS
 from litestage_chain.stages import STAGES, PlanMapping, as_stage_budgets
 
 
@@ -67,7 +68,7 @@ def add_ask_parser(subparsers: Any) -> None:
         help="an answer option (repeat for each option; labelled A, B, C, ... in order)",
     )
     ask.add_argument("--model", "-m", default="smollm2-135m", help="model source (default: the embedded smollm2-135m)")
-    ask.add_argument("--weights", choices=("float32", "bfloat16", "int8", "int4"), default="float32",
+    ask.add_argument("--weights", choices=WEIGHT_FORMATS, default="float32",
                      help="weight format the engine runs in (default float32)")
     ask.add_argument(
         "--profile", "-p", metavar="FILE",

@@ -27,6 +27,7 @@ from litestage_chain.cache_dir import cache_root
 from litestage_chain.errors import ModelLoadError
 from litestage_chain.prefix_cache import PrefixCache
 from litestage_chain.sources import ResolvedSource, resolve_source
+from litestage_chain.weight_formats import WEIGHT_FORMATS
 
 _COMPLETE_MARKER = "litestage-conversion.json"
 _GGUF_MAGIC = b"GGUF"
@@ -112,8 +113,6 @@ def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
 _LOADED: dict[tuple[str, str], LoadedModel] = {}
 _LOAD_LOCK = threading.Lock()
 
-
-WEIGHT_FORMATS = ("float32", "bfloat16", "int8", "int4")
 
 
 def load_model(source: str = "smollm2-135m", weights: str = "float32") -> LoadedModel:

@@ -56,7 +56,7 @@ def search_profile(
     )
     early_exit: Mapping[str, EarlyExitConfig | None] = {stage: evaluator.early_exit_for(stage) for stage in result.plans}
     profile = result.to_profile(
-        model=ModelIdentity(name=model.name, weights_sha256=model.weights_sha256),
+        model=ModelIdentity(name=model.name, weights_sha256=model.weights_sha256, weights=model.weights),
         questions=SearchedQuestions(
             benchmark=questions.benchmark, split=questions.split, size=len(questions), seed=seed,
             fingerprint=questions.fingerprint,

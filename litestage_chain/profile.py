@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from litestage_chain.early_exit import EarlyExitConfig
 from litestage_chain.errors import InvalidInputError, LiteStageError
 from litestage_chain.skip_plan import SkipPlan, SubLayerKind
+from litestage_chain.weight_formats import WeightFormat
 
 if TYPE_CHECKING:
     from litestage_chain.loading import LoadedModel
@@ -49,6 +50,9 @@ class ModelIdentity(BaseModel):
 
     name: str = Field(min_length=1)
     weights_sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="lowercase hex sha256 of the weights")
+    weights: WeightFormat = Field(
+        default="float32", description="weight format the latencies were measured in (the plans apply to any)"
+    )
 
 
 class StageSettings(BaseModel):
@@ -162,7 +166,7 @@ class Profile(BaseModel):
     def describe(self) -> str:
         """A few human-readable lines: what the profile is for and what each stage runs with."""
         lines = [
-            f"profile for {self.model.name} (weights {self.model.weights_sha256[:12]}), searched on "
+            f"profile for {self.model.name} (weights {self.model.weights_sha256[:12]}, {self.model.weights}), searched on "
             f"{self.questions.benchmark}/{self.questions.split} ({self.questions.size} questions), "
             f"{self.metric} >= full {self.full_score:.3f} - {self.epsilon:g}",
         ]

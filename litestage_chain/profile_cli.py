@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from litestage_chain.errors import InvalidInputError
+from litestage_chain.weight_formats import WEIGHT_FORMATS
 
 
 def _points(text: str) -> float:
@@ -59,6 +60,8 @@ def add_profile_parser(subparsers: Any) -> None:
     search.add_argument("--split-seed", "--seed", dest="seed", type=int, default=0,
                         help="seed of the validation slice drawn from the train split (default 0)")
     search.add_argument("--model", "-m", default="smollm2-135m", help="model source (default: smollm2-135m)")
+    search.add_argument("--weights", default="float32", choices=WEIGHT_FORMATS,
+                        help="weight format searched with (default float32); latencies depend on it")
     search.add_argument("--out", required=True, metavar="FILE", help="where to write the profile JSON")
     search.add_argument("--log", metavar="FILE", help="results log to resume from (default: <out>.search.jsonl)")
     search.add_argument("--epsilon", type=_points, default=0.02, metavar="POINTS",
@@ -139,7 +142,7 @@ def run_profile_search(args: argparse.Namespace, out: TextIO | None = None) -> i
     target = Path(args.out)
     log = Path(args.log) if args.log else target.with_name(target.name + ".search.jsonl")
     questions = search_questions(args.benchmark, args.size, seed=args.seed, data_dir=args.data)
-    model = load_model(args.model)
+    model = load_model(args.model, weights=args.weights)
     evaluator = ChainEvaluator(
         model, early_exit=early_exit, max_tokens=parse_max_tokens(args.max_tokens), num_shots=args.shots,
         fallback=not args.no_fallback, batch_size=args.batch_size, reuse_outputs=not args.fresh_timings,

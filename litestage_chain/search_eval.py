@@ -164,6 +164,8 @@ class ChainEvaluator:
 
     def _identity(self) -> str:
         weights = self.model.weights_sha256 or f"unidentified:{self.model.name}:{id(self.model)}"
+        if self.model.weights != "float32":  # another format gives other outputs and times (float32 keys unchanged)
+            weights += f":{self.model.weights}"
         prompts = {
             "templates": {f"{k}/{s}": [t.system, t.user, t.assistant] for (k, s), t in sorted(self.prompts.templates.items())},
             "exemplars": {k: [e.model_dump(mode="json") for e in v] for k, v in sorted(self.prompts.exemplars.items())},

@@ -80,7 +80,7 @@ def test_plan_and_early_exit_lookup() -> None:
 
 def test_describe_lists_every_stage_in_search_order() -> None:
     text = make_profile().describe()
-    assert text.splitlines()[0].startswith("profile for smollm2-135m (weights abababababab), searched on csqa/")
+    assert text.splitlines()[0].startswith("profile for smollm2-135m (weights abababababab, float32), searched on csqa/")
     assert "  recall: skip 3 (attn[3,5] mlp[7]), early exit window=4 threshold=0.4 min_tokens=6" in text
     assert "  summary: skip 0 (full model), no early exit" in text
     assert [line.split(":")[0].strip() for line in text.splitlines()[1:]] == ["recall", "analysis", "summary"]

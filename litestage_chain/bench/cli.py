@@ -16,6 +16,7 @@ from typing import Any, TextIO
 
 from litestage_chain.bench.methods import DEFAULT_SWEEPS, METHODS, NEEDS_PROFILE, MethodContext, all_points, parse_sweep
 from litestage_chain.errors import InvalidInputError
+from litestage_chain.weight_formats import WEIGHT_FORMATS
 
 RANKED = ("uniform", "uniform-exit", "stage-only")
 
@@ -46,6 +47,8 @@ def add_bench_subcommand(subparsers: Any) -> None:
         + "; ".join(f"{m}={','.join(map(str, c))}" for m, c in DEFAULT_SWEEPS.items()),
     )
     bench.add_argument("--model", "-m", default="smollm2-135m", help="model source (default: smollm2-135m)")
+    bench.add_argument("--weights", default="float32", choices=WEIGHT_FORMATS,
+                       help="weight format of the model (default float32; see load_model)")
     bench.add_argument("--profile", "-p", metavar="P", help="searched LiteStage profile: a JSON file or shipped name")
     bench.add_argument("--out", required=True, metavar="DIR", help="results folder (created; reused to resume)")
     bench.add_argument(
@@ -194,7 +197,7 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     profile = Profile.load(args.profile) if args.profile else None
-    model = load_model(args.model)
+    model = load_model(args.model, weights=args.weights)
     if profile is not None:
         profile.check_model(model)
     progress = not args.no_progress
@@ -220,7 +223,7 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
     meta = {
         "benchmark": args.benchmark, "split": questions.split, "questions": len(questions),
         "fingerprint": questions.fingerprint, "seed": args.seed, "model": model.name,
-        "weights_sha256": model.weights_sha256, "profile": args.profile, "methods": methods,
+        "weights_sha256": model.weights_sha256, "weights": model.weights, "profile": args.profile, "methods": methods,
         "max_tokens": executor.base.max_tokens, "shots": args.shots, "fallback": not args.no_fallback,
         "batch_size": args.batch_size, "interleave": args.interleave, "threads": args.threads, "reuse_outputs": not args.no_reuse,
         "early_exit": early_exit.model_dump(),

@@ -19,16 +19,13 @@ a multiple of 16 and inputs to a multiple of 32 with zeros, 16 rows interleaved 
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from litestage_chain.quant.kernels import get_kernels
 
-WeightFormat = Literal["float32", "bfloat16", "int8", "int4"]
-WEIGHT_FORMATS: tuple[str, ...] = ("float32", "bfloat16", "int8", "int4")
+from litestage_chain.weight_formats import WEIGHT_FORMATS, WeightFormat
 
 #: Inputs per int4 (scale, min) group and per activation-quantisation group.
 GROUP = 32
