@@ -43,6 +43,7 @@ class LoadedModel:
     weights_sha256: str
     source: str = ""
     weights: str = "float32"
+    release_float_weights: bool = False
     view: DecoderView = field(init=False, repr=False)
     prefix_cache: PrefixCache = field(init=False, repr=False)
     eos_token_ids: frozenset[int] = field(init=False)
@@ -56,8 +57,10 @@ class LoadedModel:
         if self.weights != "float32":
             from litestage_chain.quant.view import quantize_decoder_view
 
-            # The engine runs the view; the transformers model keeps its float32 weights for reference use.
-            self.view = quantize_decoder_view(self.view, self.weights, weights_id=self.weights_sha256 or None)
+            float_view = self.view
+            self.view = quantize_decoder_view(float_view, self.weights, weights_id=self.weights_sha256 or None)
+            if self.release_float_weights:
+                _release_converted_weights(self.model, float_view, self.view, self.weights)
         self.prefix_cache = PrefixCache()
         self.eos_token_ids = frozenset(_eos_ids(self.model, self.tokenizer))
         pad = self.tokenizer.pad_token_id
@@ -98,6 +101,54 @@ class LoadedModel:
         if tools:
             kwargs["tools"] = tools
         return str(self.tokenizer.apply_chat_template(messages, **kwargs))
+
+
+def _release_converted_weights(model: Any, float_view: DecoderView, converted: DecoderView, fmt: str) -> None:
+    """Drop the float32 copies of every projection the converted view replaced (the point of a smaller format).
+
+    Why: the engine runs only the view, and keeping the float32 matrices beside their int8/int4 copies would
+    make a "smaller" format use more memory than float32 alone. The transformers modules get meta-device
+    weights (shape kept, no storage); calling `lm.model` itself then fails, so only models this module loaded
+    (never a caller's model passed to `from_pretrained_objects`) are released.
+    """
+    from litestage_chain.quant.view import view_linears
+
+    replaced = {name for name, module in view_linears(converted).items() if type(module) is not torch.nn.Linear}
+    layers = model.model.layers
+    for index, layer in enumerate(layers):
+        if f"attention.{index}.qkv" in replaced:
+            _to_meta(layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj)
+        if f"attention.{index}.o_proj" in replaced:
+            _to_meta(layer.self_attn.o_proj)
+        if f"mlp.{index}.gate_up" in replaced:
+            _to_meta(layer.mlp.gate_proj, layer.mlp.up_proj)
+        if f"mlp.{index}.down_proj" in replaced:
+            _to_meta(layer.mlp.down_proj)
+    if "lm_head" in replaced:
+        _to_meta(model.lm_head)  # a tied head shares the embedding's Parameter: only the head's reference goes
+    float_modules = view_linears(float_view)
+    for name in replaced:  # the float view's fused float32 modules hold the storage the views above pointed into
+        if type(float_modules[name]) is torch.nn.Linear:
+            _to_meta(float_modules[name])
+    # What stays in float32 (embedding, norms, biases) may be a view into the memory-mapped float32 checkpoint;
+    # copying it out lets that whole mapping, and the pages the conversion read through it, be unmapped.
+    for module in model.modules():
+        for tensor in [*module.parameters(recurse=False), *module.buffers(recurse=False)]:
+            if tensor.device.type == "cpu":
+                tensor.data = tensor.data.clone()
+
+    def refuse(_module: Any, _args: Any) -> None:
+        raise ModelLoadError(
+            f"this transformers model's float32 projections were released when it was loaded as {fmt!r}; run it "
+            "through the engine (generate, ChatLiteStage), or load it with weights='float32' to call it directly"
+        )
+
+    model.register_forward_pre_hook(refuse)
+
+
+def _to_meta(*linears: Any) -> None:
+    for linear in linears:
+        linear.weight = torch.nn.Parameter(torch.empty_like(linear.weight, device="meta"), requires_grad=False)
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
@@ -161,6 +212,7 @@ def _load_resolved(resolved: ResolvedSource, weights: str) -> LoadedModel:
         weights_sha256=digest,
         source=resolved.location,
         weights=weights,
+        release_float_weights=True,
     )
 
 

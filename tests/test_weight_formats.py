@@ -31,3 +31,35 @@ def test_unknown_weight_format_is_a_clear_error() -> None:
     model, tokenizer = tiny_llama()
     with pytest.raises(ModelLoadError, match="unknown weight format"):
         from_pretrained_objects(model, tokenizer, weights="int3")
+
+
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+def test_loaded_smaller_format_releases_its_float32_projections(fmt: str, tmp_path, monkeypatch) -> None:
+    """A model loaded in int8/int4 keeps no float32 copy of the converted matrices, and still answers the same.
+
+    Its transformers model can no longer run (its projections are gone) and says so instead of failing in torch.
+    """
+    from tiny_models import save_tiny_long_context_llama
+
+    monkeypatch.setenv("LITESTAGE_CACHE", str(tmp_path / "cache"))
+    directory = save_tiny_long_context_llama(tmp_path / "tiny", seed=4)
+    loaded = load_model(str(directory), weights=fmt)
+    kept = from_pretrained_objects(*_reload(directory), name="kept", weights=fmt)  # same format, float32 kept
+    layer = loaded.model.model.layers[0]
+    for linear in (layer.self_attn.q_proj, layer.self_attn.o_proj, layer.mlp.up_proj, layer.mlp.down_proj):
+        assert linear.weight.device.type == "meta"
+    assert loaded.model.lm_head.weight.device.type == "meta"
+    assert loaded.view.embed.weight.device.type == "cpu"
+    assert kept.model.model.layers[0].mlp.up_proj.weight.device.type == "cpu"
+    ids = loaded.encode("Released weights answer the same")
+    config = GenerationConfig(max_new_tokens=8)
+    plan = SkipPlan(mlp=[1])
+    assert generate(loaded, [ids], plan, config)[0].token_ids == generate(kept, [ids], plan, config)[0].token_ids
+    with pytest.raises(ModelLoadError, match=f"released when it was loaded as '{fmt}'"):
+        loaded.model(torch.tensor([ids]))
+
+
+def _reload(directory):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(directory), AutoTokenizer.from_pretrained(directory)
