@@ -63,3 +63,27 @@ def _reload(directory):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     return AutoModelForCausalLM.from_pretrained(directory), AutoTokenizer.from_pretrained(directory)
+
+
+def test_cached_conversion_loads_without_reading_float32_projections(tmp_path, monkeypatch) -> None:
+    """With the int8 conversion cached, a later load never builds the float32 model (peak memory stays low)."""
+    from litestage_chain import loading
+    from tiny_models import save_tiny_long_context_llama
+
+    monkeypatch.setenv("LITESTAGE_CACHE", str(tmp_path / "cache"))
+    directory = save_tiny_long_context_llama(tmp_path / "tiny", seed=5)
+    first = load_model(str(directory), weights="int8")  # converts and caches
+    ids = first.encode("The lean path answers the same")
+    config = GenerationConfig(max_new_tokens=8)
+    expected = generate(first, [ids], SkipPlan(attention=[1]), config)[0].token_ids
+    monkeypatch.setattr(loading, "_LOADED", {})
+
+    def no_float_model(_directory):
+        raise AssertionError("the float32 model was loaded")
+
+    monkeypatch.setattr(loading, "_from_directory", no_float_model)
+    second = load_model(str(directory), weights="int8")
+    assert second is not first
+    assert second.weights_sha256 == first.weights_sha256
+    assert generate(second, [ids], SkipPlan(attention=[1]), config)[0].token_ids == expected
+    assert torch.equal(second.view.embed.weight, first.view.embed.weight)
