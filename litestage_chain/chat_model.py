@@ -114,8 +114,9 @@ class ChatLiteStage(BaseChatModel):
 
     model: str | InstanceOf[LoadedModel] = DEFAULT_MODEL
     """Model source (embedded name, GGUF path, local HF dir, hub id) or an already loaded `LoadedModel`."""
-    weights: Literal["float32", "bfloat16", "int8", "int4"] = "float32"
-    """Weight format the engine runs the projections in (ignored when `model` is a `LoadedModel`)."""
+    weights: Literal["auto", "float32", "bfloat16", "int8", "int4"] = "auto"
+    """Weight format the engine runs the projections in (ignored when `model` is a `LoadedModel`). "auto" is the
+    model's recommended format: int4 for the default SmolLM2, int8 for Qwen2.5-Coder-1.5B, float32 otherwise."""
     max_tokens: int = Field(256, ge=1)
     """Most tokens to generate per call."""
     temperature: float = Field(0.0, ge=0.0)

@@ -18,7 +18,7 @@ from uuid import UUID
 from langchain_core.callbacks import BaseCallbackHandler
 
 from litestage_chain.errors import InvalidInputError, LiteStageError
-from litestage_chain.weight_formats import WEIGHT_FORMATS
+from litestage_chain.weight_formats import WEIGHT_CHOICES
 from litestage_chain.stages import STAGES, PlanMapping, as_stage_budgets
 
 
@@ -68,8 +68,8 @@ def add_ask_parser(subparsers: Any) -> None:
         help="an answer option (repeat for each option; labelled A, B, C, ... in order)",
     )
     ask.add_argument("--model", "-m", default="smollm2-135m", help="model source (default: the embedded smollm2-135m)")
-    ask.add_argument("--weights", choices=WEIGHT_FORMATS, default="float32",
-                     help="weight format the engine runs in (default float32)")
+    ask.add_argument("--weights", choices=WEIGHT_CHOICES, default="auto",
+                     help="weight format the engine runs in (default auto: the model's recommended format)")
     ask.add_argument(
         "--profile", "-p", metavar="FILE",
         help="per-stage budgets: a profile JSON file or shipped profile name, or a JSON file mapping stage -> "
@@ -100,7 +100,7 @@ def run_ask(args: argparse.Namespace, out: TextIO | None = None) -> int:
         if args.max_tokens
         else None
     )
-    model = ChatLiteStage(model=args.model, weights=getattr(args, "weights", "float32"))
+    model = ChatLiteStage(model=args.model, weights=getattr(args, "weights", "auto"))
     chain = build_reasoning_chain(
         model, plans=plans, max_tokens=max_tokens, num_shots=args.shots, fallback=not args.no_fallback
     )

@@ -53,12 +53,12 @@ def _attention(
     qkv = parts.qkv(x)
     q_size = parts.num_heads * parts.head_dim
     kv_size = parts.num_kv_heads * parts.head_dim
-    q, k, v = qkv.split((q_size, kv_size, kv_size), dim=-1)
-    q = q.view(batch, length, parts.num_heads, parts.head_dim).transpose(1, 2)
-    k = k.view(batch, length, parts.num_kv_heads, parts.head_dim).transpose(1, 2)
+    qk, v = qkv.split((q_size + kv_size, kv_size), dim=-1)
+    # rotary on q and k heads together: one set of elementwise ops instead of two (same values)
+    qk = qk.view(batch, length, parts.num_heads + parts.num_kv_heads, parts.head_dim).transpose(1, 2)
+    qk = qk * cos + _rotate_half(qk) * sin
+    q, k = qk.split((parts.num_heads, parts.num_kv_heads), dim=1)
     v = v.view(batch, length, parts.num_kv_heads, parts.head_dim).transpose(1, 2)
-    q = q * cos + _rotate_half(q) * sin
-    k = k * cos + _rotate_half(k) * sin
     keys, values = cache.write(layer, start, k, v)
     out = F.scaled_dot_product_attention(
         q,

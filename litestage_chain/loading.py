@@ -27,8 +27,8 @@ from litestage_chain.architecture import DecoderView, build_decoder_view, check_
 from litestage_chain.cache_dir import cache_root
 from litestage_chain.errors import ModelLoadError
 from litestage_chain.prefix_cache import PrefixCache
-from litestage_chain.sources import ResolvedSource, resolve_source
-from litestage_chain.weight_formats import WEIGHT_FORMATS
+from litestage_chain.sources import ResolvedSource, recommended_weights, resolve_source
+from litestage_chain.weight_formats import AUTO, WEIGHT_FORMATS
 
 logger = logging.getLogger(__name__)
 
@@ -188,9 +188,13 @@ def load_model(source: str = "smollm2-135m", weights: str = "float32") -> Loaded
 
     `source` is an embedded name (`"smollm2-135m"`, `"qwen2.5-coder-1.5b"`), a `.gguf` file, a local transformers
     model directory, or a hub id. `weights` is `"float32"` (reference), `"bfloat16"`, `"int8"` or `"int4"`
-    (weight-only, group-wise scales; converted once and cached). Raises `ModelLoadError` with the reason when it
-    cannot.
+    (weight-only, group-wise scales; converted once and cached), or `"auto"`: the format recommended for that
+    model (`sources.RECOMMENDED_WEIGHTS`; float32 for models without a recommendation). In the smaller formats the
+    float32 projections are not kept, so `lm.model` (the transformers model) cannot be called; use float32 for
+    that. Raises `ModelLoadError` with the reason when it cannot.
     """
+    if weights == AUTO and isinstance(source, str):
+        weights = recommended_weights(source)
     if weights not in WEIGHT_FORMATS:
         raise ModelLoadError(f"unknown weight format {weights!r}; supported: {', '.join(WEIGHT_FORMATS)}")
     resolved = resolve_source(source)
@@ -206,6 +210,7 @@ def from_pretrained_objects(
 ) -> LoadedModel:
     """Wrap an already-built transformers model and tokenizer (tests, custom pipelines)."""
     check_supported(model.config)
+    weights = "float32" if weights == AUTO else weights
     if weights not in WEIGHT_FORMATS:
         raise ModelLoadError(f"unknown weight format {weights!r}; supported: {', '.join(WEIGHT_FORMATS)}")
     return LoadedModel(

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from litestage_chain.errors import InvalidInputError
-from litestage_chain.weight_formats import WEIGHT_FORMATS
+from litestage_chain.weight_formats import WEIGHT_CHOICES
 
 
 def _points(text: str) -> float:
@@ -60,8 +60,8 @@ def add_profile_parser(subparsers: Any) -> None:
     search.add_argument("--split-seed", "--seed", dest="seed", type=int, default=0,
                         help="seed of the validation slice drawn from the train split (default 0)")
     search.add_argument("--model", "-m", default="smollm2-135m", help="model source (default: smollm2-135m)")
-    search.add_argument("--weights", default="float32", choices=WEIGHT_FORMATS,
-                        help="weight format searched with (default float32); latencies depend on it")
+    search.add_argument("--weights", default="auto", choices=WEIGHT_CHOICES,
+                        help="weight format searched with (default auto: the model's recommended format); latencies depend on it")
     search.add_argument("--out", required=True, metavar="FILE", help="where to write the profile JSON")
     search.add_argument("--log", metavar="FILE", help="results log to resume from (default: <out>.search.jsonl)")
     search.add_argument("--epsilon", type=_points, default=0.02, metavar="POINTS",

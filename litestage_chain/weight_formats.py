@@ -6,3 +6,7 @@ from typing import Literal
 
 WeightFormat = Literal["float32", "bfloat16", "int8", "int4"]
 WEIGHT_FORMATS: tuple[str, ...] = ("float32", "bfloat16", "int8", "int4")
+
+AUTO = "auto"
+"""Ask for the model's recommended format: the fastest one that passed the accuracy guard on that model."""
+WEIGHT_CHOICES: tuple[str, ...] = (AUTO, *WEIGHT_FORMATS)

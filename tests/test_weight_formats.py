@@ -87,3 +87,15 @@ def test_cached_conversion_loads_without_reading_float32_projections(tmp_path, m
     assert second.weights_sha256 == first.weights_sha256
     assert generate(second, [ids], SkipPlan(attention=[1]), config)[0].token_ids == expected
     assert torch.equal(second.view.embed.weight, first.view.embed.weight)
+
+
+def test_auto_weights_pick_the_recommended_format_per_model() -> None:
+    from litestage_chain.chat_model import ChatLiteStage
+    from litestage_chain.sources import recommended_weights
+
+    assert recommended_weights("smollm2-135m") == "int4"
+    assert recommended_weights("qwen2.5-coder-1.5b") == "int8"
+    assert recommended_weights("/some/model.gguf") == "float32"
+    assert ChatLiteStage().weights == "auto"
+    model, tokenizer = tiny_llama()
+    assert from_pretrained_objects(model, tokenizer, weights="auto").weights == "float32"

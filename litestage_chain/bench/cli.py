@@ -16,7 +16,7 @@ from typing import Any, TextIO
 
 from litestage_chain.bench.methods import DEFAULT_SWEEPS, METHODS, NEEDS_PROFILE, MethodContext, all_points, parse_sweep
 from litestage_chain.errors import InvalidInputError
-from litestage_chain.weight_formats import WEIGHT_FORMATS
+from litestage_chain.weight_formats import WEIGHT_CHOICES
 
 RANKED = ("uniform", "uniform-exit", "stage-only")
 
@@ -47,8 +47,8 @@ def add_bench_subcommand(subparsers: Any) -> None:
         + "; ".join(f"{m}={','.join(map(str, c))}" for m, c in DEFAULT_SWEEPS.items()),
     )
     bench.add_argument("--model", "-m", default="smollm2-135m", help="model source (default: smollm2-135m)")
-    bench.add_argument("--weights", default="float32", choices=WEIGHT_FORMATS,
-                       help="weight format of the model (default float32; see load_model)")
+    bench.add_argument("--weights", default="auto", choices=WEIGHT_CHOICES,
+                       help="weight format (default auto: the model's recommended format)")
     bench.add_argument("--profile", "-p", metavar="P", help="searched LiteStage profile: a JSON file or shipped name")
     bench.add_argument("--out", required=True, metavar="DIR", help="results folder (created; reused to resume)")
     bench.add_argument(
