@@ -15,6 +15,7 @@ import asyncio
 import contextvars
 import functools
 import json
+import os
 import queue
 import threading
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
@@ -155,8 +156,10 @@ class ChatLiteStage(BaseChatModel):
         """
         if isinstance(data, dict) and "profile" in data and "stage_profile" not in data:
             value = data["profile"]
-            is_budget = hasattr(value, "plan_for") or (
-                isinstance(value, Mapping) and bool(value) and set(value) <= set(STAGES)
+            is_budget = (
+                hasattr(value, "plan_for")
+                or isinstance(value, (str, os.PathLike))  # a profile's file or shipped name, e.g. "csqa"
+                or (isinstance(value, Mapping) and bool(value) and set(value) <= set(STAGES))
             )
             if is_budget:
                 data = {k: v for k, v in data.items() if k != "profile"}

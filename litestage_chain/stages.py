@@ -9,6 +9,7 @@ is accepted today.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any, Literal, Protocol, cast, get_args, runtime_checkable
 
@@ -74,11 +75,16 @@ class PlanMapping(BaseModel):
 def as_stage_budgets(value: Any) -> StageBudgets | None:
     """Coerce what a user passes as a profile into a `StageBudgets` (or `None`).
 
-    Accepts `None`, an object with `plan_for`/`early_exit_for`, or a mapping stage -> `SkipPlan` (or a dict with
-    `attention`/`mlp` keys). Unknown stage names are rejected here, at construction, with the list of valid names.
+    Accepts `None`, an object with `plan_for`/`early_exit_for`, a mapping stage -> `SkipPlan` (or a dict with
+    `attention`/`mlp` keys), or a profile given by file path or shipped name (`"csqa"`). Unknown stage names are
+    rejected here, at construction, with the list of valid names.
     """
     if value is None:
         return None
+    if isinstance(value, (str, os.PathLike)):
+        from litestage_chain.profile import Profile  # profile.py builds on this module
+
+        return Profile.load(value)
     if isinstance(value, StageBudgets) and not isinstance(value, Mapping):
         return value
     if isinstance(value, Mapping):

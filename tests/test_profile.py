@@ -183,3 +183,27 @@ def test_profile_drives_the_chat_model_per_stage() -> None:
     other = from_pretrained_objects(model, tokenizer, name="other", weights_sha256=OTHER_SHA)
     with pytest.raises(ProfileMismatchError, match="made for model 'smollm2-135m'"):
         ChatLiteStage(model=other, stage_profile=profile, max_tokens=3).invoke("hi", stage="recall")
+
+
+def test_profile_is_selected_by_shipped_name(tmp_path: Path, monkeypatch) -> None:
+    """`ChatLiteStage(profile="csqa")` and `build_reasoning_chain(plans="csqa")` load the shipped profile."""
+    from tiny_models import tiny_llama
+
+    from litestage_chain import from_pretrained_objects
+    from litestage_chain.chain import build_reasoning_chain
+    from litestage_chain.chat_model import ChatLiteStage
+
+    fitted = make_profile().model_copy(
+        update={"stages": {**make_profile().stages, "recall": StageSettings(plan=SkipPlan(attention=[1], mlp=[3]))}}
+    )
+    fitted.save(tmp_path / "csqa.json")
+    monkeypatch.setattr(profile_module, "shipped_root", lambda: tmp_path)
+    model, tokenizer = tiny_llama()
+    lm = from_pretrained_objects(model, tokenizer, name="tiny", weights_sha256=SHA)
+    chat = ChatLiteStage(model=lm, profile="csqa", max_tokens=3)
+    assert isinstance(chat.stage_profile, Profile)
+    assert chat.invoke("hi", stage="recall").response_metadata["skipped"] == {"attention": [1], "mlp": [3]}
+    assert isinstance(ChatLiteStage(model=lm, stage_profile=tmp_path / "csqa.json").stage_profile, Profile)
+    build_reasoning_chain(lm, plans="csqa")  # resolves the name at construction
+    with pytest.raises(ProfileError, match="no shipped profile of that name"):
+        ChatLiteStage(model=lm, profile="nope")
