@@ -6,7 +6,8 @@ the modules once into `DecoderView` and runs them with explicit positions and it
 
 At preparation q/k/v projections are fused into one matrix and MLP gate/up into another (one GEMV instead of three
 or two on the decode hot path). The original `nn.Linear` modules are re-pointed at views of the fused storage, so the
-transformers model keeps working unchanged and no weight is stored twice.
+transformers model keeps working unchanged and no weight is stored twice (a model loaded in a smaller weight format
+then drops those float32 projections altogether, see `loading.py`).
 """
 
 from __future__ import annotations

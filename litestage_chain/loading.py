@@ -19,7 +19,7 @@ import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Literal, Optional
 
 import torch
 
@@ -46,7 +46,9 @@ class LoadedModel:
     weights_sha256: str
     source: str = ""
     weights: str = "float32"
-    release_float_weights: bool = False
+    float_weights: Literal["keep", "release", "absent"] = "keep"
+    """What happens to the float32 projections of `model` when `weights` is smaller: "keep" them (a caller's model),
+    "release" them (loaded here from the float32 checkpoint), or they are "absent" (never loaded)."""
     view: DecoderView = field(init=False, repr=False)
     prefix_cache: PrefixCache = field(init=False, repr=False)
     eos_token_ids: frozenset[int] = field(init=False)
@@ -62,8 +64,10 @@ class LoadedModel:
 
             float_view = self.view
             self.view = quantize_decoder_view(float_view, self.weights, weights_id=self.weights_sha256 or None)
-            if self.release_float_weights:
-                _release_converted_weights(self.model, float_view, self.view, self.weights)
+            if self.float_weights != "keep":
+                _release_converted_weights(
+                    self.model, float_view, self.view, self.weights, unmap=self.float_weights == "release"
+                )
         self.prefix_cache = PrefixCache()
         self.eos_token_ids = frozenset(_eos_ids(self.model, self.tokenizer))
         pad = self.tokenizer.pad_token_id
@@ -106,7 +110,9 @@ class LoadedModel:
         return str(self.tokenizer.apply_chat_template(messages, **kwargs))
 
 
-def _release_converted_weights(model: Any, float_view: DecoderView, converted: DecoderView, fmt: str) -> None:
+def _release_converted_weights(
+    model: Any, float_view: DecoderView, converted: DecoderView, fmt: str, unmap: bool
+) -> None:
     """Drop the float32 copies of every projection the converted view replaced (the point of a smaller format).
 
     Why: the engine runs only the view, and keeping the float32 matrices beside their int8/int4 copies would
@@ -133,12 +139,13 @@ def _release_converted_weights(model: Any, float_view: DecoderView, converted: D
     for name in replaced:  # the float view's fused float32 modules hold the storage the views above pointed into
         if type(float_modules[name]) is torch.nn.Linear:
             _to_meta(float_modules[name])
-    # What stays in float32 (embedding, norms, biases) may be a view into the memory-mapped float32 checkpoint;
-    # copying it out lets that whole mapping, and the pages the conversion read through it, be unmapped.
-    for module in model.modules():
-        for tensor in [*module.parameters(recurse=False), *module.buffers(recurse=False)]:
-            if tensor.device.type == "cpu":
-                tensor.data = tensor.data.clone()
+    if unmap:
+        # What stays in float32 (embedding, norms, biases) may be a view into the memory-mapped float32 checkpoint;
+        # copying it out lets that whole mapping, and the pages the conversion read through it, be unmapped.
+        for module in model.modules():
+            for tensor in [*module.parameters(recurse=False), *module.buffers(recurse=False)]:
+                if tensor.device.type == "cpu":
+                    tensor.data = tensor.data.clone()
 
     def refuse(_module: Any, _args: Any) -> None:
         raise ModelLoadError(
@@ -193,10 +200,7 @@ def load_model(source: str = "smollm2-135m", weights: str = "float32") -> Loaded
     float32 projections are not kept, so `lm.model` (the transformers model) cannot be called; use float32 for
     that. Raises `ModelLoadError` with the reason when it cannot.
     """
-    if weights == AUTO and isinstance(source, str):
-        weights = recommended_weights(source)
-    if weights not in WEIGHT_FORMATS:
-        raise ModelLoadError(f"unknown weight format {weights!r}; supported: {', '.join(WEIGHT_FORMATS)}")
+    weights = _resolve_weights(source, weights)
     resolved = resolve_source(source)
     key = (resolved.location, weights)
     with _LOAD_LOCK:
@@ -205,14 +209,26 @@ def load_model(source: str = "smollm2-135m", weights: str = "float32") -> Loaded
         return _LOADED[key]
 
 
+def _resolve_weights(source: Optional[str], weights: str) -> str:
+    """The concrete format for `weights` ("auto" -> the source's recommended one), or a clear error."""
+    if weights == AUTO:
+        weights = recommended_weights(source) if isinstance(source, str) else "float32"
+        if weights in ("int8", "int4"):
+            from litestage_chain.quant.formats import compiled_kernels_available
+
+            if not compiled_kernels_available():  # the fallback would be float32 speed at float32 size
+                weights = "float32"
+    if weights not in WEIGHT_FORMATS:
+        raise ModelLoadError(f"unknown weight format {weights!r}; supported: {AUTO}, {', '.join(WEIGHT_FORMATS)}")
+    return weights
+
+
 def from_pretrained_objects(
     model: Any, tokenizer: Any, name: str = "custom", weights_sha256: str = "", weights: str = "float32"
 ) -> LoadedModel:
     """Wrap an already-built transformers model and tokenizer (tests, custom pipelines)."""
     check_supported(model.config)
-    weights = "float32" if weights == AUTO else weights
-    if weights not in WEIGHT_FORMATS:
-        raise ModelLoadError(f"unknown weight format {weights!r}; supported: {', '.join(WEIGHT_FORMATS)}")
+    weights = _resolve_weights(None, weights)
     return LoadedModel(
         model=model, tokenizer=tokenizer, name=name, weights_sha256=weights_sha256, source=name, weights=weights
     )
@@ -238,7 +254,7 @@ def _load_resolved(resolved: ResolvedSource, weights: str) -> LoadedModel:
         weights_sha256=digest,
         source=resolved.location,
         weights=weights,
-        release_float_weights=True,
+        float_weights="release",
     )
 
 
@@ -276,7 +292,7 @@ def _load_without_float_projections(
         with _quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(directory)
         with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config)
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         state: dict[str, torch.Tensor] = {}
         for path in sorted(directory.glob("*.safetensors")):
             with safe_open(str(path), framework="pt") as handle:
@@ -292,13 +308,17 @@ def _load_without_float_projections(
         unloaded = [n for n, t in [*model.named_parameters(), *model.named_buffers()]
                     if t.device.type == "meta" and not _is_projection_weight(n)]
         if unloaded:
+            logger.debug("lean %s load of %s: %s not in the checkpoint; loading float32 first", weights, directory,
+                         unloaded[:3])
             return None
         loaded = LoadedModel(model=model, tokenizer=tokenizer, name=resolved.name, weights_sha256=digest,
-                             source=resolved.location, weights=weights, release_float_weights=True)
+                             source=resolved.location, weights=weights, float_weights="absent")
     except Exception as error:  # any surprise here just means: take the ordinary path
         logger.debug("lean %s load of %s failed (%s); loading float32 first", weights, directory, error)
         return None
-    if any(t.device.type == "meta" for m in view_linears(loaded.view).values() for t in m.buffers()):
+    modules = view_linears(loaded.view).values()
+    if any(t.device.type == "meta" for m in modules for t in [*m.parameters(), *m.buffers()]):
+        logger.debug("lean %s load of %s: the conversion cache did not cover every projection", weights, directory)
         return None
     return loaded
 

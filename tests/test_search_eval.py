@@ -209,8 +209,9 @@ def test_profiles_need_an_identified_model(lm, tmp_path: Path) -> None:
         search_profile(lm, qs, evaluator=evaluator(anonymous))
 
 
-def test_identity_depends_on_the_weight_format(lm) -> None:
+def test_identity_depends_on_the_weight_format(lm, tmp_path, monkeypatch) -> None:
     """Outputs and times differ between formats, so stored results of one must never be reused for another."""
+    monkeypatch.setenv("LITESTAGE_CACHE", str(tmp_path / "cache"))  # the int8 conversion is cached there
     int8 = from_pretrained_objects(lm.model, lm.tokenizer, name="tiny-chain", weights_sha256=SHA, weights="int8")
     assert int8.weights == "int8"
     assert ChainEvaluator(lm).identity != ChainEvaluator(int8).identity

@@ -47,6 +47,11 @@ def _fast_kernels():  # noqa: ANN202 - the compiled module has no static type
     return _fast[0]
 
 
+def compiled_kernels_available() -> bool:
+    """Whether int8/int4 run on the compiled kernels here (otherwise they dequantise to float32: no faster)."""
+    return _fast_kernels() is not None
+
+
 def round_activations_like_kernel(x2: torch.Tensor) -> torch.Tensor:
     """``x2 [M, K32]`` after the compiled path's int8 rounding (groups of 32, scale amax/127).
 

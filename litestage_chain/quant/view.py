@@ -2,8 +2,8 @@
 
 Why on the view and not the transformers model: the decode loop runs the view's modules
 (fused q/k/v, o_proj, fused gate/up, down_proj, lm_head), so converting exactly those gives
-the fast path with one GEMV per fused projection, while ``lm.model`` stays untouched for
-anything that still calls the transformers forward.
+the fast path with one GEMV per fused projection. The input view and its modules are not
+modified; ``load_model`` then releases the float32 projections it no longer needs.
 """
 
 from __future__ import annotations
