@@ -123,6 +123,9 @@ def run_ask(args: argparse.Namespace, out: TextIO | None = None) -> int:
         result.answer_source or "", ""
     )
     out.write(f"Answer: {answer}{note}\n\n")
+    loaded = model.loaded_model()
+    profile_note = f", profile {args.profile}" if args.profile else ""
+    out.write(f"model {loaded.name}, {loaded.weights} weights{profile_note}\n")
     out.write(timing_table(result))
     if args.json:
         out.write(result.model_dump_json(indent=2) + "\n")
