@@ -192,6 +192,7 @@ def run_profile_show(args: argparse.Namespace, out: TextIO | None = None) -> int
     if args.trace:
         for entry in profile.trace:
             flags = "".join((" chosen" if entry.chosen else "", " (below target)" if not entry.meets_target else ""))
+            tokens = " ".join(f"{stage} {count:.0f}" for stage, count in entry.generated_tokens.items() if count)
             out.write(f"  {entry.stage or 'full':>10} skip {entry.skip_count:>2}: score {entry.score:.3f}, "
-                      f"{entry.mean_latency_seconds:.2f} s{flags}\n")
+                      f"{entry.mean_latency_seconds:.2f} s, tokens/question: {tokens}{flags}\n")
     return 0
