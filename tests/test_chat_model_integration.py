@@ -23,7 +23,8 @@ PLANS = {
 
 @pytest.fixture(scope="module")
 def llm(real_model: LoadedModel) -> ChatLiteStage:
-    return ChatLiteStage(max_tokens=10, stage_profile=PLANS)
+    # float32: the reference format, whose batched and single greedy texts match exactly (see the batch test)
+    return ChatLiteStage(weights="float32", max_tokens=10, stage_profile=PLANS)
 
 
 def test_invoke_with_system_message(llm: ChatLiteStage) -> None:
@@ -140,7 +141,10 @@ def test_weights_are_shared_by_instances_bindings_and_rebuilds(llm: ChatLiteStag
     from langchain_core.runnables import ConfigurableField
 
     assert llm.loaded_model() is real_model
-    assert ChatLiteStage(max_tokens=3, temperature=0.5).loaded_model() is real_model
+    assert ChatLiteStage(weights="float32", max_tokens=3, temperature=0.5).loaded_model() is real_model
+    default = ChatLiteStage(max_tokens=3).loaded_model()  # weights="auto": the model's recommended format
+    assert ChatLiteStage(temperature=0.5).loaded_model() is default
+    assert default.weights_sha256 == real_model.weights_sha256 and default.weights in ("int4", "float32")
     configurable = llm.configurable_fields(max_tokens=ConfigurableField(id="max_tokens"))
     rebuilt = configurable.with_config(configurable={"max_tokens": 2}).invoke("Hi")
     assert rebuilt.usage_metadata["output_tokens"] <= 2
