@@ -54,7 +54,7 @@ EMBEDDED: dict[str, Callable[[], Path]] = {
 }
 DEFAULT_MODEL = "smollm2-135m"
 
-RECOMMENDED_WEIGHTS: dict[str, str] = {"smollm2-135m": "int4", "qwen2.5-coder-1.5b": "int8"}
+RECOMMENDED_WEIGHTS: dict[str, str] = {"smollm2-135m": "int4", "qwen2.5-coder-1.5b": "int4"}
 """Weight format `weights="auto"` picks for an embedded model: the fastest format whose accuracy on 100 CSQA dev
 questions stayed within 1 point of float32 (benchmarks/README.md, "accuracy guard"). Other sources get float32,
 the only format not yet checked on them."""
