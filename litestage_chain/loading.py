@@ -189,7 +189,6 @@ _LOADED: dict[tuple[str, str], LoadedModel] = {}
 _LOAD_LOCK = threading.Lock()
 
 
-
 def load_model(source: str = "smollm2-135m", weights: str = "float32") -> LoadedModel:
     """Load (once per process) the model named by `source`, its projections in the weight format `weights`.
 
@@ -254,7 +253,7 @@ def _load_resolved(resolved: ResolvedSource, weights: str) -> LoadedModel:
         weights_sha256=digest,
         source=resolved.location,
         weights=weights,
-        float_weights="release",
+        float_weights="keep" if weights == "float32" else "release",
     )
 
 
