@@ -117,7 +117,8 @@ class ChatLiteStage(BaseChatModel):
     """Model source (embedded name, GGUF path, local HF dir, hub id) or an already loaded `LoadedModel`."""
     weights: Literal["auto", "float32", "bfloat16", "int8", "int4"] = "auto"
     """Weight format the engine runs the projections in (ignored when `model` is a `LoadedModel`). "auto" is the
-    model's recommended format: int4 for both embedded models (the fastest format that passed the accuracy guard), float32 otherwise."""
+    model's recommended format: int4 for both embedded models (the fastest format that passed the accuracy guard),
+    float32 otherwise."""
     max_tokens: int = Field(256, ge=1)
     """Most tokens to generate per call."""
     temperature: float = Field(0.0, ge=0.0)

@@ -57,12 +57,14 @@ DEFAULT_MODEL = "smollm2-135m"
 RECOMMENDED_WEIGHTS: dict[str, str] = {"smollm2-135m": "int4", "qwen2.5-coder-1.5b": "int4"}
 """Weight format `weights="auto"` picks for an embedded model: the fastest format whose accuracy on 100 CSQA dev
 questions stayed within 1 point of float32 (benchmarks/README.md, "accuracy guard"). Other sources get float32,
-the only format not yet checked on them."""
+the only format not yet checked on them. Keyed by the embedded name: the same GGUF file passed by path gets float32."""
 
 
 def recommended_weights(source: str) -> str:
     """The weight format `"auto"` means for `source`."""
     return RECOMMENDED_WEIGHTS.get(source, "float32")
+
+
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 

@@ -24,7 +24,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from litestage_chain.quant.kernels import get_kernels
-
 from litestage_chain.weight_formats import WEIGHT_FORMATS, WeightFormat
 
 #: Inputs per int4 (scale, min) group and per activation-quantisation group.
