@@ -110,6 +110,16 @@ class LoadedModel:
         return str(self.tokenizer.apply_chat_template(messages, **kwargs))
 
 
+_VIEW_PROJECTIONS: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {
+    ("attention", "qkv"): ("self_attn", ("q_proj", "k_proj", "v_proj")),
+    ("attention", "o_proj"): ("self_attn", ("o_proj",)),
+    ("mlp", "gate_up"): ("mlp", ("gate_proj", "up_proj")),
+    ("mlp", "down_proj"): ("mlp", ("down_proj",)),
+}
+"""Each per-layer view module (as named by `quant.view.view_linears`) and the transformers linears it replaces."""
+_PROJECTIONS = tuple(name for _, names in _VIEW_PROJECTIONS.values() for name in names)
+
+
 def _release_converted_weights(
     model: Any, float_view: DecoderView, converted: DecoderView, fmt: str, unmap: bool
 ) -> None:
@@ -123,16 +133,10 @@ def _release_converted_weights(
     from litestage_chain.quant.view import view_linears
 
     replaced = {name for name, module in view_linears(converted).items() if type(module) is not torch.nn.Linear}
-    layers = model.model.layers
-    for index, layer in enumerate(layers):
-        if f"attention.{index}.qkv" in replaced:
-            _to_meta(layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj)
-        if f"attention.{index}.o_proj" in replaced:
-            _to_meta(layer.self_attn.o_proj)
-        if f"mlp.{index}.gate_up" in replaced:
-            _to_meta(layer.mlp.gate_proj, layer.mlp.up_proj)
-        if f"mlp.{index}.down_proj" in replaced:
-            _to_meta(layer.mlp.down_proj)
+    for index, layer in enumerate(model.model.layers):
+        for (kind, part), (block, names) in _VIEW_PROJECTIONS.items():
+            if f"{kind}.{index}.{part}" in replaced:
+                _to_meta(*(getattr(getattr(layer, block), name) for name in names))
     if "lm_head" in replaced:
         _to_meta(model.lm_head)  # a tied head shares the embedding's Parameter: only the head's reference goes
     float_modules = view_linears(float_view)
@@ -256,8 +260,6 @@ def _load_resolved(resolved: ResolvedSource, weights: str) -> LoadedModel:
         float_weights="keep" if weights == "float32" else "release",
     )
 
-
-_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 def _is_projection_weight(name: str) -> bool:
