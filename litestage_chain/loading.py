@@ -157,7 +157,16 @@ def _release_converted_weights(
             "through the engine (generate, ChatLiteStage), or load it with weights='float32' to call it directly"
         )
 
-    model.register_forward_pre_hook(refuse)
+    # Every module whose forward would reach a released weight, so `lm.model.model(...)` or a layer called alone
+    # fails with this message rather than torch's meta-tensor error. Not the norms or the embedding: the engine
+    # calls those modules itself.
+    inner = model.model
+    blocks = [(getattr(layer, "self_attn"), getattr(layer, "mlp")) for layer in inner.layers]
+    callers = [model, inner, *inner.layers, *(block for pair in blocks for block in pair)]
+    if "lm_head" in replaced:
+        callers.append(model.lm_head)
+    for module in callers:
+        module.register_forward_pre_hook(refuse)
     _return_freed_memory()
 
 

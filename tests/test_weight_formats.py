@@ -80,6 +80,11 @@ def test_loaded_smaller_format_releases_its_float32_projections(fmt, arch, tied,
     assert generate(loaded, [ids], plan, config)[0].token_ids == generate(kept, [ids], plan, config)[0].token_ids
     with pytest.raises(ModelLoadError, match=f"released when it was loaded as '{fmt}'"):
         loaded.model(torch.tensor([ids]))
+    hidden = torch.zeros(1, 1, loaded.model.config.hidden_size)
+    for inner_call in (lambda: loaded.model.model(torch.tensor([ids])), lambda: layer.mlp(hidden),
+                       lambda: layer.self_attn(hidden), lambda: loaded.model.lm_head(hidden)):
+        with pytest.raises(ModelLoadError, match="released"):
+            inner_call()
 
 
 def _reload(directory):
