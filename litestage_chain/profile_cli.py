@@ -93,7 +93,10 @@ def add_profile_parser(subparsers: Any) -> None:
                         help="early exit: never before N tokens (default 8)")
     search.add_argument("--threads", type=int, metavar="N",
                         help="torch CPU threads (default: torch's choice; 1 is steadier on a busy machine)")
-    search.add_argument("--no-progress", action="store_true", help="no progress bars or per-candidate lines")
+    search.add_argument(
+        "--no-progress", action="store_true",
+        help="no progress bars (one line per evaluated candidate is still printed: what a background log needs)",
+    )
     search.set_defaults(handler=run_profile_search)
 
     show = actions.add_parser("show", help="print a profile's per-stage settings (no argument: list shipped ones)")
@@ -152,8 +155,6 @@ def run_profile_search(args: argparse.Namespace, out: TextIO | None = None) -> i
     out.flush()
 
     def report(entry: TraceEntry) -> None:
-        if args.no_progress:
-            return
         stage = entry.stage or "full model"
         mark = "meets target" if entry.meets_target else "below target"
         stored = ", from log" if entry.reused else ""

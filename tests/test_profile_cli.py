@@ -58,6 +58,9 @@ def test_search_writes_a_profile_resumes_and_shows(model_dir: Path, tmp_path: Pa
     assert args.handler(args, out=out) == 0
     text = out.getvalue()
     assert "wrote" in text and "4 new evaluations" in text
+    candidates = [line for line in text.splitlines() if " skip " in line and "s/question" in line]
+    # one line per candidate, progress bars or not: the 4 evaluated plus each stage's "skip 0", the plan before it
+    assert sum("from log" not in line for line in candidates) == 4 and len(candidates) == 7
     profile = Profile.load(target)
     assert profile.questions.size == 2 and profile.questions.split == "train[n=2,seed=0]"
     assert profile.early_exit_for("recall") is not None, "early exit is on unless --no-early-exit"
