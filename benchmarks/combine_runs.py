@@ -1,11 +1,6 @@
 """One table and one accuracy-vs-speedup plot from several `litestage bench` runs over the same questions.
 
-Why: on a 2-core machine the methods of one benchmark sometimes have to run as two processes side by side (the
-baselines while the LiteStage profile is still being searched, then LiteStage). Each run measures its own full
-model in alternating rounds with its methods, so every speedup here stays a ratio measured side by side *within
-its run*; only the rows are put together. All rows are restricted to the questions every point of every run has
-finished, so accuracies compare on the same questions, and the full model's answers of the runs are checked to
-agree (they are greedy and batched alike: a difference means the runs are not comparable).
+See `litestage_chain/bench/combine.py` for why and what is checked.
 
     python benchmarks/combine_runs.py --out benchmarks/results/csqa-qwen-dev-combined \\
         benchmarks/results/csqa-qwen-dev benchmarks/results/csqa-qwen-dev-baselines
@@ -18,58 +13,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from litestage_chain.bench.combine import combined_rows
 from litestage_chain.bench.plots import plot_accuracy_vs_speedup, plot_tokens_vs_skipped
-from litestage_chain.bench.records import QuestionRecord
-from litestage_chain.bench.report import PointSummary, markdown_table, summarise
-from litestage_chain.bench.results import read_run, run_records
+from litestage_chain.bench.report import markdown_table
 from litestage_chain.errors import InvalidInputError
-
-
-def common_questions(runs: Sequence[Sequence[QuestionRecord]]) -> set[str]:
-    """Question ids that every point of every run has a record for."""
-    common: set[str] | None = None
-    for records in runs:
-        by_point: dict[str, set[str]] = {}
-        for record in records:
-            by_point.setdefault(record.point, set()).add(record.question_id)
-        for ids in by_point.values():
-            common = set(ids) if common is None else common & ids
-    return common or set()
-
-
-def check_full_answers_agree(runs: Sequence[Sequence[QuestionRecord]], names: Sequence[str]) -> None:
-    """The full model answered every shared question the same in every run, or the runs do not compare."""
-    reference = {r.question_id: r.answer for r in runs[0] if r.point == "full"}
-    for records, name in zip(runs[1:], names[1:], strict=True):
-        differ = [r.question_id for r in records if r.point == "full" and reference.get(r.question_id) != r.answer]
-        if differ:
-            raise InvalidInputError(
-                f"the full model answered {len(differ)} question(s) differently in {name} than in {names[0]} "
-                f"(e.g. {differ[:3]}): different settings or weights, not one benchmark"
-            )
-
-
-def combined_rows(folders: Sequence[Path]) -> tuple[list[PointSummary], int, dict[str, object]]:
-    """Rows of every run over the shared questions (the first run's full-model row only) and the first run's meta."""
-    runs = [run_records(folder) for folder in folders]
-    metas = [read_run(folder)["meta"] for folder in folders]
-    for meta, folder in zip(metas[1:], folders[1:], strict=True):
-        for key in ("benchmark", "model", "weights_sha256", "weights", "fingerprint", "batch_size", "max_tokens"):
-            if meta.get(key) != metas[0].get(key):
-                raise InvalidInputError(f"{folder} differs from {folders[0]} in {key}: not one benchmark")
-    shared = common_questions(runs)
-    if not shared:
-        raise InvalidInputError("the runs share no question that all their points have finished")
-    check_full_answers_agree(runs, [str(f) for f in folders])
-    rows: list[PointSummary] = []
-    seen: set[str] = set()
-    for index, records in enumerate(runs):
-        for row in summarise([r for r in records if r.question_id in shared]):
-            if (row.method == "full" and index > 0) or row.point in seen:
-                continue  # one full-model row (the others give the same answers); a point measured twice: first run's
-            seen.add(row.point)
-            rows.append(row)
-    return rows, len(shared), metas[0]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

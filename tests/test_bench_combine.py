@@ -1,0 +1,50 @@
+"""Rows of two benchmark runs in one table: shared questions only, one full-model row, each speedup within its run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from litestage_chain import InvalidInputError
+from litestage_chain.bench.combine import combined_rows
+from litestage_chain.bench.records import RECORDS_FILE, RecordStore
+from litestage_chain.bench.results import write_run
+from litestage_chain.bench.runner import run_points
+from tests.test_bench_runner import StubExecutor, points, questions
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+META = {"benchmark": "toy", "model": "stub", "weights": "int4", "fingerprint": "f", "batch_size": 1}
+
+
+def _run(folder: Path, labels: set[str], n: int, executor: StubExecutor | None = None, **meta: object) -> None:
+    executor = executor or StubExecutor()
+    chosen = [p for p in points() if p.label in labels]
+    qs = questions(n)
+    write_run(folder, {**META, **meta}, chosen, executor.identity, [q.id for q in qs])
+    run_points(executor, chosen, qs, RecordStore(folder / RECORDS_FILE), progress=False)
+
+
+def test_rows_of_both_runs_over_the_questions_both_finished(tmp_path: Path) -> None:
+    _run(tmp_path / "a", {"full", "uniform@1"}, n=3)
+    _run(tmp_path / "b", {"full", "unified@1", "uniform@1"}, n=5)
+    rows, shared, meta = combined_rows([tmp_path / "a", tmp_path / "b"])
+    assert shared == 3 and meta["benchmark"] == "toy"
+    assert [row.point for row in rows] == ["full", "uniform@1", "unified@1"]  # one full row; a repeated point once
+    assert all(row.questions == 3 for row in rows)
+    assert rows[1].speedup == pytest.approx(3.0 / 2.7)  # against the full model of its own run
+
+
+def test_runs_that_are_not_one_benchmark_are_refused(tmp_path: Path) -> None:
+    _run(tmp_path / "a", {"full", "uniform@1"}, n=3)
+    _run(tmp_path / "other-model", {"full"}, n=3, model="other")
+    with pytest.raises(InvalidInputError, match="differs .* in model"):
+        combined_rows([tmp_path / "a", tmp_path / "other-model"])
+
+    class Contrary(StubExecutor):
+        def run(self, point, qs):  # noqa: ANN001, ANN201
+            return [o.model_copy(update={"answer": "B"}) for o in super().run(point, qs)]
+
+    _run(tmp_path / "contrary", {"full"}, n=3, executor=Contrary())
+    with pytest.raises(InvalidInputError, match="answered 3 question"):
+        combined_rows([tmp_path / "a", tmp_path / "contrary"])
