@@ -756,6 +756,7 @@ def _response_metadata(call: PreparedCall, result: GenerationResult) -> dict[str
         "finish_reason": result.finish_reason,
         "prefill_seconds": result.prefill_seconds,
         "decode_seconds": result.decode_seconds,
+        "prefix_seconds": result.prefix_seconds,
     }
 
 
@@ -801,6 +802,7 @@ def _combined(call: PreparedCall, text: str, results: Sequence[GenerationResult]
         generated_tokens=sum(r.generated_tokens for r in results),
         prefill_seconds=sum(r.prefill_seconds for r in results),
         decode_seconds=sum(r.decode_seconds for r in results),
+        prefix_seconds=sum(r.prefix_seconds for r in results),
         early_exited=any(r.early_exited for r in results),
         finish_reason="stop",
         plan=call.plan,

@@ -69,6 +69,11 @@ class GenerationResult(BaseModel):
     early_exited: bool
     finish_reason: FinishReason
     plan: SkipPlan
+    prefix_seconds: float = Field(
+        0.0,
+        description="one-time computation of the shared prefix's KV entries when the process had none for this plan; "
+        "not part of prefill_seconds, so a call's time does not depend on which call first used a plan",
+    )
 
 
 @dataclass
@@ -182,10 +187,12 @@ def generate(
     with torch.inference_mode():
         started = time.perf_counter()
         cache = new_cache(view, plan, batch, capacity, input_ids.device)
+        prefix_seconds = 0.0
         if reused:
-            load_prefix(cache, model.prefix_cache.get_or_compute(view, plan, prefix))
+            entry, prefix_seconds = model.prefix_cache.lookup(view, plan, prefix)
+            load_prefix(cache, entry)
         logits = prefill(view, input_ids, positions, key_valid, cache, plan, start=reused)
-        prefill_seconds = time.perf_counter() - started
+        prefill_seconds = max(time.perf_counter() - started - prefix_seconds, 0.0)
         decode_started = time.perf_counter()
         for step in range(max_new):
             confidences = confidence(logits).tolist()
@@ -224,6 +231,7 @@ def generate(
             early_exited=row.finish == "early_exit",
             finish_reason=row.finish or "length",
             plan=plan,
+            prefix_seconds=prefix_seconds,
         )
         for row in rows
     ]

@@ -170,7 +170,9 @@ class ChainEvaluator:
             "templates": {f"{k}/{s}": [t.system, t.user, t.assistant] for (k, s), t in sorted(self.prompts.templates.items())},
             "exemplars": {k: [e.model_dump(mode="json") for e in v] for k, v in sorted(self.prompts.exemplars.items())},
         }
-        return "chain-v1:" + _digest({
+        # v2: stage seconds no longer include the one-time computation of a shared prefix (see prefix_cache.py);
+        # results stored under v1 were charged with it by run order and must not be mixed with v2 ones.
+        return "chain-v2:" + _digest({
             "weights": weights,
             "max_tokens": self.max_tokens,
             "early_exit": {s: (e.model_dump() if e else None) for s, e in self.early_exit.items()},

@@ -36,3 +36,37 @@ def test_prompt_not_starting_with_the_prefix_is_run_in_full(tiny_model: LoadedMo
     assert result.token_ids == generate(tiny_model, ["unrelated prompt"], config=config)[0].token_ids
     assert tiny_model.prefix_cache.misses == misses
     assert result.prompt_tokens == len(tiny_model.encode("unrelated prompt"))
+
+
+def test_computing_a_prefix_is_reported_apart_from_the_call_that_needed_it(tiny_model: LoadedModel, monkeypatch) -> None:
+    """A call's prefill time must not depend on whether an earlier call already computed the shared prefix."""
+    import time
+
+    from litestage_chain import prefix_cache
+
+    real = prefix_cache.compute_prefix
+
+    def slow_compute(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        time.sleep(0.3)  # a prefix far costlier than the rest of the call, as a long few-shot prefix on a CPU
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(prefix_cache, "compute_prefix", slow_compute)
+    tiny_model.prefix_cache.clear()
+    config = GenerationConfig(max_new_tokens=4)
+    plan = SkipPlan(mlp=[1])
+    first = generate(tiny_model, [PREFIX + QUESTIONS[0]], plan=plan, config=config, shared_prefix=PREFIX)[0]
+    second = generate(tiny_model, [PREFIX + QUESTIONS[0]], plan=plan, config=config, shared_prefix=PREFIX)[0]
+    assert first.prefix_seconds >= 0.3 and second.prefix_seconds == 0.0
+    assert first.prefill_seconds < 0.3, "the one-time prefix computation is not charged to the call's prefill"
+    assert first.token_ids == second.token_ids
+
+
+def test_prefix_table_is_bounded_in_bytes(tiny_model: LoadedModel) -> None:
+    from litestage_chain.prefix_cache import PrefixCache
+
+    table = PrefixCache(max_bytes=1)  # smaller than any entry: only the newest is kept, never none
+    for plan in (SkipPlan(), SkipPlan(attention=[1]), SkipPlan(mlp=[0])):
+        entry, seconds = table.lookup(tiny_model.view, plan, tiny_model.encode(PREFIX))
+        assert seconds > 0 and entry
+    assert len(table._entries) == 1 and table.stored_bytes() > 0
+    assert table.lookup(tiny_model.view, SkipPlan(mlp=[0]), tiny_model.encode(PREFIX))[1] == 0.0
