@@ -800,9 +800,9 @@ def _combined(call: PreparedCall, text: str, results: Sequence[GenerationResult]
         confidences=[c for r in results for c in r.confidences],
         prompt_tokens=call.loaded.count_tokens(call.prompt),
         generated_tokens=sum(r.generated_tokens for r in results),
-        prefill_seconds=sum(r.prefill_seconds for r in results),
+        # the steps' "shared prefix" is this call's own prompt: computing it is this call's prefill, not a one-time cost
+        prefill_seconds=sum(r.prefill_seconds + r.prefix_seconds for r in results),
         decode_seconds=sum(r.decode_seconds for r in results),
-        prefix_seconds=sum(r.prefix_seconds for r in results),
         early_exited=any(r.early_exited for r in results),
         finish_reason="stop",
         plan=call.plan,

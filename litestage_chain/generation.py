@@ -71,8 +71,8 @@ class GenerationResult(BaseModel):
     plan: SkipPlan
     prefix_seconds: float = Field(
         0.0,
-        description="one-time computation of the shared prefix's KV entries when the process had none for this plan; "
-        "not part of prefill_seconds, so a call's time does not depend on which call first used a plan",
+        description="computing the shared prefix's KV entries, when they were not stored for this plan; not part of "
+        "prefill_seconds, so a call's time does not depend on which earlier call first used the plan and prefix",
     )
 
 

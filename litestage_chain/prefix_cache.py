@@ -8,11 +8,12 @@ computed once per (plan, prefix) and copied into each call's own cache.
 The prefix is always computed alone, the same way, whether it is found here or not, so a call's output never depends
 on what other calls ran before it. Entries are immutable once stored; a lock guards the table itself.
 
-Computing an entry is a one-time cost per process and (plan, prefix), reported apart from a call's prefill time
-(`lookup` returns it): otherwise whichever call happens to come first after a new plan appears is charged with it,
-and latencies compared across plans (the budget search, the benchmarks) measure run order instead of the plans.
-The table is bounded in entries and in bytes (an entry of a 1.5B model's 700-token prefix is ~40 MB); it is an LRU,
-so it should hold every (plan, prefix) a workload cycles through, or every call of that cycle recomputes.
+Computing an entry when it is not stored is reported apart from a call's prefill time (`lookup` returns it): for a
+prefix shared by many calls that is a one-time cost, and charging it to whichever call first used a new plan made
+latencies compared across plans (the budget search, the benchmarks) measure run order instead of the plans. Callers
+whose "prefix" is their own prompt (guided tool and structured replies) add it back to their time. The table is
+bounded in entries and bytes (an entry of a 1.5B model's 700-token prefix is ~40 MB); it is an LRU, so it should hold
+every (plan, prefix) a workload cycles through, or every call of the cycle recomputes (`evictions` shows it).
 """
 
 from __future__ import annotations
@@ -34,23 +35,22 @@ PrefixEntry = dict[int, tuple[torch.Tensor, torch.Tensor]]  # layer -> (keys, va
 
 
 class PrefixCache:
-    """A small thread-safe LRU table of prefix KV entries keyed by (plan, prefix tokens)."""
+    """A thread-safe LRU table of prefix KV entries keyed by (plan, prefix tokens), bounded in entries and bytes."""
 
     def __init__(self, max_entries: int = 64, max_bytes: int = 2 * 1024**3) -> None:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self._entries: OrderedDict[tuple[SkipPlan, str], PrefixEntry] = OrderedDict()
+        self._bytes = 0
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
+        self.evictions = 0  # growing steadily means the workload cycles through more prefixes than the table holds
 
     @staticmethod
     def _key(plan: SkipPlan, prefix: Sequence[int]) -> tuple[SkipPlan, str]:
         digest = hashlib.sha256(torch.tensor(list(prefix), dtype=torch.int64).numpy().tobytes()).hexdigest()
         return plan, digest
-
-    def get_or_compute(self, view: DecoderView, plan: SkipPlan, prefix: Sequence[int]) -> PrefixEntry:
-        return self.lookup(view, plan, prefix)[0]
 
     def lookup(self, view: DecoderView, plan: SkipPlan, prefix: Sequence[int]) -> tuple[PrefixEntry, float]:
         """The entry for (plan, prefix), computed if absent, and the seconds spent computing it (0.0 when found)."""
@@ -66,21 +66,33 @@ class PrefixCache:
         entry = compute_prefix(view, plan, prefix)
         seconds = time.perf_counter() - started
         with self._lock:
-            self._entries[key] = entry
+            if key not in self._entries:  # another thread may have stored the same entry meanwhile
+                self._entries[key] = entry
+                self._bytes += _entry_bytes(entry)
             self._entries.move_to_end(key)
-            while len(self._entries) > 1 and (
-                len(self._entries) > self.max_entries or self.stored_bytes() > self.max_bytes
-            ):
-                self._entries.popitem(last=False)
+            while len(self._entries) > 1 and (len(self._entries) > self.max_entries or self._bytes > self.max_bytes):
+                _, evicted = self._entries.popitem(last=False)
+                self._bytes -= _entry_bytes(evicted)
+                self.evictions += 1
         return entry, seconds
 
     def stored_bytes(self) -> int:
         """Bytes held by the stored keys and values."""
-        return sum(t.numel() * t.element_size() for e in self._entries.values() for kv in e.values() for t in kv)
+        with self._lock:
+            return self._bytes
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
 
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+            self._bytes = 0
+
+
+def _entry_bytes(entry: PrefixEntry) -> int:
+    return sum(t.numel() * t.element_size() for kv in entry.values() for t in kv)
 
 
 def compute_prefix(view: DecoderView, plan: SkipPlan, prefix: Sequence[int]) -> PrefixEntry:

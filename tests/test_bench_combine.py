@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -25,14 +26,46 @@ def _run(folder: Path, labels: set[str], n: int, executor: StubExecutor | None =
     run_points(executor, chosen, qs, RecordStore(folder / RECORDS_FILE), progress=False)
 
 
+class SlowFull(StubExecutor):
+    """The stub, but its full model takes twice as long: a run measured while the machine was busier."""
+
+    def run(self, point, qs):  # noqa: ANN001, ANN201
+        outcomes = super().run(point, qs)
+        if point.label != "full":
+            return outcomes
+        return [o.model_copy(update={"seconds": 2 * o.seconds}) for o in outcomes]
+
+
 def test_rows_of_both_runs_over_the_questions_both_finished(tmp_path: Path) -> None:
     _run(tmp_path / "a", {"full", "uniform@1"}, n=3)
-    _run(tmp_path / "b", {"full", "unified@1", "uniform@1"}, n=5)
+    _run(tmp_path / "b", {"full", "unified@1", "uniform@1"}, n=5, executor=SlowFull())
     rows, shared, meta = combined_rows([tmp_path / "a", tmp_path / "b"])
     assert shared == 3 and meta["benchmark"] == "toy"
     assert [row.point for row in rows] == ["full", "uniform@1", "unified@1"]  # one full row; a repeated point once
     assert all(row.questions == 3 for row in rows)
-    assert rows[1].speedup == pytest.approx(3.0 / 2.7)  # against the full model of its own run
+    assert rows[1].speedup == pytest.approx(3.0 / 2.7)  # against the full model of its own run (a)
+    # unified@1 skips one layer (2 sub-layers) in each stage: 3 x 0.8 = 2.4 s against run b's full model, 6.0 s
+    assert rows[2].speedup == pytest.approx(6.0 / 2.4)
+
+
+def test_a_point_without_records_or_redefined_is_refused(tmp_path: Path) -> None:
+    _run(tmp_path / "a", {"full", "uniform@1"}, n=3)
+    folder = tmp_path / "unstarted"
+    write_run(folder, META, [p for p in points() if p.label in {"full", "unified@1"}], "stub-v1",
+              [q.id for q in questions(3)])
+    run_points(StubExecutor(), [p for p in points() if p.label == "full"], questions(3),
+               RecordStore(folder / RECORDS_FILE), progress=False)
+    with pytest.raises(InvalidInputError, match=r"\['unified@1'\] have no records"):
+        combined_rows([tmp_path / "a", folder])
+    renamed = tmp_path / "renamed"
+    other = next(p for p in points() if p.label == "uniform@4")
+    write_run(renamed, META, [next(p for p in points() if p.label == "full"), other], "stub-v1",
+              [q.id for q in questions(3)])
+    document = json.loads((renamed / "run.json").read_text())
+    document["points"][1]["label"] = "uniform@1"  # same label, other plans
+    (renamed / "run.json").write_text(json.dumps(document))
+    with pytest.raises(InvalidInputError, match="not the same point"):
+        combined_rows([tmp_path / "a", renamed])
 
 
 def test_runs_that_are_not_one_benchmark_are_refused(tmp_path: Path) -> None:
@@ -40,6 +73,9 @@ def test_runs_that_are_not_one_benchmark_are_refused(tmp_path: Path) -> None:
     _run(tmp_path / "other-model", {"full"}, n=3, model="other")
     with pytest.raises(InvalidInputError, match="differs .* in model"):
         combined_rows([tmp_path / "a", tmp_path / "other-model"])
+    _run(tmp_path / "other-engine", {"full"}, n=3, executor=StubExecutor(identity="stub-v2"))
+    with pytest.raises(InvalidInputError, match="another engine set-up"):
+        combined_rows([tmp_path / "a", tmp_path / "other-engine"])
 
     class Contrary(StubExecutor):
         def run(self, point, qs):  # noqa: ANN001, ANN201

@@ -255,3 +255,24 @@ def test_auto_tool_mode_fills_a_call_the_model_opens(tiny_long: LoadedModel, mon
     script[:] = [("Five.", "Five.", "eos")]
     plain = llm.bind_tools([adder]).invoke("what is 2 + 3?")
     assert plain.content == "Five." and plain.tool_calls == [] and plain.invalid_tool_calls == []
+
+
+def test_a_guided_reply_counts_computing_its_own_prompt_as_prefill() -> None:
+    """Guided steps reuse the call's own prompt as their "shared prefix": computing it is this call's prefill."""
+    from dataclasses import dataclass
+
+    from litestage_chain.chat_model import _combined
+
+    @dataclass
+    class Call:
+        prompt: str
+        plan: SkipPlan
+        loaded: Any
+
+    class Counter:
+        def count_tokens(self, text: str) -> int:
+            return len(text)
+
+    first = _result("{").model_copy(update={"prefix_seconds": 2.0})
+    combined = _combined(Call("prompt", SkipPlan(), Counter()), "{}", [first, _result("}")])  # type: ignore[arg-type]
+    assert combined.prefill_seconds == pytest.approx(0.1 + 2.0 + 0.1) and combined.prefix_seconds == 0.0

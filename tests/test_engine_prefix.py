@@ -64,9 +64,19 @@ def test_computing_a_prefix_is_reported_apart_from_the_call_that_needed_it(tiny_
 def test_prefix_table_is_bounded_in_bytes(tiny_model: LoadedModel) -> None:
     from litestage_chain.prefix_cache import PrefixCache
 
+    plans = (SkipPlan(), SkipPlan(attention=[1]), SkipPlan(mlp=[0]))
+    prefix = tiny_model.encode(PREFIX)
     table = PrefixCache(max_bytes=1)  # smaller than any entry: only the newest is kept, never none
-    for plan in (SkipPlan(), SkipPlan(attention=[1]), SkipPlan(mlp=[0])):
-        entry, seconds = table.lookup(tiny_model.view, plan, tiny_model.encode(PREFIX))
+    for plan in plans:
+        entry, seconds = table.lookup(tiny_model.view, plan, prefix)
         assert seconds > 0 and entry
-    assert len(table._entries) == 1 and table.stored_bytes() > 0
-    assert table.lookup(tiny_model.view, SkipPlan(mlp=[0]), tiny_model.encode(PREFIX))[1] == 0.0
+    assert len(table) == 1 and table.evictions == 2 and table.stored_bytes() > 0
+    assert table.lookup(tiny_model.view, plans[-1], prefix)[1] == 0.0
+
+    counted = PrefixCache(max_entries=2)
+    for plan in (*plans, plans[1]):  # the first plan is evicted; the second was used most recently, so it stays
+        counted.lookup(tiny_model.view, plan, prefix)
+    assert len(counted) == 2 and counted.lookup(tiny_model.view, plans[1], prefix)[1] == 0.0
+    assert counted.lookup(tiny_model.view, plans[0], prefix)[1] > 0
+    counted.clear()
+    assert len(counted) == 0 and counted.stored_bytes() == 0

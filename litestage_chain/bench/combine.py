@@ -22,13 +22,16 @@ from litestage_chain.errors import InvalidInputError
 SAME_SETTINGS = ("benchmark", "model", "weights_sha256", "weights", "fingerprint", "batch_size", "max_tokens", "shots")
 
 
-def common_questions(runs: Sequence[Sequence[QuestionRecord]]) -> set[str]:
-    """Question ids that every point of every run has a record for."""
+def common_questions(runs: Sequence[Sequence[QuestionRecord]], labels: Sequence[Sequence[str]]) -> set[str]:
+    """Question ids that every point of every run (as its run.json lists them) has a record for."""
     common: set[str] | None = None
-    for records in runs:
-        by_point: dict[str, set[str]] = {}
+    for records, points in zip(runs, labels, strict=True):
+        by_point: dict[str, set[str]] = {label: set() for label in points}
         for record in records:
             by_point.setdefault(record.point, set()).add(record.question_id)
+        empty = [label for label, ids in by_point.items() if not ids]
+        if empty:
+            raise InvalidInputError(f"point(s) {empty} have no records yet: nothing to compare them on")
         for ids in by_point.values():
             common = set(ids) if common is None else common & ids
     return common or set()
@@ -50,23 +53,40 @@ def check_full_answers_agree(
 
 
 def combined_rows(folders: Sequence[Path]) -> tuple[list[PointSummary], int, dict[str, object]]:
-    """Rows of every run over the shared questions (the first run's full-model row only) and the first run's meta."""
-    runs = [run_records(folder) for folder in folders]
-    metas = [read_run(folder)["meta"] for folder in folders]
-    for meta, folder in zip(metas[1:], folders[1:], strict=True):
+    """Rows of every run over the shared questions (the first run's full-model row only) and the first run's meta.
+
+    A point in several runs must be the same point (same plans and settings, by key); its first run's row is used.
+    """
+    definitions = [read_run(folder) for folder in folders]
+    runs = [run_records(folder, run) for folder, run in zip(folders, definitions, strict=True)]
+    first = definitions[0]
+    for run, folder in zip(definitions[1:], folders[1:], strict=True):
+        if run["identity"] != first["identity"]:
+            raise InvalidInputError(
+                f"{folder} was measured by another engine set-up than {folders[0]} (model, format, prompts, budgets, "
+                "fallback or timing version differ): not one benchmark"
+            )
         for key in SAME_SETTINGS:
-            if meta.get(key) != metas[0].get(key):
+            if run["meta"].get(key) != first["meta"].get(key):
                 raise InvalidInputError(f"{folder} differs from {folders[0]} in {key}: not one benchmark")
-    shared = common_questions(runs)
+    keys: dict[str, str] = {}
+    for run, folder in zip(definitions, folders, strict=True):
+        for point in run["points"]:
+            if keys.setdefault(point["label"], point["key"]) != point["key"]:
+                raise InvalidInputError(
+                    f"point {point['label']!r} of {folder} is not the same point as in an earlier run (other plans "
+                    "or settings, e.g. another ranking): rename or drop one"
+                )
+    shared = common_questions(runs, [[p["label"] for p in run["points"]] for run in definitions])
     if not shared:
         raise InvalidInputError("the runs share no question that all their points have finished")
     check_full_answers_agree(runs, [str(f) for f in folders], shared)
     rows: list[PointSummary] = []
     seen: set[str] = set()
-    for index, records in enumerate(runs):
+    for records in runs:
         for row in summarise([r for r in records if r.question_id in shared]):
-            if (row.method == "full" and index > 0) or row.point in seen:
-                continue  # one full-model row (the others give the same answers); a point measured twice: first run's
+            if row.point in seen:
+                continue  # the full model (its answers agree) or a point two runs both measured: the first run's row
             seen.add(row.point)
             rows.append(row)
-    return rows, len(shared), metas[0]
+    return rows, len(shared), dict(first["meta"])
