@@ -87,4 +87,17 @@ def test_markdown_table_has_one_row_per_point_with_ci_speedup_and_tokens() -> No
     lines = table.strip().splitlines()
     assert len(lines) == 4 and lines[1].count("---") == lines[0].count("|") - 1
     assert "| full | full | 0/0/0 | no | 2 | 50.0 [9.5, 90.5] | 10.00 | 10.00 | 1.00x | 1.00x | 10.0/20.0/5.0/0.0 |" in table
-    assert "| uniform | uniform@4 | 4/4/4 | no | 2 | 100.0 [34.2, 100.0] | 5.00 | 5.00 | 2.00x | 2.00x |" in table
+    assert "| uniform | uniform@4 | 4/4/4 | no | 2 | 100.0 [34.2, 100.0] | 5.00 | 5.00 | 2.00x [2.00, 2.00] | 2.00x |" in table
+
+
+def test_speedup_interval_is_a_paired_bootstrap_around_the_mean_ratio() -> None:
+    from litestage_chain.bench.report import speedup_interval
+
+    assert speedup_interval([2.0, 4.0, 6.0], [1.0, 2.0, 3.0]) == (2.0, 2.0)  # every pair 2x: no spread
+    low, high = speedup_interval([10.0, 1.0, 5.0, 7.0, 2.0, 9.0], [9.0, 1.5, 5.0, 4.0, 2.5, 10.0])
+    assert low < (34.0 / 32.0) < high and low > 0.5 and high < 2.0
+    assert speedup_interval([1.0], [1.0]) == (None, None)
+    rows = summarise([record("full", f"q{i}", 10.0 + i, True) for i in range(4)]
+                     + [record("uniform@4", f"q{i}", 5.0 + i / 2, True) for i in range(4)])
+    assert rows[1].speedup_ci_low == rows[1].speedup_ci_high == pytest.approx(2.0)
+    assert "2.00x [2.00, 2.00]" in markdown_table(rows)

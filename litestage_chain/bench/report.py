@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -66,6 +67,8 @@ class PointSummary(BaseModel):
     median_seconds: float
     speedup: float = Field(description="mean full-model seconds / mean seconds, over the same questions")
     median_speedup: float = Field(description="median full-model seconds / median seconds, same questions")
+    speedup_ci_low: float | None = Field(None, description="2.5th percentile of the mean speedup, paired bootstrap")
+    speedup_ci_high: float | None = Field(None, description="97.5th percentile of the mean speedup, paired bootstrap")
     tokens: dict[str, float] = Field(description="mean generated tokens per question, per stage and fallback")
     stage_seconds: dict[str, float] = Field(description="mean engine seconds per question, per stage and fallback")
     fallback_rate: float
@@ -118,6 +121,7 @@ def summarise(records: Sequence[QuestionRecord], full_point: str = "full") -> li
             median_seconds=median(r.seconds for r in group),
             speedup=_ratio(fmean(base), fmean(own)),
             median_speedup=_ratio(median(base), median(own)),
+            **dict(zip(("speedup_ci_low", "speedup_ci_high"), speedup_interval(base, own), strict=True)),
             tokens={c: fmean(r.stages[c].tokens if c in r.stages else 0 for r in group) for c in columns},
             stage_seconds={c: fmean(r.stages[c].seconds if c in r.stages else 0.0 for r in group) for c in columns},
             fallback_rate=fmean(1.0 if r.fallback_used else 0.0 for r in group),
@@ -134,6 +138,29 @@ def _ratio(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator > 0 else math.inf
 
 
+def speedup_interval(
+    base: Sequence[float], own: Sequence[float], *, resamples: int = 2000, seed: int = 0
+) -> tuple[float | None, float | None]:
+    """95% paired-bootstrap interval of mean(base) / mean(own) over the same questions (None below 2 questions).
+
+    Why: per-question times vary several-fold with the question (long or short reasoning) and a busy machine
+    adds its own noise, so a speedup of a few percent can be nothing. Questions are resampled as pairs, which keeps
+    what a question costs both methods together. Seeded: a report rebuilt from the same records is identical.
+    """
+    if len(base) != len(own):
+        raise InvalidInputError(f"paired times differ in length: {len(base)} and {len(own)}")
+    if len(base) < 2:
+        return None, None
+    generator = random.Random(seed)
+    n = len(base)
+    ratios = []
+    for _ in range(resamples):
+        picks = [generator.randrange(n) for _ in range(n)]
+        ratios.append(_ratio(sum(base[i] for i in picks), sum(own[i] for i in picks)))
+    ratios.sort()
+    return ratios[int(0.025 * (resamples - 1))], ratios[int(0.975 * (resamples - 1))]
+
+
 # ----------------------------------------------------------------------------------------- files
 
 
@@ -141,7 +168,7 @@ def markdown_table(rows: Sequence[PointSummary]) -> str:
     """The results table in GitHub markdown; accuracy as a percentage with its 95% Wilson interval."""
     header = (
         "| method | point | skipped sub-layers (R/A/S) | early exit | n | accuracy % [95% CI] | mean s/question "
-        "| median s | speedup (mean) | speedup (median) | tokens R/A/S/fallback |"
+        "| median s | speedup (mean) [95% CI] | speedup (median) | tokens R/A/S/fallback |"
     )
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for row in rows:
@@ -154,10 +181,16 @@ def markdown_table(rows: Sequence[PointSummary]) -> str:
         tokens = "/".join(f"{row.tokens.get(c, 0.0):.1f}" for c in TOKEN_COLUMNS)
         lines.append(
             f"| {row.method} | {row.point} | {skipped} | {'yes' if row.early_exit else 'no'} | {row.questions} "
-            f"| {accuracy} | {row.mean_seconds:.2f} | {row.median_seconds:.2f} | {row.speedup:.2f}x "
+            f"| {accuracy} | {row.mean_seconds:.2f} | {row.median_seconds:.2f} | {row.speedup:.2f}x{_interval(row)} "
             f"| {row.median_speedup:.2f}x | {tokens} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _interval(row: PointSummary) -> str:
+    if row.method == "full" or row.speedup_ci_low is None or row.speedup_ci_high is None:
+        return ""
+    return f" [{row.speedup_ci_low:.2f}, {row.speedup_ci_high:.2f}]"
 
 
 def write_report(
@@ -184,7 +217,8 @@ def write_report(
     )
     notes = (
         "Speedup: mean (or median) engine seconds per question of the full model divided by the point's, over "
-        "the same questions in the same run. Accuracy interval: 95% Wilson score interval. Tokens: mean generated "
+        "the same questions in the same run; its interval is a 95% paired bootstrap over questions. Accuracy "
+        "interval: 95% Wilson score interval. Tokens: mean generated "
         "tokens per question in the recall / analysis / summary stages and the full-model summary re-run.\n\n"
     )
     md_path = folder / RESULTS_MD
