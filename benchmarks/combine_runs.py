@@ -37,11 +37,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "in alternating rounds *within its own run*; all rows are over the same questions; the full model answered "
         "them identically in every run.\n\n"
     )
-    (args.out / "results.md").write_text(header + markdown_table(rows), encoding="utf-8")
+    text = header + markdown_table(rows)
+    (args.out / "results.md").write_text(text, encoding="utf-8")
     name = str(meta.get("benchmark"))
     plot_accuracy_vs_speedup(rows, args.out / "accuracy_vs_speedup.png", f"{name}: accuracy vs speedup ({shared} q)")
     plot_tokens_vs_skipped(rows, args.out / "tokens_vs_skipped.png", f"{name}: generated tokens vs skipped sub-layers")
-    print((args.out / "results.md").read_text(encoding="utf-8"))
+    print(text)
     return 0
 
 

@@ -160,9 +160,9 @@ def _release_converted_weights(
     # Every module whose forward would reach a released weight, so `lm.model.model(...)` or a layer called alone
     # fails with this message rather than torch's meta-tensor error. Not the norms or the embedding: the engine
     # calls those modules itself.
-    inner = model.model
-    blocks = [(getattr(layer, "self_attn"), getattr(layer, "mlp")) for layer in inner.layers]
-    callers = [model, inner, *inner.layers, *(block for pair in blocks for block in pair)]
+    callers = [model, model.model]
+    for layer in model.model.layers:
+        callers += [layer, layer.self_attn, layer.mlp]
     if "lm_head" in replaced:
         callers.append(model.lm_head)
     for module in callers:
