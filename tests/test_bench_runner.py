@@ -18,7 +18,7 @@ from litestage_chain.bench.plots import ACCURACY_VS_SPEEDUP, STAGE_SENSITIVITY, 
 from litestage_chain.bench.records import RECORDS_FILE, Outcome, RecordStore, StageMeasure
 from litestage_chain.bench.report import RESULTS_JSON, RESULTS_MD, load_results, rows_of
 from litestage_chain.bench.results import rebuild_report, run_records, write_run
-from litestage_chain.bench.runner import run_points
+from litestage_chain.bench.runner import recorded_count, run_points
 from litestage_chain.data.types import Question
 from litestage_chain.importance import rank_sublayers
 
@@ -88,6 +88,9 @@ def test_resume_redoes_nothing_and_finishes_what_is_missing(tmp_path: Path) -> N
     new = {(label, tuple(ids)) for label, ids in more.calls}
     assert all(label == points()[3].label or ids == ("q4",) for label, ids in new), new
     assert len(RecordStore(path)) == 4 * 5
+    assert recorded_count(points()[:4], questions(5), "stub-v1", RecordStore(path)) == 4 * 5
+    assert recorded_count(points()[:5], questions(6), "stub-v1", RecordStore(path)) == 4 * 5
+    assert recorded_count(points()[:4], questions(5), "stub-v2", RecordStore(path)) == 0, "other settings' records"
     other = StubExecutor(identity="stub-v2")
     run_points(other, points()[:1], questions(2), RecordStore(path), progress=False)
     assert other.calls, "a changed executor identity is never served old records"

@@ -182,7 +182,7 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
     from litestage_chain.bench.executor import ChainExecutor
     from litestage_chain.bench.rankings import adaskip_order, litestage_ranking
     from litestage_chain.bench.records import RECORDS_FILE, RecordStore
-    from litestage_chain.bench.runner import run_points
+    from litestage_chain.bench.runner import recorded_count, run_points
     from litestage_chain.early_exit import EarlyExitConfig
     from litestage_chain.loading import load_model
     from litestage_chain.profile import Profile
@@ -232,7 +232,11 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
     }
     write_run(args.out, meta, points, executor.identity, [q.id for q in questions])
     store = RecordStore(Path(args.out) / RECORDS_FILE)
-    out.write(f"{len(points)} method points x {len(questions)} questions; {len(store)} records already in {args.out}\n")
+    done = recorded_count(points, questions.questions, executor.identity, store)
+    other = len(store) - done
+    kept = f" ({other} other records kept: other settings or points)" if other else ""
+    out.write(f"{len(points)} method points x {len(questions)} questions; {done} of {len(points) * len(questions)}"
+              f" runs already recorded in {args.out}{kept}\n")
     out.flush()
     run_points(executor, points, questions.questions, store, interleave=args.interleave, progress=progress)
     rows, files = rebuild_report(args.out, plots=not args.no_plots)

@@ -68,6 +68,17 @@ def rotated(points: Sequence[MethodPoint], round_index: int) -> list[MethodPoint
     return [*points[shift:], *points[:shift]]
 
 
+def recorded_count(
+    points: Sequence[MethodPoint], questions: Sequence[Question], identity: str, store: RecordStore
+) -> int:
+    """How many of the (point, question) runs planned are already in `store` under this `identity`.
+
+    A store can also hold records of earlier settings (another engine identity, points no longer listed); they are
+    kept but do not count, so a resumed run reports what it will actually skip.
+    """
+    return sum(record_key(p.key(), identity, q) in store for p in points for q in questions)
+
+
 def run_points(
     executor: Executor,
     points: Sequence[MethodPoint],
