@@ -44,6 +44,7 @@ from litestage_chain.generation import GenerationConfig, GenerationResult, gener
 from litestage_chain.guided import closest_name, fill_object
 from litestage_chain.loading import LoadedModel, load_model
 from litestage_chain.messages import to_chat_dicts
+from litestage_chain.prefix_cache import PrefixCache
 from litestage_chain.skip_plan import SkipPlan
 from litestage_chain.stages import STAGES, Stage, StageBudgets, as_stage_budgets, check_stage
 from litestage_chain.tools import (
@@ -362,11 +363,15 @@ class ChatLiteStage(BaseChatModel):
         `lead` is text already generated before the call (auto tool mode); it starts the returned text.
         """
 
+        # Every step extends the same prompt: its KV entries are computed once, by the first step, and reused by the
+        # next ones. The prompt is this call's alone, so its entry lives in a table of this call, not the model's.
+        own_prompt = PrefixCache(max_entries=1)
+
         def step(continuation: str, stops: Sequence[str], max_new: int) -> GenerationResult:
             config = call.config.model_copy(update={"max_new_tokens": max(1, max_new), "stop": tuple(stops)})
-            # Every step extends the same prompt: its KV entries are computed once and reused by the next steps.
             return generate(
-                call.loaded, [call.prompt + continuation], plan=call.plan, config=config, shared_prefix=call.prompt
+                call.loaded, [call.prompt + continuation], plan=call.plan, config=config, shared_prefix=call.prompt,
+                prefix_cache=own_prompt,
             )[0]
 
         budget = call.config.max_new_tokens
@@ -800,7 +805,8 @@ def _combined(call: PreparedCall, text: str, results: Sequence[GenerationResult]
         confidences=[c for r in results for c in r.confidences],
         prompt_tokens=call.loaded.count_tokens(call.prompt),
         generated_tokens=sum(r.generated_tokens for r in results),
-        # the steps' "shared prefix" is this call's own prompt: computing it is this call's prefill, not a one-time cost
+        # the guided steps' "shared prefix" is this call's own prompt (a private table, see `_run_guided`): computing
+        # it is this call's prefill, not a one-time cost shared with other calls
         prefill_seconds=sum(r.prefill_seconds + r.prefix_seconds for r in results),
         decode_seconds=sum(r.decode_seconds for r in results),
         early_exited=any(r.early_exited for r in results),

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from litestage_chain.early_exit import EarlyExitConfig
 from litestage_chain.errors import InvalidInputError
 from litestage_chain.forward import decode_one, new_cache, prefill
-from litestage_chain.prefix_cache import load_prefix
+from litestage_chain.prefix_cache import PrefixCache, load_prefix
 from litestage_chain.sampling import choose_next, confidence
 from litestage_chain.skip_plan import SkipPlan
 from litestage_chain.stopping import find_stop, safe_length
@@ -141,6 +141,7 @@ def generate(
     config: Optional[GenerationConfig] = None,
     on_token: Optional[TokenCallback] = None,
     shared_prefix: Optional[Prompt] = None,
+    prefix_cache: Optional[PrefixCache] = None,
 ) -> list[GenerationResult]:
     """Generate a continuation for each prompt under one skip plan; results come back in prompt order.
 
@@ -148,7 +149,9 @@ def generate(
     `on_token(batch_index, text_piece)` is called as text becomes final (stop strings are never emitted).
     `shared_prefix` names a beginning that every prompt shares (instructions, few-shot exemplars): its KV entries
     are computed once per plan and reused across calls and batch rows. If a prompt does not start with its tokens,
-    the prefix is not reused for that call.
+    the prefix is not reused for that call. The entries live in `prefix_cache`, by default the model's process-wide
+    table; a caller whose prefix only its own few calls share (a guided reply's prompt) passes a private table, so
+    that prefix takes no room from the few-shot prefixes many calls share.
     """
     plan = plan or SkipPlan()
     config = config or GenerationConfig()
@@ -189,7 +192,8 @@ def generate(
         cache = new_cache(view, plan, batch, capacity, input_ids.device)
         prefix_seconds = 0.0
         if reused:
-            entry, prefix_seconds = model.prefix_cache.lookup(view, plan, prefix)
+            table = model.prefix_cache if prefix_cache is None else prefix_cache  # an empty table is falsy (len 0)
+            entry, prefix_seconds = table.lookup(view, plan, prefix)
             load_prefix(cache, entry)
         logits = prefill(view, input_ids, positions, key_valid, cache, plan, start=reused)
         prefill_seconds = max(time.perf_counter() - started - prefix_seconds, 0.0)

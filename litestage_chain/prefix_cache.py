@@ -11,7 +11,8 @@ on what other calls ran before it. Entries are immutable once stored; a lock gua
 Computing an entry when it is not stored is reported apart from a call's prefill time (`lookup` returns it): for a
 prefix shared by many calls that is a one-time cost, and charging it to whichever call first used a new plan made
 latencies compared across plans (the budget search, the benchmarks) measure run order instead of the plans. Callers
-whose "prefix" is their own prompt (guided tool and structured replies) add it back to their time. The table is
+whose "prefix" is their own prompt (guided tool and structured replies) keep it in a private table of their own and
+add its computation back to their time, since for them it is no shared one-time cost. The model's table is
 bounded in entries and bytes (an entry of a 1.5B model's 700-token prefix is ~40 MB); it is an LRU, so it should hold
 every (plan, prefix) a workload cycles through, or every call of the cycle recomputes (`evictions` shows it).
 """

@@ -225,6 +225,22 @@ def test_structured_output_on_tiny_model_is_valid_json_or_clear_error(tiny_long:
     assert json.loads(raw["raw"].content) == raw["parsed"].model_dump()
 
 
+def test_guided_replies_keep_their_own_prompt_out_of_the_shared_prefix_table(tiny_long: LoadedModel) -> None:
+    """A guided reply's prompt is its own: it must not take room in (or evict from) the model's shared table."""
+
+    class Note(BaseModel):
+        title: str
+
+    llm = ChatLiteStage(model=tiny_long, max_tokens=4, max_retries=0)
+    tiny_long.prefix_cache.clear()
+    misses = tiny_long.prefix_cache.misses
+    raw = llm.with_structured_output(Note, include_raw=True).invoke("write a note")
+    forced = llm.bind_tools([adder], tool_choice="adder").invoke("add 2 and 3")
+    assert isinstance(raw["parsed"], Note) and [c["name"] for c in forced.tool_calls] == ["adder"]
+    assert len(tiny_long.prefix_cache) == 0 and tiny_long.prefix_cache.misses == misses
+    assert raw["raw"].response_metadata["prefix_seconds"] == 0.0, "its own prompt is counted as prefill"
+
+
 def test_auto_tool_mode_fills_a_call_the_model_opens(tiny_long: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> None:
     import litestage_chain.chat_model as module
 
@@ -232,7 +248,8 @@ def test_auto_tool_mode_fills_a_call_the_model_opens(tiny_long: LoadedModel, mon
     script = [("Let me add.", "Let me add.<tool_call>", "stop"), (" 2", " 2,", "stop"), ("3", "3}", "stop")]
     seen: list[tuple[str, tuple[str, ...]]] = []
 
-    def scripted_generate(model, prompts, plan=None, config=None, on_token=None, shared_prefix=None):  # type: ignore[no-untyped-def]
+    def scripted_generate(model, prompts, plan=None, config=None, on_token=None, shared_prefix=None,  # type: ignore[no-untyped-def]
+                          prefix_cache=None):
         seen.append((prompts[0], config.stop))
         text, raw, reason = script.pop(0)
         return [
