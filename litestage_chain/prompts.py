@@ -110,9 +110,12 @@ class Question(BaseModel):
 
     @classmethod
     def coerce(cls, value: Any) -> Question:
-        """Build a `Question` from a `Question`, a mapping (data row / chain input), raising `InvalidInputError`."""
+        """Build a `Question` from a `Question`, a mapping (data row / chain input) or another pydantic model with
+        the same fields (a benchmark question from `load_benchmark`), raising `InvalidInputError`."""
         if isinstance(value, Question):
             return value
+        if isinstance(value, BaseModel):
+            value = value.model_dump()
         if not isinstance(value, Mapping):
             raise InvalidInputError(
                 f"a question must be a mapping with 'question' and 'choices' keys, got {type(value).__name__}"

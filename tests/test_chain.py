@@ -93,6 +93,17 @@ def test_stages_feed_each_other_and_result_is_complete() -> None:
     assert result.total_seconds > 0
 
 
+def test_questions_from_the_benchmark_loader_are_accepted_as_they_are() -> None:
+    """`load_benchmark` gives `data.types.Question`s; the chain takes them without conversion, gold answer and all."""
+    from litestage_chain.data.types import Question as BenchmarkQuestion
+
+    row = BenchmarkQuestion(id="q1", question=QUESTION["question"], benchmark="csqa", answer="B",
+                            choices=[{"label": "A", "text": "oven"}, {"label": "B", "text": "fridge"},
+                                     {"label": "C", "text": "bag"}], metadata={"concept": "milk"})
+    result = build_reasoning_chain(scripted(["So the answer is option B."]), plans=PLANS).invoke(row)
+    assert (result.answer, result.correct) == ("B", True)
+
+
 def test_fallback_reruns_summary_on_full_model() -> None:
     model = scripted(["I do not know.", "So the answer is option B."])
     result = build_reasoning_chain(model, plans=PLANS).invoke(QUESTION)
