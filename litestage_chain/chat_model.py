@@ -202,6 +202,8 @@ class ChatLiteStage(BaseChatModel):
             "stage": self.stage,
             "skip_plan": self.skip_plan.model_dump(mode="json"),
             "early_exit": self.early_exit.model_dump() if self.early_exit else None,
+            # a stage's budget comes from the profile: two models differing only there must not share cache entries
+            "stage_profile": _budgets_identity(cast(StageBudgets | None, self.stage_profile)),
         }
 
     @override
@@ -708,6 +710,21 @@ class _StreamWorker:
 
 class _Cancelled(Exception):
     """Raised inside the decode loop to stop a stream whose consumer went away."""
+
+
+def _budgets_identity(budgets: StageBudgets | None) -> dict[str, Any] | None:
+    """What a profile decides for each stage (plan and early exit), as plain data for identifying params."""
+    if budgets is None:
+        return None
+    identity: dict[str, Any] = {}
+    for stage in STAGES:
+        try:
+            plan: Any = budgets.plan_for(stage).model_dump(mode="json")
+        except InvalidInputError:
+            plan = None  # a stage the profile lacks: calls with it raise, so nothing is ever cached for it
+        early = budgets.early_exit_for(stage) if _has_early_exit_opinion(budgets, stage) else "model's own"
+        identity[stage] = {"plan": plan, "early_exit": early.model_dump() if isinstance(early, EarlyExitConfig) else early}
+    return identity
 
 
 def _has_early_exit_opinion(budgets: StageBudgets, stage: Stage) -> bool:

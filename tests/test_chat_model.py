@@ -249,6 +249,25 @@ def test_ls_params_and_identifying_params(llm: ChatLiteStage) -> None:
     assert llm._identifying_params["skip_plan"] == {"attention": [], "mlp": []}
 
 
+def test_llm_cache_keeps_apart_models_that_differ_only_in_their_stage_profile(tiny_llama: LoadedModel) -> None:
+    """A cached full-model reply must never be served to a call that runs with a profile's skipped plan."""
+    from langchain_core.caches import InMemoryCache
+    from langchain_core.globals import get_llm_cache, set_llm_cache
+
+    previous, cache = get_llm_cache(), InMemoryCache()
+    set_llm_cache(cache)
+    try:
+        profiles = [{"summary": SkipPlan()}, {"summary": SkipPlan(attention=[0, 1, 2, 3], mlp=[1, 2])}]
+        replies = [ChatLiteStage(model=tiny_llama, max_tokens=4, stage_profile=p).bind(stage="summary").invoke("x")
+                   for p in profiles]
+        assert [r.response_metadata["skipped"]["attention"] for r in replies] == [[], [0, 1, 2, 3]]
+        assert len(cache._cache) == 2
+        again = ChatLiteStage(model=tiny_llama, max_tokens=4, stage_profile=profiles[1]).bind(stage="summary")
+        assert again.invoke("x").content == replies[1].content and len(cache._cache) == 2, "same profile: a hit"
+    finally:
+        set_llm_cache(previous)
+
+
 def test_batch_with_per_input_configs_is_still_one_decode(
     llm: ChatLiteStage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
