@@ -277,7 +277,8 @@ class ChatLiteStage(BaseChatModel):
         if callable(check_model) and "skip_plan" not in kwargs:
             check_model(loaded)  # a searched profile only fits the weights it was searched on
         plan.check(loaded.num_layers)
-        specs = tuple(tool_specs(kwargs["tools"])) if kwargs.get("tools") else ()
+        offered = kwargs.get("tools") and kwargs.get("tool_choice") != "none"  # "none": the tools are not offered
+        specs = tuple(tool_specs(kwargs["tools"])) if offered else ()
         forced = forced_tool_name(kwargs.get("tool_choice"), specs) if specs else None
         stops = list(stop if stop is not None else (self.stop or []))
         schema = kwargs.get("response_schema")

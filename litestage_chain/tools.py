@@ -74,7 +74,8 @@ def forced_tool_name(tool_choice: Any, specs: Sequence[ToolSpec]) -> str | None:
     """Which tool a `tool_choice` forces: a name, `"any"` (some tool) or `None` (the model decides).
 
     Accepts the values LangChain passes around: `None`/`"auto"`/`"none"`, `"any"`/`"required"`/`True`, a tool
-    name, or `{"type": "function", "function": {"name": ...}}`.
+    name, or `{"type": "function", "function": {"name": ...}}`. (`"none"` forces nothing here; the chat model
+    does not offer the tools at all for it.)
     """
     names = [s.name for s in specs]
     if tool_choice in (None, False, "auto", "none"):

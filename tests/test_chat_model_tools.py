@@ -273,6 +273,13 @@ def test_auto_tool_mode_fills_a_call_the_model_opens(tiny_long: LoadedModel, mon
     plain = llm.bind_tools([adder]).invoke("what is 2 + 3?")
     assert plain.content == "Five." and plain.tool_calls == [] and plain.invalid_tool_calls == []
 
+    # tool_choice="none": the tools are not offered at all, so even a model that writes a call's tag calls nothing
+    script[:] = [("I would call <tool_call>", "I would call <tool_call>", "eos")]
+    seen.clear()
+    refused = llm.bind_tools([adder], tool_choice="none").invoke("add 2 and 3")
+    assert refused.tool_calls == [] and refused.content == "I would call <tool_call>"
+    assert "adder" not in seen[0][0] and "<tool_call>" not in seen[0][1], "no tool described, no tag to stop at"
+
 
 def test_a_guided_reply_counts_computing_its_own_prompt_as_prefill() -> None:
     """Guided steps reuse the call's own prompt as their "shared prefix": computing it is this call's prefill."""
