@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from datetime import datetime, timezone
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -156,6 +157,16 @@ class Profile(BaseModel):
             raise ProfileMismatchError(
                 f"this profile was made for model {self.model.name!r} (weights sha256 {self.model.weights_sha256[:16]}…), "
                 f"but the loaded model is {model.name!r} (weights sha256 {model.weights_sha256[:16]}…)"
+            )
+        loaded_format = getattr(model, "weights", None)
+        if loaded_format is not None and loaded_format != self.model.weights:
+            # The plans apply to any format, but the search chose them by latencies measured in its own format.
+            warnings.warn(
+                f"this profile's latencies were measured with {self.model.weights} weights but the model is loaded "
+                f"in {loaded_format}: its plans apply, its speed trade-offs may not (load weights="
+                f"{self.model.weights!r}, or search a profile in this format)",
+                UserWarning,
+                stacklevel=2,
             )
         for stage, settings in self.stages.items():
             try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -95,6 +96,15 @@ def test_check_model_accepts_the_same_weights_and_names_the_expected_model() -> 
     with pytest.raises(ProfileMismatchError, match=r"stage 'recall'.*layer\(s\) \[5\].*5 layers"):
         profile.check_model(loaded(layers=5))
     assert issubclass(ProfileMismatchError, LiteStageError)
+
+
+def test_check_model_warns_when_the_weight_format_differs_from_the_searched_one() -> None:
+    profile = make_profile()  # searched in float32
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        profile.check_model(SimpleNamespace(**vars(loaded()), weights="float32"))
+    with pytest.warns(UserWarning, match="measured with float32 weights but the model is loaded in int4"):
+        profile.check_model(SimpleNamespace(**vars(loaded()), weights="int4"))
 
 
 def write(tmp_path: Path, text: str) -> Path:
