@@ -54,7 +54,8 @@ def add_profile_parser(subparsers: Any) -> None:
         description="Calibrate, rank sub-layers and search per-stage budgets; re-running the same command resumes.",
     )
     search.add_argument("--benchmark", required=True, help="benchmark name (csqa, obqa, strategyqa)")
-    search.add_argument("--data", required=True, metavar="DIR", help="data folder holding <benchmark>/train.jsonl")
+    search.add_argument("--data", metavar="DIR",
+                        help="data folder holding <benchmark>/train.jsonl (default: $LITESTAGE_DATA_DIR)")
     search.add_argument("--n", "--size", dest="size", type=int, default=100, metavar="N",
                         help="questions searched on (default 100)")
     search.add_argument("--split-seed", "--seed", dest="seed", type=int, default=0,
@@ -144,7 +145,9 @@ def run_profile_search(args: argparse.Namespace, out: TextIO | None = None) -> i
         raise InvalidInputError(f"invalid search settings: {describe_validation_error(error)}") from error
     target = Path(args.out)
     log = Path(args.log) if args.log else target.with_name(target.name + ".search.jsonl")
-    questions = search_questions(args.benchmark, args.size, seed=args.seed, data_dir=args.data)
+    # the agreement metric scores against the full model's answers: unlabelled questions are searched on too
+    questions = search_questions(args.benchmark, args.size, seed=args.seed, data_dir=args.data,
+                                 require_answer=args.metric == "accuracy")
     model = load_model(args.model, weights=args.weights)
     evaluator = ChainEvaluator(
         model, early_exit=early_exit, max_tokens=parse_max_tokens(args.max_tokens), num_shots=args.shots,

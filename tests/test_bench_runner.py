@@ -195,6 +195,18 @@ def test_command_names_bad_options(tmp_path: Path) -> None:
         rebuild_report(tmp_path / "empty")
 
 
+def test_command_takes_the_data_folder_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from litestage_chain.bench.cli import _data_path
+
+    args = _parse(["bench", "--benchmark", "csqa", "--out", str(tmp_path)])
+    monkeypatch.delenv("LITESTAGE_DATA_DIR", raising=False)
+    with pytest.raises(InvalidInputError, match="LITESTAGE_DATA_DIR"):
+        _data_path(args)
+    monkeypatch.setenv("LITESTAGE_DATA_DIR", str(tmp_path))
+    assert _data_path(args) == tmp_path
+    assert _data_path(_parse(["bench", "--benchmark", "csqa", "--data", "x.jsonl", "--out", "o"])) == Path("x.jsonl")
+
+
 def test_max_tokens_caps_or_sets_per_stage_budgets() -> None:
     assert parse_max_tokens(None) is None
     assert parse_max_tokens("32") == {"recall": 32, "analysis": 32, "summary": 24}

@@ -148,6 +148,11 @@ def test_benchmark_entry_points_use_train_for_search_and_dev_for_report(tmp_path
     assert len(search) == 5 and all(q.id.startswith("t") for q in search)
     assert len(report_questions("obqa", data_dir=tmp_path)) == 10
     assert len(report_questions("obqa", 4, data_dir=tmp_path)) == 4
+    write_jsonl(tmp_path / "obqa" / "train.jsonl", [row(f"t{i}", answer=None) for i in range(30)])
+    with pytest.raises(DataError, match="line 1 \\(id 't0'\\): missing answer"):  # bad rows for accuracy...
+        search_questions("obqa", 5, seed=3, data_dir=tmp_path)
+    unlabelled = search_questions("obqa", 5, seed=3, data_dir=tmp_path, require_answer=False)  # ...not for agreement
+    assert len(unlabelled) == 5 and all(q.answer is None for q in unlabelled)
     monkeypatch.setenv("LITESTAGE_DATA_DIR", str(tmp_path))
     assert len(load_benchmark("obqa", "dev")) == 10
     with pytest.raises(DataError, match=r"no 'test' split for obqa.*available: \['dev', 'train'\]"):

@@ -31,8 +31,8 @@ def add_bench_subcommand(subparsers: Any) -> None:
     )
     bench.add_argument("--benchmark", required=True, help="benchmark name (csqa, obqa, strategyqa)")
     bench.add_argument(
-        "--data", required=True, metavar="PATH",
-        help="the data folder holding <benchmark>/<split>.jsonl, or one JSONL file",
+        "--data", metavar="PATH",
+        help="the data folder holding <benchmark>/<split>.jsonl, or one JSONL file (default: $LITESTAGE_DATA_DIR)",
     )
     bench.add_argument("--split", default="dev", help="split to benchmark when --data is a folder (default dev)")
     bench.add_argument("--limit", type=int, metavar="N", help="benchmark a seeded slice of N questions")
@@ -110,10 +110,17 @@ def parse_max_tokens(text: str | None) -> dict[str, int] | None:
     return budgets
 
 
+def _data_path(args: argparse.Namespace) -> Path:
+    """`--data`, else $LITESTAGE_DATA_DIR (a `DataError` naming both when neither is given)."""
+    from litestage_chain.data.benchmarks import resolve_data_dir
+
+    return Path(args.data) if args.data is not None else resolve_data_dir(None)
+
+
 def _load_questions(args: argparse.Namespace) -> Any:
     from litestage_chain.data import load_benchmark, load_jsonl, seeded_slice
 
-    data = Path(args.data)
+    data = _data_path(args)
     if data.is_dir():
         questions = load_benchmark(args.benchmark, args.split, data_dir=data)
     elif data.is_file():
@@ -133,7 +140,7 @@ def _calibration_questions(args: argparse.Namespace) -> Any:
     if args.calibration_data:
         path = Path(args.calibration_data)
     else:
-        data = Path(args.data)
+        data = _data_path(args)
         path = (data / args.benchmark / "train.jsonl") if data.is_dir() else data.with_name("train.jsonl")
         if not data.is_dir() and path.resolve() == data.resolve():
             raise InvalidInputError("--data is the train split; pass --calibration-data with other questions")

@@ -65,9 +65,13 @@ def search_questions(
     source: Source = "jsonl",
     data_dir: str | Path | None = None,
     strict: bool = False,
+    require_answer: bool = True,
 ) -> QuestionSet:
-    """The validation slice a budget search evaluates on: `size` seeded questions from the train split."""
-    train = load_benchmark(benchmark, "train", source=source, data_dir=data_dir, strict=strict)
+    """The validation slice a budget search evaluates on: `size` seeded questions from the train split.
+
+    `require_answer=False` keeps unlabelled questions (for the agreement metric, which needs no labels)."""
+    train = load_benchmark(benchmark, "train", source=source, data_dir=data_dir, strict=strict,
+                           require_answer=require_answer)
     return seeded_slice(train, size, seed=seed)
 
 
