@@ -143,6 +143,9 @@ def run_profile_search(args: argparse.Namespace, out: TextIO | None = None) -> i
         )
     except ValidationError as error:
         raise InvalidInputError(f"invalid search settings: {describe_validation_error(error)}") from error
+    for option, value in (("--batch-size", args.batch_size), ("--calibration-size", args.calibration_size)):
+        if value < 1:  # checked before the model loads, not minutes later
+            raise InvalidInputError(f"{option} must be >= 1, got {value}")
     target = Path(args.out)
     log = Path(args.log) if args.log else target.with_name(target.name + ".search.jsonl")
     # the agreement metric scores against the full model's answers: unlabelled questions are searched on too

@@ -212,6 +212,9 @@ class PromptSet:
         """
         if num_shots < 0:
             raise InvalidInputError(f"num_shots must be >= 0, got {num_shots}")
+        available = len(self.exemplars[kind])
+        if num_shots > available:  # silently showing fewer would make runs with different settings look the same
+            raise InvalidInputError(f"num_shots={num_shots} but the prompts hold only {available} {kind} examples")
         template = self.template(kind, stage)
         shots: list[BaseMessage] = []
         for exemplar in self.exemplars[kind][:num_shots]:

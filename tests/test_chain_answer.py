@@ -112,6 +112,10 @@ def test_shipped_prompts_load_and_render() -> None:
     )
     # The worked example's summary turn is exactly the line the extractor reads.
     assert summary[2].content == f"So the answer is option {prompts.exemplars['mcq'][0].answer}."
+    available = len(prompts.exemplars["mcq"])
+    assert len(prompts.chat_prompt("mcq", "recall", num_shots=available).messages) == 2 + 2 * available
+    with pytest.raises(InvalidInputError, match=f"num_shots={available + 1} but the prompts hold only {available}"):
+        prompts.chat_prompt("mcq", "recall", num_shots=available + 1)
 
 
 def test_prompt_folder_errors(tmp_path: Path) -> None:

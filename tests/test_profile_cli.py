@@ -91,6 +91,10 @@ def test_bad_settings_are_clear_errors(tmp_path: Path) -> None:
     args = parse(base + ["--threads", "0"])
     with pytest.raises(InvalidInputError, match="--threads"):
         args.handler(args, out=io.StringIO())
+    for option in ("--batch-size", "--calibration-size"):
+        args = parse(base + ["--model", str(tmp_path / "no-model.gguf"), option, "0"])
+        with pytest.raises(InvalidInputError, match=f"{option} must be >= 1, got 0"):  # before the model loads
+            args.handler(args, out=io.StringIO())
 
 
 def test_show_lists_shipped_profiles_or_fails_clearly(tmp_path: Path) -> None:
