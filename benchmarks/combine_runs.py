@@ -15,14 +15,14 @@ from pathlib import Path
 
 from litestage_chain.bench.combine import combined_rows
 from litestage_chain.bench.plots import plot_accuracy_vs_speedup, plot_tokens_vs_skipped
-from litestage_chain.bench.report import markdown_table
+from litestage_chain.bench.report import write_report
 from litestage_chain.errors import InvalidInputError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folders", nargs="+", type=Path, help="`litestage bench --out` folders (first: its full row)")
-    parser.add_argument("--out", required=True, type=Path, help="folder for results.md and the plots")
+    parser.add_argument("--out", required=True, type=Path, help="folder for results.json, results.md and the plots")
     args = parser.parse_args(argv)
     try:
         rows, shared, meta = combined_rows(args.folders)
@@ -37,12 +37,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "in alternating rounds *within its own run*; all rows are over the same questions; the full model answered "
         "them identically in every run.\n\n"
     )
-    text = header + markdown_table(rows)
-    (args.out / "results.md").write_text(text, encoding="utf-8")
+    combined_meta = {**meta, "questions": shared, "combined_from": [str(folder) for folder in args.folders]}
+    _, md_path = write_report(args.out, rows, combined_meta, intro=header)  # results.json too, for the notebook
     name = str(meta.get("benchmark"))
     plot_accuracy_vs_speedup(rows, args.out / "accuracy_vs_speedup.png", f"{name}: accuracy vs speedup ({shared} q)")
     plot_tokens_vs_skipped(rows, args.out / "tokens_vs_skipped.png", f"{name}: generated tokens vs skipped sub-layers")
-    print(text)
+    print(md_path.read_text(encoding="utf-8"))
     return 0
 
 

@@ -48,6 +48,21 @@ def test_rows_of_both_runs_over_the_questions_both_finished(tmp_path: Path) -> N
     assert rows[2].speedup == pytest.approx(6.0 / 2.4)
 
 
+def test_the_combining_script_writes_a_results_folder_the_notebook_reads(tmp_path: Path) -> None:
+    from benchmarks.combine_runs import main
+
+    from litestage_chain.bench.report import load_results, rows_of
+
+    _run(tmp_path / "a", {"full", "uniform@1"}, n=3)
+    _run(tmp_path / "b", {"full", "unified@1"}, n=3)
+    assert main(["--out", str(tmp_path / "both"), str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    document = load_results(tmp_path / "both")
+    assert [row.point for row in rows_of(document)] == ["full", "uniform@1", "unified@1"]
+    assert document["meta"]["questions"] == 3 and len(document["meta"]["combined_from"]) == 2
+    text = (tmp_path / "both" / "results.md").read_text()
+    assert text.startswith("# Benchmark: toy (3 questions every point finished") and "Partial run" not in text
+
+
 def test_a_point_without_records_or_redefined_is_refused(tmp_path: Path) -> None:
     _run(tmp_path / "a", {"full", "uniform@1"}, n=3)
     folder = tmp_path / "unstarted"

@@ -16,7 +16,7 @@ from litestage_chain.bench.cli import add_bench_subcommand, parse_max_tokens
 from litestage_chain.bench.methods import MethodContext, MethodPoint, all_points
 from litestage_chain.bench.plots import ACCURACY_VS_SPEEDUP, STAGE_SENSITIVITY, TOKENS_VS_SKIPPED, write_plots
 from litestage_chain.bench.records import RECORDS_FILE, Outcome, RecordStore, StageMeasure
-from litestage_chain.bench.report import RESULTS_JSON, RESULTS_MD, load_results, rows_of
+from litestage_chain.bench.report import RESULTS_JSON, RESULTS_MD, load_results, rows_of, write_report
 from litestage_chain.bench.results import rebuild_report, run_records, write_run
 from litestage_chain.bench.runner import recorded_count, run_points
 from litestage_chain.data.types import Question
@@ -149,7 +149,10 @@ def test_report_is_rebuilt_from_the_run_records_with_tables_and_plots(tmp_path: 
     assert rows_of(document) == rows and document["meta"]["benchmark"] == "toy"
     assert len(run_records(tmp_path)) == len(points()) * 4
     text = (tmp_path / RESULTS_MD).read_text()
-    assert "stage-only/analysis@2" in text and "95% Wilson" in text
+    assert "stage-only/analysis@2" in text and "95% Wilson" in text and "Partial run" not in text
+    write_report(tmp_path / "stopped", rows[:2] + [rows[2].model_copy(update={"questions": 3})], {"questions": 6})
+    assert "**Partial run:** 6 questions planned, points recorded on 3-4 (column n)" in (
+        tmp_path / "stopped" / RESULTS_MD).read_text()
 
 
 def test_plots_skip_figures_without_data(tmp_path: Path) -> None:

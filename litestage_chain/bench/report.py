@@ -198,8 +198,11 @@ def write_report(
     rows: Sequence[PointSummary],
     meta: Mapping[str, Any],
     points: Sequence[Mapping[str, Any]] = (),
+    intro: str | None = None,
 ) -> tuple[Path, Path]:
-    """Write `results.json` (metadata, point definitions, table rows) and `results.md`; return both paths."""
+    """Write `results.json` (metadata, point definitions, table rows) and `results.md`; return both paths.
+
+    `intro` replaces the markdown's default title (e.g. for a table combined from several runs)."""
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
     document = {
@@ -211,9 +214,9 @@ def write_report(
     }
     json_path = folder / RESULTS_JSON
     json_path.write_text(json.dumps(document, indent=2, allow_nan=True) + "\n", encoding="utf-8")
-    title = (
+    title = intro if intro is not None else (
         f"# Benchmark: {meta.get('benchmark', '?')} ({meta.get('questions', '?')} questions, "
-        f"model {meta.get('model', '?')})\n\n"
+        f"model {meta.get('model', '?')})\n\n" + partial_run_note(rows, meta.get("questions"))
     )
     notes = (
         "Speedup: mean (or median) engine seconds per question of the full model divided by the point's, over "
@@ -224,6 +227,23 @@ def write_report(
     md_path = folder / RESULTS_MD
     md_path.write_text(title + notes + markdown_table(rows), encoding="utf-8")
     return json_path, md_path
+
+
+def partial_run_note(rows: Sequence[PointSummary], planned: Any) -> str:
+    """A warning paragraph when points were recorded on fewer or different numbers of questions than planned.
+
+    A stopped run's points can stand at different counts (a round in progress); their accuracies are then over
+    different questions, which the title's planned count would hide."""
+    counts = sorted({row.questions for row in rows})
+    if not counts or counts == [planned]:
+        return ""
+    if len(counts) == 1:
+        return f"**Partial run:** {planned} questions planned, every point recorded on the same {counts[0]}.\n\n"
+    return (
+        f"**Partial run:** {planned} questions planned, points recorded on {counts[0]}-{counts[-1]} (column n). "
+        "Accuracies of points with different n are over different questions; each speedup is over the questions "
+        "a point shares with the full model.\n\n"
+    )
 
 
 def load_results(folder: str | Path) -> dict[str, Any]:
