@@ -28,6 +28,7 @@ _LAZY: dict[str, str] = {
     "run_batch": "litestage_chain.chain",
     "StageOutput": "litestage_chain.stages",
     "PromptSet": "litestage_chain.prompts",
+    "StructuredOutputError": "litestage_chain.structured",
     # offline configuration
     "Profile": "litestage_chain.profile",
     "ProfileError": "litestage_chain.profile",
