@@ -39,7 +39,7 @@ from pydantic import ConfigDict, Field, InstanceOf, field_validator, model_valid
 from typing_extensions import override
 
 from litestage_chain.early_exit import EarlyExitConfig
-from litestage_chain.errors import InvalidInputError
+from litestage_chain.errors import InvalidInputError, LiteStageError
 from litestage_chain.generation import GenerationConfig, GenerationResult, generate
 from litestage_chain.guided import closest_name, fill_object
 from litestage_chain.loading import LoadedModel, load_model
@@ -721,10 +721,11 @@ def _budgets_identity(budgets: StageBudgets | None) -> dict[str, Any] | None:
     for stage in STAGES:
         try:
             plan: Any = budgets.plan_for(stage).model_dump(mode="json")
-        except InvalidInputError:
-            plan = None  # a stage the profile lacks: calls with it raise, so nothing is ever cached for it
-        early = budgets.early_exit_for(stage) if _has_early_exit_opinion(budgets, stage) else "model's own"
-        identity[stage] = {"plan": plan, "early_exit": early.model_dump() if isinstance(early, EarlyExitConfig) else early}
+            early = budgets.early_exit_for(stage) if _has_early_exit_opinion(budgets, stage) else "model's own"
+        except LiteStageError:
+            plan = early = None  # a stage the profile lacks: calls with it raise, so nothing is ever cached for it
+        exit_identity = early.model_dump() if isinstance(early, EarlyExitConfig) else early
+        identity[stage] = {"plan": plan, "early_exit": exit_identity}
     return identity
 
 
