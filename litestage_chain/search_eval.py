@@ -45,10 +45,7 @@ FALLBACK = "fallback"
 
 def to_chain_question(question: Question) -> ChainQuestion:
     """The chain's question type from a benchmark `Question` (same fields; metadata is not shown to the model)."""
-    return ChainQuestion.coerce(
-        {"id": question.id, "question": question.question, "choices": [c.model_dump() for c in question.choices],
-         "answer": question.answer}
-    )
+    return ChainQuestion.coerce(question)
 
 
 def prompt_inputs(state: State) -> dict[str, str]:
