@@ -31,7 +31,7 @@ from langchain_core.globals import get_llm_cache
 from langchain_core.language_models import BaseChatModel, LanguageModelInput, ModelProfile
 from langchain_core.language_models.base import LangSmithParams
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
-from langchain_core.messages.ai import UsageMetadata
+from langchain_core.messages.ai import InputTokenDetails, UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult, LLMResult
 from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.config import get_config_list
@@ -762,11 +762,20 @@ def _template_has_tools(loaded: LoadedModel) -> bool:
 
 
 def _usage(result: GenerationResult) -> UsageMetadata:
-    return UsageMetadata(
+    """Token counts; prompt tokens served from the shared-prefix table are cached input, as providers report them.
+
+    `cache_creation` marks the call that computed and stored the prefix, `cache_read` the calls that reused it, so
+    a user can see how much of a conversation's prompt the model did not prefill again.
+    """
+    usage = UsageMetadata(
         input_tokens=result.prompt_tokens,
         output_tokens=result.generated_tokens,
         total_tokens=result.prompt_tokens + result.generated_tokens,
     )
+    if result.prefix_tokens:
+        kind = "cache_creation" if result.prefix_computed else "cache_read"
+        usage["input_token_details"] = InputTokenDetails(**{kind: result.prefix_tokens})  # type: ignore[typeddict-item]
+    return usage
 
 
 def _response_metadata(call: PreparedCall, result: GenerationResult) -> dict[str, Any]:

@@ -74,6 +74,13 @@ class GenerationResult(BaseModel):
         description="computing the shared prefix's KV entries, when they were not stored for this plan; not part of "
         "prefill_seconds, so a call's time does not depend on which earlier call first used the plan and prefix",
     )
+    prefix_tokens: int = Field(
+        0, ge=0, description="prompt tokens whose KV entries came from the shared-prefix table instead of this "
+        "call's prefill (reported as cached input tokens in chat usage metadata)",
+    )
+    prefix_computed: bool = Field(
+        False, description="the table did not hold the prefix for this plan: this call computed and stored it",
+    )
 
 
 @dataclass
@@ -191,9 +198,11 @@ def generate(
         started = time.perf_counter()
         cache = new_cache(view, plan, batch, capacity, input_ids.device)
         prefix_seconds = 0.0
+        prefix_computed = False
         if reused:
             table = model.prefix_cache if prefix_cache is None else prefix_cache  # an empty table is falsy (len 0)
             entry, prefix_seconds = table.lookup(view, plan, prefix)
+            prefix_computed = prefix_seconds > 0.0  # lookup reports exactly 0.0 when it found the entry
             load_prefix(cache, entry)
         logits = prefill(view, input_ids, positions, key_valid, cache, plan, start=reused)
         prefill_seconds = max(time.perf_counter() - started - prefix_seconds, 0.0)
@@ -236,6 +245,8 @@ def generate(
             finish_reason=row.finish or "length",
             plan=plan,
             prefix_seconds=prefix_seconds,
+            prefix_tokens=reused,
+            prefix_computed=prefix_computed,
         )
         for row in rows
     ]

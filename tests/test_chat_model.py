@@ -20,6 +20,27 @@ def llm(tiny_llama: LoadedModel) -> ChatLiteStage:
     return ChatLiteStage(model=tiny_llama, max_tokens=6)
 
 
+def test_usage_reports_the_reused_conversation_prefix_as_cached_input(
+    llm: ChatLiteStage, tiny_llama: LoadedModel
+) -> None:
+    """The first call stores the earlier turns' KV entries (cache_creation), the next reuses them (cache_read)."""
+    tiny_llama.prefix_cache.clear()
+    conversation = [SystemMessage("be brief"), HumanMessage("hello")]
+    prefix = tiny_llama.render_chat([{"role": "system", "content": "be brief"}], add_generation_prompt=False)
+    size = tiny_llama.count_tokens(prefix)
+    first, second = llm.invoke(conversation), llm.invoke(conversation)
+    assert first.usage_metadata["input_token_details"] == {"cache_creation": size}
+    assert second.usage_metadata["input_token_details"] == {"cache_read": size}
+    assert first.usage_metadata["input_tokens"] == second.usage_metadata["input_tokens"] > size
+    streamed = list(llm.stream(conversation))
+    assert [c.usage_metadata["input_token_details"] for c in streamed if c.usage_metadata] == [{"cache_read": size}]
+    # Without prefix reuse (or with a single message) nothing is cached, and no details are claimed.
+    alone = llm.invoke("hello")
+    assert "input_token_details" not in alone.usage_metadata
+    unshared = llm.model_copy(update={"reuse_prefix": False}).invoke(conversation)
+    assert "input_token_details" not in unshared.usage_metadata
+
+
 def test_construction_is_lazy() -> None:
     # A source that does not exist: construction must not touch it, only the first call does.
     model = ChatLiteStage(model="/nonexistent/model.gguf")

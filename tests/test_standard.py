@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
 
@@ -58,6 +59,33 @@ class TestChatLiteStageIntegration(ChatModelIntegrationTests):
         from litestage_chain.sources import resolve_source
 
         return resolve_source("smollm2-135m").location
+
+    @property
+    def supported_usage_metadata_details(self) -> dict[str, list[str]]:
+        # The earlier turns of a conversation are its shared prefix: stored by the first call, reused by the next.
+        both = ["cache_read_input", "cache_creation_input"]
+        return {"invoke": both, "stream": both}
+
+    def _conversation_reply(self, *, stream: bool, fresh: bool) -> AIMessage:
+        model = ChatLiteStage(**self.chat_model_params)
+        conversation = [SystemMessage("You answer in one word."), HumanMessage("What colour is the sky?")]
+        if fresh:
+            model.loaded_model().prefix_cache.clear()
+        else:
+            model.invoke(conversation)  # stores the system turn's KV entries
+        if not stream:
+            return model.invoke(conversation)
+        merged = None
+        for chunk in model.stream(conversation):
+            merged = chunk if merged is None else merged + chunk
+        assert merged is not None
+        return AIMessage(content=merged.content, usage_metadata=merged.usage_metadata)
+
+    def invoke_with_cache_read_input(self, *, stream: bool = False) -> AIMessage:
+        return self._conversation_reply(stream=stream, fresh=False)
+
+    def invoke_with_cache_creation_input(self, *, stream: bool = False) -> AIMessage:
+        return self._conversation_reply(stream=stream, fresh=True)
 
     @property
     def supports_json_mode(self) -> bool:
