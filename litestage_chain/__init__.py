@@ -25,6 +25,7 @@ _LAZY: dict[str, str] = {
     "ReasoningResult": "litestage_chain.chain",
     "build_reasoning_chain": "litestage_chain.chain",
     "stage_node": "litestage_chain.chain",
+    "answer_node": "litestage_chain.chain",
     "run_batch": "litestage_chain.chain",
     "StageOutput": "litestage_chain.stages",
     "PromptSet": "litestage_chain.prompts",

@@ -113,18 +113,10 @@ def build_reasoning_chain(
         stage: stage_node(chat, stage, prompts, num_shots=num_shots, max_tokens=budgets[stage], **per_stage_exit[stage])
         for stage in STAGES
     }
-    fallback_node = (
-        stage_node(
-            chat, "summary", prompts, num_shots=num_shots, max_tokens=budgets["summary"],
-            skip_plan=SkipPlan(), early_exit=None, name="summary_fallback",
-        )
-        if fallback
-        else None
-    )
     steps: list[Runnable[Any, Any]] = [
         RunnableLambda(_start, name="question"),
         *(StageStep(stage, nodes[stage]) for stage in STAGES),
-        FinalizeStep(fallback_node),
+        answer_node(chat, prompts, num_shots=num_shots, max_tokens=budgets["summary"], fallback=fallback),
     ]
     first, *rest = steps
     return first.pipe(*rest, name="LiteStageReasoning")
@@ -133,7 +125,7 @@ def build_reasoning_chain(
 def stage_node(
     model: ChatLiteStage,
     stage: Stage,
-    prompts: PromptSet,
+    prompts: PromptSet | None = None,
     *,
     num_shots: int = 2,
     max_tokens: int | None = None,
@@ -142,20 +134,26 @@ def stage_node(
 ) -> Runnable[State, StageOutput]:
     """One stage as a runnable: the stage prompt | the model bound to the stage's budget | a `StageOutput` parser.
 
+    It reads a state dict holding `question` (a `Question`, a benchmark row or `{"question", "choices"}`) and the
+    outputs of the earlier stages under their names, so the three nodes can also be a graph's nodes (LangGraph):
+    each returns `{stage: node.invoke(state)}`, and `answer_node` reads the answer at the end.
+    `prompts` defaults to the repository's `prompts/`; `max_tokens` to the stage's `DEFAULT_MAX_TOKENS`.
     `budget` may hold `skip_plan=` and/or `early_exit=` to override what the model's stage profile says.
     The model call is tagged `stage:<name>` and carries `litestage_stage` metadata, so streamed tokens
     (`astream_events`, callbacks) can be told apart by stage.
     """
+    stage = check_stage(stage)
+    prompts = prompts if prompts is not None else PromptSet.load()
     templates: dict[QuestionKind, ChatPromptTemplate] = {
         kind: prompts.chat_prompt(kind, stage, num_shots=num_shots) for kind in ("mcq", "yesno")
     }
 
     def render(state: State) -> PromptValue:
-        question: Question = state["question"]
-        return templates[question.kind].invoke(_prompt_values(state))
+        values = _prompt_values(_checked_state(state, stage))
+        return templates[Question.coerce(state["question"]).kind].invoke(values)
 
     bound = model.bind(
-        stage=stage, stop=STAGE_STOPS[stage], **({"max_tokens": max_tokens} if max_tokens else {}), **budget
+        stage=stage, stop=STAGE_STOPS[stage], max_tokens=max_tokens or DEFAULT_MAX_TOKENS[stage], **budget
     ).with_config(
         tags=[f"stage:{stage}"],
         metadata={"litestage_stage": stage, "litestage_node": name or stage},
@@ -167,6 +165,30 @@ def stage_node(
 
     sequence = RunnableLambda(render, name=f"{stage}_prompt") | bound | RunnableLambda(parse, name=f"{stage}_parse")
     return sequence.with_config(run_name=name or stage)
+
+
+def answer_node(
+    model: ChatLiteStage,
+    prompts: PromptSet | None = None,
+    *,
+    num_shots: int = 2,
+    max_tokens: int | None = None,
+    fallback: bool = True,
+) -> Runnable[State, ReasoningResult]:
+    """The chain's last step as a runnable: reads the answer off a state holding the three stages' outputs.
+
+    When no answer can be read from the summary and `fallback` is on, the summary is re-run on the full model
+    (batched over the questions that need it), exactly as in `build_reasoning_chain`.
+    """
+    fallback_node = (
+        stage_node(
+            model, "summary", prompts, num_shots=num_shots, max_tokens=max_tokens,
+            skip_plan=SkipPlan(), early_exit=None, name="summary_fallback",
+        )
+        if fallback
+        else None
+    )
+    return FinalizeStep(fallback_node)
 
 
 class StageStep(Runnable[State, State]):
@@ -254,7 +276,12 @@ class FinalizeStep(Runnable[State, ReasoningResult]):
         return self._results(inputs, dict(zip(retry, reruns, strict=False)))
 
     def _needs_fallback(self, inputs: Sequence[State]) -> list[int]:
-        return [i for i, state in enumerate(inputs) if extract(state["summary"].text, state["question"]).label is None]
+        for state in inputs:
+            _checked_state(state, "answer")
+        return [
+            i for i, state in enumerate(inputs)
+            if extract(state["summary"].text, Question.coerce(state["question"])).label is None
+        ]
 
     def _results(self, inputs: Sequence[State], reruns: Mapping[int, Any]) -> list[Any]:
         results: list[Any] = []
@@ -306,18 +333,29 @@ def _start(value: Any) -> State:
     return {"question": Question.coerce(value), "started": time.perf_counter()}
 
 
+def _checked_state(state: Any, stage: str) -> State:
+    """The state a stage reads, or an error naming what is missing (a graph wired in the wrong order)."""
+    if not isinstance(state, Mapping) or "question" not in state:
+        raise InvalidInputError(f"the {stage} stage reads a state dict with a 'question'; got {state!r}")
+    earlier = STAGES[: STAGES.index(stage)] if stage in STAGES else STAGES
+    missing = [name for name in earlier if not isinstance(state.get(name), StageOutput)]
+    if missing:
+        raise InvalidInputError(f"the {stage} stage needs the output of {', '.join(missing)} first; state has {sorted(state)}")
+    return dict(state)
+
+
 def _prompt_values(state: State) -> dict[str, str]:
     recall: StageOutput | None = state.get("recall")
     analysis: StageOutput | None = state.get("analysis")
     return question_values(
-        state["question"],
+        Question.coerce(state["question"]),
         key_information=recall.text if recall else "",
         explanations=analysis.text if analysis else "",
     )
 
 
 def _result(state: State, rerun: StageOutput | None) -> ReasoningResult:
-    question: Question = state["question"]
+    question = Question.coerce(state["question"])
     stages = {stage: state[stage] for stage in STAGES}
     label = extract(stages["summary"].text, question).label
     source: Literal["summary", "fallback", "analysis"] | None = "summary" if label else None
@@ -335,7 +373,11 @@ def _result(state: State, rerun: StageOutput | None) -> ReasoningResult:
         stages=stages,
         fallback_used=rerun is not None,
         fallback=rerun,
-        total_seconds=time.perf_counter() - state["started"],
+        # a graph of stage nodes has no start time in its state: its stages' own seconds stand for the wall time
+        total_seconds=(
+            time.perf_counter() - state["started"] if "started" in state
+            else sum(s.seconds for s in stages.values()) + (rerun.seconds if rerun else 0.0)
+        ),
     )
 
 

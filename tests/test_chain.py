@@ -14,6 +14,7 @@ from langchain_core.runnables import RunnableLambda, RunnableParallel
 from litestage_chain import EarlyExitConfig, InvalidInputError, LoadedModel, SkipPlan, from_pretrained_objects
 from litestage_chain.chain import ReasoningResult, build_reasoning_chain, run_batch
 from litestage_chain.chat_model import ChatLiteStage
+from litestage_chain.stages import StageOutput
 
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_models import tiny_long_context_llama  # noqa: E402
@@ -233,6 +234,59 @@ def test_chain_as_langgraph_node(tiny_long: LoadedModel) -> None:
     graph.add_edge("reason", END)
     out = graph.compile().invoke({"question": QUESTION})
     assert isinstance(out["result"], ReasoningResult)
+
+
+def test_stages_as_separate_langgraph_nodes_match_the_chain(tiny_long: LoadedModel) -> None:
+    """Each stage its own graph node, with its own budget: the same texts and answer as the composed chain."""
+    from typing import TypedDict
+
+    from langgraph.graph import END, START, StateGraph
+
+    from litestage_chain import answer_node, stage_node
+
+    plans = {"recall": SkipPlan(), "analysis": SkipPlan(attention=[1]), "summary": SkipPlan(mlp=[0, 1])}
+    llm = ChatLiteStage(model=tiny_long, stage_profile=plans)
+    budgets = SHORT
+
+    class GraphState(TypedDict, total=False):
+        question: dict
+        recall: StageOutput
+        analysis: StageOutput
+        summary: StageOutput
+        result: ReasoningResult
+
+    graph = StateGraph(GraphState)
+    previous = START
+    for stage in ("recall", "analysis", "summary"):
+        node = stage_node(llm, stage, max_tokens=budgets[stage])
+        graph.add_node(stage, lambda state, node=node, stage=stage: {stage: node.invoke(state)})
+        graph.add_edge(previous, stage)
+        previous = stage
+    answer = answer_node(llm, fallback=False)
+    graph.add_node("answer", lambda state: {"result": answer.invoke(state)})
+    graph.add_edge("summary", "answer")
+    graph.add_edge("answer", END)
+    out = graph.compile().invoke({"question": QUESTION})["result"]
+
+    chained = build_reasoning_chain(llm, max_tokens=budgets, fallback=False).invoke(QUESTION)
+    assert {s: o.text for s, o in out.stages.items()} == {s: o.text for s, o in chained.stages.items()}
+    assert out.stages["analysis"].skipped == SkipPlan(attention=[1])
+    assert out.stages["summary"].skipped == SkipPlan(mlp=[0, 1])
+    assert out.answer == chained.answer and out.total_seconds == pytest.approx(out.model_seconds)
+
+
+def test_stage_node_names_a_missing_earlier_stage(tiny_long: LoadedModel) -> None:
+    from litestage_chain import answer_node, stage_node
+
+    llm = ChatLiteStage(model=tiny_long)
+    with pytest.raises(InvalidInputError, match="needs the output of recall"):
+        stage_node(llm, "analysis").invoke({"question": QUESTION})
+    with pytest.raises(InvalidInputError, match="'question'"):
+        stage_node(llm, "recall").invoke({"recall": None})
+    with pytest.raises(InvalidInputError, match="recall, analysis, summary"):
+        answer_node(llm).invoke({"question": QUESTION})
+    with pytest.raises(InvalidInputError, match="unknown stage"):
+        stage_node(llm, "answer")
 
 
 def test_run_batch_rejects_bad_batch_size() -> None:
