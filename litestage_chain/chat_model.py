@@ -145,7 +145,8 @@ class ChatLiteStage(BaseChatModel):
     """How many times `with_structured_output` asks again after a reply fails to parse or validate."""
     reuse_prefix: bool = True
     """Reuse the KV entries of everything before the last message across calls with the same plan (system
-    prompt, few-shot exemplars, conversation history), so repeated stage prompts are not prefilled again."""
+    prompt, few-shot exemplars, conversation history), so repeated stage prompts are not prefilled again. Usage
+    metadata counts those tokens as cached input (`cache_creation` when stored, `cache_read` when reused)."""
 
     @model_validator(mode="before")
     @classmethod
