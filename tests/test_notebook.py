@@ -50,6 +50,7 @@ def test_notebook_runs_on_a_tiny_model(tmp_path: Path, monkeypatch: pytest.Monke
     assert "[recall]" in text and "[analysis]" in text and "[summary]" in text
     assert "stage" in text and "prefill s" in text  # the timing table
     assert "skipped attn[1] mlp[0]" in text and "skipped full model" in text
+    assert "same stage texts as the chain: True" in text  # the stages as LangGraph nodes
 
 
 @pytest.mark.integration
@@ -57,3 +58,4 @@ def test_notebook_runs_on_the_default_model(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.delenv("LITESTAGE_MODEL", raising=False)
     text = outputs_text(run_notebook(tmp_path, monkeypatch, None))
     assert "Answer:" in text and "prefill s" in text and "skipped attn[1] mlp[0]" in text
+    assert "same stage texts as the chain: True" in text
