@@ -90,7 +90,7 @@ def test_int4_blocked_dequantise_error_bound(n: int, k: int) -> None:
 
 @needs_kernels
 @pytest.mark.parametrize("n, k", [(13, 32), (16, 64), (40, 96)])
-@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 9, 21])
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 21])
 @pytest.mark.parametrize("fmt", ["int8", "int4"])
 def test_kernel_equals_dequantised_weight_timesround_activations_like_kernel(kernel_module, fmt: str, n: int, k: int, m: int) -> None:
     module = convert_linear(nn.Linear(k, n, bias=False), fmt)  # type: ignore[arg-type]
@@ -102,6 +102,23 @@ def test_kernel_equals_dequantised_weight_timesround_activations_like_kernel(ker
         out = kernel_module.int4_blocked_gemv(x, module.qweight, module.params, n)
     assert out.shape == (m, n)
     torch.testing.assert_close(out.double(), ref, rtol=1e-4, atol=1e-4)
+
+
+@needs_kernels
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+def test_kernel_row_does_not_depend_on_the_rows_batched_with_it(kernel_module, fmt: str) -> None:
+    """Batched decoding must give each prompt what it gets alone, whatever chunk of rows the kernel put it in."""
+    module = convert_linear(nn.Linear(96, 40, bias=False), fmt)  # type: ignore[arg-type]
+
+    def gemv(x: torch.Tensor) -> torch.Tensor:
+        if fmt == "int8":
+            return kernel_module.int8_blocked_gemv(x, module.qweight, module.scales, 40)
+        return kernel_module.int4_blocked_gemv(x, module.qweight, module.params, 40)
+
+    x = torch.randn(19, 96)
+    alone = torch.cat([gemv(x[i : i + 1]) for i in range(19)])
+    for m in range(1, 20):
+        assert torch.equal(gemv(x[:m]), alone[:m]), f"{m} rows"
 
 
 @pytest.mark.parametrize("fmt, tol", [("bfloat16", 0.05), ("int8", 0.03), ("int4", 0.35)])

@@ -34,6 +34,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -287,27 +288,45 @@ LS_VNNI_TARGET void i4b_kernel(const uint8_t* w, const uint16_t* params, int64_t
     for (int i = 0; i < M; ++i) _mm512_storeu_ps(y + i * n16 + (nb + b) * 16, facc[b][i]);
 }
 
-// Runs blocks [nb_begin, nb_end) for all m rows: x rows in chunks of 4/2/1, blocks 4/2/1 at a time.
-template <typename Kernel4x1, typename Kernel2x2, typename Kernel1x4, typename Kernel2x1, typename Kernel1x2,
-          typename Kernel1x1>
-void run_blocked(int64_t m, int64_t nb_begin, int64_t nb_end, int64_t k, int64_t n16, Kernel4x1 k41, Kernel2x2 k22,
-                 Kernel1x4 k14, Kernel2x1 k21, Kernel1x2 k12, Kernel1x1 k11) {
+template <int N>
+using Const = std::integral_constant<int, N>;
+
+// Runs blocks [nb_begin, nb_end) for all m rows. Reading and unpacking a weight block costs more than multiplying
+// it into one more x row, so every block is read once per chunk of up to 8 rows: m = 8 costs about one pass over the
+// weights, not two (chunks of 4) or three (m = 7 as 4 + 2 + 1). A single row takes 4/2/1 blocks at a time instead,
+// to keep enough independent accumulators. `launch(B, M, i, nb)` runs kernel<B, M> on rows i.. and blocks nb...
+// Every row's sums are accumulated in the same order whatever the chunking, so a row's result does not depend on
+// the rows batched with it.
+template <typename Launch>
+void run_blocked(int64_t m, int64_t nb_begin, int64_t nb_end, Launch launch) {
   int64_t i = 0;
-  for (; i + 4 <= m; i += 4)
-    for (int64_t nb = nb_begin; nb < nb_end; ++nb) k14(i, nb);
-  for (; i + 2 <= m; i += 2) {
-    int64_t nb = nb_begin;
-    for (; nb + 2 <= nb_end; nb += 2) k22(i, nb);
-    for (; nb < nb_end; ++nb) k12(i, nb);
+  for (; i + 8 <= m; i += 8)
+    for (int64_t nb = nb_begin; nb < nb_end; ++nb) launch(Const<1>{}, Const<8>{}, i, nb);
+  auto chunk = [&](auto rows) {
+    for (int64_t nb = nb_begin; nb < nb_end; ++nb) launch(Const<1>{}, rows, i, nb);
+  };
+  switch (m - i) {
+    case 0:
+      break;
+    case 1: {
+      int64_t nb = nb_begin;
+      for (; nb + 4 <= nb_end; nb += 4) launch(Const<4>{}, Const<1>{}, i, nb);
+      for (; nb + 2 <= nb_end; nb += 2) launch(Const<2>{}, Const<1>{}, i, nb);
+      for (; nb < nb_end; ++nb) launch(Const<1>{}, Const<1>{}, i, nb);
+      break;
+    }
+    case 2: {
+      int64_t nb = nb_begin;
+      for (; nb + 2 <= nb_end; nb += 2) launch(Const<2>{}, Const<2>{}, i, nb);
+      for (; nb < nb_end; ++nb) launch(Const<1>{}, Const<2>{}, i, nb);
+      break;
+    }
+    case 3: chunk(Const<3>{}); break;
+    case 4: chunk(Const<4>{}); break;
+    case 5: chunk(Const<5>{}); break;
+    case 6: chunk(Const<6>{}); break;
+    default: chunk(Const<7>{}); break;
   }
-  for (; i < m; ++i) {
-    int64_t nb = nb_begin;
-    for (; nb + 4 <= nb_end; nb += 4) k41(i, nb);
-    for (; nb + 2 <= nb_end; nb += 2) k21(i, nb);
-    for (; nb < nb_end; ++nb) k11(i, nb);
-  }
-  (void)k;
-  (void)n16;
 }
 
 bool has_vnni() {
@@ -346,14 +365,11 @@ torch::Tensor int8_blocked_gemv(torch::Tensor x, torch::Tensor w, torch::Tensor 
       const float* sx = q.sx;
       const int32_t* xs = q.xqsum;
       const int64_t groups = k / kXGroup;
-      auto call = [&](auto kernel) {
-        return [&, kernel](int64_t i, int64_t nb) {
-          kernel(wp, reinterpret_cast<const uint16_t*>(sp), k, xq + i * k, sx + i * groups, xs + i * groups,
-                 yp + i * n16, n16, nb);
-        };
-      };
-      run_blocked(m, b0, b1, k, n16, call(i8b_kernel<4, 1>), call(i8b_kernel<2, 2>), call(i8b_kernel<1, 4>),
-                  call(i8b_kernel<2, 1>), call(i8b_kernel<1, 2>), call(i8b_kernel<1, 1>));
+      run_blocked(m, b0, b1, [&](auto blocks, auto rows, int64_t i, int64_t nb) {
+        i8b_kernel<decltype(blocks)::value, decltype(rows)::value>(
+            wp, reinterpret_cast<const uint16_t*>(sp), k, xq + i * k, sx + i * groups, xs + i * groups,
+            yp + i * n16, n16, nb);
+      });
       return;
     }
 #endif
@@ -387,13 +403,10 @@ torch::Tensor int4_blocked_gemv(torch::Tensor x, torch::Tensor w, torch::Tensor 
       const float* xs = q.xsum;
       const uint16_t* pr = reinterpret_cast<const uint16_t*>(pp);
       const int64_t groups = k / kXGroup;
-      auto call = [&](auto kernel) {
-        return [&, kernel](int64_t i, int64_t nb) {
-          kernel(wp, pr, k, xq + i * k, sx + i * groups, xs + i * groups, yp + i * n16, n16, nb);
-        };
-      };
-      run_blocked(m, b0, b1, k, n16, call(i4b_kernel<4, 1>), call(i4b_kernel<2, 2>), call(i4b_kernel<1, 4>),
-                  call(i4b_kernel<2, 1>), call(i4b_kernel<1, 2>), call(i4b_kernel<1, 1>));
+      run_blocked(m, b0, b1, [&](auto blocks, auto rows, int64_t i, int64_t nb) {
+        i4b_kernel<decltype(blocks)::value, decltype(rows)::value>(
+            wp, pr, k, xq + i * k, sx + i * groups, xs + i * groups, yp + i * n16, n16, nb);
+      });
       return;
     }
 #endif
