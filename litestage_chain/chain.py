@@ -60,7 +60,10 @@ class ReasoningResult(BaseModel):
     stages: dict[Stage, StageOutput]
     fallback_used: bool = Field(description="whether the summary was re-run on the full model")
     fallback: StageOutput | None = Field(None, description="the full-model summary re-run, when it happened")
-    total_seconds: float = Field(description="wall time from the chain's start to this result")
+    total_seconds: float = Field(
+        description="wall time from the chain's start to this result; for stage nodes run one by one (a graph), "
+        "which keep no start time, the sum of their stages' seconds"
+    )
 
     @property
     def correct(self) -> bool | None:
@@ -123,7 +126,7 @@ def build_reasoning_chain(
 
 
 def stage_node(
-    model: ChatLiteStage,
+    model: ChatLiteStage | str | LoadedModel,
     stage: Stage,
     prompts: PromptSet | None = None,
     *,
@@ -137,12 +140,15 @@ def stage_node(
     It reads a state dict holding `question` (a `Question`, a benchmark row or `{"question", "choices"}`) and the
     outputs of the earlier stages under their names, so the three nodes can also be a graph's nodes (LangGraph):
     each returns `{stage: node.invoke(state)}`, and `answer_node` reads the answer at the end.
-    `prompts` defaults to the repository's `prompts/`; `max_tokens` to the stage's `DEFAULT_MAX_TOKENS`.
+    `model` is a `ChatLiteStage` (its stage profile budgets the node), a model source or a `LoadedModel`.
+    `prompts` defaults to the repository's `prompts/`. `max_tokens` defaults to the stage's `DEFAULT_MAX_TOKENS`
+    (bound to the call, so it replaces the model's own `max_tokens`, as in the chain).
     `budget` may hold `skip_plan=` and/or `early_exit=` to override what the model's stage profile says.
     The model call is tagged `stage:<name>` and carries `litestage_stage` metadata, so streamed tokens
     (`astream_events`, callbacks) can be told apart by stage.
     """
     stage = check_stage(stage)
+    model = model if isinstance(model, ChatLiteStage) else ChatLiteStage(model=model)
     prompts = prompts if prompts is not None else PromptSet.load()
     templates: dict[QuestionKind, ChatPromptTemplate] = {
         kind: prompts.chat_prompt(kind, stage, num_shots=num_shots) for kind in ("mcq", "yesno")
@@ -153,7 +159,8 @@ def stage_node(
         return templates[Question.coerce(state["question"]).kind].invoke(values)
 
     bound = model.bind(
-        stage=stage, stop=STAGE_STOPS[stage], max_tokens=max_tokens or DEFAULT_MAX_TOKENS[stage], **budget
+        stage=stage, stop=STAGE_STOPS[stage],
+        max_tokens=DEFAULT_MAX_TOKENS[stage] if max_tokens is None else max_tokens, **budget
     ).with_config(
         tags=[f"stage:{stage}"],
         metadata={"litestage_stage": stage, "litestage_node": name or stage},
@@ -168,7 +175,7 @@ def stage_node(
 
 
 def answer_node(
-    model: ChatLiteStage,
+    model: ChatLiteStage | str | LoadedModel,
     prompts: PromptSet | None = None,
     *,
     num_shots: int = 2,
@@ -178,7 +185,8 @@ def answer_node(
     """The chain's last step as a runnable: reads the answer off a state holding the three stages' outputs.
 
     When no answer can be read from the summary and `fallback` is on, the summary is re-run on the full model
-    (batched over the questions that need it), exactly as in `build_reasoning_chain`.
+    (batched over the questions that need it), exactly as in `build_reasoning_chain`; pass the summary node's
+    `prompts`, `num_shots` and `max_tokens` so the re-run uses the same settings.
     """
     fallback_node = (
         stage_node(
@@ -336,7 +344,14 @@ def _start(value: Any) -> State:
 def _checked_state(state: Any, stage: str) -> State:
     """The state a stage reads, or an error naming what is missing (a graph wired in the wrong order)."""
     if not isinstance(state, Mapping) or "question" not in state:
-        raise InvalidInputError(f"the {stage} stage reads a state dict with a 'question'; got {state!r}")
+        got = f"keys {sorted(state)}" if isinstance(state, Mapping) else type(state).__name__
+        raise InvalidInputError(f"the {stage} stage reads a state dict with a 'question'; got {got}")
+    if isinstance(state["question"], str):
+        raise InvalidInputError(
+            f"the {stage} stage reads state['question'] as the whole question, a Question or "
+            "{'question': ..., 'choices': [...]}; got the question text alone (wrap the chain's input: "
+            "{'question': {'question': ..., 'choices': [...]}})"
+        )
     earlier = STAGES[: STAGES.index(stage)] if stage in STAGES else STAGES
     missing = [name for name in earlier if not isinstance(state.get(name), StageOutput)]
     if missing:
@@ -391,6 +406,7 @@ __all__ = [
     "FinalizeStep",
     "ReasoningResult",
     "StageStep",
+    "answer_node",
     "build_reasoning_chain",
     "run_batch",
     "stage_node",

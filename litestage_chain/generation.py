@@ -246,7 +246,8 @@ def generate(
             plan=plan,
             prefix_seconds=prefix_seconds,
             prefix_tokens=reused,
-            prefix_computed=prefix_computed,
+            # computed once for the whole batch: the first row reports creating it, the others reading it
+            prefix_computed=prefix_computed and row.index == 0,
         )
         for row in rows
     ]

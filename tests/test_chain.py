@@ -287,6 +287,11 @@ def test_stage_node_names_a_missing_earlier_stage(tiny_long: LoadedModel) -> Non
         answer_node(llm).invoke({"question": QUESTION})
     with pytest.raises(InvalidInputError, match="unknown stage"):
         stage_node(llm, "answer")
+    with pytest.raises(InvalidInputError, match="the question text alone"):  # the chain's input given to a node
+        stage_node(llm, "recall").invoke(QUESTION)
+    # A model source or a loaded model works as in build_reasoning_chain.
+    recall = stage_node(tiny_long, "recall", max_tokens=2).invoke({"question": QUESTION})
+    assert recall.stage == "recall" and recall.generated_tokens <= 2
 
 
 def test_run_batch_rejects_bad_batch_size() -> None:

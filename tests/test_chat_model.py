@@ -34,6 +34,10 @@ def test_usage_reports_the_reused_conversation_prefix_as_cached_input(
     assert first.usage_metadata["input_tokens"] == second.usage_metadata["input_tokens"] > size
     streamed = list(llm.stream(conversation))
     assert [c.usage_metadata["input_token_details"] for c in streamed if c.usage_metadata] == [{"cache_read": size}]
+    # A batch computes the prefix once: one row reports creating it, the others reading it.
+    tiny_llama.prefix_cache.clear()
+    details = [m.usage_metadata["input_token_details"] for m in llm.batch([conversation, conversation])]
+    assert details == [{"cache_creation": size}, {"cache_read": size}]
     # Without prefix reuse (or with a single message) nothing is cached, and no details are claimed.
     alone = llm.invoke("hello")
     assert "input_token_details" not in alone.usage_metadata
