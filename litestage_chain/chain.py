@@ -155,8 +155,8 @@ def stage_node(
     }
 
     def render(state: State) -> PromptValue:
-        values = _prompt_values(_checked_state(state, stage))
-        return templates[Question.coerce(state["question"]).kind].invoke(values)
+        checked = _checked_state(state, stage)
+        return templates[checked["question"].kind].invoke(_prompt_values(checked))
 
     bound = model.bind(
         stage=stage, stop=STAGE_STOPS[stage],
@@ -257,6 +257,7 @@ class FinalizeStep(Runnable[State, ReasoningResult]):
         return_exceptions: bool = False,
         **kwargs: Any,
     ) -> list[ReasoningResult]:
+        inputs = [_checked_state(state, "answer") for state in inputs]
         retry = self._needs_fallback(inputs)
         reruns: list[Any] = []
         if retry and self.fallback_node is not None:
@@ -274,6 +275,7 @@ class FinalizeStep(Runnable[State, ReasoningResult]):
         return_exceptions: bool = False,
         **kwargs: Any,
     ) -> list[ReasoningResult]:
+        inputs = [_checked_state(state, "answer") for state in inputs]
         retry = self._needs_fallback(inputs)
         reruns: list[Any] = []
         if retry and self.fallback_node is not None:
@@ -284,12 +286,7 @@ class FinalizeStep(Runnable[State, ReasoningResult]):
         return self._results(inputs, dict(zip(retry, reruns, strict=False)))
 
     def _needs_fallback(self, inputs: Sequence[State]) -> list[int]:
-        for state in inputs:
-            _checked_state(state, "answer")
-        return [
-            i for i, state in enumerate(inputs)
-            if extract(state["summary"].text, Question.coerce(state["question"])).label is None
-        ]
+        return [i for i, state in enumerate(inputs) if extract(state["summary"].text, state["question"]).label is None]
 
     def _results(self, inputs: Sequence[State], reruns: Mapping[int, Any]) -> list[Any]:
         results: list[Any] = []
@@ -342,7 +339,8 @@ def _start(value: Any) -> State:
 
 
 def _checked_state(state: Any, stage: str) -> State:
-    """The state a stage reads, or an error naming what is missing (a graph wired in the wrong order)."""
+    """The state a stage reads, its question coerced once to a `Question`, or an error naming what is missing (a
+    graph wired in the wrong order)."""
     if not isinstance(state, Mapping) or "question" not in state:
         got = f"keys {sorted(state)}" if isinstance(state, Mapping) else type(state).__name__
         raise InvalidInputError(f"the {stage} stage reads a state dict with a 'question'; got {got}")
@@ -356,21 +354,21 @@ def _checked_state(state: Any, stage: str) -> State:
     missing = [name for name in earlier if not isinstance(state.get(name), StageOutput)]
     if missing:
         raise InvalidInputError(f"the {stage} stage needs the output of {', '.join(missing)} first; state has {sorted(state)}")
-    return dict(state)
+    return {**state, "question": Question.coerce(state["question"])}
 
 
 def _prompt_values(state: State) -> dict[str, str]:
     recall: StageOutput | None = state.get("recall")
     analysis: StageOutput | None = state.get("analysis")
     return question_values(
-        Question.coerce(state["question"]),
+        state["question"],
         key_information=recall.text if recall else "",
         explanations=analysis.text if analysis else "",
     )
 
 
 def _result(state: State, rerun: StageOutput | None) -> ReasoningResult:
-    question = Question.coerce(state["question"])
+    question: Question = state["question"]
     stages = {stage: state[stage] for stage in STAGES}
     label = extract(stages["summary"].text, question).label
     source: Literal["summary", "fallback", "analysis"] | None = "summary" if label else None
