@@ -21,15 +21,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from engine import PROMPTS as ENGINE_PROMPTS  # noqa: E402
 from kernel_rows import build_baseline  # noqa: E402
 
 from litestage_chain import GenerationConfig, generate, load_model  # noqa: E402
 from litestage_chain.quant import formats, kernels  # noqa: E402
 
-PROMPTS = [
-    "Tell me a story about a dragon who learns to bake bread.",
-    "Explain why the sky is blue to a ten year old.",
-    "List some good habits for staying healthy and say why each helps.",
+PROMPTS = [  # the engine benchmark's prompts, and more so that a batch of 8 holds different ones
+    *ENGINE_PROMPTS,
     "What should I pack for a week of hiking in the mountains?",
     "Describe how a bicycle works.",
     "Why do cats purr?",

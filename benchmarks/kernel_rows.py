@@ -65,15 +65,12 @@ def layer_call(module: ModuleType, fmt: str, projections: list[torch.nn.Module])
 
 def build_baseline(source: Path) -> ModuleType:
     """Compile another version of the kernel source as a module of its own name (both can be loaded at once)."""
-    from torch.utils.cpp_extension import load
-
     key = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
     build = Path(tempfile.gettempdir()) / f"litestage_kernel_baseline_{key}"
     build.mkdir(exist_ok=True)
-    copy = build / "cpu_gemv.cpp"
+    copy = build / "cpu_gemv.cpp"  # the build names its object after the source file: keep a copy beside it
     copy.write_bytes(source.read_bytes())
-    return load(name=f"litestage_kernel_baseline_{key}", sources=[str(copy)], extra_cflags=["-O3", "-fopenmp"],
-                extra_ldflags=["-fopenmp"], build_directory=str(build), verbose=False)
+    return kernels.build_extension(copy, f"litestage_kernel_baseline_{key}", build)
 
 
 def main() -> None:

@@ -91,17 +91,21 @@ def kernels_status() -> str:
 
 
 def _build() -> ModuleType:
+    key = _build_key(SOURCE.read_bytes())
+    return build_extension(SOURCE, f"litestage_cpu_gemv_{key}", default_cache_dir() / "cpp_ext" / f"cpu_gemv_{key}")
+
+
+def build_extension(source: Path, name: str, build_dir: Path) -> ModuleType:
+    """Compile (or load the cached build of) a version of the kernel source as module `name`.
+
+    Also what a benchmark uses to load an earlier version beside the current one, under its own name."""
     from torch.utils.cpp_extension import load
 
-    source = SOURCE.read_bytes()
-    key = _build_key(source)
-    build_dir = default_cache_dir() / "cpp_ext" / f"cpu_gemv_{key}"
     build_dir.mkdir(parents=True, exist_ok=True)
-    flags = ["-O3", "-fopenmp"]
     return load(
-        name=f"litestage_cpu_gemv_{key}",
-        sources=[str(SOURCE)],
-        extra_cflags=flags,
+        name=name,
+        sources=[str(source)],
+        extra_cflags=["-O3", "-fopenmp"],
         extra_ldflags=["-fopenmp"],
         build_directory=str(build_dir),
         verbose=False,
