@@ -37,6 +37,23 @@ class KVCache:
         self.values[layer][:, :, start:end] = values
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
 
+    def write_row(
+        self, layer: int, row: int, start: int, keys: torch.Tensor, values: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`write` for one batch row (`keys` is [1, kv_heads, T, head_dim]); returns that row's entries up to there."""
+        end = start + keys.shape[2]
+        if end > self.capacity:
+            raise RuntimeError(f"KV cache overflow: {end} > capacity {self.capacity}")
+        self.keys[layer][row : row + 1, :, start:end] = keys
+        self.values[layer][row : row + 1, :, start:end] = values
+        return self.keys[layer][row : row + 1, :, :end], self.values[layer][row : row + 1, :, :end]
+
+    def clear_row(self, layer: int, row: int, start: int, end: int) -> None:
+        """Zero one row's columns `[start, end)` (padding that nothing writes, so it never holds NaN garbage)."""
+        if end > start:
+            self.keys[layer][row, :, start:end] = 0
+            self.values[layer][row, :, start:end] = 0
+
     def select_rows(self, rows: torch.Tensor) -> None:
         """Keep only the given batch rows (used to drop finished sequences from a batch)."""
         for store in (self.keys, self.values):

@@ -63,7 +63,7 @@ def test_executor_measures_every_stage_and_reuses_identical_stage_runs() -> None
     exit_rule = EarlyExitConfig(window=1, threshold=1.0, min_tokens=1)  # exits after the first token
     exited = executor.run(point("uniform-exit", SkipPlan(mlp=[1]), exit_rule), questions)
     assert all(o.stages["recall"].tokens == 1 and o.stages["recall"].early_exited for o in exited)
-    assert "bench-v1:chain-v2:" in executor.identity
+    assert "bench-v1:chain-v3:" in executor.identity
     fresh = ChainExecutor(lm, max_tokens=TOKENS, num_shots=0, fallback=False, reuse_outputs=False)
     assert fresh.identity != executor.identity
     again = fresh.run(point("full", SkipPlan()), questions)
