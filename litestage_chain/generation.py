@@ -201,9 +201,9 @@ def generate(
         prefix_computed = False
         if reused:
             table = model.prefix_cache if prefix_cache is None else prefix_cache  # an empty table is falsy (len 0)
-            entry, prefix_seconds = table.lookup(view, plan, prefix)
-            prefix_computed = prefix_seconds > 0.0  # lookup reports exactly 0.0 when it found the entry
-            load_prefix(cache, entry)
+            found = table.lookup(view, plan, prefix)
+            prefix_seconds, prefix_computed = found.seconds, found.computed
+            load_prefix(cache, found.entry)
         logits = prefill(view, input_ids, positions, key_valid, cache, plan, start=reused)
         prefill_seconds = max(time.perf_counter() - started - prefix_seconds, 0.0)
         decode_started = time.perf_counter()

@@ -23,7 +23,7 @@ import hashlib
 import threading
 import time
 from collections import OrderedDict
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 
@@ -33,6 +33,14 @@ from litestage_chain.kv_cache import KVCache
 from litestage_chain.skip_plan import SkipPlan
 
 PrefixEntry = dict[int, tuple[torch.Tensor, torch.Tensor]]  # layer -> (keys, values), each [1, kv_heads, P, d]
+
+
+class PrefixLookup(NamedTuple):
+    """A lookup's entry, whether this lookup computed it (it was not stored), and the seconds that took."""
+
+    entry: PrefixEntry
+    seconds: float
+    computed: bool
 
 
 class PrefixCache:
@@ -53,15 +61,15 @@ class PrefixCache:
         digest = hashlib.sha256(torch.tensor(list(prefix), dtype=torch.int64).numpy().tobytes()).hexdigest()
         return plan, digest
 
-    def lookup(self, view: DecoderView, plan: SkipPlan, prefix: Sequence[int]) -> tuple[PrefixEntry, float]:
-        """The entry for (plan, prefix), computed if absent, and the seconds spent computing it (0.0 when found)."""
+    def lookup(self, view: DecoderView, plan: SkipPlan, prefix: Sequence[int]) -> PrefixLookup:
+        """The entry for (plan, prefix), computed if absent, with the seconds spent computing it (0.0 when found)."""
         key = self._key(plan, prefix)
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None:
                 self._entries.move_to_end(key)
                 self.hits += 1
-                return entry, 0.0
+                return PrefixLookup(entry, 0.0, False)
             self.misses += 1
         started = time.perf_counter()
         entry = compute_prefix(view, plan, prefix)
@@ -75,7 +83,7 @@ class PrefixCache:
                 _, evicted = self._entries.popitem(last=False)
                 self._bytes -= _entry_bytes(evicted)
                 self.evictions += 1
-        return entry, seconds
+        return PrefixLookup(entry, seconds, True)
 
     def stored_bytes(self) -> int:
         """Bytes held by the stored keys and values."""

@@ -68,15 +68,16 @@ def test_prefix_table_is_bounded_in_bytes(tiny_model: LoadedModel) -> None:
     prefix = tiny_model.encode(PREFIX)
     table = PrefixCache(max_bytes=1)  # smaller than any entry: only the newest is kept, never none
     for plan in plans:
-        entry, seconds = table.lookup(tiny_model.view, plan, prefix)
-        assert seconds > 0 and entry
+        found = table.lookup(tiny_model.view, plan, prefix)
+        assert found.computed and found.seconds > 0 and found.entry
     assert len(table) == 1 and table.evictions == 2 and table.stored_bytes() > 0
-    assert table.lookup(tiny_model.view, plans[-1], prefix)[1] == 0.0
+    again = table.lookup(tiny_model.view, plans[-1], prefix)
+    assert not again.computed and again.seconds == 0.0
 
     counted = PrefixCache(max_entries=2)
     for plan in (*plans, plans[1]):  # the first plan is evicted; the second was used most recently, so it stays
         counted.lookup(tiny_model.view, plan, prefix)
-    assert len(counted) == 2 and counted.lookup(tiny_model.view, plans[1], prefix)[1] == 0.0
-    assert counted.lookup(tiny_model.view, plans[0], prefix)[1] > 0
+    assert len(counted) == 2 and not counted.lookup(tiny_model.view, plans[1], prefix).computed
+    assert counted.lookup(tiny_model.view, plans[0], prefix).computed
     counted.clear()
     assert len(counted) == 0 and counted.stored_bytes() == 0
