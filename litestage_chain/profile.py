@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from litestage_chain.early_exit import EarlyExitConfig
 from litestage_chain.errors import InvalidInputError, LiteStageError
 from litestage_chain.skip_plan import SkipPlan, SubLayerKind
+from litestage_chain.speed_check import SpeedCheck
 from litestage_chain.weight_formats import WeightFormat
 
 if TYPE_CHECKING:
@@ -110,6 +111,10 @@ class Profile(BaseModel):
     full_score: float = Field(ge=0.0, le=1.0, description="the metric of the full model on the searched questions")
     full_latency_seconds: float = Field(ge=0.0)
     trace: list[TraceEntry] = Field(default_factory=list)
+    speed_check: SpeedCheck | None = Field(
+        None, description="the plans against the full model timed side by side after the search (`check_speed`); "
+        "the trace's latencies were measured at different times and their ratios are only estimates",
+    )
     created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     notes: str = ""
 
@@ -189,6 +194,8 @@ class Profile(BaseModel):
                 if early is not None else "no early exit"
             )
             lines.append(f"  {stage}: skip {settings.plan.num_skipped} ({settings.plan.describe()}), {exit_text}")
+        if self.speed_check is not None:
+            lines.append(f"  {self.speed_check.describe()}")
         return "\n".join(lines)
 
     # ----- files --------------------------------------------------------------------------------------

@@ -6,6 +6,11 @@ Registered into the `litestage` command by `add_profile_parser(subparsers)`.
   sub-layers, searches per-stage budgets on a seeded slice of the train split and writes the profile.
   Every evaluation is appended to ``--log`` (default: beside ``--out``); re-running the same command
   after an interruption resumes without redoing finished evaluations.
+  After the search, the chosen plans and the full model are timed side by side (``--check-rounds``, default 2
+  alternating evaluations each) and the measured speedup is stored in the profile: the search's own latencies
+  were taken at different times, so their ratios are only estimates.
+* ``litestage profile check FILE --data DIR`` does that side-by-side timing for an existing profile, on the
+  questions it was searched on, and stores it in the profile (or ``--out``).
 * ``litestage profile show NAME_OR_FILE`` prints what a profile runs each stage with (no argument: the
   shipped profile names).
 """
@@ -15,10 +20,15 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from litestage_chain.errors import InvalidInputError
 from litestage_chain.weight_formats import WEIGHT_CHOICES
+
+if TYPE_CHECKING:
+    from litestage_chain.data.types import QuestionSet
+    from litestage_chain.loading import LoadedModel
+    from litestage_chain.profile import Profile
 
 
 def _points(text: str) -> float:
@@ -98,7 +108,31 @@ def add_profile_parser(subparsers: Any) -> None:
         "--no-progress", action="store_true",
         help="no progress bars (one line per evaluated candidate is still printed: what a background log needs)",
     )
+    search.add_argument("--check-rounds", type=int, default=2, metavar="N",
+                        help="after the search, time the chosen plans and the full model side by side, N "
+                        "alternating evaluations each, and store the speedup in the profile (default 2; 0 skips)")
     search.set_defaults(handler=run_profile_search)
+
+    check = actions.add_parser(
+        "check",
+        help="time a profile's plans against the full model side by side and store the speedup in the profile",
+        description="Evaluate the full model and the profile's plans in alternating evaluations on the questions the "
+        "profile was searched on (every stage timed afresh), and store the median speedup in the profile.",
+    )
+    check.add_argument("profile", help="a profile JSON file (or shipped profile name, with --out)")
+    check.add_argument("--data", metavar="DIR",
+                       help="data folder holding <benchmark>/train.jsonl (default: $LITESTAGE_DATA_DIR)")
+    check.add_argument("--out", metavar="FILE", help="write the checked profile here (default: over the profile file)")
+    check.add_argument("--model", "-m", help="model source (default: the model the profile names)")
+    check.add_argument("--rounds", type=int, default=2, metavar="N", help="evaluations of each side (default 2)")
+    check.add_argument("--max-tokens", metavar="N|STAGE=N,...", help="stage token budgets, as given to the search")
+    check.add_argument("--shots", type=int, default=2, metavar="N", help="worked examples per stage (default 2)")
+    check.add_argument("--no-fallback", action="store_true", help="do not re-run unreadable summaries on the full model")
+    check.add_argument("--batch-size", type=int, default=1, metavar="N",
+                       help="questions decoded together, as in the search (default 1)")
+    check.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's choice)")
+    check.add_argument("--no-progress", action="store_true", help="no progress bars")
+    check.set_defaults(handler=run_profile_check)
 
     show = actions.add_parser("show", help="print a profile's per-stage settings (no argument: list shipped ones)")
     show.add_argument("profile", nargs="?", help="a profile JSON file or shipped profile name")
@@ -129,10 +163,9 @@ def run_profile_search(args: argparse.Namespace, out: TextIO | None = None) -> i
     from litestage_chain.search_eval import ChainEvaluator
 
     out = out or sys.stdout
-    if args.threads is not None:
-        if args.threads < 1:
-            raise InvalidInputError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    _set_threads(args.threads)
+    if args.check_rounds < 0:
+        raise InvalidInputError(f"--check-rounds must be >= 0, got {args.check_rounds}")
     try:
         config = SearchConfig(
             epsilon=args.epsilon, metric=args.metric, step=args.step, max_skip=args.max_skip,
@@ -173,15 +206,85 @@ def run_profile_search(args: argparse.Namespace, out: TextIO | None = None) -> i
         seed=args.seed, store_path=log, on_candidate=report, progress=not args.no_progress,
     )
     profile.save(target)
-    out.write(profile.describe() + "\n")
     speedup = result.full.mean_latency_seconds / result.final.mean_latency_seconds if result.final.mean_latency_seconds else 0.0
     out.write(
-        f"{args.metric}: full {result.full_score:.3f} -> {result.final_score:.3f}; latency "
+        f"{args.metric}: full {result.full_score:.3f} -> {result.final_score:.3f}; latency as searched "
         f"{result.full.mean_latency_seconds:.2f} s -> {result.final.mean_latency_seconds:.2f} s per question "
-        f"({speedup:.2f}x); {result.evaluations} new evaluations\nwrote {target}\n"
+        f"({speedup:.2f}x, measured at different times); {result.evaluations} new evaluations\n"
     )
+    if args.check_rounds:
+        profile = _check_and_save(profile, model, questions, args, args.check_rounds, target, out)
+    out.write(profile.describe() + f"\nwrote {target}\n")
     out.flush()
     return 0
+
+
+def run_profile_check(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    """Time an existing profile's plans against the full model side by side and store the result in the profile."""
+    from litestage_chain.data import search_questions
+    from litestage_chain.loading import load_model
+    from litestage_chain.profile import Profile
+
+    out = out or sys.stdout
+    _set_threads(args.threads)
+    if args.rounds < 1:
+        raise InvalidInputError(f"--rounds must be >= 1, got {args.rounds}")
+    if args.out is None and not Path(args.profile).is_file():
+        raise InvalidInputError(f"{args.profile!r} is not a profile file: give --out to write the checked profile")
+    profile = Profile.load(args.profile)
+    searched = profile.questions
+    questions = search_questions(searched.benchmark, searched.size, seed=searched.seed or 0, data_dir=args.data,
+                                 require_answer=profile.metric == "accuracy")
+    if searched.fingerprint is not None and questions.fingerprint != searched.fingerprint:
+        raise InvalidInputError(
+            f"the questions drawn now ({searched.benchmark} train, {searched.size} with seed {searched.seed}) are not "
+            "the ones the profile was searched on: the data file changed, or the search used another slice"
+        )
+    model = load_model(args.model or profile.model.name, weights=profile.model.weights)
+    profile.check_model(model)
+    target = Path(args.out or args.profile)
+    profile = _check_and_save(profile, model, questions, args, args.rounds, target, out)
+    out.write(profile.describe() + f"\nwrote {target}\n")
+    return 0
+
+
+def _set_threads(threads: int | None) -> None:
+    import torch
+
+    if threads is not None:
+        if threads < 1:
+            raise InvalidInputError(f"--threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+
+
+def _check_and_save(
+    profile: Profile, model: LoadedModel, questions: QuestionSet, args: argparse.Namespace, rounds: int,
+    target: Path, out: TextIO,
+) -> Profile:
+    """Time the profile's plans and the full model side by side, every stage afresh; save the profile with it."""
+    from litestage_chain.bench.cli import parse_max_tokens
+    from litestage_chain.search_eval import ChainEvaluator
+    from litestage_chain.speed_check import check_speed
+
+    if args.batch_size < 1:
+        raise InvalidInputError(f"--batch-size must be >= 1, got {args.batch_size}")
+    evaluator = ChainEvaluator(
+        model, early_exit={stage: profile.early_exit_for(stage) for stage in profile.stages},
+        max_tokens=parse_max_tokens(args.max_tokens), num_shots=args.shots, fallback=not args.no_fallback,
+        batch_size=args.batch_size, reuse_outputs=False, progress=not args.no_progress,
+    )
+    out.write(f"timing the plans against the full model side by side ({rounds} evaluations each)\n")
+    out.flush()
+
+    def report(side: str, result: Any) -> None:
+        out.write(f"  {side:>5}: {result.mean_latency_seconds:.2f} s/question\n")
+        out.flush()
+
+    plans = {stage: profile.plan_for(stage) for stage in profile.stages}
+    check = check_speed(evaluator, plans, questions.questions, rounds=rounds, on_evaluation=report)
+    checked = profile.model_copy(update={"speed_check": check})
+    checked.save(target)
+    return checked
 
 
 def run_profile_show(args: argparse.Namespace, out: TextIO | None = None) -> int:

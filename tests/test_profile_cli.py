@@ -66,6 +66,9 @@ def test_search_writes_a_profile_resumes_and_shows(model_dir: Path, tmp_path: Pa
     assert profile.early_exit_for("recall") is not None, "early exit is on unless --no-early-exit"
     log = target.with_name("csqa.json.search.jsonl")
     assert len(log.read_text().splitlines()) == 4
+    check = profile.speed_check
+    assert check is not None and check.rounds == 2 and len(check.full_seconds) == len(check.plan_seconds) == 2
+    assert "side by side" in text and sum("s/question" in line for line in text.splitlines()) == 7 + 2 * 2
 
     again = io.StringIO()
     args = parse(argv)
@@ -78,6 +81,41 @@ def test_search_writes_a_profile_resumes_and_shows(model_dir: Path, tmp_path: Pa
     assert args.handler(args, out=shown) == 0
     lines = shown.getvalue().splitlines()
     assert lines[0].startswith("profile for ") and sum("chosen" in line for line in lines) == 3
+
+
+def test_check_times_an_existing_profile_side_by_side(model_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("LITESTAGE_CACHE", str(tmp_path / "cache"))
+    data = write_data(tmp_path / "data")
+    searched = tmp_path / "searched.json"
+    args = parse(["profile", "search", "--benchmark", "csqa", "--data", str(data), "--size", "2", "--model",
+                  str(model_dir), "--out", str(searched), "--max-skip", "1", "--epsilon", "1.0",
+                  "--calibration-size", "1", "--max-tokens", "3", "--shots", "0", "--no-progress",
+                  "--check-rounds", "0"])
+    assert args.handler(args, out=io.StringIO()) == 0
+    assert Profile.load(searched).speed_check is None, "--check-rounds 0 skips the check"
+
+    checked = tmp_path / "checked.json"
+    out = io.StringIO()
+    args = parse(["profile", "check", str(searched), "--data", str(data), "--model", str(model_dir), "--out",
+                  str(checked), "--rounds", "3", "--max-tokens", "3", "--shots", "0", "--no-progress"])
+    assert args.handler(args, out=out) == 0
+    profile = Profile.load(checked)
+    assert profile.speed_check is not None and profile.speed_check.rounds == 3
+    assert profile.model_copy(update={"speed_check": None}) == Profile.load(searched)
+    assert "side by side (3 alternating evaluations each" in out.getvalue()
+
+    args = parse(["profile", "check", "csqa", "--data", str(data)])
+    with pytest.raises(InvalidInputError, match="give --out"):
+        args.handler(args, out=io.StringIO())
+    args = parse(["profile", "check", str(searched), "--data", str(data), "--rounds", "0"])
+    with pytest.raises(InvalidInputError, match="--rounds must be >= 1"):
+        args.handler(args, out=io.StringIO())
+    changed = write_data(tmp_path / "changed")
+    train = changed / "csqa" / "train.jsonl"
+    train.write_text(train.read_text().replace("Pick option", "Choose option"))  # same ids, edited questions
+    args = parse(["profile", "check", str(searched), "--data", str(changed), "--model", str(model_dir)])
+    with pytest.raises(InvalidInputError, match="not the ones the profile was searched on"):
+        args.handler(args, out=io.StringIO())
 
 
 def test_bad_settings_are_clear_errors(tmp_path: Path) -> None:
