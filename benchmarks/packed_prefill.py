@@ -28,6 +28,7 @@ from litestage_chain.data.benchmarks import report_questions  # noqa: E402
 from litestage_chain.kv_cache import KVCache  # noqa: E402
 from litestage_chain.search_eval import ChainEvaluator  # noqa: E402
 from litestage_chain.stages import STAGES  # noqa: E402
+from litestage_chain.weight_formats import WEIGHT_CHOICES  # noqa: E402
 
 PACKED = forward.prefill_packed
 
@@ -49,6 +50,8 @@ def padded_prefill(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--weights", default="auto", choices=WEIGHT_CHOICES,
+                        help="weight format (default auto: the model's recommended one, as the benchmarks use)")
     parser.add_argument("--benchmark", default="obqa")
     parser.add_argument("--data", default="../shared/data")
     parser.add_argument("--questions", type=int, default=8, help="dev questions, decoded as one batch")
@@ -57,7 +60,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write the measurements here as JSON")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model = load_model(args.model)
+    model = load_model(args.model, weights=args.weights)
     questions = report_questions(args.benchmark, args.questions, data_dir=args.data).questions
     early_exit = EarlyExitConfig(window=8, threshold=0.3, min_tokens=16)
     plans = {stage: SkipPlan() for stage in STAGES}
