@@ -149,7 +149,6 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 def run_profile_search(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Load the model and questions, run the offline search, write the profile and print its summary."""
-    import torch
     from pydantic import ValidationError
 
     from litestage_chain.bench.cli import parse_max_tokens
