@@ -196,6 +196,7 @@ class Profile(BaseModel):
             lines.append(f"  {stage}: skip {settings.plan.num_skipped} ({settings.plan.describe()}), {exit_text}")
         if self.speed_check is not None:
             lines.append(f"  {self.speed_check.describe()}")
+        lines.extend(f"  note: {line}" for line in self.notes.splitlines() if line.strip())
         return "\n".join(lines)
 
     # ----- files --------------------------------------------------------------------------------------

@@ -211,6 +211,8 @@ def run_profile_search(args: argparse.Namespace, out: TextIO | None = None) -> i
         f"{result.full.mean_latency_seconds:.2f} s -> {result.final.mean_latency_seconds:.2f} s per question "
         f"({speedup:.2f}x, measured at different times); {result.evaluations} new evaluations\n"
     )
+    for caveat in result.caveats:
+        out.write(f"caveat: {caveat}\n")
     if args.check_rounds:
         profile = _check_and_save(profile, model, questions, args, args.check_rounds, target, out)
     out.write(profile.describe() + f"\nwrote {target}\n")

@@ -14,6 +14,10 @@ evaluator. Procedure:
 4. A sweep stops early once the metric has fallen more than `collapse_margin` below the target for
    `patience` consecutive candidates: past that point the model only gets worse.
 
+With the accuracy metric, the target only protects accuracy if the full model is measurably better than guessing
+on the searched questions; when it is not (a weak model, or too few questions), any damaged plan can meet the target
+by luck, and the result carries a caveat saying so (`accuracy_signal_caveat`).
+
 Every evaluation goes through a `ResultsStore`; with a log file, an interrupted search re-run with the
 same arguments reuses every finished evaluation and continues where it stopped.
 """
@@ -21,7 +25,9 @@ same arguments reuses every finished evaluation and continues where it stopped.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable, Mapping, Sequence
+from statistics import fmean
 from typing import Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -33,6 +39,7 @@ from litestage_chain.importance import SubLayer, plan_for_count
 from litestage_chain.profile import MetricName, ModelIdentity, Profile, SearchedQuestions, StageSettings, TraceEntry
 from litestage_chain.search_store import EvalResult, ResultsStore
 from litestage_chain.skip_plan import SkipPlan
+from litestage_chain.stats import wilson_interval
 
 logger = logging.getLogger(__name__)
 TOLERANCE = 1e-9  # metric comparisons: k/n - epsilon must not fail on float rounding
@@ -83,6 +90,7 @@ class SearchResult(BaseModel):
     questions_fingerprint: str
     trace: list[TraceEntry]
     evaluations: int = Field(description="evaluations actually run (not served from the results store)")
+    caveats: list[str] = Field(default_factory=list, description="reasons to distrust the result (see the module)")
 
     def to_profile(
         self,
@@ -110,8 +118,29 @@ class SearchResult(BaseModel):
             full_score=self.full_score,
             full_latency_seconds=self.full.mean_latency_seconds,
             trace=self.trace,
-            notes=notes,
+            notes="\n".join(text for text in (notes, *self.caveats) if text),
         )
+
+
+def accuracy_signal_caveat(full_accuracy: float, questions: Sequence[Question]) -> str | None:
+    """Why an accuracy target on `questions` cannot protect accuracy, or None when it can.
+
+    The full model must be measurably better than guessing: the lower end of the 95% Wilson interval of its accuracy
+    must lie above the chance rate (1 / number of choices, averaged over the questions). Otherwise a plan that
+    destroys the model's reasoning still answers at chance, which the target cannot tell from the full model.
+    """
+    total = len(questions)
+    correct = round(full_accuracy * total)
+    low, high = wilson_interval(correct, total)
+    chance = fmean(1.0 / len(q.choices) for q in questions)
+    if low > chance:
+        return None
+    return (
+        f"the full model's accuracy on the {total} searched questions, {full_accuracy:.3f} (95% interval "
+        f"[{low:.3f}, {high:.3f}]), is not measurably above chance ({chance:.3f}): the accuracy target cannot tell a "
+        "damaged plan from the full model, so the chosen plans may lose accuracy elsewhere. Search on more questions, "
+        "or with the agreement metric (agreement with the full model's answers)"
+    )
 
 
 def score(result: EvalResult, metric: MetricName, reference: Mapping[str, str | None] | None) -> float:
@@ -221,6 +250,12 @@ def search_budgets(
     full_score = score(full, config.metric, reference)
     target = full_score - config.epsilon
     runner.record(_entry(None, 0, fixed, full, full_score, True, reused))
+    caveats = []
+    if config.metric == "accuracy":
+        caveat = accuracy_signal_caveat(full_score, questions)
+        if caveat is not None:
+            warnings.warn(caveat, UserWarning, stacklevel=2)
+            caveats.append(caveat)
 
     missing = [stage for stage in config.stages if stage not in full.stage_latency_seconds]
     if missing:
@@ -267,4 +302,5 @@ def search_budgets(
         questions_fingerprint=runner.fingerprint,
         trace=runner.trace,
         evaluations=runner.evaluations,
+        caveats=caveats,
     )

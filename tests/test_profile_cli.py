@@ -69,6 +69,7 @@ def test_search_writes_a_profile_resumes_and_shows(model_dir: Path, tmp_path: Pa
     check = profile.speed_check
     assert check is not None and check.rounds == 2 and len(check.full_seconds) == len(check.plan_seconds) == 2
     assert "side by side" in text and sum("s/question" in line for line in text.splitlines()) == 7 + 2 * 2
+    assert "caveat: the full model's accuracy on the 2 searched questions" in text  # 2 questions cannot show skill
 
     again = io.StringIO()
     args = parse(argv)
@@ -80,7 +81,8 @@ def test_search_writes_a_profile_resumes_and_shows(model_dir: Path, tmp_path: Pa
     args = parse(["profile", "show", str(target), "--trace"])
     assert args.handler(args, out=shown) == 0
     lines = shown.getvalue().splitlines()
-    assert lines[0].startswith("profile for ") and sum("chosen" in line for line in lines) == 3
+    assert lines[0].startswith("profile for ") and sum("chosen" in line and "score" in line for line in lines) == 3
+    assert any(line.startswith("  note: the full model's accuracy") for line in lines), "the caveat is kept"
 
 
 def test_check_times_an_existing_profile_side_by_side(model_dir: Path, tmp_path: Path, monkeypatch) -> None:

@@ -241,3 +241,48 @@ def test_bad_search_inputs() -> None:
 
     with pytest.raises(InvalidInputError, match=r"no answer for question\(s\) \['q1'"):
         search_budgets(Forgetful(), QUESTIONS, RANKING, CONFIG)
+
+
+class FixedAccuracyEvaluator:
+    """Every plan scores the same accuracy: only the full model's signal matters here."""
+
+    identity = "fixed-accuracy-v1"
+
+    def __init__(self, accuracy: float) -> None:
+        self.accuracy = accuracy
+
+    def evaluate(self, plans: Mapping[str, SkipPlan], questions: Sequence[Question]) -> EvalResult:
+        right = round(self.accuracy * len(questions))
+        return EvalResult(
+            accuracy=self.accuracy, mean_latency_seconds=1.0 + sum(p.num_skipped for p in plans.values()),
+            stage_latency_seconds={stage: 1.0 for stage in plans},
+            answers={q.id: ("A" if i < right else "B") for i, q in enumerate(questions)},
+        )
+
+
+def _questions(count: int, choices: int) -> list[Question]:
+    labels = "ABCDE"[:choices]
+    return [Question(id=f"c{i}", question=f"question {i}?", answer="A", benchmark="csqa",
+                     choices=[{"label": label, "text": label.lower()} for label in labels]) for i in range(count)]
+
+
+def test_a_full_model_at_chance_makes_the_result_carry_a_caveat() -> None:
+    """48 yes/no questions at 50%: a plan that wrecks the model would still 'meet' the accuracy target."""
+    config = SearchConfig(step=4, max_skip=4)
+    with pytest.warns(UserWarning, match=r"not measurably above chance \(0.500\)"):
+        result = search_budgets(FixedAccuracyEvaluator(0.5), _questions(48, 2), RANKING, config)
+    assert len(result.caveats) == 1 and "agreement metric" in result.caveats[0]
+    profile = result.to_profile(
+        model=ModelIdentity(name="m", weights_sha256="a" * 64),
+        questions=SearchedQuestions(benchmark="csqa", split="train", size=48), notes="searched by a test",
+    )
+    assert profile.notes.startswith("searched by a test\nthe full model's accuracy on the 48 searched questions")
+
+
+def test_a_full_model_clearly_above_chance_gives_no_caveat(recwarn: pytest.WarningsRecorder) -> None:
+    config = SearchConfig(step=4, max_skip=4)
+    result = search_budgets(FixedAccuracyEvaluator(0.5), _questions(48, 5), RANKING, config)  # chance 0.2
+    assert result.caveats == [] and not [w for w in recwarn if "chance" in str(w.message)]
+    agreement = search_budgets(FixedAccuracyEvaluator(0.5), _questions(48, 2), RANKING,
+                               SearchConfig(step=4, max_skip=4, metric="agreement"))
+    assert agreement.caveats == [], "agreement with the full model does not depend on the model beating chance"
