@@ -212,7 +212,7 @@ def _attention_packed(
         span = slice(packed.lo, packed.hi)
         # Padding columns are never attended, but an uninitialised NaN there would still poison the softmax.
         cache.clear_row(layer, packed.row, pad_start, packed.cache_start)
-        keys, values = cache.write_row(layer, packed.row, packed.cache_start, k[:, :, span], v[:, :, span])
+        keys, values = cache.write(layer, packed.cache_start, k[:, :, span], v[:, :, span], row=packed.row)
         outputs.append(_attend(parts, q[:, :, span], keys, values, mask, False))
     return parts.o_proj(torch.cat(outputs, dim=1))
 

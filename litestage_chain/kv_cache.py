@@ -28,25 +28,20 @@ class KVCache:
         self.keys = {layer: torch.empty(shape, dtype=dtype, device=device) for layer in layers}
         self.values = {layer: torch.empty(shape, dtype=dtype, device=device) for layer in layers}
 
-    def write(self, layer: int, start: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store new entries at positions `start..start+T` and return all entries up to there."""
-        end = start + keys.shape[2]
-        if end > self.capacity:
-            raise RuntimeError(f"KV cache overflow: {end} > capacity {self.capacity}")
-        self.keys[layer][:, :, start:end] = keys
-        self.values[layer][:, :, start:end] = values
-        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
-
-    def write_row(
-        self, layer: int, row: int, start: int, keys: torch.Tensor, values: torch.Tensor
+    def write(
+        self, layer: int, start: int, keys: torch.Tensor, values: torch.Tensor, row: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """`write` for one batch row (`keys` is [1, kv_heads, T, head_dim]); returns that row's entries up to there."""
+        """Store new entries at positions `start..start+T` and return all entries up to there.
+
+        With `row`, only that batch row is written and returned (`keys` is then [1, kv_heads, T, head_dim]).
+        """
         end = start + keys.shape[2]
         if end > self.capacity:
             raise RuntimeError(f"KV cache overflow: {end} > capacity {self.capacity}")
-        self.keys[layer][row : row + 1, :, start:end] = keys
-        self.values[layer][row : row + 1, :, start:end] = values
-        return self.keys[layer][row : row + 1, :, :end], self.values[layer][row : row + 1, :, :end]
+        rows = slice(None) if row is None else slice(row, row + 1)
+        self.keys[layer][rows, :, start:end] = keys
+        self.values[layer][rows, :, start:end] = values
+        return self.keys[layer][rows, :, :end], self.values[layer][rows, :, :end]
 
     def clear_row(self, layer: int, row: int, start: int, end: int) -> None:
         """Zero one row's columns `[start, end)` (padding that nothing writes, so it never holds NaN garbage)."""
