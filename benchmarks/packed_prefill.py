@@ -25,26 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from litestage_chain import EarlyExitConfig, SkipPlan, load_model  # noqa: E402
 from litestage_chain import forward  # noqa: E402
 from litestage_chain.data.benchmarks import report_questions  # noqa: E402
-from litestage_chain.kv_cache import KVCache  # noqa: E402
 from litestage_chain.search_eval import ChainEvaluator  # noqa: E402
 from litestage_chain.stages import STAGES  # noqa: E402
 from litestage_chain.weight_formats import WEIGHT_CHOICES  # noqa: E402
 
 PACKED = forward.prefill_packed
-
-
-def padded_prefill(
-    view: forward.DecoderView,
-    input_ids: torch.Tensor,
-    positions: torch.Tensor,
-    key_valid: Optional[torch.Tensor],
-    cache: KVCache,
-    plan: SkipPlan,
-    start: int = 0,
-) -> torch.Tensor:
-    """The prefill before packing: every row runs at the batch's full width, padding included."""
-    hidden = forward.run_layers(view, view.embed(input_ids), positions, cache, start, key_valid, plan)
-    return forward.logits_of_last(view, hidden)
 
 
 def main() -> None:
@@ -64,7 +49,7 @@ def main() -> None:
     questions = report_questions(args.benchmark, args.questions, data_dir=args.data).questions
     early_exit = EarlyExitConfig(window=8, threshold=0.3, min_tokens=16)
     plans = {stage: SkipPlan() for stage in STAGES}
-    modes = {"packed": PACKED, "padded": padded_prefill}
+    modes = {"packed": PACKED, "padded": forward.prefill_padded}  # padded: the prefill before packing
     seconds: dict[str, list[float]] = {mode: [] for mode in modes}
     stages: dict[str, dict[str, list[float]]] = {mode: {stage: [] for stage in STAGES} for mode in modes}
     answers: dict[str, dict[str, Optional[str]]] = {}

@@ -232,11 +232,10 @@ def prefill_packed(
     (a batch whose prompts differ in length wastes a fifth or more of a padded prefill on padding); attention, which
     is cheap next to the projections, runs row by row against that row's cache.
     """
-    batch, length = input_ids.shape
-    rows = pack_rows(key_valid, start, length)
-    pad = [length - (packed.hi - packed.lo) for packed in rows]
-    ids = torch.cat([input_ids[packed.row, pad[packed.row] :] for packed in rows])[None, :]
-    packed_positions = torch.cat([positions[packed.row, pad[packed.row] :] for packed in rows])[None, :]
+    rows = pack_rows(key_valid, start, input_ids.shape[1])
+    # a row's real tokens are its last ones: they start after its padding, `cache_start - start` columns in
+    ids = torch.cat([input_ids[packed.row, packed.cache_start - start :] for packed in rows])[None, :]
+    packed_positions = torch.cat([positions[packed.row, packed.cache_start - start :] for packed in rows])[None, :]
     masks = [
         _attention_mask(key_valid[packed.row : packed.row + 1], packed.cache_start, packed.hi - packed.lo)
         for packed in rows
@@ -272,8 +271,21 @@ def prefill(
     length = input_ids.shape[1]
     if key_valid is not None and length > 1 and not bool(key_valid[:, start : start + length].all()):
         return prefill_packed(view, input_ids, positions, key_valid, cache, plan, start)
-    hidden = view.embed(input_ids)
-    hidden = run_layers(view, hidden, positions, cache, start, key_valid, plan)
+    return prefill_padded(view, input_ids, positions, key_valid, cache, plan, start)
+
+
+def prefill_padded(
+    view: DecoderView,
+    input_ids: torch.Tensor,
+    positions: torch.Tensor,
+    key_valid: Optional[torch.Tensor],
+    cache: KVCache,
+    plan: SkipPlan,
+    start: int = 0,
+) -> torch.Tensor:
+    """`prefill` with every row at the batch's full width, padding included (the path for unpadded batches, and
+    what `prefill_packed` is compared against)."""
+    hidden = run_layers(view, view.embed(input_ids), positions, cache, start, key_valid, plan)
     return logits_of_last(view, hidden)
 
 
