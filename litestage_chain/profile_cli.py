@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from litestage_chain.cluster.cli import add_cluster_arguments, cluster_options, describe_pool, maybe_pool
 from litestage_chain.errors import InvalidInputError
 from litestage_chain.weight_formats import WEIGHT_CHOICES
 
@@ -111,6 +112,7 @@ def add_profile_parser(subparsers: Any) -> None:
     search.add_argument("--check-rounds", type=int, default=2, metavar="N",
                         help="after the search, time the chosen plans and the full model side by side, N "
                         "alternating evaluations each, and store the speedup in the profile (default 2; 0 skips)")
+    add_cluster_arguments(search)
     search.set_defaults(handler=run_profile_search)
 
     check = actions.add_parser(
@@ -132,6 +134,7 @@ def add_profile_parser(subparsers: Any) -> None:
                        help="questions decoded together, as in the search (default 1)")
     check.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's choice)")
     check.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_cluster_arguments(check)
     check.set_defaults(handler=run_profile_check)
 
     show = actions.add_parser("show", help="print a profile's per-stage settings (no argument: list shipped ones)")
@@ -156,8 +159,6 @@ def run_profile_search(args: argparse.Namespace, out: TextIO | None = None) -> i
     from litestage_chain.data import search_questions
     from litestage_chain.early_exit import EarlyExitConfig
     from litestage_chain.loading import load_model
-    from litestage_chain.offline import search_profile
-    from litestage_chain.profile import TraceEntry
     from litestage_chain.search import SearchConfig
     from litestage_chain.search_eval import ChainEvaluator
 
@@ -183,12 +184,29 @@ def run_profile_search(args: argparse.Namespace, out: TextIO | None = None) -> i
     # the agreement metric scores against the full model's answers: unlabelled questions are searched on too
     questions = search_questions(args.benchmark, args.size, seed=args.seed, data_dir=args.data,
                                  require_answer=args.metric == "accuracy")
+    cluster = cluster_options(args, args.threads)
     model = load_model(args.model, weights=args.weights)
-    evaluator = ChainEvaluator(
-        model, early_exit=early_exit, max_tokens=parse_max_tokens(args.max_tokens), num_shots=args.shots,
-        fallback=not args.no_fallback, batch_size=args.batch_size, reuse_outputs=not args.fresh_timings,
-        progress=not args.no_progress,
-    )
+    settings = dict(early_exit=early_exit, max_tokens=parse_max_tokens(args.max_tokens), num_shots=args.shots,
+                    fallback=not args.no_fallback, batch_size=args.batch_size, reuse_outputs=not args.fresh_timings,
+                    progress=not args.no_progress and cluster is None)
+    with maybe_pool(cluster, args.model, model.weights) as pool:
+        return _search(args, model, questions, ChainEvaluator(model, **settings), settings, pool, config, log,
+                       target, out)
+
+
+def _search(
+    args: argparse.Namespace, model: LoadedModel, questions: QuestionSet, evaluator: Any, settings: dict[str, Any],
+    pool: Any, config: Any, log: Path, target: Path, out: TextIO,
+) -> int:
+    """The search and its side-by-side check, on `pool`'s workers when there is one (else in this process)."""
+    from litestage_chain.offline import search_profile
+    from litestage_chain.profile import TraceEntry
+
+    if pool is not None:
+        from litestage_chain.cluster.search import DistributedEvaluator
+
+        evaluator = DistributedEvaluator(evaluator, pool, settings)
+        out.write(describe_pool(pool) + "\n")
     out.write(f"searching {model.name} on {questions.benchmark}/{questions.split}; log: {log}\n")
     out.flush()
 
@@ -214,7 +232,7 @@ def run_profile_search(args: argparse.Namespace, out: TextIO | None = None) -> i
     for caveat in result.caveats:
         out.write(f"caveat: {caveat}\n")
     if args.check_rounds:
-        profile = _check_and_save(profile, model, questions, args, args.check_rounds, target, out)
+        profile = _check_and_save(profile, model, questions, args, args.check_rounds, target, out, pool)
     out.write(profile.describe() + f"\nwrote {target}\n")
     out.flush()
     return 0
@@ -241,10 +259,12 @@ def run_profile_check(args: argparse.Namespace, out: TextIO | None = None) -> in
             f"the questions drawn now ({searched.benchmark} train, {searched.size} with seed {searched.seed}) are not "
             "the ones the profile was searched on: the data file changed, or the search used another slice"
         )
+    cluster = cluster_options(args, args.threads)
     model = load_model(args.model or profile.model.name, weights=profile.model.weights)
     profile.check_model(model)
     target = Path(args.out or args.profile)
-    profile = _check_and_save(profile, model, questions, args, args.rounds, target, out)
+    with maybe_pool(cluster, args.model or profile.model.name, model.weights) as pool:
+        profile = _check_and_save(profile, model, questions, args, args.rounds, target, out, pool)
     out.write(profile.describe() + f"\nwrote {target}\n")
     return 0
 
@@ -260,7 +280,7 @@ def _set_threads(threads: int | None) -> None:
 
 def _check_and_save(
     profile: Profile, model: LoadedModel, questions: QuestionSet, args: argparse.Namespace, rounds: int,
-    target: Path, out: TextIO,
+    target: Path, out: TextIO, pool: Any = None,
 ) -> Profile:
     """Time the profile's plans and the full model side by side, every stage afresh; save the profile with it."""
     from litestage_chain.bench.cli import parse_max_tokens
@@ -269,11 +289,14 @@ def _check_and_save(
 
     if args.batch_size < 1:
         raise InvalidInputError(f"--batch-size must be >= 1, got {args.batch_size}")
-    evaluator = ChainEvaluator(
-        model, early_exit={stage: profile.early_exit_for(stage) for stage in profile.stages},
-        max_tokens=parse_max_tokens(args.max_tokens), num_shots=args.shots, fallback=not args.no_fallback,
-        batch_size=args.batch_size, reuse_outputs=False, progress=not args.no_progress,
-    )
+    settings = dict(early_exit={stage: profile.early_exit_for(stage) for stage in profile.stages},
+                    max_tokens=parse_max_tokens(args.max_tokens), num_shots=args.shots, fallback=not args.no_fallback,
+                    batch_size=args.batch_size, reuse_outputs=False, progress=not args.no_progress and pool is None)
+    evaluator: Any = ChainEvaluator(model, **settings)
+    if pool is not None:  # every side's evaluation split over the workers, the same shards for both sides
+        from litestage_chain.cluster.search import DistributedEvaluator
+
+        evaluator = DistributedEvaluator(evaluator, pool, settings)
     out.write(f"timing the plans against the full model side by side ({rounds} evaluations each)\n")
     out.flush()
 

@@ -191,7 +191,9 @@ class _Runner:
         if missing:
             raise InvalidInputError(f"the evaluator returned no answer for question(s) {missing[:5]}")
         self.evaluations += 1
-        self.store.put(plans, self.fingerprint, self.evaluator.identity, result)
+        # a distributed evaluator says which worker and host measured which questions; the log line keeps it
+        provenance = getattr(self.evaluator, "provenance", None) or {}
+        self.store.put(plans, self.fingerprint, self.evaluator.identity, result, **provenance)
         return result, False
 
     def record(self, entry: TraceEntry) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from litestage_chain.bench.methods import DEFAULT_SWEEPS, METHODS, NEEDS_PROFILE, MethodContext, all_points, parse_sweep
+from litestage_chain.cluster.cli import add_cluster_arguments, cluster_options, describe_pool, maybe_pool
 from litestage_chain.errors import InvalidInputError
 from litestage_chain.weight_formats import WEIGHT_CHOICES
 
@@ -85,6 +86,7 @@ def add_bench_subcommand(subparsers: Any) -> None:
     bench.add_argument("--no-plots", action="store_true", help="write the table only")
     bench.add_argument("--report-only", action="store_true",
                        help="rebuild the table and plots from the records in --out without running anything")
+    add_cluster_arguments(bench)
     bench.set_defaults(handler=run_bench)
 
 
@@ -184,6 +186,7 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
         if value < low:
             raise InvalidInputError(f"{name} must be >= {low}, got {value}")
     methods = _chosen_methods(args, out)
+    cluster = cluster_options(args, args.threads)  # checked before the model loads: a bad option fails at once
     questions = _load_questions(args)
 
     from litestage_chain.bench.executor import ChainExecutor
@@ -208,9 +211,9 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
     if profile is not None:
         profile.check_model(model)
     progress = not args.no_progress
-    executor = ChainExecutor(model, max_tokens=max_tokens, num_shots=args.shots, fallback=not args.no_fallback,
-                             batch_size=args.batch_size, reuse_outputs=not args.no_reuse,
-                             progress=False)  # one bar: the runner's
+    settings = dict(max_tokens=max_tokens, num_shots=args.shots, fallback=not args.no_fallback,
+                    batch_size=args.batch_size, reuse_outputs=not args.no_reuse, progress=False)  # one bar: the runner's
+    executor = ChainExecutor(model, **settings)
     needs_ranking = profile is None and any(m in RANKED for m in methods)
     calibration = _calibration_questions(args) if needs_ranking or "adaskip" in methods else ()
     ranking = (
@@ -234,6 +237,7 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
         "max_tokens": executor.base.max_tokens, "shots": args.shots, "fallback": not args.no_fallback,
         "batch_size": args.batch_size, "interleave": args.interleave, "threads": args.threads, "reuse_outputs": not args.no_reuse,
         "early_exit": early_exit.model_dump(),
+        "workers": cluster.workers if cluster else None, "ray_address": cluster.address if cluster else None,
         "calibration_ids": [q.id for q in calibration], "ranking": [list(s) for s in ranking],
         "adaskip_ranking": [list(s) for s in adaskip] if adaskip else None,
     }
@@ -245,7 +249,16 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out.write(f"{len(points)} method points x {len(questions)} questions; {done} of {len(points) * len(questions)}"
               f" runs already recorded in {args.out}{kept}\n")
     out.flush()
-    run_points(executor, points, questions.questions, store, interleave=args.interleave, progress=progress)
+    with maybe_pool(cluster, args.model, model.weights) as pool:
+        if pool is None:
+            run_points(executor, points, questions.questions, store, interleave=args.interleave, progress=progress)
+        else:
+            from litestage_chain.cluster.bench import run_points_on_workers
+
+            out.write(describe_pool(pool) + "\n")
+            out.flush()
+            run_points_on_workers(pool, settings, executor.identity, points, questions.questions, store,
+                                  interleave=args.interleave, progress=progress)
     rows, files = rebuild_report(args.out, plots=not args.no_plots)
     _print_done(out, rows, files)
     return 0

@@ -76,6 +76,8 @@ class QuestionRecord(BaseModel):
     fallback_used: bool
     stages: dict[str, StageMeasure]
     seconds: float = Field(ge=0.0)
+    worker: str | None = Field(None, description="distributed runs: the worker process that measured this record")
+    host: str | None = Field(None, description="distributed runs: the host that worker ran on")
 
     @property
     def tokens(self) -> int:

@@ -32,8 +32,12 @@ class Executor(Protocol):
     def run(self, point: MethodPoint, questions: Sequence[Question]) -> list[Outcome]: ...
 
 
-def to_record(point: MethodPoint, identity: str, question: Question, outcome: Outcome) -> QuestionRecord:
-    """Key an outcome and attach the point and gold label it belongs to."""
+def to_record(
+    point: MethodPoint, identity: str, question: Question, outcome: Outcome, *, worker: str | None = None,
+    host: str | None = None,
+) -> QuestionRecord:
+    """Key an outcome and attach the point and gold label it belongs to (and, in a distributed run, the worker
+    and host that measured it)."""
     if outcome.question_id != question.id:
         raise InvalidInputError(f"outcome for question {outcome.question_id!r} returned in the place of {question.id!r}")
     gold = question.answer
@@ -55,7 +59,20 @@ def to_record(point: MethodPoint, identity: str, question: Question, outcome: Ou
         fallback_used=outcome.fallback_used,
         stages=outcome.stages,
         seconds=outcome.seconds,
+        worker=worker,
+        host=host,
     )
+
+
+def records_of(
+    point: MethodPoint, identity: str, questions: Sequence[Question], outcomes: Sequence[Outcome], **measured_by: str
+) -> list[QuestionRecord]:
+    """The records of one executor run, checking it returned one outcome per question."""
+    if len(outcomes) != len(questions):
+        raise InvalidInputError(
+            f"executor returned {len(outcomes)} outcomes for {len(questions)} questions ({point.label})"
+        )
+    return [to_record(point, identity, q, o, **measured_by) for q, o in zip(questions, outcomes, strict=True)]
 
 
 def rotated(points: Sequence[MethodPoint], round_index: int) -> list[MethodPoint]:
@@ -79,20 +96,9 @@ def recorded_count(
     return sum(record_key(p.key(), identity, q) in store for p in points for q in questions)
 
 
-def run_points(
-    executor: Executor,
-    points: Sequence[MethodPoint],
-    questions: Sequence[Question],
-    store: RecordStore,
-    *,
-    interleave: int = 4,
-    progress: bool = True,
-) -> list[QuestionRecord]:
-    """Every (point, question) record, measuring only those missing from `store`; returns them point-major.
-
-    Raises `InvalidInputError` for an empty question or point list, duplicate question ids or point labels, or
-    `interleave` < 1.
-    """
+def check_run(points: Sequence[MethodPoint], questions: Sequence[Question], interleave: int) -> None:
+    """Raise `InvalidInputError` for an empty question or point list, duplicate question ids or point labels, or
+    `interleave` < 1 (shared by the single-process loop and the distributed one, `litestage_chain.cluster.bench`)."""
     if not questions:
         raise InvalidInputError("no questions to benchmark")
     if not points:
@@ -108,22 +114,43 @@ def run_points(
     if repeated:
         raise InvalidInputError(f"duplicate method points: {repeated}")
 
+
+def round_work(
+    points: Sequence[MethodPoint], keys: dict[tuple[str, str], str], store: RecordStore, round_index: int,
+    batch: Sequence[Question],
+) -> list[tuple[MethodPoint, list[Question]]]:
+    """One round's runs in order: every point (rotated by the round) with the batch's questions it has no record for."""
+    work = []
+    for point in rotated(points, round_index):
+        missing = [q for q in batch if keys[(point.label, q.id)] not in store]
+        if missing:
+            work.append((point, missing))
+    return work
+
+
+def run_points(
+    executor: Executor,
+    points: Sequence[MethodPoint],
+    questions: Sequence[Question],
+    store: RecordStore,
+    *,
+    interleave: int = 4,
+    progress: bool = True,
+) -> list[QuestionRecord]:
+    """Every (point, question) record, measuring only those missing from `store`; returns them point-major.
+
+    Raises `InvalidInputError` for an empty question or point list, duplicate question ids or point labels, or
+    `interleave` < 1.
+    """
+    check_run(points, questions, interleave)
     identity = executor.identity
     keys = {(p.label, q.id): record_key(p.key(), identity, q) for p in points for q in questions}
     todo = sum(1 for key in keys.values() if key not in store)
     with tqdm(total=todo, desc="benchmark", unit="run", disable=not progress or todo == 0) as bar:
         for round_index, start in enumerate(range(0, len(questions), interleave)):
             batch = list(questions[start : start + interleave])
-            for point in rotated(points, round_index):
-                missing = [q for q in batch if keys[(point.label, q.id)] not in store]
-                if not missing:
-                    continue
+            for point, missing in round_work(points, keys, store, round_index, batch):
                 bar.set_postfix_str(point.label)
-                outcomes = executor.run(point, missing)
-                if len(outcomes) != len(missing):
-                    raise InvalidInputError(
-                        f"executor returned {len(outcomes)} outcomes for {len(missing)} questions ({point.label})"
-                    )
-                store.add(to_record(point, identity, q, o) for q, o in zip(missing, outcomes, strict=True))
+                store.add(records_of(point, identity, missing, executor.run(point, missing)))
                 bar.update(len(missing))
     return [store.get(keys[(p.label, q.id)]) for p in points for q in questions]  # type: ignore[misc]
