@@ -1,6 +1,8 @@
 """One table and one accuracy-vs-speedup plot from several `litestage bench` runs over the same questions.
 
-See `litestage_chain/bench/combine.py` for why and what is checked.
+Kept for the runs recorded before `litestage bench --workers N` existed, which split their methods over two
+processes by hand; a new run on several cores uses `--workers` and needs no combining. See
+`litestage_chain/bench/combine.py` for what is checked.
 
     python benchmarks/combine_runs.py --out benchmarks/results/csqa-qwen-dev-combined \\
         benchmarks/results/csqa-qwen-dev benchmarks/results/csqa-qwen-dev-baselines

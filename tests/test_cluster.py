@@ -31,7 +31,7 @@ ray = pytest.importorskip("ray", reason="the ray extra is not installed")
 
 from litestage_chain.cluster.bench import run_points_on_workers  # noqa: E402
 from litestage_chain.cluster.pool import worker_pool  # noqa: E402
-from litestage_chain.cluster.runtime import ClusterOptions  # noqa: E402
+from litestage_chain.cluster.runtime import ClusterError, ClusterOptions  # noqa: E402
 from litestage_chain.cluster.search import DistributedEvaluator, merge_results, shards  # noqa: E402
 from litestage_chain.cluster.worker import WorkerSpec  # noqa: E402
 
@@ -169,6 +169,8 @@ def test_search_on_a_simulated_two_node_cluster_measures_what_one_process_does(
         _, result, _ = search_profile(model, questions, config=SearchConfig(epsilon=1.0, max_skip=2),
                                       evaluator=evaluator, calibration_size=1, importance_cache_dir=tmp_path / "imp",
                                       store_path=log)
+        with pytest.raises(InvalidInputError, match="no plan given"):  # a worker's error is the caller's error
+            evaluator.evaluate({"recall": SkipPlan()}, questions.questions)
     assert not ray.is_initialized(), "the driver left the cluster"
     lines = [json.loads(line) for line in log.read_text().splitlines()]
     assert len(lines) == result.evaluations >= 5
@@ -182,6 +184,13 @@ def test_search_on_a_simulated_two_node_cluster_measures_what_one_process_does(
         assert line["result"]["answers"] == here.answers, "greedy answers identical to one process"
         assert line["result"]["generated_tokens_per_stage"] == pytest.approx(here.generated_tokens_per_stage)
         assert line["result"]["accuracy"] == pytest.approx(here.accuracy)
+
+
+def test_a_model_a_worker_cannot_load_is_a_clear_error(two_nodes: str, tmp_path: Path) -> None:
+    with pytest.raises(ClusterError, match="a worker could not load .*no-model"):
+        with worker_pool(ClusterOptions(address=two_nodes, workers=1), WorkerSpec(model=str(tmp_path / "no-model"))):
+            pass
+    assert not ray.is_initialized()
 
 
 def test_shards_follow_the_decoding_batches_and_merge_back() -> None:

@@ -1,7 +1,8 @@
 """One table from several `litestage bench` runs over the same questions, each speedup kept within its own run.
 
-Why: on a 2-core machine the methods of one benchmark sometimes have to run as two processes side by side (the
-baselines while the LiteStage profile is still being searched, then LiteStage). Each run measures its own full
+Why: before `litestage bench --workers N`, the methods of one benchmark on a 2-core machine were run as two
+processes side by side (the baselines while the LiteStage profile was still being searched, then LiteStage); the
+recorded runs in benchmarks/README.md were made that way. New runs use `--workers` instead. Each run measures its own full
 model in alternating rounds with its methods, so every speedup stays a ratio measured side by side *within its
 run*; only the rows are put together. All rows are restricted to the questions every point of every run has
 finished, so accuracies compare on the same questions, and the full model's answers must agree across runs (they
