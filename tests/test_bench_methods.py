@@ -17,8 +17,8 @@ from litestage_chain.bench.methods import (
     parse_sweep,
     unified_plan,
 )
-from litestage_chain.importance import rank_sublayers
-from litestage_chain.profile import ModelIdentity, Profile, SearchedQuestions, StageSettings
+from litestage_chain.offline.importance import rank_sublayers
+from litestage_chain.budgets.profile import ModelIdentity, Profile, SearchedQuestions, StageSettings
 
 STAGES = ("recall", "analysis", "summary")
 LAYERS = 6

@@ -11,8 +11,8 @@ from langchain_core.runnables import ConfigurableField
 from pydantic import ValidationError
 
 from litestage_chain import EarlyExitConfig, InvalidInputError, LoadedModel, SkipPlan
-from litestage_chain.chat_model import ChatLiteStage
-from litestage_chain.stages import PlanMapping
+from litestage_chain.chat.chat_model import ChatLiteStage
+from litestage_chain.budgets.stages import PlanMapping
 
 
 @pytest.fixture
@@ -177,7 +177,7 @@ def test_configurable_fields_and_with_config(llm: ChatLiteStage) -> None:
 def test_batch_is_one_batched_decode_and_matches_single_calls(
     llm: ChatLiteStage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import litestage_chain.chat_model as module
+    import litestage_chain.chat.chat_model as module
 
     prompts = ["hello", "a longer prompt here", "x"]
     singles = [llm.invoke(p) for p in prompts]
@@ -297,7 +297,7 @@ def test_batch_with_per_input_configs_is_still_one_decode(
     llm: ChatLiteStage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # LCEL sequences hand each step one config per input (each with its own child callbacks).
-    import litestage_chain.chat_model as module
+    import litestage_chain.chat.chat_model as module
 
     calls: list[int] = []
     real = module.generate
@@ -324,7 +324,7 @@ def test_profile_keyword_is_an_alias_for_stage_budgets(tiny_llama: LoadedModel) 
 
 
 def test_prefix_reuse_passes_the_history_and_keeps_outputs(llm: ChatLiteStage, monkeypatch: pytest.MonkeyPatch) -> None:
-    import litestage_chain.chat_model as module
+    import litestage_chain.chat.chat_model as module
 
     conversation = [SystemMessage("be brief"), HumanMessage("hi"), AIMessage("hello"), HumanMessage("how are you")]
     without = llm.model_copy(update={"reuse_prefix": False}).bind(max_tokens=8).invoke(conversation).content

@@ -9,10 +9,10 @@ from types import SimpleNamespace
 
 import pytest
 
-import litestage_chain.profile as profile_module
-from litestage_chain.early_exit import EarlyExitConfig
+import litestage_chain.budgets.profile as profile_module
+from litestage_chain.engine.early_exit import EarlyExitConfig
 from litestage_chain.errors import LiteStageError
-from litestage_chain.profile import (
+from litestage_chain.budgets.profile import (
     ModelIdentity,
     Profile,
     ProfileError,
@@ -22,7 +22,7 @@ from litestage_chain.profile import (
     TraceEntry,
     shipped_profiles,
 )
-from litestage_chain.skip_plan import SkipPlan
+from litestage_chain.engine.skip_plan import SkipPlan
 
 SHA = "ab" * 32
 OTHER_SHA = "cd" * 32
@@ -179,7 +179,7 @@ def test_profile_drives_the_chat_model_per_stage() -> None:
     from tiny_models import tiny_llama
 
     from litestage_chain import from_pretrained_objects
-    from litestage_chain.chat_model import ChatLiteStage
+    from litestage_chain.chat.chat_model import ChatLiteStage
 
     model, tokenizer = tiny_llama()
     lm = from_pretrained_objects(model, tokenizer, name="tiny", weights_sha256=SHA)
@@ -200,8 +200,8 @@ def test_profile_is_selected_by_shipped_name(tmp_path: Path, monkeypatch) -> Non
     from tiny_models import tiny_llama
 
     from litestage_chain import from_pretrained_objects
-    from litestage_chain.chain import build_reasoning_chain
-    from litestage_chain.chat_model import ChatLiteStage
+    from litestage_chain.reasoning.chain import build_reasoning_chain
+    from litestage_chain.chat.chat_model import ChatLiteStage
 
     fitted = make_profile().model_copy(
         update={"stages": {**make_profile().stages, "recall": StageSettings(plan=SkipPlan(attention=[1], mlp=[3]))}}
