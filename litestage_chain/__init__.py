@@ -12,6 +12,8 @@ from litestage_chain.errors import (
     InvalidInputError,
     LiteStageError,
     ModelLoadError,
+    ProfileError,
+    ProfileMismatchError,
     UnsupportedArchitectureError,
 )
 from litestage_chain.engine.generation import GenerationConfig, GenerationResult, generate
@@ -20,20 +22,20 @@ from litestage_chain.engine.similarity import sublayer_similarity
 from litestage_chain.engine.skip_plan import SkipPlan
 
 _LAZY: dict[str, str] = {
-    # LangChain layer
+    # LangChain layer and reasoning chain
     "ChatLiteStage": "litestage_chain.chat.chat_model",
     "ReasoningResult": "litestage_chain.reasoning.chain",
     "build_reasoning_chain": "litestage_chain.reasoning.chain",
     "stage_node": "litestage_chain.reasoning.chain",
     "answer_node": "litestage_chain.reasoning.chain",
     "run_batch": "litestage_chain.reasoning.chain",
-    "StageOutput": "litestage_chain.budgets.stages",
+    "StageOutput": "litestage_chain.reasoning.stage_output",
     "PromptSet": "litestage_chain.reasoning.prompts",
     "StructuredOutputError": "litestage_chain.chat.structured",
     # offline configuration
     "Profile": "litestage_chain.budgets.profile",
-    "ProfileError": "litestage_chain.budgets.profile",
-    "ProfileMismatchError": "litestage_chain.budgets.profile",
+    "StageBudget": "litestage_chain.budgets.stage_budgets",
+    "StageBudgets": "litestage_chain.budgets.stage_budgets",
     "shipped_profiles": "litestage_chain.budgets.profile",
     "Importance": "litestage_chain.offline.importance",
     "compute_importance": "litestage_chain.offline.importance",
@@ -77,6 +79,8 @@ __all__ = [
     "LiteStageError",
     "LoadedModel",
     "ModelLoadError",
+    "ProfileError",
+    "ProfileMismatchError",
     "SkipPlan",
     "UnsupportedArchitectureError",
     "from_pretrained_objects",

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from litestage_chain import EarlyExitConfig, InvalidInputError, LoadedModel, SkipPlan
 from litestage_chain.chat.chat_model import ChatLiteStage
-from litestage_chain.budgets.stages import PlanMapping
+from litestage_chain.budgets.stage_budgets import StageBudgets
 
 
 @pytest.fixture
@@ -129,7 +129,7 @@ def test_skip_plan_overrides_change_the_computation(llm: ChatLiteStage) -> None:
 def test_stage_profile_resolution(tiny_llama: LoadedModel) -> None:
     profile = {"recall": SkipPlan(attention=[1]), "summary": SkipPlan(mlp=[2, 3])}
     llm = ChatLiteStage(model=tiny_llama, max_tokens=3, stage_profile=profile, skip_plan=SkipPlan(mlp=[0]))
-    assert isinstance(llm.stage_profile, PlanMapping)
+    assert isinstance(llm.stage_profile, StageBudgets)
     assert llm.bind(stage="recall").invoke("x").response_metadata["skipped"] == {"attention": [1], "mlp": []}
     summary = llm.bind(stage="summary").invoke("x").response_metadata
     assert summary["stage"] == "summary" and summary["skipped"] == {"attention": [], "mlp": [2, 3]}
@@ -316,7 +316,7 @@ def test_batch_errors_per_input(llm: ChatLiteStage) -> None:
 
 def test_profile_keyword_is_an_alias_for_stage_budgets(tiny_llama: LoadedModel) -> None:
     llm = ChatLiteStage(model=tiny_llama, max_tokens=2, profile={"recall": SkipPlan(mlp=[3])})
-    assert isinstance(llm.stage_profile, PlanMapping)
+    assert isinstance(llm.stage_profile, StageBudgets)
     assert llm.profile is not None and llm.profile.get("tool_calling") is True  # capabilities stay intact
     assert llm.bind(stage="recall").invoke("x").response_metadata["skipped"]["mlp"] == [3]
     capabilities = ChatLiteStage(model=tiny_llama, profile={"max_input_tokens": 100})

@@ -12,20 +12,20 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import warnings
 from datetime import datetime, timezone
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
+from statistics import median
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from litestage_chain.budgets.stage_budgets import ModelIdentity, StageBudget, StageBudgets
+from litestage_chain.budgets.stages import check_stage
 from litestage_chain.engine.early_exit import EarlyExitConfig
-from litestage_chain.errors import InvalidInputError, LiteStageError
-from litestage_chain.engine.skip_plan import SkipPlan, SubLayerKind
-from litestage_chain.offline.speed_check import SpeedCheck
-from litestage_chain.engine.weight_formats import WeightFormat
+from litestage_chain.engine.skip_plan import SkipPlan, SubLayer
+from litestage_chain.errors import ProfileError, ProfileMismatchError  # noqa: F401  (re-exported: where profile users look)
 
 if TYPE_CHECKING:
     from litestage_chain.engine.loading import LoadedModel
@@ -34,36 +34,6 @@ PROFILE_FORMAT_VERSION = 1
 SHIPPED_PACKAGE = "litestage_chain"
 SHIPPED_FOLDER = "profiles"
 MetricName = Literal["accuracy", "agreement"]
-SubLayer = tuple[int, SubLayerKind]
-
-
-class ProfileError(LiteStageError):
-    """A profile cannot be found, read or used (malformed file, missing stage, made for another model)."""
-
-
-class ProfileMismatchError(ProfileError, InvalidInputError):
-    """The profile was made for different weights than the model it is being applied to."""
-
-
-class ModelIdentity(BaseModel):
-    """Which weights a profile was searched on. The sha256 is the identity; the name is for people."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    name: str = Field(min_length=1)
-    weights_sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="lowercase hex sha256 of the weights")
-    weights: WeightFormat = Field(
-        default="float32", description="weight format the latencies were measured in (the plans apply to any)"
-    )
-
-
-class StageSettings(BaseModel):
-    """What one stage runs with: its skip plan and its early-exit rule (None = no early exit)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    plan: SkipPlan = Field(default_factory=SkipPlan)
-    early_exit: EarlyExitConfig | None = None
 
 
 class SearchedQuestions(BaseModel):
@@ -95,6 +65,32 @@ class TraceEntry(BaseModel):
     reused: bool = Field(False, description="result came from the results store, not a fresh evaluation")
 
 
+class SpeedCheck(BaseModel):
+    """Mean seconds per question of the full model and of the chosen plans, from alternating evaluations."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rounds: int = Field(ge=1, description="evaluations of each side")
+    full_seconds: list[float] = Field(description="mean seconds per question of each full-model evaluation")
+    plan_seconds: list[float] = Field(description="mean seconds per question of each evaluation of the plans")
+    speedup: float = Field(gt=0.0, description="median full-model seconds over median seconds with the plans")
+    full_accuracy: float | None = Field(None, ge=0.0, le=1.0)
+    plan_accuracy: float | None = Field(None, ge=0.0, le=1.0)
+    measured_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+    @model_validator(mode="after")
+    def _one_time_per_round(self) -> SpeedCheck:
+        if len(self.full_seconds) != self.rounds or len(self.plan_seconds) != self.rounds:
+            raise ValueError(f"expected {self.rounds} times per side, got {len(self.full_seconds)} (full) and "
+                             f"{len(self.plan_seconds)} (plans)")
+        return self
+
+    def describe(self) -> str:
+        return (f"side by side ({self.rounds} alternating evaluations each, {self.measured_at}): full model "
+                f"{median(self.full_seconds):.2f} s, plans {median(self.plan_seconds):.2f} s per question, "
+                f"{self.speedup:.2f}x")
+
+
 class Profile(BaseModel):
     """Per-stage skip plans and early-exit settings for one model, plus the record of how they were found."""
 
@@ -102,7 +98,7 @@ class Profile(BaseModel):
 
     format_version: Literal[1] = PROFILE_FORMAT_VERSION
     model: ModelIdentity
-    stages: dict[str, StageSettings] = Field(min_length=1)
+    stages: dict[str, StageBudget] = Field(min_length=1)
     epsilon: float = Field(ge=0.0, le=1.0)
     metric: MetricName
     questions: SearchedQuestions
@@ -140,7 +136,7 @@ class Profile(BaseModel):
 
     # ----- lookup -------------------------------------------------------------------------------------
 
-    def _stage(self, stage: str) -> StageSettings:
+    def _stage(self, stage: str) -> StageBudget:
         try:
             return self.stages[stage]
         except KeyError:
@@ -156,28 +152,13 @@ class Profile(BaseModel):
         """The early-exit rule of `stage` (None = run to EOS/stop/length)."""
         return self._stage(stage).early_exit
 
+    def budgets(self) -> StageBudgets:
+        """What the chat model and the chain run with: each stage's plan and early exit, tied to these weights."""
+        return StageBudgets(stages={check_stage(s): b for s, b in self.stages.items()}, model=self.model)
+
     def check_model(self, model: LoadedModel) -> None:
         """Raise ProfileMismatchError unless `model` has the weights this profile was searched on."""
-        if model.weights_sha256 != self.model.weights_sha256:
-            raise ProfileMismatchError(
-                f"this profile was made for model {self.model.name!r} (weights sha256 {self.model.weights_sha256[:16]}…), "
-                f"but the loaded model is {model.name!r} (weights sha256 {model.weights_sha256[:16]}…)"
-            )
-        loaded_format = getattr(model, "weights", None)
-        if loaded_format is not None and loaded_format != self.model.weights:
-            # The plans apply to any format, but the search chose them by latencies measured in its own format.
-            warnings.warn(
-                f"this profile's latencies were measured with {self.model.weights} weights but the model is loaded "
-                f"in {loaded_format}: its plans apply, its speed trade-offs may not (load weights="
-                f"{self.model.weights!r}, or search a profile in this format)",
-                UserWarning,
-                stacklevel=2,
-            )
-        for stage, settings in self.stages.items():
-            try:
-                settings.plan.check(model.num_layers)
-            except InvalidInputError as error:
-                raise ProfileMismatchError(f"stage {stage!r}: {error}") from error
+        self.budgets().check_model(model)
 
     def describe(self) -> str:
         """A few human-readable lines: what the profile is for and what each stage runs with."""

@@ -39,14 +39,16 @@ from pydantic import ConfigDict, Field, InstanceOf, field_validator, model_valid
 from typing_extensions import override
 
 from litestage_chain.engine.early_exit import EarlyExitConfig
-from litestage_chain.errors import InvalidInputError, LiteStageError
+from litestage_chain.errors import InvalidInputError
 from litestage_chain.engine.generation import GenerationConfig, GenerationResult, generate
 from litestage_chain.chat.guided import closest_name, fill_object
 from litestage_chain.engine.loading import LoadedModel, load_model
 from litestage_chain.chat.messages import to_chat_dicts
 from litestage_chain.engine.prefix_cache import PrefixCache
 from litestage_chain.engine.skip_plan import SkipPlan
-from litestage_chain.budgets.stages import STAGES, Stage, StageBudgets, as_stage_budgets, check_stage
+from litestage_chain.budgets.coerce import as_stage_budgets
+from litestage_chain.budgets.stage_budgets import StageBudgets
+from litestage_chain.budgets.stages import STAGES, Stage, check_stage
 from litestage_chain.chat.tools import (
     TOOL_CALL_OPEN,
     ParsedToolCalls,
@@ -133,9 +135,10 @@ class ChatLiteStage(BaseChatModel):
     """Sub-layers to skip when neither the call nor the stage profile says otherwise."""
     stage: Stage | None = None
     """Reasoning stage this model runs (`recall`, `analysis`, `summary`); selects the plan in `stage_profile`."""
-    stage_profile: Any = None
-    """Per-stage budgets: a mapping stage -> `SkipPlan`, or an object with `plan_for(stage)` and
-    `early_exit_for(stage)` (the offline search's `Profile`). Stored as `stage_profile` because `profile` is
+    stage_profile: StageBudgets | None = None
+    """Per-stage budgets. Accepts a mapping stage -> `SkipPlan`, a searched `Profile` or its file or shipped name
+    (`"csqa"`), or an object with `plan_for(stage)`/`early_exit_for(stage)`; stored as `StageBudgets`
+    (`litestage_chain.budgets.coerce.as_stage_budgets`). Stored as `stage_profile` because `profile` is
     langchain-core's model-capabilities field; `ChatLiteStage(profile=...)` with stage budgets lands here too."""
     early_exit: EarlyExitConfig | None = None
     """Confidence-based early exit; `None` disables it."""
@@ -204,7 +207,7 @@ class ChatLiteStage(BaseChatModel):
             "skip_plan": self.skip_plan.model_dump(mode="json"),
             "early_exit": self.early_exit.model_dump() if self.early_exit else None,
             # a stage's budget comes from the profile: two models differing only there must not share cache entries
-            "stage_profile": _budgets_identity(cast(StageBudgets | None, self.stage_profile)),
+            "stage_profile": self.stage_profile.identity() if self.stage_profile is not None else None,
         }
 
     @override
@@ -245,7 +248,7 @@ class ChatLiteStage(BaseChatModel):
 
     def resolve_budget(self, stage: str | None, **overrides: Any) -> tuple[SkipPlan, EarlyExitConfig | None]:
         """The plan and early exit a call with `stage` and these overrides runs with (see the class docstring)."""
-        budgets = cast(StageBudgets | None, self.stage_profile)
+        budgets = self.stage_profile
         checked = check_stage(stage) if stage is not None else None
         if "skip_plan" in overrides and overrides["skip_plan"] is not None:
             plan = _as_plan(overrides["skip_plan"])
@@ -255,7 +258,7 @@ class ChatLiteStage(BaseChatModel):
             plan = self.skip_plan
         if "early_exit" in overrides:
             early = _as_early_exit(overrides["early_exit"])
-        elif checked is not None and budgets is not None and _has_early_exit_opinion(budgets, checked):
+        elif checked is not None and budgets is not None and budgets.sets_early_exit:
             early = budgets.early_exit_for(checked)
         else:
             early = self.early_exit
@@ -274,9 +277,8 @@ class ChatLiteStage(BaseChatModel):
         stage = kwargs.get("stage", self.stage)
         plan, early = self.resolve_budget(stage, **{k: kwargs[k] for k in ("skip_plan", "early_exit") if k in kwargs})
         loaded = self.loaded_model(kwargs.get("model") or None)
-        check_model = getattr(self.stage_profile, "check_model", None)
-        if callable(check_model) and "skip_plan" not in kwargs:
-            check_model(loaded)  # a searched profile only fits the weights it was searched on
+        if self.stage_profile is not None and "skip_plan" not in kwargs:
+            self.stage_profile.check_model(loaded)  # a searched profile only fits the weights it was searched on
         plan.check(loaded.num_layers)
         offered = kwargs.get("tools") and kwargs.get("tool_choice") != "none"  # "none": the tools are not offered
         specs = tuple(tool_specs(kwargs["tools"])) if offered else ()
@@ -712,28 +714,6 @@ class _StreamWorker:
 
 class _Cancelled(Exception):
     """Raised inside the decode loop to stop a stream whose consumer went away."""
-
-
-def _budgets_identity(budgets: StageBudgets | None) -> dict[str, Any] | None:
-    """What a profile decides for each stage (plan and early exit), as plain data for identifying params."""
-    if budgets is None:
-        return None
-    identity: dict[str, Any] = {}
-    for stage in STAGES:
-        try:
-            plan: Any = budgets.plan_for(stage).model_dump(mode="json")
-            early = budgets.early_exit_for(stage) if _has_early_exit_opinion(budgets, stage) else "model's own"
-        except LiteStageError:
-            plan = early = None  # a stage the profile lacks: calls with it raise, so nothing is ever cached for it
-        exit_identity = early.model_dump() if isinstance(early, EarlyExitConfig) else early
-        identity[stage] = {"plan": plan, "early_exit": exit_identity}
-    return identity
-
-
-def _has_early_exit_opinion(budgets: StageBudgets, stage: Stage) -> bool:
-    """A profile decides its stages' early exit (None = off); a plain plan mapping may leave it to the model."""
-    has = getattr(budgets, "has_early_exit_for", None)
-    return bool(has(stage)) if callable(has) else True
 
 
 def _as_plan(value: Any) -> SkipPlan:

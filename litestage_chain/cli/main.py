@@ -8,10 +8,8 @@ model or profile) print one `litestage: error: ...` line and exit with status 2,
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, TextIO
 from uuid import UUID
 
@@ -19,7 +17,9 @@ from langchain_core.callbacks import BaseCallbackHandler
 
 from litestage_chain.errors import InvalidInputError, LiteStageError
 from litestage_chain.engine.weight_formats import WEIGHT_CHOICES
-from litestage_chain.budgets.stages import STAGES, PlanMapping, as_stage_budgets
+from litestage_chain.budgets.coerce import as_stage_budgets
+from litestage_chain.budgets.stage_budgets import StageBudgets
+from litestage_chain.budgets.stages import STAGES
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -133,28 +133,11 @@ def run_ask(args: argparse.Namespace, out: TextIO | None = None) -> int:
     return 0
 
 
-def load_plans(source: str) -> Any:
-    """Read per-stage budgets: a searched `Profile` (file or shipped name), else a plain stage -> plan JSON."""
-    from litestage_chain.budgets.profile import Profile, ProfileError
-
-    try:
-        return Profile.load(source)
-    except ProfileError as profile_error:
-        path = Path(source)
-        if not path.is_file():
-            raise
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            raise profile_error from None
-        if not isinstance(data, dict) or not data or not set(data) <= set(STAGES):
-            raise profile_error from None
-        try:
-            budgets = as_stage_budgets(data)
-        except ValueError as exc:
-            raise InvalidInputError(f"{path}: {exc}") from exc
-        assert isinstance(budgets, PlanMapping)
-        return budgets
+def load_plans(source: str) -> StageBudgets:
+    """Read per-stage budgets: a searched `Profile` (file or shipped name), else a plain stage -> plan JSON file."""
+    budgets = as_stage_budgets(source)
+    assert budgets is not None
+    return budgets
 
 
 def timing_table(result: Any) -> str:

@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, field_validator
 from litestage_chain.errors import InvalidInputError
 
 SubLayerKind = Literal["attention", "mlp"]
+SubLayer = tuple[int, SubLayerKind]
+"""One sub-layer: (layer index, kind). Rankings and the search speak in these."""
 
 
 class SkipPlan(BaseModel):

@@ -37,7 +37,8 @@ from litestage_chain.reasoning.prompts import PromptSet, question_values
 from litestage_chain.reasoning.prompts import Question as ChainQuestion
 from litestage_chain.offline.store import EvalResult
 from litestage_chain.engine.skip_plan import SkipPlan
-from litestage_chain.budgets.stages import STAGES, Stage, StageOutput, check_stage
+from litestage_chain.budgets.stages import STAGES, Stage, check_stage
+from litestage_chain.reasoning.stage_output import StageOutput
 
 State = dict[str, Any]
 FALLBACK = "fallback"

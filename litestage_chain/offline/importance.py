@@ -27,13 +27,12 @@ from tqdm.auto import tqdm
 from litestage_chain.engine import similarity
 from litestage_chain.engine.cache_dir import cache_root
 from litestage_chain.errors import InvalidInputError
-from litestage_chain.engine.skip_plan import SkipPlan, SubLayerKind
+from litestage_chain.engine.skip_plan import SkipPlan, SubLayer, SubLayerKind
 
 if TYPE_CHECKING:
     from litestage_chain.engine.loading import LoadedModel
 
 CalibrationPrompt = Union[str, Sequence[int]]
-SubLayer = tuple[int, SubLayerKind]
 IMPORTANCE_FORMAT_VERSION = 1
 
 

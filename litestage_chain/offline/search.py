@@ -36,7 +36,7 @@ from litestage_chain.data.types import Question, question_fingerprint
 from litestage_chain.engine.early_exit import EarlyExitConfig
 from litestage_chain.errors import InvalidInputError
 from litestage_chain.offline.importance import SubLayer, plan_for_count
-from litestage_chain.budgets.profile import MetricName, ModelIdentity, Profile, SearchedQuestions, StageSettings, TraceEntry
+from litestage_chain.budgets.profile import MetricName, ModelIdentity, Profile, SearchedQuestions, StageBudget, TraceEntry
 from litestage_chain.offline.store import EvalResult, ResultsStore
 from litestage_chain.engine.skip_plan import SkipPlan
 from litestage_chain.offline.stats import wilson_interval
@@ -109,7 +109,7 @@ class SearchResult(BaseModel):
             raise InvalidInputError("the questions described do not match the questions the search ran on")
         return Profile(
             model=model,
-            stages={stage: StageSettings(plan=plan, early_exit=early.get(stage)) for stage, plan in self.plans.items()},
+            stages={stage: StageBudget(plan=plan, early_exit=early.get(stage)) for stage, plan in self.plans.items()},
             epsilon=self.config.epsilon,
             metric=self.config.metric,
             questions=questions.model_copy(update={"fingerprint": self.questions_fingerprint}),

@@ -11,12 +11,10 @@ ratio of the medians: a number taken under the same conditions for both.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
 from statistics import median
 from typing import Callable, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
+from litestage_chain.budgets.profile import SpeedCheck
 from litestage_chain.data.types import Question
 from litestage_chain.errors import InvalidInputError
 from litestage_chain.offline.store import EvalResult
@@ -29,32 +27,6 @@ class FreshEvaluator(Protocol):
     reuse_outputs: bool
 
     def evaluate(self, plans: Mapping[str, SkipPlan], questions: Sequence[Question]) -> EvalResult: ...
-
-
-class SpeedCheck(BaseModel):
-    """Mean seconds per question of the full model and of the chosen plans, from alternating evaluations."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    rounds: int = Field(ge=1, description="evaluations of each side")
-    full_seconds: list[float] = Field(description="mean seconds per question of each full-model evaluation")
-    plan_seconds: list[float] = Field(description="mean seconds per question of each evaluation of the plans")
-    speedup: float = Field(gt=0.0, description="median full-model seconds over median seconds with the plans")
-    full_accuracy: float | None = Field(None, ge=0.0, le=1.0)
-    plan_accuracy: float | None = Field(None, ge=0.0, le=1.0)
-    measured_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
-
-    @model_validator(mode="after")
-    def _one_time_per_round(self) -> SpeedCheck:
-        if len(self.full_seconds) != self.rounds or len(self.plan_seconds) != self.rounds:
-            raise ValueError(f"expected {self.rounds} times per side, got {len(self.full_seconds)} (full) and "
-                             f"{len(self.plan_seconds)} (plans)")
-        return self
-
-    def describe(self) -> str:
-        return (f"side by side ({self.rounds} alternating evaluations each, {self.measured_at}): full model "
-                f"{median(self.full_seconds):.2f} s, plans {median(self.plan_seconds):.2f} s per question, "
-                f"{self.speedup:.2f}x")
 
 
 def check_speed(

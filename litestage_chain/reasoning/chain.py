@@ -31,7 +31,9 @@ from litestage_chain.errors import InvalidInputError
 from litestage_chain.engine.loading import LoadedModel
 from litestage_chain.reasoning.prompts import PromptSet, Question, QuestionKind, question_values
 from litestage_chain.engine.skip_plan import SkipPlan
-from litestage_chain.budgets.stages import STAGES, Stage, StageOutput, as_stage_budgets, check_stage
+from litestage_chain.budgets.coerce import as_stage_budgets
+from litestage_chain.budgets.stages import STAGES, Stage, check_stage
+from litestage_chain.reasoning.stage_output import StageOutput
 
 DEFAULT_MAX_TOKENS: dict[Stage, int] = {"recall": 64, "analysis": 160, "summary": 24}
 """Per-stage token budgets: recall is one sentence, analysis one line per option, summary one line."""
