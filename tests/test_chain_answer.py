@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from litestage_chain.answer import extract, extract_answer, extract_correct_option
+from litestage_chain.reasoning.answer import extract, extract_answer, extract_correct_option
 from litestage_chain.errors import InvalidInputError
-from litestage_chain.prompts import PromptSet, Question, parse_template
+from litestage_chain.reasoning.prompts import PromptSet, Question, parse_template
 
 MCQ = Question(
     question="Where would you keep milk cold?",

@@ -155,9 +155,9 @@ def test_a_lost_worker_is_replaced_and_nothing_is_recorded_twice(
 def test_search_on_a_simulated_two_node_cluster_measures_what_one_process_does(
     two_nodes: str, bench_setup: dict[str, Path], tmp_path: Path  # noqa: F811
 ) -> None:
-    from litestage_chain.offline import search_profile
-    from litestage_chain.search import SearchConfig
-    from litestage_chain.search_eval import ChainEvaluator
+    from litestage_chain.offline.pipeline import search_profile
+    from litestage_chain.offline.search import SearchConfig
+    from litestage_chain.offline.evaluator import ChainEvaluator
 
     model = load_model(str(bench_setup["model"]))
     questions = search_questions("csqa", 4, seed=0, data_dir=write_data(tmp_path / "data", n=4))
@@ -198,7 +198,7 @@ def test_shards_follow_the_decoding_batches_and_merge_back() -> None:
     parts = shards(questions, 2, 2)
     assert [[q.id for q in part] for part in parts] == [["q0", "q1", "q2", "q3"], ["q4", "q5", "q6"]]
     assert shards(questions, 5, 4) == [questions[:4], questions[4:]], "never more shards than batches"
-    from litestage_chain.search_store import EvalResult
+    from litestage_chain.offline.store import EvalResult
 
     merged = merge_results([
         (parts[0], EvalResult(accuracy=0.5, mean_latency_seconds=1.0, stage_latency_seconds={"recall": 1.0},

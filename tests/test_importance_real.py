@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from litestage_chain.data import load_benchmark
-from litestage_chain.importance import compute_importance, plan_for_count
-from litestage_chain.search_eval import ChainEvaluator, to_chain_question
+from litestage_chain.offline.importance import compute_importance, plan_for_count
+from litestage_chain.offline.evaluator import ChainEvaluator, to_chain_question
 
 pytestmark = pytest.mark.integration
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from litestage_chain import GenerationConfig, ModelLoadError, SkipPlan, from_pretrained_objects, generate, load_model
-from litestage_chain.forward import all_logits
-from litestage_chain.quant import Int4Linear, Int8Linear
+from litestage_chain.engine.forward import all_logits
+from litestage_chain.engine.quant import Int4Linear, Int8Linear
 from tiny_models import tiny_llama
 
 import torch
@@ -96,7 +96,7 @@ def _reload(directory):
 @pytest.mark.parametrize("fmt, arch, tied", VARIANTS)
 def test_cached_conversion_loads_without_reading_float32_projections(fmt, arch, tied, tmp_path, monkeypatch) -> None:
     """With the conversion cached, a later load never builds the float32 model (peak memory stays low)."""
-    from litestage_chain import loading
+    from litestage_chain.engine import loading
 
     monkeypatch.setenv("LITESTAGE_CACHE", str(tmp_path / "cache"))
     directory = save_tiny(tmp_path / "tiny", arch, tied, seed=5)
@@ -124,9 +124,9 @@ def test_cached_conversion_loads_without_reading_float32_projections(fmt, arch, 
 
 def test_auto_weights_pick_the_recommended_format_per_model(tmp_path, monkeypatch) -> None:
     """"auto" resolves through the recommendation table, and to float32 where the compiled kernels are missing."""
-    from litestage_chain import sources
-    from litestage_chain.chat_model import ChatLiteStage
-    from litestage_chain.quant import formats
+    from litestage_chain.engine import sources
+    from litestage_chain.chat.chat_model import ChatLiteStage
+    from litestage_chain.engine.quant import formats
     from tiny_models import save_tiny_long_context_llama
 
     monkeypatch.setenv("LITESTAGE_CACHE", str(tmp_path / "cache"))

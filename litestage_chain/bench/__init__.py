@@ -4,6 +4,6 @@
 question batch and resumable, and writes a results table with Wilson intervals and same-run speedups, plus plots.
 """
 
-from litestage_chain.bench.cli import add_bench_subcommand
+from litestage_chain.cli.bench import add_bench_subcommand
 
 __all__ = ["add_bench_subcommand"]

@@ -21,9 +21,9 @@ from litestage_chain.cluster.pool import WorkerPool
 from litestage_chain.cluster.worker import WorkerInfo
 from litestage_chain.data.types import Question
 from litestage_chain.errors import InvalidInputError
-from litestage_chain.search_eval import ChainEvaluator
-from litestage_chain.search_store import EvalResult
-from litestage_chain.skip_plan import SkipPlan
+from litestage_chain.offline.evaluator import ChainEvaluator
+from litestage_chain.offline.store import EvalResult
+from litestage_chain.engine.skip_plan import SkipPlan
 
 
 def shards(questions: Sequence[Question], parts: int, batch_size: int) -> list[list[Question]]:

@@ -18,8 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from litestage_chain.bench.methods import MethodPoint
 from litestage_chain.bench.records import Outcome
 from litestage_chain.data.types import Question
-from litestage_chain.search_store import EvalResult
-from litestage_chain.skip_plan import SkipPlan
+from litestage_chain.offline.store import EvalResult
+from litestage_chain.engine.skip_plan import SkipPlan
 
 
 class WorkerSpec(BaseModel):
@@ -53,7 +53,7 @@ class ModelWorker:
     def __init__(self, spec: WorkerSpec, name: str) -> None:
         import torch
 
-        from litestage_chain.loading import load_model
+        from litestage_chain.engine.loading import load_model
 
         torch.set_num_threads(spec.threads)
         self.spec = spec
@@ -80,7 +80,7 @@ class ModelWorker:
         return self._runners[key]
 
     def _evaluator(self, settings: Mapping[str, Any]) -> Any:
-        from litestage_chain.search_eval import ChainEvaluator
+        from litestage_chain.offline.evaluator import ChainEvaluator
 
         key = settings_key("search", settings)
         if key not in self._runners:
