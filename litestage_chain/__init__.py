@@ -8,6 +8,18 @@ from importlib import import_module
 from typing import Any
 
 from litestage_chain.engine.early_exit import EarlyExitConfig
+from litestage_chain.engine.generation import (
+    GenerationConfig,
+    GenerationResult,
+    generate,
+)
+from litestage_chain.engine.loading import (
+    LoadedModel,
+    from_pretrained_objects,
+    load_model,
+)
+from litestage_chain.engine.similarity import sublayer_similarity
+from litestage_chain.engine.skip_plan import SkipPlan
 from litestage_chain.errors import (
     InvalidInputError,
     LiteStageError,
@@ -16,10 +28,6 @@ from litestage_chain.errors import (
     ProfileMismatchError,
     UnsupportedArchitectureError,
 )
-from litestage_chain.engine.generation import GenerationConfig, GenerationResult, generate
-from litestage_chain.engine.loading import LoadedModel, from_pretrained_objects, load_model
-from litestage_chain.engine.similarity import sublayer_similarity
-from litestage_chain.engine.skip_plan import SkipPlan
 
 _LAZY: dict[str, str] = {
     # LangChain layer and reasoning chain

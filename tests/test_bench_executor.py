@@ -12,14 +12,24 @@ import torch
 from tiny_models import _common, byte_tokenizer
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from litestage_chain import EarlyExitConfig, SkipPlan, from_pretrained_objects, load_model
-from litestage_chain.cli.bench import add_bench_subcommand
+from litestage_chain import (
+    EarlyExitConfig,
+    SkipPlan,
+    from_pretrained_objects,
+    load_model,
+)
 from litestage_chain.bench.executor import ChainExecutor
 from litestage_chain.bench.methods import MethodPoint
 from litestage_chain.bench.records import RECORDS_FILE, RecordStore
 from litestage_chain.bench.report import RESULTS_JSON, RESULTS_MD
+from litestage_chain.budgets.profile import (
+    ModelIdentity,
+    Profile,
+    SearchedQuestions,
+    StageBudget,
+)
+from litestage_chain.cli.bench import add_bench_subcommand
 from litestage_chain.data.types import Question
-from litestage_chain.budgets.profile import ModelIdentity, Profile, SearchedQuestions, StageBudget
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

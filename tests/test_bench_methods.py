@@ -17,8 +17,13 @@ from litestage_chain.bench.methods import (
     parse_sweep,
     unified_plan,
 )
+from litestage_chain.budgets.profile import (
+    ModelIdentity,
+    Profile,
+    SearchedQuestions,
+    StageBudget,
+)
 from litestage_chain.offline.importance import rank_sublayers
-from litestage_chain.budgets.profile import ModelIdentity, Profile, SearchedQuestions, StageBudget
 
 STAGES = ("recall", "analysis", "summary")
 LAYERS = 6

@@ -12,13 +12,29 @@ import pytest
 import torch
 
 from litestage_chain import InvalidInputError
-from litestage_chain.cli.bench import add_bench_subcommand, parse_max_tokens
 from litestage_chain.bench.methods import MethodContext, MethodPoint, all_points
-from litestage_chain.bench.plots import ACCURACY_VS_SPEEDUP, STAGE_SENSITIVITY, TOKENS_VS_SKIPPED, write_plots
-from litestage_chain.bench.records import RECORDS_FILE, Outcome, RecordStore, StageMeasure
-from litestage_chain.bench.report import RESULTS_JSON, RESULTS_MD, load_results, rows_of, write_report
+from litestage_chain.bench.plots import (
+    ACCURACY_VS_SPEEDUP,
+    STAGE_SENSITIVITY,
+    TOKENS_VS_SKIPPED,
+    write_plots,
+)
+from litestage_chain.bench.records import (
+    RECORDS_FILE,
+    Outcome,
+    RecordStore,
+    StageMeasure,
+)
+from litestage_chain.bench.report import (
+    RESULTS_JSON,
+    RESULTS_MD,
+    load_results,
+    rows_of,
+    write_report,
+)
 from litestage_chain.bench.results import rebuild_report, run_records, write_run
 from litestage_chain.bench.runner import recorded_count, run_points
+from litestage_chain.cli.bench import add_bench_subcommand, parse_max_tokens
 from litestage_chain.data.types import Question
 from litestage_chain.offline.importance import rank_sublayers
 

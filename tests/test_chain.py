@@ -11,9 +11,19 @@ import pytest
 from langchain_core.messages import AIMessage
 from langchain_core.runnables import RunnableLambda, RunnableParallel
 
-from litestage_chain import EarlyExitConfig, InvalidInputError, LoadedModel, SkipPlan, from_pretrained_objects
-from litestage_chain.reasoning.chain import ReasoningResult, build_reasoning_chain, run_batch
+from litestage_chain import (
+    EarlyExitConfig,
+    InvalidInputError,
+    LoadedModel,
+    SkipPlan,
+    from_pretrained_objects,
+)
 from litestage_chain.chat.chat_model import ChatLiteStage
+from litestage_chain.reasoning.chain import (
+    ReasoningResult,
+    build_reasoning_chain,
+    run_batch,
+)
 from litestage_chain.reasoning.stage_output import StageOutput
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -5,7 +5,11 @@ from __future__ import annotations
 import pytest
 
 from litestage_chain import LoadedModel, SkipPlan
-from litestage_chain.reasoning.chain import ReasoningResult, build_reasoning_chain, run_batch
+from litestage_chain.reasoning.chain import (
+    ReasoningResult,
+    build_reasoning_chain,
+    run_batch,
+)
 
 pytestmark = pytest.mark.integration
 

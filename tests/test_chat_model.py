@@ -6,13 +6,20 @@ import asyncio
 
 import pytest
 from langchain_core.callbacks import BaseCallbackHandler
-from langchain_core.messages import AIMessage, AIMessageChunk, ChatMessage, FunctionMessage, HumanMessage, SystemMessage
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    ChatMessage,
+    FunctionMessage,
+    HumanMessage,
+    SystemMessage,
+)
 from langchain_core.runnables import ConfigurableField
 from pydantic import ValidationError
 
 from litestage_chain import EarlyExitConfig, InvalidInputError, LoadedModel, SkipPlan
-from litestage_chain.chat.chat_model import ChatLiteStage
 from litestage_chain.budgets.stage_budgets import StageBudgets
+from litestage_chain.chat.chat_model import ChatLiteStage
 
 
 @pytest.fixture

@@ -14,11 +14,16 @@ from pydantic import BaseModel, Field
 
 from litestage_chain import InvalidInputError, LoadedModel, SkipPlan
 from litestage_chain.chat.chat_model import ChatLiteStage
-from litestage_chain.engine.generation import GenerationResult
 from litestage_chain.chat.guided import fill_object
 from litestage_chain.chat.messages import to_chat_dicts
 from litestage_chain.chat.structured import StructuredOutputError
-from litestage_chain.chat.tools import forced_tool_name, parse_tool_calls, tool_specs, tools_system_prompt
+from litestage_chain.chat.tools import (
+    forced_tool_name,
+    parse_tool_calls,
+    tool_specs,
+    tools_system_prompt,
+)
+from litestage_chain.engine.generation import GenerationResult
 
 
 @tool

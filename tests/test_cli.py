@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from litestage_chain.budgets.stage_budgets import StageBudgets
 from litestage_chain.cli.main import build_parser, load_plans, main
 from litestage_chain.errors import InvalidInputError
-from litestage_chain.budgets.stage_budgets import StageBudgets
 
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_models import save_tiny_long_context_llama  # noqa: E402

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import pytest
-
-from litestage_chain import GenerationConfig, LoadedModel, ModelLoadError, SkipPlan, generate, load_model
-from litestage_chain.engine.loading import cache_root
 from tiny_models import tiny_qwen2
+
+from litestage_chain import (
+    GenerationConfig,
+    LoadedModel,
+    ModelLoadError,
+    SkipPlan,
+    generate,
+    load_model,
+)
+from litestage_chain.engine.loading import cache_root
 
 
 def test_local_directory_loads_and_generates_like_the_original(tmp_path) -> None:

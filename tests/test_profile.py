@@ -10,8 +10,6 @@ from types import SimpleNamespace
 import pytest
 
 import litestage_chain.budgets.profile as profile_module
-from litestage_chain.engine.early_exit import EarlyExitConfig
-from litestage_chain.errors import LiteStageError
 from litestage_chain.budgets.profile import (
     ModelIdentity,
     Profile,
@@ -22,7 +20,9 @@ from litestage_chain.budgets.profile import (
     TraceEntry,
     shipped_profiles,
 )
+from litestage_chain.engine.early_exit import EarlyExitConfig
 from litestage_chain.engine.skip_plan import SkipPlan
+from litestage_chain.errors import LiteStageError
 
 SHA = "ab" * 32
 OTHER_SHA = "cd" * 32
@@ -200,8 +200,8 @@ def test_profile_is_selected_by_shipped_name(tmp_path: Path, monkeypatch) -> Non
     from tiny_models import tiny_llama
 
     from litestage_chain import from_pretrained_objects
-    from litestage_chain.reasoning.chain import build_reasoning_chain
     from litestage_chain.chat.chat_model import ChatLiteStage
+    from litestage_chain.reasoning.chain import build_reasoning_chain
 
     fitted = make_profile().model_copy(
         update={"stages": {**make_profile().stages, "recall": StageBudget(plan=SkipPlan(attention=[1], mlp=[3]))}}

@@ -12,10 +12,9 @@ import torch
 from tiny_models import _common, byte_tokenizer
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from litestage_chain.errors import InvalidInputError
 from litestage_chain.budgets.profile import Profile, ProfileError
 from litestage_chain.cli.profile import add_profile_parser
-
+from litestage_chain.errors import InvalidInputError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -14,13 +14,14 @@ from litestage_chain.engine.quant import (
     Int4Linear,
     Int8Linear,
     convert_linear,
+    formats,
+    kernels,
     load_converted,
     quantize_model_linears,
     quantize_model_linears_cached,
     save_converted,
     target_linear_names,
 )
-from litestage_chain.engine.quant import formats, kernels
 from litestage_chain.engine.quant.formats import (
     pack_int8_blocked,
     quantize_int4_groups,

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from litestage_chain import InvalidInputError, SkipPlan
-from litestage_chain.data.types import Question
 from litestage_chain.budgets.profile import ModelIdentity, Profile, SearchedQuestions
+from litestage_chain.data.types import Question
 from litestage_chain.offline.search import SearchConfig, search_budgets
 from litestage_chain.offline.store import EvalResult, ResultsStore, StoreError
 

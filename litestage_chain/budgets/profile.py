@@ -19,9 +19,20 @@ from pathlib import Path
 from statistics import median
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from litestage_chain.budgets.stage_budgets import ModelIdentity, StageBudget, StageBudgets
+from litestage_chain.budgets.stage_budgets import (
+    ModelIdentity,
+    StageBudget,
+    StageBudgets,
+)
 from litestage_chain.budgets.stages import check_stage
 from litestage_chain.engine.early_exit import EarlyExitConfig
 from litestage_chain.engine.skip_plan import SkipPlan, SubLayer

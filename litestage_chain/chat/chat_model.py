@@ -28,27 +28,30 @@ from langchain_core.callbacks import (
     CallbackManagerForLLMRun,
 )
 from langchain_core.globals import get_llm_cache
-from langchain_core.language_models import BaseChatModel, LanguageModelInput, ModelProfile
+from langchain_core.language_models import (
+    BaseChatModel,
+    LanguageModelInput,
+    ModelProfile,
+)
 from langchain_core.language_models.base import LangSmithParams
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import InputTokenDetails, UsageMetadata
-from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult, LLMResult
+from langchain_core.outputs import (
+    ChatGeneration,
+    ChatGenerationChunk,
+    ChatResult,
+    LLMResult,
+)
 from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.config import get_config_list
 from pydantic import ConfigDict, Field, InstanceOf, field_validator, model_validator
 from typing_extensions import override
 
-from litestage_chain.engine.early_exit import EarlyExitConfig
-from litestage_chain.errors import InvalidInputError
-from litestage_chain.engine.generation import GenerationConfig, GenerationResult, generate
-from litestage_chain.chat.guided import closest_name, fill_object
-from litestage_chain.engine.loading import LoadedModel, load_model
-from litestage_chain.chat.messages import to_chat_dicts
-from litestage_chain.engine.prefix_cache import PrefixCache
-from litestage_chain.engine.skip_plan import SkipPlan
 from litestage_chain.budgets.coerce import as_stage_budgets
 from litestage_chain.budgets.stage_budgets import StageBudgets
 from litestage_chain.budgets.stages import STAGES, Stage, check_stage
+from litestage_chain.chat.guided import closest_name, fill_object
+from litestage_chain.chat.messages import to_chat_dicts
 from litestage_chain.chat.tools import (
     TOOL_CALL_OPEN,
     ParsedToolCalls,
@@ -60,6 +63,16 @@ from litestage_chain.chat.tools import (
     tool_specs,
     tools_system_prompt,
 )
+from litestage_chain.engine.early_exit import EarlyExitConfig
+from litestage_chain.engine.generation import (
+    GenerationConfig,
+    GenerationResult,
+    generate,
+)
+from litestage_chain.engine.loading import LoadedModel, load_model
+from litestage_chain.engine.prefix_cache import PrefixCache
+from litestage_chain.engine.skip_plan import SkipPlan
+from litestage_chain.errors import InvalidInputError
 
 DEFAULT_MODEL = "smollm2-135m"
 # Keyword arguments a call (invoke/stream/batch, or .bind) may pass; anything else is a typo worth an error.

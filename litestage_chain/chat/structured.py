@@ -17,11 +17,16 @@ from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
 from langchain_core.utils.function_calling import convert_to_json_schema
 from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import BaseModel
-from tenacity import AsyncRetrying, Retrying, retry_if_exception_type, stop_after_attempt
+from tenacity import (
+    AsyncRetrying,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+)
 
-from litestage_chain.errors import InvalidInputError, LiteStageError
 from litestage_chain.chat.guided import value_type
 from litestage_chain.chat.tools import _leading_json_object
+from litestage_chain.errors import InvalidInputError, LiteStageError
 
 if TYPE_CHECKING:
     from litestage_chain.chat.chat_model import ChatLiteStage

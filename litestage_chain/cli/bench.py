@@ -14,10 +14,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from litestage_chain.bench.methods import DEFAULT_SWEEPS, METHODS, NEEDS_PROFILE, MethodContext, all_points, parse_sweep
+from litestage_chain.bench.methods import (
+    DEFAULT_SWEEPS,
+    METHODS,
+    NEEDS_PROFILE,
+    MethodContext,
+    all_points,
+    parse_sweep,
+)
 from litestage_chain.cluster.cli import add_cluster_arguments, cluster_options, describe_pool, maybe_pool
-from litestage_chain.errors import InvalidInputError
 from litestage_chain.engine.weight_formats import WEIGHT_CHOICES
+from litestage_chain.errors import InvalidInputError
 
 RANKED = ("uniform", "uniform-exit", "stage-only")
 
@@ -92,8 +99,8 @@ def add_bench_subcommand(subparsers: Any) -> None:
 
 def parse_max_tokens(text: str | None) -> dict[str, int] | None:
     """``N`` (cap every stage) or ``recall=32,analysis=64,summary=16`` into per-stage budgets."""
-    from litestage_chain.reasoning.chain import DEFAULT_MAX_TOKENS
     from litestage_chain.budgets.stages import check_stage
+    from litestage_chain.reasoning.chain import DEFAULT_MAX_TOKENS
 
     if text is None:
         return None
@@ -193,9 +200,9 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
     from litestage_chain.bench.rankings import adaskip_order, litestage_ranking
     from litestage_chain.bench.records import RECORDS_FILE, RecordStore
     from litestage_chain.bench.runner import recorded_count, run_points
+    from litestage_chain.budgets.profile import Profile
     from litestage_chain.engine.early_exit import EarlyExitConfig
     from litestage_chain.engine.loading import load_model
-    from litestage_chain.budgets.profile import Profile
 
     try:
         early_exit = EarlyExitConfig(window=args.exit_window, threshold=args.exit_threshold,

@@ -15,11 +15,11 @@ from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
 
-from litestage_chain.errors import InvalidInputError, LiteStageError
-from litestage_chain.engine.weight_formats import WEIGHT_CHOICES
 from litestage_chain.budgets.coerce import as_stage_budgets
 from litestage_chain.budgets.stage_budgets import StageBudgets
 from litestage_chain.budgets.stages import STAGES
+from litestage_chain.engine.weight_formats import WEIGHT_CHOICES
+from litestage_chain.errors import InvalidInputError, LiteStageError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -85,9 +85,12 @@ def add_ask_parser(subparsers: Any) -> None:
 
 def run_ask(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Build the chain, run the question, stream or print each stage, then the answer and the timing table."""
-    from litestage_chain.reasoning.chain import DEFAULT_MAX_TOKENS, build_reasoning_chain
     from litestage_chain.chat.chat_model import ChatLiteStage
-    from litestage_chain.reasoning.prompts import Question
+    from litestage_chain.data.types import Question
+    from litestage_chain.reasoning.chain import (
+        DEFAULT_MAX_TOKENS,
+        build_reasoning_chain,
+    )
 
     out = out or sys.stdout
     if args.max_tokens is not None and args.max_tokens < 1:

@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from litestage_chain.cluster.cli import add_cluster_arguments, cluster_options, describe_pool, maybe_pool
-from litestage_chain.errors import InvalidInputError
 from litestage_chain.engine.weight_formats import WEIGHT_CHOICES
+from litestage_chain.errors import InvalidInputError
 
 if TYPE_CHECKING:
+    from litestage_chain.budgets.profile import Profile
     from litestage_chain.data.types import QuestionSet
     from litestage_chain.engine.loading import LoadedModel
-    from litestage_chain.budgets.profile import Profile
 
 
 def _points(text: str) -> float:
@@ -155,12 +155,12 @@ def run_profile_search(args: argparse.Namespace, out: TextIO | None = None) -> i
     from pydantic import ValidationError
 
     from litestage_chain.cli.bench import parse_max_tokens
-    from litestage_chain.data.rows import describe_validation_error
     from litestage_chain.data import search_questions
+    from litestage_chain.data.rows import describe_validation_error
     from litestage_chain.engine.early_exit import EarlyExitConfig
     from litestage_chain.engine.loading import load_model
-    from litestage_chain.offline.search import SearchConfig
     from litestage_chain.offline.evaluator import ChainEvaluator
+    from litestage_chain.offline.search import SearchConfig
 
     out = out or sys.stdout
     _set_threads(args.threads)
@@ -199,8 +199,8 @@ def _search(
     pool: Any, config: Any, log: Path, target: Path, out: TextIO,
 ) -> int:
     """The search and its side-by-side check, on `pool`'s workers when there is one (else in this process)."""
-    from litestage_chain.offline.pipeline import search_profile
     from litestage_chain.budgets.profile import TraceEntry
+    from litestage_chain.offline.pipeline import search_profile
 
     if pool is not None:
         from litestage_chain.cluster.search import DistributedEvaluator
@@ -240,9 +240,9 @@ def _search(
 
 def run_profile_check(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Time an existing profile's plans against the full model side by side and store the result in the profile."""
+    from litestage_chain.budgets.profile import Profile
     from litestage_chain.data import search_questions
     from litestage_chain.engine.loading import load_model
-    from litestage_chain.budgets.profile import Profile
 
     out = out or sys.stdout
     _set_threads(args.threads)

@@ -14,7 +14,6 @@ measured which questions of the last evaluation, for the log line.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from statistics import fmean
 from typing import Any
 
 from litestage_chain.cluster.pool import WorkerPool

@@ -15,12 +15,12 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from litestage_chain.engine.early_exit import EarlyExitConfig
-from litestage_chain.errors import InvalidInputError
 from litestage_chain.engine.forward import decode_one, new_cache, prefill
 from litestage_chain.engine.prefix_cache import PrefixCache, load_prefix
 from litestage_chain.engine.sampling import choose_next, confidence
 from litestage_chain.engine.skip_plan import SkipPlan
 from litestage_chain.engine.stopping import find_stop, safe_length
+from litestage_chain.errors import InvalidInputError
 
 if TYPE_CHECKING:
     from litestage_chain.engine.loading import LoadedModel

@@ -23,12 +23,20 @@ from typing import Any, Iterator, Literal, Optional
 
 import torch
 
-from litestage_chain.engine.architecture import DecoderView, build_decoder_view, check_supported
+from litestage_chain.engine.architecture import (
+    DecoderView,
+    build_decoder_view,
+    check_supported,
+)
 from litestage_chain.engine.cache_dir import cache_root
-from litestage_chain.errors import ModelLoadError
 from litestage_chain.engine.prefix_cache import PrefixCache
-from litestage_chain.engine.sources import ResolvedSource, recommended_weights, resolve_source
+from litestage_chain.engine.sources import (
+    ResolvedSource,
+    recommended_weights,
+    resolve_source,
+)
 from litestage_chain.engine.weight_formats import AUTO, WEIGHT_FORMATS
+from litestage_chain.errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
 
@@ -288,7 +296,12 @@ def _load_without_float_projections(
     usable cache or anything else would be left without real weights.
     """
     from safetensors import safe_open
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        GenerationConfig,
+    )
 
     from litestage_chain.engine.quant.formats import default_lm_head_format
     from litestage_chain.engine.quant.serialize import converted_cache_path

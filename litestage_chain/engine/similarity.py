@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
-from litestage_chain.errors import InvalidInputError
 from litestage_chain.engine.forward import sublayer_similarity as _view_similarity
+from litestage_chain.errors import InvalidInputError
 
 if TYPE_CHECKING:
     from litestage_chain.engine.loading import LoadedModel

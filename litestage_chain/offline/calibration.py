@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from litestage_chain.budgets.stages import STAGES
 from litestage_chain.data.types import Question
+from litestage_chain.engine.skip_plan import SkipPlan
 from litestage_chain.errors import InvalidInputError
 from litestage_chain.offline.evaluator import ChainEvaluator
-from litestage_chain.engine.skip_plan import SkipPlan
-from litestage_chain.budgets.stages import STAGES
 
 
 def calibration_prompts(

@@ -27,37 +27,25 @@ from typing import Any
 from langchain_core.runnables import Runnable, RunnableConfig
 from tqdm.auto import tqdm
 
-from litestage_chain.reasoning.chain import DEFAULT_MAX_TOKENS, STAGE_STOPS, FinalizeStep, ReasoningResult, stage_node
+from litestage_chain.budgets.stages import STAGES, Stage, check_stage
 from litestage_chain.chat.chat_model import ChatLiteStage
 from litestage_chain.data.types import Question
 from litestage_chain.engine.early_exit import EarlyExitConfig
-from litestage_chain.errors import InvalidInputError
 from litestage_chain.engine.loading import LoadedModel
-from litestage_chain.reasoning.prompts import PromptSet, question_values
-from litestage_chain.reasoning.prompts import Question as ChainQuestion
-from litestage_chain.offline.store import EvalResult
 from litestage_chain.engine.skip_plan import SkipPlan
-from litestage_chain.budgets.stages import STAGES, Stage, check_stage
-from litestage_chain.reasoning.stage_output import StageOutput
+from litestage_chain.errors import InvalidInputError
+from litestage_chain.offline.store import EvalResult
+from litestage_chain.reasoning.chain import (
+    DEFAULT_MAX_TOKENS,
+    STAGE_STOPS,
+    FinalizeStep,
+    ReasoningResult,
+    stage_node,
+)
+from litestage_chain.reasoning.prompts import PromptSet, prompt_values
+from litestage_chain.reasoning.stage_output import StageOutput, State
 
-State = dict[str, Any]
 FALLBACK = "fallback"
-
-
-def to_chain_question(question: Question) -> ChainQuestion:
-    """The chain's question type from a benchmark `Question` (same fields; metadata is not shown to the model)."""
-    return ChainQuestion.coerce(question)
-
-
-def prompt_inputs(state: State) -> dict[str, str]:
-    """The values a stage prompt is rendered from: the question and the earlier stages' outputs."""
-    recall: StageOutput | None = state.get("recall")
-    analysis: StageOutput | None = state.get("analysis")
-    return question_values(
-        state["question"],
-        key_information=recall.text if recall else "",
-        explanations=analysis.text if analysis else "",
-    )
 
 
 def _digest(payload: Any) -> str:
@@ -89,8 +77,8 @@ class CachedStage(Runnable[State, StageOutput]):
         self.progress = progress
 
     def key(self, state: State) -> str:
-        question: ChainQuestion = state["question"]
-        return _digest({"stage": self.name, "settings": self.settings, "id": question.id, "inputs": prompt_inputs(state)})
+        question: Question = state["question"]
+        return _digest({"stage": self.name, "settings": self.settings, "id": question.id, "inputs": prompt_values(state)})
 
     def invoke(self, input: State, config: RunnableConfig | None = None, **kwargs: Any) -> StageOutput:
         return self.batch([input], config)[0]
@@ -203,7 +191,7 @@ class ChainEvaluator:
             raise InvalidInputError(f"no plan given for stage(s) {missing}")
         for stage in STAGES:
             plans[stage].check(self.model.num_layers)
-        states: list[State] = [{"question": to_chain_question(q), "started": time.perf_counter()} for q in questions]
+        states: list[State] = [{"question": q, "started": time.perf_counter()} for q in questions]
         for stage in STAGES:
             outputs = self._node(stage, plans[stage], self.early_exit[stage], stage).batch(states)
             states = [{**state, stage: output} for state, output in zip(states, outputs, strict=True)]
@@ -222,9 +210,9 @@ class ChainEvaluator:
     def render_prompt(self, stage: str, state: State) -> str:
         """The exact prompt text the model sees for `stage` in this chain state (for calibration)."""
         checked = check_stage(stage)
-        question: ChainQuestion = state["question"]
+        question: Question = state["question"]
         template = self.prompts.chat_prompt(question.kind, checked, num_shots=self.num_shots)
-        messages = template.invoke(prompt_inputs(state)).to_messages()
+        messages = template.invoke(prompt_values(state)).to_messages()
         return self.chat.prepare(messages, stage=checked, skip_plan=SkipPlan()).prompt
 
 

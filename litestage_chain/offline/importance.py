@@ -26,8 +26,8 @@ from tqdm.auto import tqdm
 
 from litestage_chain.engine import similarity
 from litestage_chain.engine.cache_dir import cache_root
-from litestage_chain.errors import InvalidInputError
 from litestage_chain.engine.skip_plan import SkipPlan, SubLayer, SubLayerKind
+from litestage_chain.errors import InvalidInputError
 
 if TYPE_CHECKING:
     from litestage_chain.engine.loading import LoadedModel

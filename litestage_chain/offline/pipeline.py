@@ -5,16 +5,21 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from litestage_chain.offline.calibration import calibration_prompts
+from litestage_chain.budgets.profile import (
+    ModelIdentity,
+    Profile,
+    SearchedQuestions,
+    TraceEntry,
+)
 from litestage_chain.data.benchmarks import Source, search_questions
 from litestage_chain.data.types import QuestionSet
 from litestage_chain.engine.early_exit import EarlyExitConfig
-from litestage_chain.errors import InvalidInputError
-from litestage_chain.offline.importance import Importance, compute_importance
 from litestage_chain.engine.loading import LoadedModel
-from litestage_chain.budgets.profile import ModelIdentity, Profile, SearchedQuestions, TraceEntry
-from litestage_chain.offline.search import SearchConfig, SearchResult, search_budgets
+from litestage_chain.errors import InvalidInputError
+from litestage_chain.offline.calibration import calibration_prompts
 from litestage_chain.offline.evaluator import ChainEvaluator
+from litestage_chain.offline.importance import Importance, compute_importance
+from litestage_chain.offline.search import SearchConfig, SearchResult, search_budgets
 from litestage_chain.offline.store import ResultsStore
 
 

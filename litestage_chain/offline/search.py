@@ -32,14 +32,21 @@ from typing import Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from litestage_chain.budgets.profile import (
+    MetricName,
+    ModelIdentity,
+    Profile,
+    SearchedQuestions,
+    StageBudget,
+    TraceEntry,
+)
 from litestage_chain.data.types import Question, question_fingerprint
 from litestage_chain.engine.early_exit import EarlyExitConfig
+from litestage_chain.engine.skip_plan import SkipPlan
 from litestage_chain.errors import InvalidInputError
 from litestage_chain.offline.importance import SubLayer, plan_for_count
-from litestage_chain.budgets.profile import MetricName, ModelIdentity, Profile, SearchedQuestions, StageBudget, TraceEntry
-from litestage_chain.offline.store import EvalResult, ResultsStore
-from litestage_chain.engine.skip_plan import SkipPlan
 from litestage_chain.offline.stats import wilson_interval
+from litestage_chain.offline.store import EvalResult, ResultsStore
 
 logger = logging.getLogger(__name__)
 TOLERANCE = 1e-9  # metric comparisons: k/n - epsilon must not fail on float rounding

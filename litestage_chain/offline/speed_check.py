@@ -16,9 +16,9 @@ from typing import Callable, Protocol
 
 from litestage_chain.budgets.profile import SpeedCheck
 from litestage_chain.data.types import Question
+from litestage_chain.engine.skip_plan import SkipPlan
 from litestage_chain.errors import InvalidInputError
 from litestage_chain.offline.store import EvalResult
-from litestage_chain.engine.skip_plan import SkipPlan
 
 
 class FreshEvaluator(Protocol):

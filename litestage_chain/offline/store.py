@@ -19,8 +19,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from litestage_chain.errors import LiteStageError
 from litestage_chain.engine.skip_plan import SkipPlan
+from litestage_chain.errors import LiteStageError
 
 
 class StoreError(LiteStageError):

@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from litestage_chain.reasoning.prompts import Question
+from litestage_chain.data.types import Question
 
 # "the answer is option B", "answer is (b)", "Answer: B." -- the instructed form, most trusted; last one wins.
 _ANSWER_OPTION = re.compile(r"answer\s*(?:is|:)?\s*:?\s*option\s*\(?([A-Za-z])\)?(?![A-Za-z])", re.IGNORECASE)

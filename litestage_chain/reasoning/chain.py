@@ -18,22 +18,23 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 from langchain_core.messages import AIMessage
-from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.prompt_values import PromptValue
+from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
 from langchain_core.runnables.config import get_config_list
 from pydantic import BaseModel, ConfigDict, Field
 
-from litestage_chain.reasoning.answer import extract, extract_correct_option
-from litestage_chain.chat.chat_model import DEFAULT_MODEL, ChatLiteStage
-from litestage_chain.engine.early_exit import EarlyExitConfig
-from litestage_chain.errors import InvalidInputError
-from litestage_chain.engine.loading import LoadedModel
-from litestage_chain.reasoning.prompts import PromptSet, Question, QuestionKind, question_values
-from litestage_chain.engine.skip_plan import SkipPlan
 from litestage_chain.budgets.coerce import as_stage_budgets
 from litestage_chain.budgets.stages import STAGES, Stage, check_stage
-from litestage_chain.reasoning.stage_output import StageOutput
+from litestage_chain.chat.chat_model import DEFAULT_MODEL, ChatLiteStage
+from litestage_chain.data.types import Question, QuestionKind
+from litestage_chain.engine.early_exit import EarlyExitConfig
+from litestage_chain.engine.loading import LoadedModel
+from litestage_chain.engine.skip_plan import SkipPlan
+from litestage_chain.errors import InvalidInputError
+from litestage_chain.reasoning.answer import extract, extract_correct_option
+from litestage_chain.reasoning.prompts import PromptSet, prompt_values
+from litestage_chain.reasoning.stage_output import StageOutput, State
 
 DEFAULT_MAX_TOKENS: dict[Stage, int] = {"recall": 64, "analysis": 160, "summary": 24}
 """Per-stage token budgets: recall is one sentence, analysis one line per option, summary one line."""
@@ -45,7 +46,6 @@ STAGE_STOPS: dict[Stage, list[str]] = {
 """Stop strings that end a stage where its format ends, so a rambling (skipped) model does not run to the limit."""
 
 _UNSET: Any = object()
-State = dict[str, Any]
 
 
 class ReasoningResult(BaseModel):
@@ -158,7 +158,7 @@ def stage_node(
 
     def render(state: State) -> PromptValue:
         checked = _checked_state(state, stage)
-        return templates[checked["question"].kind].invoke(_prompt_values(checked))
+        return templates[checked["question"].kind].invoke(prompt_values(checked))
 
     bound = model.bind(
         stage=stage, stop=STAGE_STOPS[stage],
@@ -357,16 +357,6 @@ def _checked_state(state: Any, stage: str) -> State:
     if missing:
         raise InvalidInputError(f"the {stage} stage needs the output of {', '.join(missing)} first; state has {sorted(state)}")
     return {**state, "question": Question.coerce(state["question"])}
-
-
-def _prompt_values(state: State) -> dict[str, str]:
-    recall: StageOutput | None = state.get("recall")
-    analysis: StageOutput | None = state.get("analysis")
-    return question_values(
-        state["question"],
-        key_information=recall.text if recall else "",
-        explanations=analysis.text if analysis else "",
-    )
 
 
 def _result(state: State, rerun: StageOutput | None) -> ReasoningResult:

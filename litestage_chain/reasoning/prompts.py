@@ -15,115 +15,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.prompts import ChatPromptTemplate
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict
 
-from litestage_chain.errors import InvalidInputError
 from litestage_chain.budgets.stages import STAGES, Stage, check_stage
+from litestage_chain.data.types import Choice, Question, QuestionKind
+from litestage_chain.errors import InvalidInputError
 
-QuestionKind = Literal["mcq", "yesno"]
 PROMPTS_ENV_VAR = "LITESTAGE_PROMPTS_DIR"
 _SECTION = re.compile(r"^\[(system|user|assistant)\]\s*$")
-_LABELS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-
-
-class Choice(BaseModel):
-    """One answer option: its label (A, B, ...) and its text."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-    label: str = Field(min_length=1, max_length=3)
-    text: str = Field(min_length=1)
-
-    @field_validator("label")
-    @classmethod
-    def _upper(cls, value: str) -> str:
-        return value.strip().upper()
-
-
-class Question(BaseModel):
-    """A multiple-choice or yes/no question, in the benchmark data's row format (extra keys are ignored).
-
-    `choices` also accepts a list of plain strings (labelled A, B, ... in order) or a mapping label -> text,
-    because that is how people type questions at a prompt or in a notebook.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-    question: str = Field(min_length=1)
-    choices: tuple[Choice, ...]
-    id: str | None = None
-    answer: str | None = None
-
-    @field_validator("question")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("the question text is empty")
-        return value
-
-    @field_validator("choices", mode="before")
-    @classmethod
-    def _coerce_choices(cls, value: Any) -> Any:
-        if isinstance(value, Mapping):
-            return [{"label": k, "text": v} for k, v in value.items()]
-        if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
-            if len(value) > len(_LABELS):
-                raise ValueError(f"at most {len(_LABELS)} choices are supported, got {len(value)}")
-            return [{"label": _LABELS[i], "text": text} for i, text in enumerate(value)]
-        return value
-
-    @model_validator(mode="after")
-    def _check_choices(self) -> Question:
-        if len(self.choices) < 2:
-            raise ValueError(f"a question needs at least 2 choices, got {len(self.choices)}")
-        labels = [c.label for c in self.choices]
-        if len(set(labels)) != len(labels):
-            raise ValueError(f"choice labels must be unique, got {labels}")
-        if self.answer is not None and self.answer.upper() not in labels:
-            raise ValueError(f"answer {self.answer!r} is not one of the choice labels {labels}")
-        return self
-
-    @property
-    def labels(self) -> list[str]:
-        return [c.label for c in self.choices]
-
-    @property
-    def kind(self) -> QuestionKind:
-        """`yesno` when the choices are exactly yes and no (StrategyQA style), else `mcq`."""
-        texts = sorted(c.text.strip().lower() for c in self.choices)
-        return "yesno" if texts == ["no", "yes"] else "mcq"
-
-    @property
-    def options_text(self) -> str:
-        """The choices as one line, `A. text, B. text, ...`, the way the templates and exemplars show them."""
-        return ", ".join(f"{c.label}. {c.text}" for c in self.choices)
-
-    def text_of(self, label: str | None) -> str | None:
-        for choice in self.choices:
-            if choice.label == label:
-                return choice.text
-        return None
-
-    @classmethod
-    def coerce(cls, value: Any) -> Question:
-        """Build a `Question` from a `Question`, a mapping (data row / chain input) or another pydantic model with
-        the same fields (a benchmark question from `load_benchmark`), raising `InvalidInputError`."""
-        if isinstance(value, Question):
-            return value
-        if isinstance(value, BaseModel):
-            value = value.model_dump()
-        if not isinstance(value, Mapping):
-            raise InvalidInputError(
-                f"a question must be a mapping with 'question' and 'choices' keys, got {type(value).__name__}"
-            )
-        try:
-            return cls.model_validate(dict(value))
-        except ValueError as exc:  # pydantic.ValidationError is a ValueError
-            raise InvalidInputError(f"invalid question: {exc}") from exc
 
 
 class Exemplar(BaseModel):
@@ -248,6 +151,17 @@ def question_values(question: Question, *, key_information: str = "", explanatio
         "key_information": key_information,
         "explanations": explanations,
     }
+
+
+def prompt_values(state: Mapping[str, Any]) -> dict[str, str]:
+    """The values a stage prompt is rendered from: a chain state's question and the earlier stages' outputs."""
+    recall = state.get("recall")
+    analysis = state.get("analysis")
+    return question_values(
+        state["question"],
+        key_information=recall.text if recall else "",
+        explanations=analysis.text if analysis else "",
+    )
 
 
 def _format(template: str, values: Mapping[str, str]) -> str:

@@ -9,6 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from litestage_chain.budgets.stages import Stage
 from litestage_chain.engine.skip_plan import SkipPlan
 
+State = dict[str, Any]
+"""A chain's state between stages: `question` (a `Question`) and each finished stage's `StageOutput` by name."""
+
 
 class StageOutput(BaseModel):
     """What one stage produced and what it cost: the record the chain keeps and the offline search reads."""

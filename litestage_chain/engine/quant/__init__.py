@@ -5,7 +5,10 @@
 ``quantize_model_linears_cached`` does the same through a safetensors cache.
 """
 
-from litestage_chain.engine.quant.convert import quantize_model_linears, target_linear_names
+from litestage_chain.engine.quant.convert import (
+    quantize_model_linears,
+    target_linear_names,
+)
 from litestage_chain.engine.quant.formats import (
     WEIGHT_FORMATS,
     BFloat16Linear,

@@ -13,7 +13,12 @@ from typing import TypeVar, overload
 
 from torch import nn
 
-from litestage_chain.engine.quant.formats import WEIGHT_FORMATS, WeightFormat, convert_linear, default_lm_head_format
+from litestage_chain.engine.quant.formats import (
+    WEIGHT_FORMATS,
+    WeightFormat,
+    convert_linear,
+    default_lm_head_format,
+)
 
 _DECODER_LINEAR = re.compile(r"(^|\.)layers\.\d+\.")
 _LM_HEAD = re.compile(r"(^|\.)lm_head$")

@@ -18,7 +18,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from litestage_chain.engine.benchmark_model import default_cache_dir
-from litestage_chain.engine.quant.convert import _replace, quantize_model_linears, target_linear_names
+from litestage_chain.engine.quant.convert import (
+    _replace,
+    quantize_model_linears,
+    target_linear_names,
+)
 from litestage_chain.engine.quant.formats import (
     BFloat16Linear,
     Int4Linear,

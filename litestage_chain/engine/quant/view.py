@@ -16,7 +16,11 @@ from torch import nn
 from litestage_chain.engine.architecture import DecoderView
 from litestage_chain.engine.quant.convert import quantize_model_linears
 from litestage_chain.engine.quant.formats import WeightFormat, default_lm_head_format
-from litestage_chain.engine.quant.serialize import converted_cache_path, load_converted, save_converted
+from litestage_chain.engine.quant.serialize import (
+    converted_cache_path,
+    load_converted,
+    save_converted,
+)
 
 
 def view_linears(view: DecoderView) -> dict[str, nn.Module]:
