@@ -16,8 +16,6 @@ summary re-run the chain does when no answer can be read), not LangChain's bookk
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -27,6 +25,7 @@ from typing import Any
 from langchain_core.runnables import Runnable, RunnableConfig
 from tqdm.auto import tqdm
 
+from litestage_chain.append_store import content_key
 from litestage_chain.budgets.stages import STAGES, Stage, check_stage
 from litestage_chain.chat.chat_model import ChatLiteStage
 from litestage_chain.data.types import Question
@@ -46,10 +45,6 @@ from litestage_chain.reasoning.prompts import PromptSet, prompt_values
 from litestage_chain.reasoning.stage_output import StageOutput, State
 
 FALLBACK = "fallback"
-
-
-def _digest(payload: Any) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
 
 
 class CachedStage(Runnable[State, StageOutput]):
@@ -78,7 +73,7 @@ class CachedStage(Runnable[State, StageOutput]):
 
     def key(self, state: State) -> str:
         question: Question = state["question"]
-        return _digest({"stage": self.name, "settings": self.settings, "id": question.id, "inputs": prompt_values(state)})
+        return content_key({"stage": self.name, "settings": self.settings, "id": question.id, "inputs": prompt_values(state)})
 
     def invoke(self, input: State, config: RunnableConfig | None = None, **kwargs: Any) -> StageOutput:
         return self.batch([input], config)[0]
@@ -160,7 +155,7 @@ class ChainEvaluator:
         # results stored under v1 were charged with it by run order and must not be mixed with v2 ones.
         # v3: a left-padded batch's prefill no longer computes the padding (forward.prefill_packed), so stage seconds
         # measured under v2 are slower than the same stages now and must not be compared with v3 ones.
-        return "chain-v3:" + _digest({
+        return "chain-v3:" + content_key({
             "weights": weights,
             "max_tokens": self.max_tokens,
             "early_exit": {s: (e.model_dump() if e else None) for s, e in self.early_exit.items()},
