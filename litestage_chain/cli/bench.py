@@ -30,6 +30,7 @@ from litestage_chain.bench.results import rebuild_report, write_run
 from litestage_chain.bench.runner import recorded_count, run_points
 from litestage_chain.budgets.profile import Profile
 from litestage_chain.budgets.stages import check_stage
+from litestage_chain.cluster.bench import run_points_on_workers
 from litestage_chain.cluster.cli import add_cluster_arguments, cluster_options, describe_pool, maybe_pool
 from litestage_chain.data import load_benchmark, load_jsonl, seeded_slice
 from litestage_chain.data.benchmarks import resolve_data_dir
@@ -259,8 +260,6 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
         if pool is None:
             run_points(executor, points, questions.questions, store, interleave=args.interleave, progress=progress)
         else:
-            from litestage_chain.cluster.bench import run_points_on_workers
-
             out.write(describe_pool(pool) + "\n")
             out.flush()
             run_points_on_workers(pool, settings, executor.identity, points, questions.questions, store,

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from litestage_chain.budgets.profile import Profile, TraceEntry, shipped_profiles
 from litestage_chain.cli.bench import parse_max_tokens
 from litestage_chain.cluster.cli import add_cluster_arguments, cluster_options, describe_pool, maybe_pool
+from litestage_chain.cluster.search import DistributedEvaluator
 from litestage_chain.data import search_questions
 from litestage_chain.data.rows import describe_validation_error
 from litestage_chain.engine.early_exit import EarlyExitConfig
@@ -202,8 +203,6 @@ def _search(
 ) -> int:
     """The search and its side-by-side check, on `pool`'s workers when there is one (else in this process)."""
     if pool is not None:
-        from litestage_chain.cluster.search import DistributedEvaluator
-
         evaluator = DistributedEvaluator(evaluator, pool, settings)
         out.write(describe_pool(pool) + "\n")
     out.write(f"searching {model.name} on {questions.benchmark}/{questions.split}; log: {log}\n")
@@ -287,8 +286,6 @@ def _check_and_save(
                     batch_size=args.batch_size, reuse_outputs=False, progress=not args.no_progress and pool is None)
     evaluator: Any = ChainEvaluator(model, **settings)
     if pool is not None:  # every side's evaluation split over the workers, the same shards for both sides
-        from litestage_chain.cluster.search import DistributedEvaluator
-
         evaluator = DistributedEvaluator(evaluator, pool, settings)
     out.write(f"timing the plans against the full model side by side ({rounds} evaluations each)\n")
     out.flush()

@@ -1,4 +1,7 @@
-"""The `--workers` / `--ray-address` options shared by `litestage bench` and `litestage profile` (no Ray import)."""
+"""The `--workers` / `--ray-address` options shared by `litestage bench` and `litestage profile`.
+
+Nothing here imports Ray until a run asks for workers (`cluster_options`, `maybe_pool`).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from litestage_chain.cluster.pool import WorkerPool, worker_pool
+from litestage_chain.cluster.runtime import ClusterOptions, import_ray
+from litestage_chain.cluster.worker import WorkerSpec
 from litestage_chain.errors import InvalidInputError
 
 
@@ -25,7 +31,7 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def cluster_options(args: argparse.Namespace, threads: int | None) -> Any:
+def cluster_options(args: argparse.Namespace, threads: int | None) -> ClusterOptions | None:
     """A `ClusterOptions` when `--workers` or `--ray-address` was given, else None (and Ray is never imported)."""
     workers, address = getattr(args, "workers", None), getattr(args, "ray_address", None)
     if workers is None and address is None:
@@ -34,26 +40,21 @@ def cluster_options(args: argparse.Namespace, threads: int | None) -> Any:
         raise InvalidInputError(f"--workers must be >= 1, got {workers}")
     if address is not None and not address.strip():
         raise InvalidInputError("--ray-address is empty")
-    from litestage_chain.cluster.runtime import ClusterOptions, import_ray
-
     import_ray()  # not installed: say so now, not after the model has loaded
     return ClusterOptions(workers=workers, address=address, threads=max(1, threads or 1))
 
 
 @contextmanager
-def maybe_pool(options: Any, model: str, weights: str) -> Iterator[Any]:
+def maybe_pool(options: ClusterOptions | None, model: str, weights: str) -> Iterator[WorkerPool | None]:
     """The run's `WorkerPool` when `options` ask for one, else None (nothing of Ray is imported)."""
     if options is None:
         yield None
         return
-    from litestage_chain.cluster.pool import worker_pool
-    from litestage_chain.cluster.worker import WorkerSpec
-
     with worker_pool(options, WorkerSpec(model=model, weights=weights, threads=options.threads)) as pool:
         yield pool
 
 
-def describe_pool(pool: Any) -> str:
+def describe_pool(pool: WorkerPool) -> str:
     """`2 workers: w0 (host, pid 123), ...`: printed before a distributed run starts."""
     members = ", ".join(f"{info.name} ({info.host}, pid {info.pid})" for info in pool.infos)
     return f"{len(pool)} workers: {members}"

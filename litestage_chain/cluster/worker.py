@@ -15,11 +15,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from litestage_chain.bench.executor import ChainExecutor
 from litestage_chain.bench.methods import MethodPoint
 from litestage_chain.bench.records import Outcome
 from litestage_chain.data.types import Question
-from litestage_chain.offline.store import EvalResult
+from litestage_chain.engine.loading import load_model
 from litestage_chain.engine.skip_plan import SkipPlan
+from litestage_chain.offline.evaluator import ChainEvaluator
+from litestage_chain.offline.store import EvalResult
 
 
 class WorkerSpec(BaseModel):
@@ -53,8 +56,6 @@ class ModelWorker:
     def __init__(self, spec: WorkerSpec, name: str) -> None:
         import torch
 
-        from litestage_chain.engine.loading import load_model
-
         torch.set_num_threads(spec.threads)
         self.spec = spec
         self.model = load_model(spec.model, weights=spec.weights)
@@ -72,16 +73,12 @@ class ModelWorker:
         return self.info
 
     def _executor(self, settings: Mapping[str, Any]) -> Any:
-        from litestage_chain.bench.executor import ChainExecutor
-
         key = settings_key("bench", settings)
         if key not in self._runners:
             self._runners[key] = ChainExecutor(self.model, **settings)
         return self._runners[key]
 
     def _evaluator(self, settings: Mapping[str, Any]) -> Any:
-        from litestage_chain.offline.evaluator import ChainEvaluator
-
         key = settings_key("search", settings)
         if key not in self._runners:
             self._runners[key] = ChainEvaluator(self.model, **settings)

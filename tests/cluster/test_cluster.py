@@ -1,10 +1,13 @@
 """Benchmarks and searches on Ray workers: identical greedy results to one process, resume, a lost worker, two nodes.
 
-Each test starts (and shuts down) its own Ray runtime, with the tiny Llama saved to disk so workers can load it.
+Each test starts (and shuts down) its own Ray runtime, or joins the module's simulated two-node cluster, with a tiny
+2-layer Llama saved to disk so that workers can load it.
 """
 
 from __future__ import annotations
 
+import argparse
+import io
 import json
 import os
 import signal
@@ -14,14 +17,15 @@ import warnings
 from pathlib import Path
 
 import pytest
-from test_bench_executor import _bench, bench_setup  # noqa: F401  (the fixture: a tiny model, data, a profile)
-from test_profile_cli import write_data
+from tiny_models import save_tiny_long_context_llama
 
 from litestage_chain import EarlyExitConfig, SkipPlan, load_model
 from litestage_chain.bench.executor import ChainExecutor
 from litestage_chain.bench.methods import MethodPoint
 from litestage_chain.bench.records import RECORDS_FILE, RecordStore
 from litestage_chain.bench.runner import run_points
+from litestage_chain.budgets.profile import ModelIdentity, Profile, SearchedQuestions, StageBudget
+from litestage_chain.cli.main import build_parser
 from litestage_chain.cluster.cli import cluster_options
 from litestage_chain.data import search_questions
 from litestage_chain.data.types import Question
@@ -51,7 +55,42 @@ def two_nodes():
     finally:
         cluster.shutdown()
 
+
 STAGES = ("recall", "analysis", "summary")
+
+
+def question_rows(prefix: str, n: int) -> list[dict]:
+    return [{"id": f"{prefix}{i}", "question": f"Which option is number {i}?", "answer": "AB"[i % 2],
+             "choices": [{"label": "A", "text": "one"}, {"label": "B", "text": "two"}]} for i in range(n)]
+
+
+@pytest.fixture()
+def bench_setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """A tiny model folder, toy dev/train questions (also as csqa/train.jsonl, for searches) and a profile."""
+    monkeypatch.setenv("LITESTAGE_CACHE", str(tmp_path / "cache"))
+    model_dir = save_tiny_long_context_llama(tmp_path / "model")
+    for folder in ("toy", "csqa"):
+        (tmp_path / "data" / folder).mkdir(parents=True)
+        for split, prefix in (("dev", "d"), ("train", "t")):
+            rows = "".join(json.dumps(r) + "\n" for r in question_rows(prefix, 4))
+            (tmp_path / "data" / folder / f"{split}.jsonl").write_text(rows)
+    profile = Profile(
+        model=ModelIdentity(name="tiny", weights_sha256=load_model(str(model_dir)).weights_sha256),
+        stages={s: StageBudget(plan=SkipPlan(attention=[1], mlp=[0])) for s in STAGES},
+        epsilon=0.1, metric="accuracy", questions=SearchedQuestions(benchmark="toy", split="train", size=3),
+        importance=[(1, "attention"), (0, "mlp"), (0, "attention")], stage_order=list(STAGES),
+        full_score=0.5, full_latency_seconds=1.0,
+    )
+    return {"model": model_dir, "data": tmp_path / "data" / "toy" / "dev.jsonl", "root": tmp_path / "data",
+            "profile": profile.save(tmp_path / "profile.json"), "out": tmp_path / "out"}
+
+
+def _bench(argv: list[str]) -> str:
+    """What `litestage bench ...` prints (the command's own parser)."""
+    args, out = build_parser().parse_args(argv), io.StringIO()
+    assert args.handler(args, out) == 0
+    return out.getvalue()
+
 SETTINGS = dict(max_tokens={"recall": 3, "analysis": 3, "summary": 2}, num_shots=0, fallback=False)
 BENCH = ["--limit", "3", "--shots", "0", "--max-tokens", "recall=3,analysis=3,summary=2", "--interleave", "1",
          "--methods", "full", "litestage", "uniform", "unified", "--sweep", "uniform=1", "--sweep", "unified=1",
@@ -67,7 +106,7 @@ def keys_in_file(path: Path) -> list[str]:
     return [json.loads(line)["key"] for line in path.read_text().splitlines()]
 
 
-def test_single_process_runs_never_import_ray(bench_setup: dict[str, Path]) -> None:  # noqa: F811
+def test_single_process_runs_never_import_ray(bench_setup: dict[str, Path]) -> None:
     argv = ["bench", "--benchmark", "toy", "--data", str(bench_setup["data"]), "--model", str(bench_setup["model"]),
             "--profile", str(bench_setup["profile"]), "--out", str(bench_setup["out"]), "--limit", "1", "--shots", "0",
             "--max-tokens", "recall=2,analysis=2,summary=1", "--methods", "full", "uniform", "--sweep", "uniform=1",
@@ -81,7 +120,7 @@ def test_single_process_runs_never_import_ray(bench_setup: dict[str, Path]) -> N
     assert "ray imported: False" in done.stdout
 
 
-def test_bench_on_two_local_workers_matches_one_process_and_resumes(bench_setup: dict[str, Path]) -> None:  # noqa: F811
+def test_bench_on_two_local_workers_matches_one_process_and_resumes(bench_setup: dict[str, Path]) -> None:
     base = ["bench", "--benchmark", "toy", "--data", str(bench_setup["data"]), "--model", str(bench_setup["model"]),
             "--profile", str(bench_setup["profile"]), *BENCH]
     single = bench_setup["out"]
@@ -113,8 +152,8 @@ def _points() -> list[MethodPoint]:
         return MethodPoint(method=method, count=plan.num_skipped, plans={s: plan for s in STAGES},  # type: ignore[arg-type]
                            early_exit={s: rule for s in STAGES})
 
-    return [point("full", SkipPlan()), point("uniform", SkipPlan(mlp=[1, 2])),
-            point("uniform-exit", SkipPlan(attention=[3]), EarlyExitConfig(window=1, threshold=0.9, min_tokens=1))]
+    return [point("full", SkipPlan()), point("uniform", SkipPlan(mlp=[1])),
+            point("uniform-exit", SkipPlan(attention=[0]), EarlyExitConfig(window=1, threshold=0.9, min_tokens=1))]
 
 
 def _questions(n: int) -> list[Question]:
@@ -123,7 +162,7 @@ def _questions(n: int) -> list[Question]:
 
 
 def test_a_lost_worker_is_replaced_and_nothing_is_recorded_twice(
-    two_nodes: str, bench_setup: dict[str, Path], tmp_path: Path  # noqa: F811
+    two_nodes: str, bench_setup: dict[str, Path], tmp_path: Path
 ) -> None:
     model = load_model(str(bench_setup["model"]))
     executor = ChainExecutor(model, **SETTINGS)
@@ -153,14 +192,14 @@ def test_a_lost_worker_is_replaced_and_nothing_is_recorded_twice(
 
 
 def test_search_on_a_simulated_two_node_cluster_measures_what_one_process_does(
-    two_nodes: str, bench_setup: dict[str, Path], tmp_path: Path  # noqa: F811
+    two_nodes: str, bench_setup: dict[str, Path], tmp_path: Path
 ) -> None:
     from litestage_chain.offline.pipeline import search_profile
     from litestage_chain.offline.search import SearchConfig
     from litestage_chain.offline.evaluator import ChainEvaluator
 
     model = load_model(str(bench_setup["model"]))
-    questions = search_questions("csqa", 4, seed=0, data_dir=write_data(tmp_path / "data", n=4))
+    questions = search_questions("csqa", 4, seed=0, data_dir=bench_setup["root"])
     settings = {**SETTINGS, "batch_size": 2}
     log = tmp_path / "search.jsonl"
     with worker_pool(ClusterOptions(address=two_nodes), WorkerSpec(model=str(bench_setup["model"]))) as pool:
@@ -211,8 +250,6 @@ def test_shards_follow_the_decoding_batches_and_merge_back() -> None:
 
 
 def test_bad_cluster_options_are_clear_errors() -> None:
-    import argparse
-
     assert cluster_options(argparse.Namespace(workers=None, ray_address=None), 1) is None
     with pytest.raises(InvalidInputError, match="--workers must be >= 1"):
         cluster_options(argparse.Namespace(workers=0, ray_address=None), 1)
