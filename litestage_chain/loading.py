@@ -26,6 +26,7 @@ import torch
 from litestage_chain.architecture import DecoderView, build_decoder_view, check_supported
 from litestage_chain.cache_dir import cache_root
 from litestage_chain.errors import ModelLoadError
+from litestage_chain.context_cache import ContextCache
 from litestage_chain.prefix_cache import PrefixCache
 from litestage_chain.sources import ResolvedSource, recommended_weights, resolve_source
 from litestage_chain.weight_formats import AUTO, WEIGHT_FORMATS
@@ -51,6 +52,8 @@ class LoadedModel:
     "release" them (loaded here from the float32 checkpoint), or they are "absent" (never loaded)."""
     view: DecoderView = field(init=False, repr=False)
     prefix_cache: PrefixCache = field(init=False, repr=False)
+    context_cache: ContextCache = field(init=False, repr=False)
+    """KV entries of earlier calls' prompts and outputs, for calls that continue them (shared-context stages)."""
     eos_token_ids: frozenset[int] = field(init=False)
     pad_token_id: int = field(init=False)
 
@@ -69,6 +72,7 @@ class LoadedModel:
                     self.model, float_view, self.view, self.weights, unmap=self.float_weights == "release"
                 )
         self.prefix_cache = PrefixCache()
+        self.context_cache = ContextCache()
         self.eos_token_ids = frozenset(_eos_ids(self.model, self.tokenizer))
         pad = self.tokenizer.pad_token_id
         self.pad_token_id = int(pad if pad is not None else min(self.eos_token_ids, default=0))
