@@ -38,6 +38,7 @@ from langchain_core.runnables.config import get_config_list
 from pydantic import ConfigDict, Field, InstanceOf, field_validator, model_validator
 from typing_extensions import override
 
+from litestage_chain.continuation import encode_segments, prompt_segments, split_continuation
 from litestage_chain.early_exit import EarlyExitConfig
 from litestage_chain.errors import InvalidInputError, LiteStageError
 from litestage_chain.generation import GenerationConfig, GenerationResult, generate
@@ -63,7 +64,7 @@ DEFAULT_MODEL = "smollm2-135m"
 # Keyword arguments a call (invoke/stream/batch, or .bind) may pass; anything else is a typo worth an error.
 CALL_KWARGS = frozenset(
     {"stage", "skip_plan", "early_exit", "max_tokens", "temperature", "top_p", "seed", "model", "tools",
-     "tool_choice", "response_prefix", "response_schema", "stream"}
+     "tool_choice", "response_prefix", "response_schema", "stream", "reuse_context"}
 )
 
 
@@ -82,15 +83,18 @@ class PreparedCall:
     forced_tool: str | None = None
     schema: dict[str, Any] | None = None
     shared_prefix: str | None = None
+    segments: tuple[tuple[str, SkipPlan], ...] | None = None
+    """The prompt as pieces with the plan each is computed under (a continued turn, or context reuse)."""
+    reuse_context: bool = False
 
     @property
     def guided(self) -> bool:
         """Whether the reply is JSON filled value by value (forced tool call or structured output)."""
         return self.forced_tool is not None or self.schema is not None
 
-    def batch_key(self) -> tuple[int, SkipPlan, GenerationConfig]:
+    def batch_key(self) -> tuple[int, SkipPlan, GenerationConfig, bool]:
         """Calls with equal keys can share one batched `generate` (one plan, one decoding config)."""
-        return (id(self.loaded), self.plan, self.config)
+        return (id(self.loaded), self.plan, self.config, self.reuse_context)
 
 
 class ChatLiteStage(BaseChatModel):
@@ -147,6 +151,11 @@ class ChatLiteStage(BaseChatModel):
     """Reuse the KV entries of everything before the last message across calls with the same plan (system
     prompt, few-shot exemplars, conversation history), so repeated stage prompts are not prefilled again. Usage
     metadata counts those tokens as cached input (`cache_creation` when stored, `cache_read` when reused)."""
+    reuse_context: bool = False
+    """Reuse the KV entries of any earlier call's prompt *and output* that this call's prompt continues, whatever
+    plan computed them (the model's context cache, see `context_cache.py`), and store this call's for later ones.
+    Shared-context reasoning stages turn it on; a conversation gains from it too. Response metadata reports
+    `reused_tokens` and `prefilled_tokens`."""
 
     @model_validator(mode="before")
     @classmethod
@@ -271,6 +280,7 @@ class ChatLiteStage(BaseChatModel):
                 f"unknown argument(s) {unknown} for ChatLiteStage; supported per-call arguments: "
                 f"{', '.join(sorted(CALL_KWARGS - {'stream'}))}"
             )
+        messages, continuation = split_continuation(messages)
         stage = kwargs.get("stage", self.stage)
         plan, early = self.resolve_budget(stage, **{k: kwargs[k] for k in ("skip_plan", "early_exit") if k in kwargs})
         loaded = self.loaded_model(kwargs.get("model") or None)
@@ -310,6 +320,16 @@ class ChatLiteStage(BaseChatModel):
         if self.reuse_prefix and len(chat) >= 2:
             shared_prefix = loaded.render_chat(chat[:-1], tools=template_tools, add_generation_prompt=False)
         prefix = "" if (forced or schema) else str(kwargs.get("response_prefix") or "")
+        reuse_context = bool(kwargs.get("reuse_context", self.reuse_context)) and not (specs or schema)
+        segments = None
+        if continuation is not None or reuse_context:
+            if specs or schema:
+                raise InvalidInputError("a continued assistant turn cannot be combined with tools or a schema")
+            segments = prompt_segments(prompt, shared_prefix, continuation, prefix, plan)
+            whole = "".join(text for text, _ in segments)
+            prompt = whole[: len(whole) - len(prefix)]
+            if shared_prefix is not None and not prompt.startswith(shared_prefix):
+                shared_prefix = None
         return PreparedCall(
             loaded=loaded,
             model_name=str(kwargs.get("model") or loaded.name),
@@ -322,6 +342,8 @@ class ChatLiteStage(BaseChatModel):
             forced_tool=forced,
             schema=schema,
             shared_prefix=shared_prefix,
+            segments=segments,
+            reuse_context=reuse_context,
         )
 
     # ------------------------------------------------------------------ generation
@@ -333,14 +355,22 @@ class ChatLiteStage(BaseChatModel):
             return [self._run_guided(call) for call in calls]
         if first.tools:
             return [self._run_tools_auto(call) for call in calls]
+        prompts: list[Any] = [c.prompt for c in calls]
+        reuse: dict[str, Any] = {}
+        if first.segments is not None:
+            encoded = [encode_segments(c.loaded, c.segments or ()) for c in calls]
+            prompts = [ids for ids, _ in encoded]
+            if first.reuse_context:
+                reuse = {"context_cache": first.loaded.context_cache, "prompt_plans": [runs for _, runs in encoded]}
         return generate(
             first.loaded,
-            [c.prompt for c in calls],
+            prompts,
             plan=first.plan,
             config=first.config,
             on_token=on_token,
             # The engine reuses a prefix only when every row starts with it; mixed prefixes prefill in full.
             shared_prefix=first.shared_prefix if all(c.shared_prefix == first.shared_prefix for c in calls) else None,
+            **reuse,
         )
 
     def _run_tools_auto(self, call: PreparedCall) -> GenerationResult:
@@ -791,6 +821,8 @@ def _response_metadata(call: PreparedCall, result: GenerationResult) -> dict[str
         "prefill_seconds": result.prefill_seconds,
         "decode_seconds": result.decode_seconds,
         "prefix_seconds": result.prefix_seconds,
+        "reused_tokens": result.reused_tokens,
+        "prefilled_tokens": result.prompt_tokens - result.reused_tokens,
     }
 
 
