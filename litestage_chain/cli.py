@@ -18,6 +18,7 @@ from uuid import UUID
 from langchain_core.callbacks import BaseCallbackHandler
 
 from litestage_chain.errors import InvalidInputError, LiteStageError
+from litestage_chain.shared_context import add_context_argument
 from litestage_chain.weight_formats import WEIGHT_CHOICES
 from litestage_chain.stages import STAGES, PlanMapping, as_stage_budgets
 
@@ -77,6 +78,7 @@ def add_ask_parser(subparsers: Any) -> None:
     )
     ask.add_argument("--max-tokens", type=int, metavar="N", help="cap every stage at N generated tokens")
     ask.add_argument("--shots", type=int, default=2, metavar="N", help="worked examples per stage (default 2)")
+    add_context_argument(ask)
     ask.add_argument("--no-fallback", action="store_true", help="do not re-run the summary on the full model")
     ask.add_argument("--no-stream", action="store_true", help="print each stage when done instead of streaming")
     ask.add_argument("--json", action="store_true", help="print the full result as JSON at the end")
@@ -102,7 +104,8 @@ def run_ask(args: argparse.Namespace, out: TextIO | None = None) -> int:
     )
     model = ChatLiteStage(model=args.model, weights=getattr(args, "weights", "auto"))
     chain = build_reasoning_chain(
-        model, plans=plans, max_tokens=max_tokens, num_shots=args.shots, fallback=not args.no_fallback
+        model, plans=plans, max_tokens=max_tokens, num_shots=args.shots, fallback=not args.no_fallback,
+        context=getattr(args, "context", "separate"),
     )
     out.write(f"Question: {question.question}\n")
     for choice in question.choices:
@@ -162,16 +165,21 @@ def timing_table(result: Any) -> str:
     rows = [(stage, result.stages[stage]) for stage in STAGES]
     if result.fallback is not None:
         rows.append(("summary*", result.fallback))
-    lines = [f"{'stage':<10}{'tokens':>8}{'prefill s':>11}{'decode s':>10}{'total s':>9}  {'exit':<6}skipped sub-layers"]
+    lines = [
+        f"{'stage':<10}{'tokens':>8}{'prefilled':>10}{'reused':>8}{'prefill s':>11}{'decode s':>10}{'total s':>9}  "
+        f"{'exit':<6}skipped sub-layers"
+    ]
     for name, output in rows:
         lines.append(
-            f"{name:<10}{output.generated_tokens:>8}{output.prefill_seconds:>11.2f}{output.decode_seconds:>10.2f}"
+            f"{name:<10}{output.generated_tokens:>8}{output.prefilled_tokens:>10}{output.reused_tokens:>8}"
+            f"{output.prefill_seconds:>11.2f}{output.decode_seconds:>10.2f}"
             f"{output.seconds:>9.2f}  {'early' if output.early_exited else '-':<6}{output.skipped.describe()}"
         )
     lines.append(
-        f"{'total':<10}{result.generated_tokens:>8}{'':>11}{'':>10}{result.model_seconds:>9.2f}"
+        f"{'total':<10}{result.generated_tokens:>8}{'':>10}{'':>8}{'':>11}{'':>10}{result.model_seconds:>9.2f}"
         f"  (wall {result.total_seconds:.2f} s)"
     )
+    lines.append("prefilled / reused: prompt tokens the stage computed / found cached from earlier calls")
     if result.fallback is not None:
         lines.append("summary* = the summary re-run on the full model because no answer could be read")
     return "\n".join(lines) + "\n"

@@ -49,6 +49,15 @@ def check_context(context: object) -> ContextFormat:
     return context  # type: ignore[return-value]
 
 
+def add_context_argument(parser: Any) -> None:
+    """`--context shared|separate` for the commands that run the chain."""
+    parser.add_argument(
+        "--context", choices=CONTEXT_FORMATS, default="separate",
+        help="reasoning format: 'separate' gives each stage its own prompt (the paper's); 'shared' makes the stages "
+        "one sequence whose KV entries each stage reuses (default separate)",
+    )
+
+
 def turn_segments(stage: Stage, state: dict[str, Any]) -> list[Segment]:
     """The shared assistant turn up to `stage`'s header, piece by piece, each with the plan that computed it."""
     segments: list[Segment] = []
