@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any, TypedDict
 
-from litestage_chain.chain import ReasoningResult, answer_node, stage_node
-from litestage_chain.chat_model import ChatLiteStage
-from litestage_chain.stages import StageOutput
+from litestage_chain.reasoning.chain import ReasoningResult, answer_node, stage_node
+from litestage_chain.chat.chat_model import ChatLiteStage
+from litestage_chain.reasoning.stage_output import StageOutput
 
 
 class GraphState(TypedDict, total=False):

@@ -50,7 +50,6 @@ def test_rows_of_both_runs_over_the_questions_both_finished(tmp_path: Path) -> N
 
 def test_the_combining_script_writes_a_results_folder_the_notebook_reads(tmp_path: Path) -> None:
     from benchmarks.combine_runs import main
-
     from litestage_chain.bench.report import load_results, rows_of
 
     _run(tmp_path / "a", {"full", "uniform@1"}, n=3)

@@ -12,14 +12,24 @@ import torch
 from tiny_models import _common, byte_tokenizer
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from litestage_chain import EarlyExitConfig, SkipPlan, from_pretrained_objects, load_model
-from litestage_chain.bench.cli import add_bench_subcommand
+from litestage_chain import (
+    EarlyExitConfig,
+    SkipPlan,
+    from_pretrained_objects,
+    load_model,
+)
 from litestage_chain.bench.executor import ChainExecutor
 from litestage_chain.bench.methods import MethodPoint
 from litestage_chain.bench.records import RECORDS_FILE, RecordStore
 from litestage_chain.bench.report import RESULTS_JSON, RESULTS_MD
+from litestage_chain.budgets.profile import (
+    ModelIdentity,
+    Profile,
+    SearchedQuestions,
+    StageBudget,
+)
+from litestage_chain.cli.bench import add_bench_subcommand
 from litestage_chain.data.types import Question
-from litestage_chain.profile import ModelIdentity, Profile, SearchedQuestions, StageSettings
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -86,7 +96,7 @@ def bench_setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Pa
     sha = load_model(str(model_dir)).weights_sha256
     profile = Profile(
         model=ModelIdentity(name="tiny", weights_sha256=sha),
-        stages={s: StageSettings(plan=SkipPlan(attention=[3], mlp=[2])) for s in STAGES},
+        stages={s: StageBudget(plan=SkipPlan(attention=[3], mlp=[2])) for s in STAGES},
         epsilon=0.1, metric="accuracy", questions=SearchedQuestions(benchmark="toy", split="train", size=3),
         importance=[(3, "attention"), (2, "mlp"), (1, "attention")], stage_order=list(STAGES),
         full_score=0.5, full_latency_seconds=1.0,

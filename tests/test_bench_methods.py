@@ -17,8 +17,13 @@ from litestage_chain.bench.methods import (
     parse_sweep,
     unified_plan,
 )
-from litestage_chain.importance import rank_sublayers
-from litestage_chain.profile import ModelIdentity, Profile, SearchedQuestions, StageSettings
+from litestage_chain.budgets.profile import (
+    ModelIdentity,
+    Profile,
+    SearchedQuestions,
+    StageBudget,
+)
+from litestage_chain.offline.importance import rank_sublayers
 
 STAGES = ("recall", "analysis", "summary")
 LAYERS = 6
@@ -35,9 +40,9 @@ def profile() -> Profile:
     return Profile(
         model=ModelIdentity(name="tiny", weights_sha256="ab" * 32),
         stages={
-            "recall": StageSettings(plan=SkipPlan(mlp=[1])),
-            "analysis": StageSettings(plan=SkipPlan(attention=[2, 3])),
-            "summary": StageSettings(plan=SkipPlan(attention=[4], mlp=[5]),
+            "recall": StageBudget(plan=SkipPlan(mlp=[1])),
+            "analysis": StageBudget(plan=SkipPlan(attention=[2, 3])),
+            "summary": StageBudget(plan=SkipPlan(attention=[4], mlp=[5]),
                                      early_exit=EarlyExitConfig(window=2, threshold=0.3, min_tokens=1)),
         },
         epsilon=0.02, metric="accuracy", questions=SearchedQuestions(benchmark="t", split="train", size=4),

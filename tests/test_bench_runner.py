@@ -12,15 +12,31 @@ import pytest
 import torch
 
 from litestage_chain import InvalidInputError
-from litestage_chain.bench.cli import add_bench_subcommand, parse_max_tokens
 from litestage_chain.bench.methods import MethodContext, MethodPoint, all_points
-from litestage_chain.bench.plots import ACCURACY_VS_SPEEDUP, STAGE_SENSITIVITY, TOKENS_VS_SKIPPED, write_plots
-from litestage_chain.bench.records import RECORDS_FILE, Outcome, RecordStore, StageMeasure
-from litestage_chain.bench.report import RESULTS_JSON, RESULTS_MD, load_results, rows_of, write_report
+from litestage_chain.bench.plots import (
+    ACCURACY_VS_SPEEDUP,
+    STAGE_SENSITIVITY,
+    TOKENS_VS_SKIPPED,
+    write_plots,
+)
+from litestage_chain.bench.records import (
+    RECORDS_FILE,
+    Outcome,
+    RecordStore,
+    StageMeasure,
+)
+from litestage_chain.bench.report import (
+    RESULTS_JSON,
+    RESULTS_MD,
+    load_results,
+    rows_of,
+    write_report,
+)
 from litestage_chain.bench.results import rebuild_report, run_records, write_run
 from litestage_chain.bench.runner import recorded_count, run_points
+from litestage_chain.cli.bench import add_bench_subcommand, parse_max_tokens
 from litestage_chain.data.types import Question
-from litestage_chain.importance import rank_sublayers
+from litestage_chain.offline.importance import rank_sublayers
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -199,7 +215,7 @@ def test_command_names_bad_options(tmp_path: Path) -> None:
 
 
 def test_command_takes_the_data_folder_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from litestage_chain.bench.cli import _data_path
+    from litestage_chain.cli.bench import _data_path
 
     args = _parse(["bench", "--benchmark", "csqa", "--out", str(tmp_path)])
     monkeypatch.delenv("LITESTAGE_DATA_DIR", raising=False)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from litestage_chain import benchmark_model as bm
+from litestage_chain.engine import benchmark_model as bm
 
 
 def _fake_parts(root: Path, count: int) -> dict[str, Path]:

@@ -11,10 +11,20 @@ import pytest
 from langchain_core.messages import AIMessage
 from langchain_core.runnables import RunnableLambda, RunnableParallel
 
-from litestage_chain import EarlyExitConfig, InvalidInputError, LoadedModel, SkipPlan, from_pretrained_objects
-from litestage_chain.chain import ReasoningResult, build_reasoning_chain, run_batch
-from litestage_chain.chat_model import ChatLiteStage
-from litestage_chain.stages import StageOutput
+from litestage_chain import (
+    EarlyExitConfig,
+    InvalidInputError,
+    LoadedModel,
+    SkipPlan,
+    from_pretrained_objects,
+)
+from litestage_chain.chat.chat_model import ChatLiteStage
+from litestage_chain.reasoning.chain import (
+    ReasoningResult,
+    build_reasoning_chain,
+    run_batch,
+)
+from litestage_chain.reasoning.stage_output import StageOutput
 
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_models import tiny_long_context_llama  # noqa: E402
@@ -154,7 +164,7 @@ def test_bad_questions_and_plans() -> None:
 
 
 def test_chain_on_tiny_model_batches_stage_by_stage(tiny_long: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> None:
-    import litestage_chain.chat_model as module
+    import litestage_chain.chat.chat_model as module
 
     batches: list[tuple[int, SkipPlan]] = []
     real = module.generate
@@ -180,7 +190,7 @@ def test_chain_on_tiny_model_batches_stage_by_stage(tiny_long: LoadedModel, monk
 
 
 def test_fallback_is_batched_over_the_unanswered(tiny_long: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> None:
-    import litestage_chain.chat_model as module
+    import litestage_chain.chat.chat_model as module
 
     batches: list[tuple[int, SkipPlan]] = []
     real = module.generate

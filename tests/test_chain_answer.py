@@ -6,9 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from litestage_chain.answer import extract, extract_answer, extract_correct_option
+from litestage_chain.data.types import Question
 from litestage_chain.errors import InvalidInputError
-from litestage_chain.prompts import PromptSet, Question, parse_template
+from litestage_chain.reasoning.answer import (
+    extract,
+    extract_answer,
+    extract_correct_option,
+)
+from litestage_chain.reasoning.prompts import PromptSet, parse_template
 
 MCQ = Question(
     question="Where would you keep milk cold?",
@@ -85,7 +90,7 @@ def test_question_coercion_and_errors() -> None:
         Question.coerce({"question": "  ", "choices": ["x", "y"]})
     with pytest.raises(InvalidInputError, match="unique"):
         Question.coerce({"question": "Q?", "choices": [{"label": "A", "text": "x"}, {"label": "A", "text": "y"}]})
-    with pytest.raises(InvalidInputError, match="not one of the choice labels"):
+    with pytest.raises(InvalidInputError, match="not among the choice labels"):
         Question.coerce({"question": "Q?", "choices": ["x", "y"], "answer": "C"})
     with pytest.raises(InvalidInputError, match="mapping"):
         Question.coerce("just a string")

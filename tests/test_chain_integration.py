@@ -5,7 +5,11 @@ from __future__ import annotations
 import pytest
 
 from litestage_chain import LoadedModel, SkipPlan
-from litestage_chain.chain import ReasoningResult, build_reasoning_chain, run_batch
+from litestage_chain.reasoning.chain import (
+    ReasoningResult,
+    build_reasoning_chain,
+    run_batch,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -51,11 +55,11 @@ def test_unreadable_summary_falls_back_to_the_full_model(real_model: LoadedModel
     assert result.answer_source in {"analysis", None}
 
 
-@pytest.mark.parametrize("name", __import__("litestage_chain.profile", fromlist=["x"]).shipped_profiles())
+@pytest.mark.parametrize("name", __import__("litestage_chain.budgets.profile", fromlist=["x"]).shipped_profiles())
 def test_shipped_profile_fits_the_default_model_and_drives_the_chain(name: str, real_model: LoadedModel) -> None:
     """Every shipped profile loads by name, matches the embedded model in its default format, and sets each
     stage's skipped sub-layers in the chain."""
-    from litestage_chain.profile import Profile
+    from litestage_chain.budgets.profile import Profile
 
     profile = Profile.load(name)
     chain = build_reasoning_chain(plans=name, max_tokens=BUDGET)

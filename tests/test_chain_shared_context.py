@@ -9,10 +9,10 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 
 from litestage_chain import InvalidInputError, LoadedModel, SkipPlan, from_pretrained_objects
-from litestage_chain.chain import ReasoningResult, build_reasoning_chain, run_batch, stage_node
-from litestage_chain.chat_model import ChatLiteStage
-from litestage_chain.continuation import continuation_message
-from litestage_chain.stages import StageOutput
+from litestage_chain.reasoning.chain import ReasoningResult, build_reasoning_chain, run_batch, stage_node
+from litestage_chain.chat.chat_model import ChatLiteStage
+from litestage_chain.chat.continuation import continuation_message
+from litestage_chain.reasoning.stage_output import StageOutput
 
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_models import tiny_long_context_llama  # noqa: E402

@@ -6,13 +6,20 @@ import asyncio
 
 import pytest
 from langchain_core.callbacks import BaseCallbackHandler
-from langchain_core.messages import AIMessage, AIMessageChunk, ChatMessage, FunctionMessage, HumanMessage, SystemMessage
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    ChatMessage,
+    FunctionMessage,
+    HumanMessage,
+    SystemMessage,
+)
 from langchain_core.runnables import ConfigurableField
 from pydantic import ValidationError
 
 from litestage_chain import EarlyExitConfig, InvalidInputError, LoadedModel, SkipPlan
-from litestage_chain.chat_model import ChatLiteStage
-from litestage_chain.stages import PlanMapping
+from litestage_chain.budgets.stage_budgets import StageBudgets
+from litestage_chain.chat.chat_model import ChatLiteStage
 
 
 @pytest.fixture
@@ -129,7 +136,7 @@ def test_skip_plan_overrides_change_the_computation(llm: ChatLiteStage) -> None:
 def test_stage_profile_resolution(tiny_llama: LoadedModel) -> None:
     profile = {"recall": SkipPlan(attention=[1]), "summary": SkipPlan(mlp=[2, 3])}
     llm = ChatLiteStage(model=tiny_llama, max_tokens=3, stage_profile=profile, skip_plan=SkipPlan(mlp=[0]))
-    assert isinstance(llm.stage_profile, PlanMapping)
+    assert isinstance(llm.stage_profile, StageBudgets)
     assert llm.bind(stage="recall").invoke("x").response_metadata["skipped"] == {"attention": [1], "mlp": []}
     summary = llm.bind(stage="summary").invoke("x").response_metadata
     assert summary["stage"] == "summary" and summary["skipped"] == {"attention": [], "mlp": [2, 3]}
@@ -177,7 +184,7 @@ def test_configurable_fields_and_with_config(llm: ChatLiteStage) -> None:
 def test_batch_is_one_batched_decode_and_matches_single_calls(
     llm: ChatLiteStage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import litestage_chain.chat_model as module
+    import litestage_chain.chat.chat_model as module
 
     prompts = ["hello", "a longer prompt here", "x"]
     singles = [llm.invoke(p) for p in prompts]
@@ -297,7 +304,7 @@ def test_batch_with_per_input_configs_is_still_one_decode(
     llm: ChatLiteStage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # LCEL sequences hand each step one config per input (each with its own child callbacks).
-    import litestage_chain.chat_model as module
+    import litestage_chain.chat.chat_model as module
 
     calls: list[int] = []
     real = module.generate
@@ -316,7 +323,7 @@ def test_batch_errors_per_input(llm: ChatLiteStage) -> None:
 
 def test_profile_keyword_is_an_alias_for_stage_budgets(tiny_llama: LoadedModel) -> None:
     llm = ChatLiteStage(model=tiny_llama, max_tokens=2, profile={"recall": SkipPlan(mlp=[3])})
-    assert isinstance(llm.stage_profile, PlanMapping)
+    assert isinstance(llm.stage_profile, StageBudgets)
     assert llm.profile is not None and llm.profile.get("tool_calling") is True  # capabilities stay intact
     assert llm.bind(stage="recall").invoke("x").response_metadata["skipped"]["mlp"] == [3]
     capabilities = ChatLiteStage(model=tiny_llama, profile={"max_input_tokens": 100})
@@ -324,7 +331,7 @@ def test_profile_keyword_is_an_alias_for_stage_budgets(tiny_llama: LoadedModel) 
 
 
 def test_prefix_reuse_passes_the_history_and_keeps_outputs(llm: ChatLiteStage, monkeypatch: pytest.MonkeyPatch) -> None:
-    import litestage_chain.chat_model as module
+    import litestage_chain.chat.chat_model as module
 
     conversation = [SystemMessage("be brief"), HumanMessage("hi"), AIMessage("hello"), HumanMessage("how are you")]
     without = llm.model_copy(update={"reuse_prefix": False}).bind(max_tokens=8).invoke(conversation).content

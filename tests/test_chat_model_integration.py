@@ -5,12 +5,18 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from langchain_core.messages import AIMessage, FunctionMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.messages import (
+    AIMessage,
+    FunctionMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+)
 from langchain_core.tools import tool
 from pydantic import BaseModel, Field, ValidationError
 
 from litestage_chain import InvalidInputError, LoadedModel, SkipPlan
-from litestage_chain.chat_model import ChatLiteStage
+from litestage_chain.chat.chat_model import ChatLiteStage
 
 pytestmark = pytest.mark.integration
 

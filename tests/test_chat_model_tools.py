@@ -13,12 +13,17 @@ from langchain_core.tools import tool
 from pydantic import BaseModel, Field
 
 from litestage_chain import InvalidInputError, LoadedModel, SkipPlan
-from litestage_chain.chat_model import ChatLiteStage
-from litestage_chain.generation import GenerationResult
-from litestage_chain.guided import fill_object
-from litestage_chain.messages import to_chat_dicts
-from litestage_chain.structured import StructuredOutputError
-from litestage_chain.tools import forced_tool_name, parse_tool_calls, tool_specs, tools_system_prompt
+from litestage_chain.chat.chat_model import ChatLiteStage
+from litestage_chain.chat.guided import fill_object
+from litestage_chain.chat.messages import to_chat_dicts
+from litestage_chain.chat.structured import StructuredOutputError
+from litestage_chain.chat.tools import (
+    forced_tool_name,
+    parse_tool_calls,
+    tool_specs,
+    tools_system_prompt,
+)
+from litestage_chain.engine.generation import GenerationResult
 
 
 @tool
@@ -242,7 +247,7 @@ def test_guided_replies_keep_their_own_prompt_out_of_the_shared_prefix_table(tin
 
 
 def test_auto_tool_mode_fills_a_call_the_model_opens(tiny_long: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> None:
-    import litestage_chain.chat_model as module
+    import litestage_chain.chat.chat_model as module
 
     # The engine is scripted: a random model would never choose to open a tool call.
     script = [("Let me add.", "Let me add.<tool_call>", "stop"), (" 2", " 2,", "stop"), ("3", "3}", "stop")]
@@ -285,7 +290,7 @@ def test_a_guided_reply_counts_computing_its_own_prompt_as_prefill() -> None:
     """Guided steps reuse the call's own prompt as their "shared prefix": computing it is this call's prefill."""
     from dataclasses import dataclass
 
-    from litestage_chain.chat_model import _combined
+    from litestage_chain.chat.chat_model import _combined
 
     @dataclass
     class Call:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from litestage_chain.cli import build_parser, load_plans, main
+from litestage_chain.budgets.stage_budgets import StageBudgets
+from litestage_chain.cli.main import build_parser, load_plans, main
 from litestage_chain.errors import InvalidInputError
-from litestage_chain.stages import PlanMapping
 
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_models import save_tiny_long_context_llama  # noqa: E402
@@ -64,7 +64,7 @@ def test_plain_plan_file(tmp_path: Path) -> None:
     path = tmp_path / "plans.json"
     path.write_text(json.dumps({"recall": {"attention": [0]}, "analysis": {}, "summary": {"mlp": [1]}}))
     plans = load_plans(str(path))
-    assert isinstance(plans, PlanMapping) and plans.plan_for("recall").attention == (0,)
+    assert isinstance(plans, StageBudgets) and plans.plan_for("recall").attention == (0,)
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"recall": {"attention": [-1]}}))
     with pytest.raises(InvalidInputError, match=">= 0"):

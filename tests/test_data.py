@@ -73,7 +73,7 @@ def test_every_kind_of_bad_row_is_reported_with_line_and_id(tmp_path: Path) -> N
     assert sorted(by_line) == [2, 3, 4, 5, 7, 8, 9, 10]
     assert by_line[2].id == "noanswer" and by_line[2].problem == "missing answer"
     assert "'Z' is not among the choice labels" in by_line[3].problem
-    assert "at least two choices" in by_line[4].problem and by_line[4].id == "onechoice"
+    assert "at least 2 choices" in by_line[4].problem and by_line[4].id == "onechoice"
     assert by_line[5].problem.startswith("malformed JSON") and by_line[5].id is None
     assert "duplicate id (first seen at line 1)" in by_line[7].problem
     assert "not an object" in by_line[8].problem

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from litestage_chain import GenerationConfig, LoadedModel, SkipPlan, generate
-from litestage_chain.context_cache import ContextCache
-from litestage_chain.context_prefill import segment_logits
+from litestage_chain.engine.context_cache import ContextCache
+from litestage_chain.engine.context_prefill import segment_logits
 from litestage_chain.errors import InvalidInputError
-from litestage_chain.forward import all_logits
+from litestage_chain.engine.forward import all_logits
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from litestage_chain import GenerationConfig, LoadedModel, SkipPlan, generate
-from litestage_chain.forward import all_logits
+from litestage_chain.engine.forward import all_logits
 
 PROMPTS = ["The quick brown fox", "Question: what is 2+2?\nAnswer:"]
 

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import torch
-
-from litestage_chain import EarlyExitConfig, GenerationConfig, LoadedModel, from_pretrained_objects, generate
 from tiny_models import tiny_llama
+
+from litestage_chain import (
+    EarlyExitConfig,
+    GenerationConfig,
+    LoadedModel,
+    from_pretrained_objects,
+    generate,
+)
 
 
 def test_early_exit_rule() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from pydantic import ValidationError
+from tiny_models import byte_tokenizer
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from litestage_chain import (
@@ -17,7 +18,6 @@ from litestage_chain import (
     generate,
     load_model,
 )
-from tiny_models import byte_tokenizer
 
 
 def test_plan_out_of_range_names_the_layer(tiny_llama: LoadedModel) -> None:

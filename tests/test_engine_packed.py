@@ -6,8 +6,15 @@ import pytest
 import torch
 
 from litestage_chain import LoadedModel, SkipPlan
-from litestage_chain.forward import decode_one, logits_of_last, new_cache, pack_rows, prefill, run_layers
-from litestage_chain.generation import _left_pad
+from litestage_chain.engine.forward import (
+    decode_one,
+    logits_of_last,
+    new_cache,
+    pack_rows,
+    prefill,
+    run_layers,
+)
+from litestage_chain.engine.generation import _left_pad
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 PROMPTS = ["a", "A much longer prompt than the first one", "middle size", "A much longer prompt than the first one"]

@@ -42,7 +42,7 @@ def test_computing_a_prefix_is_reported_apart_from_the_call_that_needed_it(tiny_
     """A call's prefill time must not depend on whether an earlier call already computed the shared prefix."""
     import time
 
-    from litestage_chain import prefix_cache
+    from litestage_chain.engine import prefix_cache
 
     real = prefix_cache.compute_prefix
 
@@ -62,7 +62,7 @@ def test_computing_a_prefix_is_reported_apart_from_the_call_that_needed_it(tiny_
 
 
 def test_prefix_table_is_bounded_in_bytes(tiny_model: LoadedModel) -> None:
-    from litestage_chain.prefix_cache import PrefixCache
+    from litestage_chain.engine.prefix_cache import PrefixCache
 
     plans = (SkipPlan(), SkipPlan(attention=[1]), SkipPlan(mlp=[0]))
     prefix = tiny_model.encode(PREFIX)

@@ -97,7 +97,7 @@ def test_sampling_is_reproducible_with_a_seed_and_varies_without(tiny_llama: Loa
 
 
 def test_top_p_keeps_only_the_nucleus() -> None:
-    from litestage_chain.sampling import choose_next
+    from litestage_chain.engine.sampling import choose_next
 
     logits = torch.log(torch.tensor([[0.6, 0.3, 0.05, 0.05]]))
     generator = torch.Generator().manual_seed(0)

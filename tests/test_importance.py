@@ -8,9 +8,14 @@ import pytest
 import torch
 from tiny_models import tiny_llama
 
-import litestage_chain.similarity as similarity_module
+import litestage_chain.engine.similarity as similarity_module
 from litestage_chain import InvalidInputError, SkipPlan, from_pretrained_objects
-from litestage_chain.importance import Importance, compute_importance, plan_for_count, rank_sublayers
+from litestage_chain.offline.importance import (
+    Importance,
+    compute_importance,
+    plan_for_count,
+    rank_sublayers,
+)
 
 PROMPTS = {
     "recall": ["Question: where do you keep a fox?\nKey information:", "Q: what is blue?"],

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from litestage_chain.data import load_benchmark
-from litestage_chain.importance import compute_importance, plan_for_count
-from litestage_chain.search_eval import ChainEvaluator, to_chain_question
+from litestage_chain.offline.evaluator import ChainEvaluator
+from litestage_chain.offline.importance import compute_importance, plan_for_count
 
 pytestmark = pytest.mark.integration
 
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 def test_real_model_ranking_has_the_expected_shape(real_model, shared_data: Path, tmp_path: Path) -> None:
     questions = load_benchmark("csqa", "dev", data_dir=shared_data).questions[:2]
     evaluator = ChainEvaluator(real_model, num_shots=1)
-    prompts = [evaluator.render_prompt("recall", {"question": to_chain_question(q)}) for q in questions]
+    prompts = [evaluator.render_prompt("recall", {"question": q}) for q in questions]
     importance = compute_importance(real_model, {"recall": prompts}, cache_dir=tmp_path)
     ranking = importance.ranking
     assert len(ranking) == 2 * real_model.num_layers == 60

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import pytest
-
-from litestage_chain import GenerationConfig, LoadedModel, ModelLoadError, SkipPlan, generate, load_model
-from litestage_chain.loading import cache_root
 from tiny_models import tiny_qwen2
+
+from litestage_chain import (
+    GenerationConfig,
+    LoadedModel,
+    ModelLoadError,
+    SkipPlan,
+    generate,
+    load_model,
+)
+from litestage_chain.engine.loading import cache_root
 
 
 def test_local_directory_loads_and_generates_like_the_original(tmp_path) -> None:
@@ -45,8 +52,8 @@ def test_real_default_model_answers_paris(real_model: LoadedModel) -> None:
 
 @pytest.mark.integration
 def test_real_default_model_conversion_is_cached(real_model: LoadedModel) -> None:
-    from litestage_chain.loading import _converted_gguf
-    from litestage_chain.sources import resolve_source
+    from litestage_chain.engine.loading import _converted_gguf
+    from litestage_chain.engine.sources import resolve_source
 
     directory, digest = _converted_gguf(__import__("pathlib").Path(resolve_source("smollm2-135m").location))
     assert digest == real_model.weights_sha256

@@ -9,20 +9,20 @@ from types import SimpleNamespace
 
 import pytest
 
-import litestage_chain.profile as profile_module
-from litestage_chain.early_exit import EarlyExitConfig
-from litestage_chain.errors import LiteStageError
-from litestage_chain.profile import (
+import litestage_chain.budgets.profile as profile_module
+from litestage_chain.budgets.profile import (
     ModelIdentity,
     Profile,
     ProfileError,
     ProfileMismatchError,
     SearchedQuestions,
-    StageSettings,
+    StageBudget,
     TraceEntry,
     shipped_profiles,
 )
-from litestage_chain.skip_plan import SkipPlan
+from litestage_chain.engine.early_exit import EarlyExitConfig
+from litestage_chain.engine.skip_plan import SkipPlan
+from litestage_chain.errors import LiteStageError
 
 SHA = "ab" * 32
 OTHER_SHA = "cd" * 32
@@ -33,9 +33,9 @@ def make_profile() -> Profile:
     return Profile(
         model=ModelIdentity(name="smollm2-135m", weights_sha256=SHA),
         stages={
-            "recall": StageSettings(plan=recall, early_exit=EarlyExitConfig(window=4, threshold=0.4, min_tokens=6)),
-            "analysis": StageSettings(plan=SkipPlan(attention=[3])),
-            "summary": StageSettings(),
+            "recall": StageBudget(plan=recall, early_exit=EarlyExitConfig(window=4, threshold=0.4, min_tokens=6)),
+            "analysis": StageBudget(plan=SkipPlan(attention=[3])),
+            "summary": StageBudget(),
         },
         epsilon=0.02,
         metric="accuracy",
@@ -179,12 +179,12 @@ def test_profile_drives_the_chat_model_per_stage() -> None:
     from tiny_models import tiny_llama
 
     from litestage_chain import from_pretrained_objects
-    from litestage_chain.chat_model import ChatLiteStage
+    from litestage_chain.chat.chat_model import ChatLiteStage
 
     model, tokenizer = tiny_llama()
     lm = from_pretrained_objects(model, tokenizer, name="tiny", weights_sha256=SHA)
     profile = make_profile().model_copy(
-        update={"stages": {**make_profile().stages, "recall": StageSettings(plan=SkipPlan(attention=[1], mlp=[3]))}}
+        update={"stages": {**make_profile().stages, "recall": StageBudget(plan=SkipPlan(attention=[1], mlp=[3]))}}
     )
     chat = ChatLiteStage(model=lm, stage_profile=profile, max_tokens=3)
     message = chat.invoke("hi", stage="recall")
@@ -200,20 +200,20 @@ def test_profile_is_selected_by_shipped_name(tmp_path: Path, monkeypatch) -> Non
     from tiny_models import tiny_llama
 
     from litestage_chain import from_pretrained_objects
-    from litestage_chain.chain import build_reasoning_chain
-    from litestage_chain.chat_model import ChatLiteStage
+    from litestage_chain.chat.chat_model import ChatLiteStage
+    from litestage_chain.reasoning.chain import build_reasoning_chain
 
     fitted = make_profile().model_copy(
-        update={"stages": {**make_profile().stages, "recall": StageSettings(plan=SkipPlan(attention=[1], mlp=[3]))}}
+        update={"stages": {**make_profile().stages, "recall": StageBudget(plan=SkipPlan(attention=[1], mlp=[3]))}}
     )
     fitted.save(tmp_path / "csqa.json")
     monkeypatch.setattr(profile_module, "shipped_root", lambda: tmp_path)
     model, tokenizer = tiny_llama()
     lm = from_pretrained_objects(model, tokenizer, name="tiny", weights_sha256=SHA)
     chat = ChatLiteStage(model=lm, profile="csqa", max_tokens=3)
-    assert isinstance(chat.stage_profile, Profile)
+    assert chat.stage_profile == fitted.budgets()
     assert chat.invoke("hi", stage="recall").response_metadata["skipped"] == {"attention": [1], "mlp": [3]}
-    assert isinstance(ChatLiteStage(model=lm, stage_profile=tmp_path / "csqa.json").stage_profile, Profile)
+    assert ChatLiteStage(model=lm, stage_profile=tmp_path / "csqa.json").stage_profile == fitted.budgets()
     build_reasoning_chain(lm, plans="csqa")  # resolves the name at construction
     with pytest.raises(ProfileError, match="no shipped profile of that name"):
         ChatLiteStage(model=lm, profile="nope")

@@ -12,10 +12,9 @@ import torch
 from tiny_models import _common, byte_tokenizer
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from litestage_chain.budgets.profile import Profile, ProfileError
+from litestage_chain.cli.profile import add_profile_parser
 from litestage_chain.errors import InvalidInputError
-from litestage_chain.profile import Profile, ProfileError
-from litestage_chain.profile_cli import add_profile_parser
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -149,8 +148,8 @@ def test_show_lists_shipped_profiles_or_fails_clearly(tmp_path: Path) -> None:
 
 def test_issue_spelling_of_the_profile_command_is_accepted() -> None:
     """`litestage profile --benchmark ... --n ... --split-seed ... --epsilon POINTS` is `profile search`."""
-    from litestage_chain.cli import build_parser
-    from litestage_chain.profile_cli import normalise_profile_argv
+    from litestage_chain.cli.main import build_parser
+    from litestage_chain.cli.profile import normalise_profile_argv
 
     argv = ["profile", "--benchmark", "csqa", "--data", "d", "--n", "7", "--split-seed", "3", "--epsilon", "1.0",
             "--out", "p.json"]

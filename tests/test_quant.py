@@ -9,19 +9,20 @@ import pytest
 import torch
 from torch import nn
 
-from litestage_chain.quant import (
+from litestage_chain.engine.quant import (
     BFloat16Linear,
     Int4Linear,
     Int8Linear,
     convert_linear,
+    formats,
+    kernels,
     load_converted,
     quantize_model_linears,
     quantize_model_linears_cached,
     save_converted,
     target_linear_names,
 )
-from litestage_chain.quant import formats, kernels
-from litestage_chain.quant.formats import (
+from litestage_chain.engine.quant.formats import (
     pack_int8_blocked,
     quantize_int4_groups,
     quantize_int8_groups,
@@ -217,7 +218,7 @@ def test_cached_conversion_reuses_file(tmp_path: Path, monkeypatch: pytest.Monke
     def fail(*args: object, **kwargs: object) -> None:
         raise AssertionError("should have loaded from cache")
 
-    monkeypatch.setattr("litestage_chain.quant.serialize.quantize_model_linears", fail)
+    monkeypatch.setattr("litestage_chain.engine.quant.serialize.quantize_model_linears", fail)
     second = _TinyDecoder()
     quantize_model_linears_cached(second, "int8", "sha-1", cache_dir=tmp_path)
     assert torch.equal(second.lm_head.qweight, first.lm_head.qweight)

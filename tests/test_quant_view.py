@@ -10,10 +10,14 @@ import torch
 from torch import nn
 
 from litestage_chain import GenerationConfig, LoadedModel, SkipPlan, generate
-from litestage_chain.forward import all_logits
-from litestage_chain.quant import Int4Linear, Int8Linear, get_kernels
-from litestage_chain.quant.formats import round_activations_like_kernel
-from litestage_chain.quant.view import replace_view_modules, quantize_decoder_view, view_linears
+from litestage_chain.engine.forward import all_logits
+from litestage_chain.engine.quant import Int4Linear, Int8Linear, get_kernels
+from litestage_chain.engine.quant.formats import round_activations_like_kernel
+from litestage_chain.engine.quant.view import (
+    quantize_decoder_view,
+    replace_view_modules,
+    view_linears,
+)
 
 
 def _with_view(lm: LoadedModel, fmt: str, **kwargs: object) -> LoadedModel:

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from litestage_chain import InvalidInputError, SkipPlan
+from litestage_chain.budgets.profile import ModelIdentity, Profile, SearchedQuestions
 from litestage_chain.data.types import Question
-from litestage_chain.profile import ModelIdentity, Profile, SearchedQuestions
-from litestage_chain.search import SearchConfig, search_budgets
-from litestage_chain.search_store import EvalResult, ResultsStore, StoreError
+from litestage_chain.offline.search import SearchConfig, search_budgets
+from litestage_chain.offline.store import EvalResult, ResultsStore, StoreError
 
 RANKING = [(layer, kind) for layer in (5, 2, 7, 1, 4, 0, 6, 3) for kind in ("attention", "mlp")]
 QUESTIONS = [

@@ -10,15 +10,20 @@ import torch
 from tiny_models import _common, byte_tokenizer
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from litestage_chain import EarlyExitConfig, InvalidInputError, SkipPlan, from_pretrained_objects
-from litestage_chain.calibration import calibration_prompts
+from litestage_chain import (
+    EarlyExitConfig,
+    InvalidInputError,
+    SkipPlan,
+    from_pretrained_objects,
+)
+from litestage_chain.budgets.profile import Profile
 from litestage_chain.data import load_jsonl
 from litestage_chain.data.types import Question
-from litestage_chain.importance import plan_for_count
-from litestage_chain.offline import search_benchmark_profile, search_profile
-from litestage_chain.profile import Profile
-from litestage_chain.search import SearchConfig
-from litestage_chain.search_eval import ChainEvaluator
+from litestage_chain.offline.calibration import calibration_prompts
+from litestage_chain.offline.evaluator import ChainEvaluator
+from litestage_chain.offline.importance import plan_for_count
+from litestage_chain.offline.pipeline import search_benchmark_profile, search_profile
+from litestage_chain.offline.search import SearchConfig
 
 STAGES = ("recall", "analysis", "summary")
 FULL = {stage: SkipPlan() for stage in STAGES}

@@ -6,12 +6,12 @@ from collections.abc import Mapping, Sequence
 
 import pytest
 
+from litestage_chain.budgets.profile import Profile
 from litestage_chain.data.types import Question
+from litestage_chain.engine.skip_plan import SkipPlan
 from litestage_chain.errors import InvalidInputError
-from litestage_chain.profile import Profile
-from litestage_chain.search_store import EvalResult
-from litestage_chain.skip_plan import SkipPlan
-from litestage_chain.speed_check import SpeedCheck, check_speed
+from litestage_chain.offline.speed_check import SpeedCheck, check_speed
+from litestage_chain.offline.store import EvalResult
 
 QUESTIONS = [Question(id="q1", benchmark="csqa", question="Pick?", answer="A",
                       choices=[{"label": "A", "text": "x"}, {"label": "B", "text": "y"}])]

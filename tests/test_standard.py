@@ -14,7 +14,7 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
 
-from litestage_chain.chat_model import ChatLiteStage
+from litestage_chain.chat.chat_model import ChatLiteStage
 
 
 class TestChatLiteStageUnit(ChatModelUnitTests):
@@ -56,7 +56,7 @@ class TestChatLiteStageIntegration(ChatModelIntegrationTests):
     def model_override_value(self) -> str:
         # Another source string for the same weights (the embedded GGUF file's path): a per-call `model=` override
         # is exercised end to end without loading a second model.
-        from litestage_chain.sources import resolve_source
+        from litestage_chain.engine.sources import resolve_source
 
         return resolve_source("smollm2-135m").location
 

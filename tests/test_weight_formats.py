@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import pytest
-
-from litestage_chain import GenerationConfig, ModelLoadError, SkipPlan, from_pretrained_objects, generate, load_model
-from litestage_chain.forward import all_logits
-from litestage_chain.quant import Int4Linear, Int8Linear
+import torch
 from tiny_models import tiny_llama
 
-import torch
+from litestage_chain import (
+    GenerationConfig,
+    ModelLoadError,
+    SkipPlan,
+    from_pretrained_objects,
+    generate,
+    load_model,
+)
+from litestage_chain.engine.forward import all_logits
+from litestage_chain.engine.quant import Int4Linear, Int8Linear
 
 
 @pytest.mark.parametrize("fmt, module_type", [("int8", Int8Linear), ("int4", Int4Linear)])
@@ -37,7 +43,12 @@ def save_tiny(directory, arch: str, tied: bool, seed: int):
     """A 2-layer Llama or Qwen2 (random q/k/v biases) saved as a model directory; `tied` shares embedding and head,
     as both embedded models do."""
     from tiny_models import _common, byte_tokenizer
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
 
     tokenizer = byte_tokenizer()
     torch.manual_seed(seed)
@@ -96,7 +107,7 @@ def _reload(directory):
 @pytest.mark.parametrize("fmt, arch, tied", VARIANTS)
 def test_cached_conversion_loads_without_reading_float32_projections(fmt, arch, tied, tmp_path, monkeypatch) -> None:
     """With the conversion cached, a later load never builds the float32 model (peak memory stays low)."""
-    from litestage_chain import loading
+    from litestage_chain.engine import loading
 
     monkeypatch.setenv("LITESTAGE_CACHE", str(tmp_path / "cache"))
     directory = save_tiny(tmp_path / "tiny", arch, tied, seed=5)
@@ -124,10 +135,11 @@ def test_cached_conversion_loads_without_reading_float32_projections(fmt, arch, 
 
 def test_auto_weights_pick_the_recommended_format_per_model(tmp_path, monkeypatch) -> None:
     """"auto" resolves through the recommendation table, and to float32 where the compiled kernels are missing."""
-    from litestage_chain import sources
-    from litestage_chain.chat_model import ChatLiteStage
-    from litestage_chain.quant import formats
     from tiny_models import save_tiny_long_context_llama
+
+    from litestage_chain.chat.chat_model import ChatLiteStage
+    from litestage_chain.engine import sources
+    from litestage_chain.engine.quant import formats
 
     monkeypatch.setenv("LITESTAGE_CACHE", str(tmp_path / "cache"))
     directory = str(save_tiny_long_context_llama(tmp_path / "tiny", seed=6))

@@ -27,12 +27,12 @@ from typing import Literal, cast
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from litestage_chain.early_exit import EarlyExitConfig
+from litestage_chain.budgets.profile import Profile
+from litestage_chain.budgets.stages import STAGES
+from litestage_chain.engine.early_exit import EarlyExitConfig
+from litestage_chain.engine.skip_plan import SkipPlan
 from litestage_chain.errors import InvalidInputError
-from litestage_chain.importance import SubLayer, plan_for_count, rank_sublayers
-from litestage_chain.profile import Profile
-from litestage_chain.skip_plan import SkipPlan
-from litestage_chain.stages import STAGES
+from litestage_chain.offline.importance import SubLayer, plan_for_count, rank_sublayers
 
 MethodName = Literal[
     "full", "litestage", "litestage-noexit", "uniform", "uniform-exit", "adaskip", "unified", "exit-depth", "stage-only"
