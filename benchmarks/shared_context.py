@@ -3,15 +3,15 @@
 Why: in the separate (paper) format every stage re-prefills the question and the earlier stages' outputs; in the
 shared format (`reasoning/shared_context.py`) each stage continues one sequence and reuses its KV entries from the
 model's context cache. This runs the chain in both formats on the same dev questions, alternating which format goes
-first from one question (batch) to the next so machine noise hits both alike, for the full model and for a searched
-LiteStage profile, at batch 1 and batch 8. Reported: medians of the end-to-end wall time per question (batch 1) or
-per batch (batch 8), the ratio separate / shared with a 95% paired-bootstrap interval over questions or batches,
-each stage's median prefill seconds, the summary stage's prefill ratio shared / separate, generated tokens and how
-often the two formats give the same answer.
+first from one question (batch) to the next so machine noise hits all alike, for the full model and for a searched
+LiteStage profile (four arms, interleaved), at batch 1 and batch 8. Reported per arm: the median model time per
+question (batch 1) or per batch (batch 8: per stage its prefill plus its slowest row's decode), wall time, each
+stage's median prefill seconds and reused prompt tokens; the speedup shared vs separate and LiteStage vs full (ratio
+of medians with a 95% paired-bootstrap interval over questions or batches), the summary stage's prefill ratio shared /
+separate, and how often two arms give the same answer.
 
-The few-shot prefixes are computed before timing (one untimed warm-up question per phase), as the benchmarks report
-them apart; the context cache is cleared at the start of each phase, so a phase never reuses another's outputs.
-Each question is run once per format: a question never finds its own earlier run in the cache.
+A few-shot prefix is computed once per plan and reported apart (`prefix_seconds`), as the benchmarks do; the context
+cache is cleared before every shared-context run, so a run reuses only its own stages.
 
     python benchmarks/shared_context.py --model smollm2-135m --benchmark obqa --questions 16 \
         --profile obqa --out benchmarks/results/shared-context-smollm2.json
@@ -55,22 +55,37 @@ def bootstrap_ratio(a: list[float], b: list[float], rounds: int = 2000, seed: in
     return ratios[int(0.025 * rounds)], ratios[int(0.975 * rounds) - 1]
 
 
-def run_phase(model: Any, evaluators: dict[str, ChainEvaluator], plans: dict[str, SkipPlan], units: list[list[Any]],
-              warmup: list[Any]) -> dict[str, Any]:
-    """Time every unit (a list of questions decoded together) in both formats, alternating which goes first."""
-    model.context_cache.clear()
-    for name in FORMATS:
-        evaluators[name].run_stages(plans, warmup)  # few-shot prefixes into their tables, untimed
-    record: dict[str, Any] = {name: {"seconds": [], "prefill": {s: [] for s in STAGES}, "tokens": [],
-                                     "reused": {s: [] for s in STAGES}, "answers": []} for name in FORMATS}
+Arm = tuple[str, str]  # (format, plan set)
+
+
+def unit_seconds(states: list[dict[str, Any]]) -> float:
+    """A batch's model time: per stage its prefill plus the decode of its slowest row (the batch waits for it).
+    Computing a few-shot prefix is not in it (reported apart, as the benchmarks do), nor Python between stages."""
+    return sum(states[0][s].prefill_seconds + max(state[s].decode_seconds for state in states) for s in STAGES)
+
+
+def run_phase(model: Any, evaluators: dict[Arm, ChainEvaluator], plans: dict[str, dict[str, SkipPlan]],
+              units: list[list[Any]], warmup: list[Any]) -> dict[Arm, dict[str, Any]]:
+    """Time every unit (questions decoded together) in every arm, rotating which arm goes first.
+
+    The context cache is cleared before every shared-context run: a run reuses only its own stages, never another
+    arm's (the full model's and a profile's recall may run the same plan) or an earlier unit's.
+    """
+    arms = list(evaluators)
+    for arm in arms:
+        evaluators[arm].run_stages(plans[arm[1]], warmup)  # few-shot prefixes into their tables, untimed
+    record: dict[Arm, dict[str, Any]] = {arm: {"seconds": [], "wall": [], "prefill": {s: [] for s in STAGES},
+                                               "tokens": [], "reused": {s: [] for s in STAGES}, "answers": []}
+                                         for arm in arms}
     for number, unit in enumerate(units):
-        order = FORMATS if number % 2 == 0 else tuple(reversed(FORMATS))
-        for name in order:
+        for arm in arms[number % len(arms) :] + arms[: number % len(arms)]:
+            if arm[0] == "shared":
+                model.context_cache.clear()
             started = time.perf_counter()
-            states = evaluators[name].run_stages(plans, unit)
-            seconds = time.perf_counter() - started
-            row = record[name]
-            row["seconds"].append(seconds)
+            states = evaluators[arm].run_stages(plans[arm[1]], unit)
+            row = record[arm]
+            row["wall"].append(time.perf_counter() - started)
+            row["seconds"].append(unit_seconds(states))
             for stage in STAGES:
                 row["prefill"][stage].append(states[0][stage].prefill_seconds)  # one batch, one prefill
                 row["reused"][stage].append(statistics.fmean(s[stage].reused_tokens for s in states))
@@ -85,23 +100,37 @@ def _answer(state: dict[str, Any]) -> Optional[str]:
     return extract(state["summary"].text, state["question"]).label
 
 
-def summarise(record: dict[str, Any]) -> dict[str, Any]:
-    separate, shared = record["separate"], record["shared"]
-    low, high = bootstrap_ratio(separate["seconds"], shared["seconds"])
-    agree = sum(a == b for a, b in zip(separate["answers"], shared["answers"]))
-    out = {
-        "units": len(shared["seconds"]),
-        "median_seconds": {name: statistics.median(record[name]["seconds"]) for name in FORMATS},
-        "speedup_shared": statistics.median(separate["seconds"]) / statistics.median(shared["seconds"]),
-        "speedup_interval": [low, high],
-        "median_prefill": {name: {s: statistics.median(record[name]["prefill"][s]) for s in STAGES} for name in FORMATS},
-        "mean_reused_tokens": {name: {s: statistics.fmean(record[name]["reused"][s]) for s in STAGES} for name in FORMATS},
-        "generated_tokens": {name: sum(record[name]["tokens"]) for name in FORMATS},
-        "same_answer": f"{agree}/{len(shared['answers'])}",
-    }
-    out["summary_prefill_shared_over_separate"] = (
-        out["median_prefill"]["shared"]["summary"] / out["median_prefill"]["separate"]["summary"]
-    )
+def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """How much faster arm b is than arm a: ratio of median unit seconds, with its paired-bootstrap interval."""
+    low, high = bootstrap_ratio(a["seconds"], b["seconds"])
+    agree = sum(x == y for x, y in zip(a["answers"], b["answers"]))
+    return {"speedup": statistics.median(a["seconds"]) / statistics.median(b["seconds"]), "interval": [low, high],
+            "same_answer": f"{agree}/{len(a['answers'])}"}
+
+
+def summarise(record: dict[Arm, dict[str, Any]]) -> dict[str, Any]:
+    arms = {f"{fmt}/{label}": row for (fmt, label), row in record.items()}
+    out: dict[str, Any] = {"arms": {}}
+    for name, row in arms.items():
+        out["arms"][name] = {
+            "units": len(row["seconds"]),
+            "median_seconds": statistics.median(row["seconds"]),
+            "median_wall": statistics.median(row["wall"]),
+            "median_prefill": {s: statistics.median(row["prefill"][s]) for s in STAGES},
+            "mean_reused_tokens": {s: statistics.fmean(row["reused"][s]) for s in STAGES},
+            "generated_tokens": sum(row["tokens"]),
+        }
+    labels = sorted({label for _, label in record})
+    out["shared_vs_separate"] = {}
+    for label in labels:
+        separate, shared = record[("separate", label)], record[("shared", label)]
+        out["shared_vs_separate"][label] = {
+            **compare(separate, shared),
+            "summary_prefill_shared_over_separate": statistics.median(shared["prefill"]["summary"])
+            / statistics.median(separate["prefill"]["summary"]),
+        }
+    if "litestage" in labels:
+        out["litestage_vs_full"] = {fmt: compare(record[(fmt, "full")], record[(fmt, "litestage")]) for fmt in FORMATS}
     return out
 
 
@@ -133,21 +162,28 @@ def main() -> None:
                                "benchmark": args.benchmark, "questions": len(questions), "phases": {}}
     for batch in args.batch_sizes:
         units = [questions[i : i + batch] for i in range(0, len(questions), batch)]
-        for label, (plans, early_exit) in plan_sets.items():
-            evaluators = {
-                name: ChainEvaluator(model, early_exit=early_exit, fallback=False, batch_size=batch,
-                                     reuse_outputs=False, context=name)
-                for name in FORMATS
-            }
-            summary = summarise(run_phase(model, evaluators, plans, units, warmup))
-            results["phases"][f"{label}@{batch}"] = summary
-            print(f"{label:>9} batch {batch}: separate {summary['median_seconds']['separate']:.2f} s, shared "
-                  f"{summary['median_seconds']['shared']:.2f} s, speedup {summary['speedup_shared']:.2f}x "
-                  f"[{summary['speedup_interval'][0]:.2f}, {summary['speedup_interval'][1]:.2f}], summary prefill "
-                  f"shared/separate {summary['summary_prefill_shared_over_separate']:.3f}, tokens "
-                  f"{summary['generated_tokens']}, same answer {summary['same_answer']}", flush=True)
-            if args.out:
-                args.out.write_text(json.dumps(results, indent=2) + "\n")
+        evaluators = {
+            (fmt, label): ChainEvaluator(model, early_exit=early_exit, fallback=False, batch_size=batch,
+                                         reuse_outputs=False, context=fmt)
+            for label, (_, early_exit) in plan_sets.items()
+            for fmt in FORMATS
+        }
+        plans = {label: plan for label, (plan, _) in plan_sets.items()}
+        summary = summarise(run_phase(model, evaluators, plans, units, warmup))
+        results["phases"][f"batch {batch}"] = summary
+        for name, arm in summary["arms"].items():
+            print(f"batch {batch} {name:>18}: {arm['median_seconds']:.2f} s per unit (wall {arm['median_wall']:.2f}),"
+                  f" prefill s {[round(arm['median_prefill'][s], 3) for s in STAGES]}, reused tokens "
+                  f"{[round(arm['mean_reused_tokens'][s]) for s in STAGES]}, generated {arm['generated_tokens']}")
+        for label, row in summary["shared_vs_separate"].items():
+            print(f"batch {batch} {label}: shared {row['speedup']:.2f}x [{row['interval'][0]:.2f}, "
+                  f"{row['interval'][1]:.2f}] faster than separate; summary prefill shared/separate "
+                  f"{row['summary_prefill_shared_over_separate']:.3f}; same answer {row['same_answer']}")
+        for fmt, row in summary.get("litestage_vs_full", {}).items():
+            print(f"batch {batch} {fmt}: LiteStage {row['speedup']:.2f}x [{row['interval'][0]:.2f}, "
+                  f"{row['interval'][1]:.2f}] faster than full; same answer {row['same_answer']}", flush=True)
+        if args.out:
+            args.out.write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

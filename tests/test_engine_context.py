@@ -188,3 +188,19 @@ def test_bad_prompt_plans_are_rejected(tiny_model: LoadedModel) -> None:
         generate(tiny_model, [prompt], context_cache=ContextCache(), prompt_plans=[[(len(prompt), PLANS[0])]])
     with pytest.raises(InvalidInputError, match="context_cache"):
         generate(tiny_model, [prompt], prompt_plans=[[(1, PLANS[0])]])
+
+
+def test_insert_past_an_evicted_prefix_stores_nothing() -> None:
+    """A row is stored from where the table said its cached part ends; if that part went meanwhile, skip it."""
+    table = ContextCache()
+    keys = [(t, 0) for t in range(6)]
+    kv = torch.zeros(2, 2, 1, 6, 4)
+    table.insert(keys[:3], kv[:, :, :, :3])
+    assert table.peek(keys) == 3
+    table.insert(keys, kv[:, :, :, 3:], offset=3)
+    assert table.peek(keys) == 6 and table.stored_tokens() == 6
+    table.clear()
+    table.insert(keys, kv[:, :, :, 3:], offset=3)
+    assert table.peek(keys) == 0 and table.stored_bytes() == 0
+    with pytest.raises(ValueError, match="entries"):
+        table.insert(keys, kv[:, :, :, 1:])

@@ -120,17 +120,22 @@ class ContextCache:
                 node = child
             return length
 
-    def insert(self, keys: Sequence[Key], kv: torch.Tensor) -> None:
-        """Store a sequence's entries (`kv` covers `keys` from the first token); shared prefixes are stored once."""
-        if kv.shape[3] != len(keys):
-            raise ValueError(f"{kv.shape[3]} entries for {len(keys)} tokens")
+    def insert(self, keys: Sequence[Key], kv: torch.Tensor, offset: int = 0) -> None:
+        """Store a sequence's entries; `kv` covers `keys[offset:]` (the tokens before are cached already, as `peek`
+        said). Shared prefixes are stored once. If the first `offset` tokens were evicted meanwhile, nothing is
+        stored (their entries are not at hand)."""
+        if kv.shape[3] != len(keys) - offset:
+            raise ValueError(f"{kv.shape[3]} entries for {len(keys) - offset} tokens")
         with self._lock:
             stamp = next(self._clock)
             node, done = self._root, 0
             while done < len(keys):
                 child = node.children.get(keys[done])
                 if child is None:
-                    leaf = _Node(key=list(keys[done:]), kv=kv[:, :, :, done:].clone(), parent=node, last_used=stamp)
+                    if done < offset:
+                        return
+                    leaf = _Node(key=list(keys[done:]), kv=kv[:, :, :, done - offset :].clone(), parent=node,
+                                 last_used=stamp)
                     node.children[keys[done]] = leaf
                     self._bytes += leaf.nbytes
                     break

@@ -174,7 +174,9 @@ def store(setup: ContextSetup, table: ContextCache, slot: int, row: int, generat
     fed = list(generated[:-1])
     keys = setup.keys[row] + [(token, setup.plan_key) for token in fed]
     start = setup.pads[row]
-    table.insert(keys, row_entries(setup.cache, slot, start, start + len(keys)))
+    cached = table.peek(keys)  # only the entries past what is stored are copied out of the call's cache
+    if cached < len(keys):
+        table.insert(keys, row_entries(setup.cache, slot, start + cached, start + len(keys)), offset=cached)
 
 
 def row_entries(cache: KVCache, slot: int, start: int, end: int) -> torch.Tensor:
