@@ -8,7 +8,8 @@ LiteStage profile (four arms, interleaved), at batch 1 and batch 8. Reported per
 question (batch 1) or per batch (batch 8: per stage its prefill plus its slowest row's decode), wall time, each
 stage's median prefill seconds and reused prompt tokens; the speedup shared vs separate and LiteStage vs full (ratio
 of medians with a 95% paired-bootstrap interval over questions or batches), the summary stage's prefill ratio shared /
-separate, and how often two arms give the same answer.
+separate, and how often two arms give the same answer. CPU seconds of the process (one thread) are recorded beside
+wall time: on a CPU shared with other jobs, wall time mostly measures the scheduler.
 
 A few-shot prefix is computed once per plan and reported apart (`prefix_seconds`), as the benchmarks do; the context
 cache is cleared before every shared-context run, so a run reuses only its own stages.
@@ -74,16 +75,17 @@ def run_phase(model: Any, evaluators: dict[Arm, ChainEvaluator], plans: dict[str
     arms = list(evaluators)
     for arm in arms:
         evaluators[arm].run_stages(plans[arm[1]], warmup)  # few-shot prefixes into their tables, untimed
-    record: dict[Arm, dict[str, Any]] = {arm: {"seconds": [], "wall": [], "prefill": {s: [] for s in STAGES},
+    record: dict[Arm, dict[str, Any]] = {arm: {"seconds": [], "wall": [], "cpu": [], "prefill": {s: [] for s in STAGES},
                                                "tokens": [], "reused": {s: [] for s in STAGES}, "answers": []}
                                          for arm in arms}
     for number, unit in enumerate(units):
         for arm in arms[number % len(arms) :] + arms[: number % len(arms)]:
             if arm[0] == "shared":
                 model.context_cache.clear()
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             states = evaluators[arm].run_stages(plans[arm[1]], unit)
             row = record[arm]
+            row["cpu"].append(time.process_time() - cpu_started)
             row["wall"].append(time.perf_counter() - started)
             row["seconds"].append(unit_seconds(states))
             for stage in STAGES:
@@ -101,11 +103,14 @@ def _answer(state: dict[str, Any]) -> Optional[str]:
 
 
 def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    """How much faster arm b is than arm a: ratio of median unit seconds, with its paired-bootstrap interval."""
-    low, high = bootstrap_ratio(a["seconds"], b["seconds"])
+    """How much faster arm b is than arm a: ratios of median unit model seconds and of median CPU seconds, each
+    with its paired-bootstrap interval."""
     agree = sum(x == y for x, y in zip(a["answers"], b["answers"]))
-    return {"speedup": statistics.median(a["seconds"]) / statistics.median(b["seconds"]), "interval": [low, high],
-            "same_answer": f"{agree}/{len(a['answers'])}"}
+    out: dict[str, Any] = {"same_answer": f"{agree}/{len(a['answers'])}"}
+    for key, name in (("seconds", "speedup"), ("cpu", "cpu_speedup")):
+        out[name] = statistics.median(a[key]) / statistics.median(b[key])
+        out[name.replace("speedup", "interval")] = list(bootstrap_ratio(a[key], b[key]))
+    return out
 
 
 def summarise(record: dict[Arm, dict[str, Any]]) -> dict[str, Any]:
@@ -116,6 +121,7 @@ def summarise(record: dict[Arm, dict[str, Any]]) -> dict[str, Any]:
             "units": len(row["seconds"]),
             "median_seconds": statistics.median(row["seconds"]),
             "median_wall": statistics.median(row["wall"]),
+            "median_cpu": statistics.median(row["cpu"]),
             "median_prefill": {s: statistics.median(row["prefill"][s]) for s in STAGES},
             "mean_reused_tokens": {s: statistics.fmean(row["reused"][s]) for s in STAGES},
             "generated_tokens": sum(row["tokens"]),
@@ -169,19 +175,26 @@ def main() -> None:
             for fmt in FORMATS
         }
         plans = {label: plan for label, (plan, _) in plan_sets.items()}
-        summary = summarise(run_phase(model, evaluators, plans, units, warmup))
+        record = run_phase(model, evaluators, plans, units, warmup)
+        if args.out:  # the raw measurements first, so a report can be rebuilt from them
+            raw = {f"{fmt}/{label}": row for (fmt, label), row in record.items()}
+            args.out.with_suffix(f".batch{batch}.raw.json").write_text(json.dumps(raw) + "\n")
+        summary = summarise(record)
         results["phases"][f"batch {batch}"] = summary
         for name, arm in summary["arms"].items():
-            print(f"batch {batch} {name:>18}: {arm['median_seconds']:.2f} s per unit (wall {arm['median_wall']:.2f}),"
+            print(f"batch {batch} {name:>18}: {arm['median_seconds']:.2f} s per unit (wall {arm['median_wall']:.2f}, "
+                  f"cpu {arm['median_cpu']:.2f}),"
                   f" prefill s {[round(arm['median_prefill'][s], 3) for s in STAGES]}, reused tokens "
                   f"{[round(arm['mean_reused_tokens'][s]) for s in STAGES]}, generated {arm['generated_tokens']}")
         for label, row in summary["shared_vs_separate"].items():
             print(f"batch {batch} {label}: shared {row['speedup']:.2f}x [{row['interval'][0]:.2f}, "
-                  f"{row['interval'][1]:.2f}] faster than separate; summary prefill shared/separate "
+                  f"{row['interval'][1]:.2f}] faster than separate (cpu {row['cpu_speedup']:.2f}x "
+                  f"[{row['cpu_interval'][0]:.2f}, {row['cpu_interval'][1]:.2f}]); summary prefill shared/separate "
                   f"{row['summary_prefill_shared_over_separate']:.3f}; same answer {row['same_answer']}")
         for fmt, row in summary.get("litestage_vs_full", {}).items():
             print(f"batch {batch} {fmt}: LiteStage {row['speedup']:.2f}x [{row['interval'][0]:.2f}, "
-                  f"{row['interval'][1]:.2f}] faster than full; same answer {row['same_answer']}", flush=True)
+                  f"{row['interval'][1]:.2f}] faster than full (cpu {row['cpu_speedup']:.2f}x); same answer "
+                  f"{row['same_answer']}", flush=True)
         if args.out:
             args.out.write_text(json.dumps(results, indent=2) + "\n")
 
