@@ -135,3 +135,12 @@ def test_chat_model_continues_a_turn_and_reports_reuse(tiny_long: LoadedModel) -
     assert meta["reused_tokens"] > 0 and meta["reused_tokens"] + meta["prefilled_tokens"] == second.usage_metadata[
         "input_tokens"]
     assert first.response_metadata["reused_tokens"] == 0
+
+
+def test_a_batch_mixing_continued_and_plain_prompts_matches_single_calls(tiny_long: LoadedModel) -> None:
+    llm = ChatLiteStage(model=tiny_long, max_tokens=3, reuse_context=True)
+    inputs = [[HumanMessage("Name a fruit.")], [HumanMessage("Name a fruit."), continuation_message([("Sure: ", None)])]]
+    tiny_long.context_cache.clear()
+    batched = [m.content for m in llm.batch(inputs)]
+    tiny_long.context_cache.clear()
+    assert batched == [llm.invoke(i).content for i in inputs]

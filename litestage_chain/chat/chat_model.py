@@ -107,9 +107,9 @@ class PreparedCall:
         """Whether the reply is JSON filled value by value (forced tool call or structured output)."""
         return self.forced_tool is not None or self.schema is not None
 
-    def batch_key(self) -> tuple[int, SkipPlan, GenerationConfig, bool]:
+    def batch_key(self) -> tuple[int, SkipPlan, GenerationConfig, bool, bool]:
         """Calls with equal keys can share one batched `generate` (one plan, one decoding config)."""
-        return (id(self.loaded), self.plan, self.config, self.reuse_context)
+        return (id(self.loaded), self.plan, self.config, self.reuse_context, self.segments is not None)
 
 
 class ChatLiteStage(BaseChatModel):
@@ -226,6 +226,7 @@ class ChatLiteStage(BaseChatModel):
             "seed": self.seed,
             "stop": self.stop,
             "stage": self.stage,
+            "reuse_context": self.reuse_context,  # segments then run under their own plans: other outputs
             "skip_plan": self.skip_plan.model_dump(mode="json"),
             "early_exit": self.early_exit.model_dump() if self.early_exit else None,
             # a stage's budget comes from the profile: two models differing only there must not share cache entries
