@@ -23,7 +23,15 @@ import torch
 from litestage_chain.engine.architecture import DecoderView
 from litestage_chain.engine.context_cache import ContextCache, Key
 from litestage_chain.errors import InvalidInputError
-from litestage_chain.engine.forward import PackedRow, new_cache, prefill_rows, run_layers
+from litestage_chain.engine.forward import (
+    PackedRow,
+    _attend,
+    _mlp,
+    _project_qkv,
+    new_cache,
+    prefill_rows,
+    run_layers,
+)
 from litestage_chain.engine.kv_cache import KVCache
 from litestage_chain.engine.skip_plan import SkipPlan
 
@@ -201,8 +209,6 @@ def segment_logits(view: DecoderView, input_ids: torch.Tensor, plans: Sequence[S
     Every token's keys and values come from the fused q/k/v projection of its residual stream; a sub-layer a token's
     plan skips adds nothing to that token's residual stream.
     """
-    from litestage_chain.engine.forward import _attend, _mlp, _project_qkv
-
     if len(plans) != input_ids.shape[0]:
         raise InvalidInputError(f"{len(plans)} plans for {input_ids.shape[0]} tokens")
     ids = input_ids[None, :]

@@ -24,6 +24,7 @@ from langchain_core.messages import BaseMessage
 from langchain_core.prompt_values import ChatPromptValue
 
 from litestage_chain.chat.continuation import Segment, continuation_message
+from litestage_chain.errors import InvalidInputError
 from litestage_chain.budgets.stages import Stage
 from litestage_chain.reasoning.stage_output import StageOutput
 
@@ -43,8 +44,7 @@ SHARED_STOPS: dict[Stage, list[str]] = {
 
 
 def check_context(context: object) -> ContextFormat:
-    from litestage_chain.errors import InvalidInputError
-
+    """`context` as a `ContextFormat`, or `InvalidInputError` naming the two formats."""
     if context not in CONTEXT_FORMATS:
         raise InvalidInputError(f"unknown context format {context!r}: expected 'shared' or 'separate'")
     return context  # type: ignore[return-value]
