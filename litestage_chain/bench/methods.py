@@ -19,14 +19,13 @@ Methods (the names the command line accepts):
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Mapping, Sequence
 from typing import Literal, cast
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from litestage_chain.append_store import content_key
 from litestage_chain.budgets.profile import Profile
 from litestage_chain.budgets.stages import STAGES
 from litestage_chain.engine.early_exit import EarlyExitConfig
@@ -97,7 +96,7 @@ class MethodPoint(BaseModel):
         }
 
     def key(self) -> str:
-        return hashlib.sha256(json.dumps(self.payload(), sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+        return content_key(self.payload())
 
 
 # ----------------------------------------------------------------------------------------- plan builders

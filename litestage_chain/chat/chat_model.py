@@ -73,9 +73,9 @@ from litestage_chain.engine.generation import (
 from litestage_chain.engine.loading import LoadedModel, load_model
 from litestage_chain.engine.prefix_cache import PrefixCache
 from litestage_chain.engine.skip_plan import SkipPlan
+from litestage_chain.engine.sources import DEFAULT_MODEL
 from litestage_chain.errors import InvalidInputError
 
-DEFAULT_MODEL = "smollm2-135m"
 # Keyword arguments a call (invoke/stream/batch, or .bind) may pass; anything else is a typo worth an error.
 CALL_KWARGS = frozenset(
     {"stage", "skip_plan", "early_exit", "max_tokens", "temperature", "top_p", "seed", "model", "tools",

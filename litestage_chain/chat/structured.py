@@ -25,7 +25,7 @@ from tenacity import (
 )
 
 from litestage_chain.chat.guided import value_type
-from litestage_chain.chat.tools import _leading_json_object
+from litestage_chain.chat.tools import leading_json_object
 from litestage_chain.errors import InvalidInputError, LiteStageError
 
 if TYPE_CHECKING:
@@ -126,7 +126,7 @@ def parse_json_reply(text: str) -> Any:
     if cleaned.startswith("```"):
         cleaned = cleaned.strip("`")
         cleaned = cleaned[cleaned.find("{") :] if "{" in cleaned else cleaned
-    parsed = _leading_json_object(cleaned)
+    parsed = leading_json_object(cleaned)
     if parsed is None:
         raise OutputParserException(f"the reply is not a JSON object: {text[:200]!r}", llm_output=text)
     return parsed[0]

@@ -138,7 +138,7 @@ def parse_tool_calls(text: str, specs: Sequence[ToolSpec]) -> ParsedToolCalls:
     blocks = [m.group(1) for m in _TOOL_CALL_BLOCK.finditer(text)]
     content = _TOOL_CALL_BLOCK.sub("", text).strip()
     if not blocks:
-        bare = _leading_json_object(text.strip())
+        bare = leading_json_object(text.strip())
         if bare is not None and isinstance(bare[0], dict) and "name" in bare[0]:
             blocks = [bare[1]]
             content = text.strip()[len(bare[1]) :].strip()
@@ -146,7 +146,7 @@ def parse_tool_calls(text: str, specs: Sequence[ToolSpec]) -> ParsedToolCalls:
     invalid: list[InvalidToolCall] = []
     for raw in blocks:
         call_id = "call_" + uuid.uuid4().hex[:12]
-        parsed = _leading_json_object(raw)
+        parsed = leading_json_object(raw)
         if parsed is None or not isinstance(parsed[0], dict):
             invalid.append(InvalidToolCall(name=None, args=raw, id=call_id, error="not a JSON object", type="invalid_tool_call"))
             continue
@@ -177,7 +177,7 @@ def parse_tool_calls(text: str, specs: Sequence[ToolSpec]) -> ParsedToolCalls:
     return ParsedToolCalls(content=content, tool_calls=calls, invalid_tool_calls=invalid)
 
 
-def _leading_json_object(text: str) -> tuple[Any, str] | None:
+def leading_json_object(text: str) -> tuple[Any, str] | None:
     """Decode the JSON value at the start of `text` (after whitespace), repairing missing closing braces.
 
     Returns the value and the exact source text it came from; `None` if no JSON object starts there.

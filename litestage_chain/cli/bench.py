@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from litestage_chain.bench.executor import ChainExecutor
 from litestage_chain.bench.methods import (
     DEFAULT_SWEEPS,
     METHODS,
@@ -22,9 +23,21 @@ from litestage_chain.bench.methods import (
     all_points,
     parse_sweep,
 )
+from litestage_chain.bench.rankings import adaskip_order, litestage_ranking
+from litestage_chain.bench.records import RECORDS_FILE, RecordStore
+from litestage_chain.bench.report import markdown_table
+from litestage_chain.bench.results import rebuild_report, write_run
+from litestage_chain.bench.runner import recorded_count, run_points
+from litestage_chain.budgets.profile import Profile
+from litestage_chain.budgets.stages import check_stage
+from litestage_chain.data import load_benchmark, load_jsonl, seeded_slice
+from litestage_chain.data.benchmarks import resolve_data_dir
+from litestage_chain.engine.early_exit import EarlyExitConfig
+from litestage_chain.engine.loading import load_model
 from litestage_chain.engine.weight_formats import WEIGHT_CHOICES
 from litestage_chain.reasoning.shared_context import add_context_argument
 from litestage_chain.errors import InvalidInputError
+from litestage_chain.reasoning.chain import DEFAULT_MAX_TOKENS
 
 RANKED = ("uniform", "uniform-exit", "stage-only")
 
@@ -99,8 +112,6 @@ def add_bench_subcommand(subparsers: Any) -> None:
 
 def parse_max_tokens(text: str | None) -> dict[str, int] | None:
     """``N`` (cap every stage) or ``recall=32,analysis=64,summary=16`` into per-stage budgets."""
-    from litestage_chain.budgets.stages import check_stage
-    from litestage_chain.reasoning.chain import DEFAULT_MAX_TOKENS
 
     if text is None:
         return None
@@ -121,13 +132,11 @@ def parse_max_tokens(text: str | None) -> dict[str, int] | None:
 
 def _data_path(args: argparse.Namespace) -> Path:
     """`--data`, else $LITESTAGE_DATA_DIR (a `DataError` naming both when neither is given)."""
-    from litestage_chain.data.benchmarks import resolve_data_dir
 
     return Path(args.data) if args.data is not None else resolve_data_dir(None)
 
 
 def _load_questions(args: argparse.Namespace) -> Any:
-    from litestage_chain.data import load_benchmark, load_jsonl, seeded_slice
 
     data = _data_path(args)
     if data.is_dir():
@@ -144,7 +153,6 @@ def _load_questions(args: argparse.Namespace) -> Any:
 
 
 def _calibration_questions(args: argparse.Namespace) -> Any:
-    from litestage_chain.data import load_jsonl, seeded_slice
 
     if args.calibration_data:
         path = Path(args.calibration_data)
@@ -179,7 +187,6 @@ def _chosen_methods(args: argparse.Namespace, out: TextIO) -> list[str]:
 
 def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Load model, questions and rankings, run every point (resuming), then write the report and plots."""
-    from litestage_chain.bench.results import rebuild_report, write_run
 
     out = out or sys.stdout
     if args.report_only:
@@ -195,13 +202,6 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
     methods = _chosen_methods(args, out)
     questions = _load_questions(args)
 
-    from litestage_chain.bench.executor import ChainExecutor
-    from litestage_chain.bench.rankings import adaskip_order, litestage_ranking
-    from litestage_chain.bench.records import RECORDS_FILE, RecordStore
-    from litestage_chain.bench.runner import recorded_count, run_points
-    from litestage_chain.budgets.profile import Profile
-    from litestage_chain.engine.early_exit import EarlyExitConfig
-    from litestage_chain.engine.loading import load_model
 
     try:
         early_exit = EarlyExitConfig(window=args.exit_window, threshold=args.exit_threshold,
@@ -261,7 +261,6 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
 
 
 def _print_done(out: TextIO, rows: Sequence[Any], files: Sequence[Path]) -> None:
-    from litestage_chain.bench.report import markdown_table
 
     out.write(markdown_table(rows))
     for path in files:

@@ -18,15 +18,19 @@ from langchain_core.callbacks import BaseCallbackHandler
 from litestage_chain.budgets.coerce import as_stage_budgets
 from litestage_chain.budgets.stage_budgets import StageBudgets
 from litestage_chain.budgets.stages import STAGES
+from litestage_chain.chat.chat_model import ChatLiteStage
+from litestage_chain.cli.bench import add_bench_subcommand
+from litestage_chain.cli.profile import add_profile_parser, normalise_profile_argv
+from litestage_chain.data.types import Question
 from litestage_chain.engine.weight_formats import WEIGHT_CHOICES
 from litestage_chain.reasoning.shared_context import add_context_argument
 from litestage_chain.errors import InvalidInputError, LiteStageError
+from litestage_chain.reasoning.chain import DEFAULT_MAX_TOKENS, build_reasoning_chain
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `litestage` console script; returns the process exit status."""
     parser = build_parser()
-    from litestage_chain.cli.profile import normalise_profile_argv
 
     args = parser.parse_args(normalise_profile_argv(list(sys.argv[1:] if argv is None else argv)))
     if not getattr(args, "handler", None):
@@ -87,12 +91,6 @@ def add_ask_parser(subparsers: Any) -> None:
 
 def run_ask(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Build the chain, run the question, stream or print each stage, then the answer and the timing table."""
-    from litestage_chain.chat.chat_model import ChatLiteStage
-    from litestage_chain.data.types import Question
-    from litestage_chain.reasoning.chain import (
-        DEFAULT_MAX_TOKENS,
-        build_reasoning_chain,
-    )
 
     out = out or sys.stdout
     if args.max_tokens is not None and args.max_tokens < 1:
@@ -198,23 +196,5 @@ class StagePrinter(BaseCallbackHandler):
         self.out.flush()
 
 
-def add_profile_parser(subparsers: Any) -> None:
-    """`litestage profile ...` (offline search), defined in `litestage_chain.cli.profile`."""
-    from litestage_chain.cli.profile import add_profile_parser as register
-
-    register(subparsers)
-
-
-def add_bench_parser(subparsers: Any) -> None:
-    """`litestage bench ...` (benchmark runs), defined in `litestage_chain.cli.bench`."""
-    from litestage_chain.cli.bench import add_bench_subcommand as register
-
-    register(subparsers)
-
-
-SUBCOMMANDS: list[Callable[[Any], None]] = [add_ask_parser, add_profile_parser, add_bench_parser]
+SUBCOMMANDS: list[Callable[[Any], None]] = [add_ask_parser, add_profile_parser, add_bench_subcommand]
 """Registration functions of the subcommands, in the order `litestage --help` lists them."""
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -22,9 +22,19 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from litestage_chain.budgets.profile import Profile, TraceEntry, shipped_profiles
+from litestage_chain.cli.bench import parse_max_tokens
+from litestage_chain.data import search_questions
+from litestage_chain.data.rows import describe_validation_error
+from litestage_chain.engine.early_exit import EarlyExitConfig
+from litestage_chain.engine.loading import load_model
 from litestage_chain.engine.weight_formats import WEIGHT_CHOICES
 from litestage_chain.reasoning.shared_context import add_context_argument
 from litestage_chain.errors import InvalidInputError
+from litestage_chain.offline.evaluator import ChainEvaluator
+from litestage_chain.offline.pipeline import search_profile
+from litestage_chain.offline.search import SearchConfig
+from litestage_chain.offline.speed_check import check_speed
 
 if TYPE_CHECKING:
     from litestage_chain.budgets.profile import Profile
@@ -154,15 +164,6 @@ def run_profile_search(args: argparse.Namespace, out: TextIO | None = None) -> i
     """Load the model and questions, run the offline search, write the profile and print its summary."""
     from pydantic import ValidationError
 
-    from litestage_chain.budgets.profile import TraceEntry
-    from litestage_chain.cli.bench import parse_max_tokens
-    from litestage_chain.data import search_questions
-    from litestage_chain.data.rows import describe_validation_error
-    from litestage_chain.engine.early_exit import EarlyExitConfig
-    from litestage_chain.engine.loading import load_model
-    from litestage_chain.offline.evaluator import ChainEvaluator
-    from litestage_chain.offline.pipeline import search_profile
-    from litestage_chain.offline.search import SearchConfig
 
     out = out or sys.stdout
     _set_threads(args.threads)
@@ -225,9 +226,6 @@ def run_profile_search(args: argparse.Namespace, out: TextIO | None = None) -> i
 
 def run_profile_check(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Time an existing profile's plans against the full model side by side and store the result in the profile."""
-    from litestage_chain.budgets.profile import Profile
-    from litestage_chain.data import search_questions
-    from litestage_chain.engine.loading import load_model
 
     out = out or sys.stdout
     _set_threads(args.threads)
@@ -266,9 +264,6 @@ def _check_and_save(
     target: Path, out: TextIO,
 ) -> Profile:
     """Time the profile's plans and the full model side by side, every stage afresh; save the profile with it."""
-    from litestage_chain.cli.bench import parse_max_tokens
-    from litestage_chain.offline.evaluator import ChainEvaluator
-    from litestage_chain.offline.speed_check import check_speed
 
     if args.batch_size < 1:
         raise InvalidInputError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -293,7 +288,6 @@ def _check_and_save(
 
 def run_profile_show(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Print a profile's summary (and trace), or the shipped profile names."""
-    from litestage_chain.budgets.profile import Profile, shipped_profiles
 
     out = out or sys.stdout
     if not args.profile:

@@ -17,6 +17,7 @@ import importlib.util
 import os
 from pathlib import Path
 
+from litestage_chain.engine.cache_dir import cache_root
 from litestage_chain.errors import ModelLoadError
 
 QWEN_GGUF_NAME = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
@@ -32,13 +33,6 @@ _CHUNK = 8 * 1024 * 1024
 class BenchmarkModelError(ModelLoadError):
     """The split benchmark model is missing, incomplete or corrupt (a `ModelLoadError`, so the CLI and callers
     catching load failures report it as one clear line)."""
-
-
-def default_cache_dir() -> Path:
-    """The package cache root (``$LITESTAGE_CACHE``, else the user's cache dir), as the engine uses."""
-    from litestage_chain.engine.cache_dir import cache_root
-
-    return cache_root()
 
 
 def qwen_part_paths() -> list[Path]:
@@ -97,7 +91,7 @@ def assemble_qwen_gguf(dest_dir: str | os.PathLike[str] | None = None) -> Path:
     streamed into a temporary file and renamed only after the size and sha256 match, so a
     crash or a bad part never leaves a file that looks complete.
     """
-    dest = Path(dest_dir).expanduser() if dest_dir is not None else default_cache_dir()
+    dest = Path(dest_dir).expanduser() if dest_dir is not None else cache_root()
     dest.mkdir(parents=True, exist_ok=True)
     target = dest / QWEN_GGUF_NAME
     if _is_verified(target):

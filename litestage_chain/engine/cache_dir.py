@@ -1,4 +1,5 @@
-"""Where converted weights are cached: `$LITESTAGE_CACHE`, else the user's cache directory."""
+"""The one cache root: `$LITESTAGE_CACHE`, else the user's cache directory. Converted weights, the compiled kernels,
+the assembled benchmark model and importance measurements all live below it."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ sub-layer, even in layer 0, changes nothing but the residual stream. A skipped s
 no matmul, no weight read.
 
 The functions are small and pure in the gpt-fast style: `prefill` (whole prompt, fills the cache),
-`decode_one` (one token per row), and `sublayer_similarity` (importance measurement on the full model).
+`decode_one` (one token per row), and `sublayer_cosines` (importance measurement on the full model).
 A batch of prompts of different lengths is prefilled packed (`prefill_packed`): the projections, which are nearly
 all of a prefill's work, see each real token once and no padding.
 """
@@ -408,7 +408,7 @@ def all_logits(view: DecoderView, input_ids: torch.Tensor, plan: SkipPlan) -> to
     return view.lm_head(view.final_norm(hidden))[0].float()
 
 
-def sublayer_similarity(view: DecoderView, input_ids: torch.Tensor) -> torch.Tensor:
+def sublayer_cosines(view: DecoderView, input_ids: torch.Tensor) -> torch.Tensor:
     """Mean over tokens of cos(residual before, residual after) for every sub-layer of the full model.
 
     Returns [num_layers, 2] (column 0 attention, column 1 MLP). High similarity means the sub-layer barely changes

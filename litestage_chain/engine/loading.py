@@ -31,6 +31,12 @@ from litestage_chain.engine.architecture import (
 from litestage_chain.engine.cache_dir import cache_root
 from litestage_chain.engine.context_cache import ContextCache
 from litestage_chain.engine.prefix_cache import PrefixCache
+from litestage_chain.engine.quant.formats import (
+    compiled_kernels_available,
+    default_lm_head_format,
+)
+from litestage_chain.engine.quant.serialize import converted_cache_path
+from litestage_chain.engine.quant.view import quantize_decoder_view, view_linears
 from litestage_chain.engine.sources import (
     ResolvedSource,
     recommended_weights,
@@ -71,7 +77,6 @@ class LoadedModel:
             parameter.requires_grad_(False)
         self.view = build_decoder_view(self.model)
         if self.weights != "float32":
-            from litestage_chain.engine.quant.view import quantize_decoder_view
 
             float_view = self.view
             self.view = quantize_decoder_view(float_view, self.weights, weights_id=self.weights_sha256 or None)
@@ -142,7 +147,6 @@ def _release_converted_weights(
     weights (shape kept, no storage); calling `lm.model` itself then fails, so only models this module loaded
     (never a caller's model passed to `from_pretrained_objects`) are released.
     """
-    from litestage_chain.engine.quant.view import view_linears
 
     replaced = {name for name, module in view_linears(converted).items() if type(module) is not torch.nn.Linear}
     for index, layer in enumerate(model.model.layers):
@@ -238,7 +242,6 @@ def _resolve_weights(source: Optional[str], weights: str) -> str:
     if weights == AUTO:
         weights = recommended_weights(source) if isinstance(source, str) else "float32"
         if weights in ("int8", "int4"):
-            from litestage_chain.engine.quant.formats import compiled_kernels_available
 
             if not compiled_kernels_available():  # the fallback would be float32 speed at float32 size
                 weights = "float32"
@@ -307,9 +310,6 @@ def _load_without_float_projections(
         GenerationConfig,
     )
 
-    from litestage_chain.engine.quant.formats import default_lm_head_format
-    from litestage_chain.engine.quant.serialize import converted_cache_path
-    from litestage_chain.engine.quant.view import view_linears
 
     if default_lm_head_format(weights) == "float32" or not converted_cache_path(digest, weights).is_file():
         return None

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
-from litestage_chain.engine.forward import sublayer_similarity as _view_similarity
+from litestage_chain.engine.forward import sublayer_cosines
 from litestage_chain.errors import InvalidInputError
 
 if TYPE_CHECKING:
@@ -20,4 +20,4 @@ def sublayer_similarity(model: "LoadedModel", token_ids: Sequence[int]) -> torch
         raise InvalidInputError("token_ids is empty")
     if len(ids) > model.max_positions:
         raise InvalidInputError(f"{len(ids)} tokens exceed the model's context of {model.max_positions}")
-    return _view_similarity(model.view, torch.tensor(ids, dtype=torch.long))
+    return sublayer_cosines(model.view, torch.tensor(ids, dtype=torch.long))

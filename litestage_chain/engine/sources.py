@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal
 
+from litestage_chain.engine.benchmark_model import assemble_qwen_gguf
 from litestage_chain.errors import ModelLoadError
 
 SourceKind = Literal["gguf", "directory", "hub"]
@@ -43,7 +44,6 @@ def _smollm2_135m() -> Path:
 
 
 def _qwen25_coder_15b() -> Path:
-    from litestage_chain.engine.benchmark_model import assemble_qwen_gguf
 
     return assemble_qwen_gguf()
 

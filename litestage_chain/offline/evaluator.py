@@ -16,8 +16,6 @@ summary re-run the chain does when no answer can be read), not LangChain's bookk
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -27,6 +25,7 @@ from typing import Any
 from langchain_core.runnables import Runnable, RunnableConfig
 from tqdm.auto import tqdm
 
+from litestage_chain.append_store import content_key
 from litestage_chain.budgets.stages import STAGES, Stage, check_stage
 from litestage_chain.chat.chat_model import ChatLiteStage
 from litestage_chain.data.types import Question
@@ -53,10 +52,6 @@ from litestage_chain.reasoning.shared_context import (
 )
 
 FALLBACK = "fallback"
-
-
-def _digest(payload: Any) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
 
 
 class CachedStage(Runnable[State, StageOutput]):
@@ -91,7 +86,7 @@ class CachedStage(Runnable[State, StageOutput]):
             payload["earlier_plans"] = [
                 state[stage].skipped.model_dump(mode="json") for stage in STAGES if isinstance(state.get(stage), StageOutput)
             ]
-        return _digest(payload)
+        return content_key(payload)
 
     def invoke(self, input: State, config: RunnableConfig | None = None, **kwargs: Any) -> StageOutput:
         return self.batch([input], config)[0]
@@ -178,7 +173,7 @@ class ChainEvaluator:
         # v3: a left-padded batch's prefill no longer computes the padding (forward.prefill_packed), so stage seconds
         # measured under v2 are slower than the same stages now and must not be compared with v3 ones.
         shared = {"context": "shared", "shared_stops": SHARED_STOPS} if self.context == "shared" else {}
-        return "chain-v3:" + _digest({
+        return "chain-v3:" + content_key({
             **shared,
             "weights": weights,
             "max_tokens": self.max_tokens,

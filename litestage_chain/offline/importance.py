@@ -128,10 +128,6 @@ def prompt_hash(encoded: Mapping[str, Sequence[Sequence[int]]]) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def default_cache_dir() -> Path:
-    return cache_root() / "importance"
-
-
 def cache_path(cache_dir: Path, weights_sha256: str, prompts_sha256: str) -> Path:
     return cache_dir / f"{weights_sha256[:24]}-{prompts_sha256[:24]}.json"
 
@@ -177,7 +173,7 @@ def compute_importance(
     path: Path | None = None
     if cache:
         if model.weights_sha256:
-            path = cache_path(Path(cache_dir) if cache_dir is not None else default_cache_dir(),
+            path = cache_path(Path(cache_dir) if cache_dir is not None else cache_root() / "importance",
                               model.weights_sha256, prompts_sha256)
             hit = _read_cache(path, model.weights_sha256, prompts_sha256)
             if hit is not None:

@@ -190,7 +190,7 @@ class _Runner:
 
     def evaluate(self, plans: Mapping[str, SkipPlan]) -> tuple[EvalResult, bool]:
         """The result for `plans` and whether it was reused from the store."""
-        cached = self.store.get(plans, self.fingerprint, self.evaluator.identity)
+        cached = self.store.lookup(plans, self.fingerprint, self.evaluator.identity)
         if cached is not None:
             return cached, True
         result = self.evaluator.evaluate(dict(plans), self.questions)

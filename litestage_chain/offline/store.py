@@ -9,16 +9,14 @@ line, which is reported and cut off when the log is next opened.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
+from litestage_chain.append_store import AppendStore, content_key
 from litestage_chain.engine.skip_plan import SkipPlan
 from litestage_chain.errors import LiteStageError
 
@@ -50,48 +48,22 @@ def plans_payload(plans: Mapping[str, SkipPlan]) -> dict[str, dict[str, list[int
 
 
 def record_key(plans: Mapping[str, SkipPlan], questions_fingerprint: str, evaluator_identity: str) -> str:
-    payload = json.dumps(
-        {"plans": plans_payload(plans), "questions": questions_fingerprint, "evaluator": evaluator_identity},
-        sort_keys=True,
-        separators=(",", ":"),
-    )
-    return hashlib.sha256(payload.encode()).hexdigest()
+    return content_key({"plans": plans_payload(plans), "questions": questions_fingerprint, "evaluator": evaluator_identity})
 
 
-class ResultsStore:
+def _parse_line(raw: bytes) -> tuple[str, EvalResult]:
+    record = json.loads(raw)
+    return str(record["key"]), EvalResult.model_validate(record["result"])
+
+
+class ResultsStore(AppendStore[EvalResult]):
     """Evaluation results keyed by (plans, question set, evaluator); persisted to `path` when one is given."""
 
     def __init__(self, path: str | Path | None = None) -> None:
-        self.path = Path(path) if path is not None else None
-        self._results: dict[str, EvalResult] = {}
-        if self.path is not None and self.path.exists():
-            self._load(self.path)
+        super().__init__(path, parse=_parse_line, what="result record", error=StoreError)
 
-    def __len__(self) -> int:
-        return len(self._results)
-
-    def _load(self, path: Path) -> None:
-        data = path.read_bytes()
-        lines = data.split(b"\n")
-        complete, partial = lines[:-1], lines[-1]  # after the last newline: empty, or a partial record
-        for number, raw in enumerate(complete, start=1):
-            if not raw.strip():
-                continue
-            try:
-                record = json.loads(raw)
-                self._results[str(record["key"])] = EvalResult.model_validate(record["result"])
-            except (json.JSONDecodeError, KeyError, TypeError, ValidationError) as error:
-                raise StoreError(f"{path} line {number} is not a valid result record: {error}") from error
-        if partial.strip():
-            warnings.warn(
-                f"{path}: dropping a partial last record ({len(partial)} bytes), left by an interrupted write",
-                stacklevel=3,
-            )
-            with path.open("r+b") as handle:
-                handle.truncate(len(data) - len(partial))
-
-    def get(self, plans: Mapping[str, SkipPlan], questions_fingerprint: str, evaluator_identity: str) -> EvalResult | None:
-        return self._results.get(record_key(plans, questions_fingerprint, evaluator_identity))
+    def lookup(self, plans: Mapping[str, SkipPlan], questions_fingerprint: str, evaluator_identity: str) -> EvalResult | None:
+        return self.get(record_key(plans, questions_fingerprint, evaluator_identity))
 
     def put(
         self,
@@ -103,9 +75,6 @@ class ResultsStore:
     ) -> None:
         """Remember `result`, and append it to the log before returning (flushed and fsynced)."""
         key = record_key(plans, questions_fingerprint, evaluator_identity)
-        self._results[key] = result
-        if self.path is None:
-            return
         record = {
             "key": key,
             "plans": plans_payload(plans),
@@ -114,8 +83,4 @@ class ResultsStore:
             "result": result.model_dump(mode="json"),
             **extra,
         }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        self.append([(key, result, json.dumps(record, ensure_ascii=False))])

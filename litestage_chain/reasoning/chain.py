@@ -26,11 +26,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from litestage_chain.budgets.coerce import as_stage_budgets
 from litestage_chain.budgets.stages import STAGES, Stage, check_stage
-from litestage_chain.chat.chat_model import DEFAULT_MODEL, ChatLiteStage
+from litestage_chain.chat.chat_model import ChatLiteStage
 from litestage_chain.data.types import Question, QuestionKind
 from litestage_chain.engine.early_exit import EarlyExitConfig
 from litestage_chain.engine.loading import LoadedModel
 from litestage_chain.engine.skip_plan import SkipPlan
+from litestage_chain.engine.sources import DEFAULT_MODEL
 from litestage_chain.errors import InvalidInputError
 from litestage_chain.reasoning.answer import extract, extract_correct_option
 from litestage_chain.reasoning.prompts import PromptSet, prompt_values

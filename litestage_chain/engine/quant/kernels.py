@@ -25,7 +25,7 @@ from types import ModuleType
 
 import torch
 
-from litestage_chain.engine.benchmark_model import default_cache_dir
+from litestage_chain.engine.cache_dir import cache_root
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def kernels_status() -> str:
 
 def _build() -> ModuleType:
     key = _build_key(SOURCE.read_bytes())
-    return build_extension(SOURCE, f"litestage_cpu_gemv_{key}", default_cache_dir() / "cpp_ext" / f"cpu_gemv_{key}")
+    return build_extension(SOURCE, f"litestage_cpu_gemv_{key}", cache_root() / "cpp_ext" / f"cpu_gemv_{key}")
 
 
 def build_extension(source: Path, name: str, build_dir: Path) -> ModuleType:

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from litestage_chain.engine.benchmark_model import default_cache_dir
+from litestage_chain.engine.cache_dir import cache_root
 from litestage_chain.engine.quant.convert import (
     _replace,
     quantize_model_linears,
@@ -108,7 +108,7 @@ def load_converted(path: str | os.PathLike[str]) -> dict[str, nn.Module]:
 
 def converted_cache_path(weights_id: str, fmt: WeightFormat, cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """Cache file for ``weights_id`` (e.g. the model's weights sha256) in format ``fmt``."""
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    root = Path(cache_dir) if cache_dir is not None else cache_root()
     return root / "converted" / f"{weights_id[:32]}-{fmt}-v{FORMAT_VERSION}.safetensors"
 
 

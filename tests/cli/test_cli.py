@@ -14,10 +14,10 @@ from litestage_chain.budgets.stage_budgets import StageBudgets
 from litestage_chain.cli.main import build_parser, load_plans, main
 from litestage_chain.errors import InvalidInputError
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tiny_models import save_tiny_long_context_llama  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from litestage_chain.bench.combine import combined_rows
 from litestage_chain.bench.records import RECORDS_FILE, RecordStore
 from litestage_chain.bench.results import write_run
 from litestage_chain.bench.runner import run_points
-from tests.test_bench_runner import StubExecutor, points, questions
+from tests.bench.test_bench_runner import StubExecutor, points, questions
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 META = {"benchmark": "toy", "model": "stub", "weights": "int4", "fingerprint": "f", "batch_size": 1}

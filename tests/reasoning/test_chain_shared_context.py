@@ -14,7 +14,7 @@ from litestage_chain.chat.chat_model import ChatLiteStage
 from litestage_chain.chat.continuation import continuation_message
 from litestage_chain.reasoning.stage_output import StageOutput
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tiny_models import tiny_long_context_llama  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -26,7 +26,7 @@ from litestage_chain.reasoning.chain import (
 )
 from litestage_chain.reasoning.stage_output import StageOutput
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tiny_models import tiny_long_context_llama  # noqa: E402
 
 QUESTION = {"question": "Where is milk kept cold?", "choices": ["oven", "fridge", "bag"]}

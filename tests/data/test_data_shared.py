@@ -9,7 +9,7 @@ import pytest
 
 from litestage_chain.data import load_benchmark, search_questions
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 pytestmark = pytest.mark.skipif(
     not SHARED_DATA.is_dir(),

@@ -10,14 +10,14 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from test_bench_runner import StubExecutor, points, questions  # noqa: E402
 
 from litestage_chain.bench.records import RECORDS_FILE, RecordStore  # noqa: E402
 from litestage_chain.bench.results import rebuild_report, write_run  # noqa: E402
 from litestage_chain.bench.runner import run_points  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK = REPO / "notebooks" / "reproduce_benchmarks.ipynb"
 SAMPLE = REPO / "benchmarks" / "results" / "sample"
 
