@@ -79,17 +79,23 @@ def add_ask_parser(subparsers: Any) -> None:
     ask.add_argument("--shots", type=int, default=2, metavar="N", help="worked examples per stage (default 2)")
     ask.add_argument("--no-fallback", action="store_true", help="do not re-run the summary on the full model")
     ask.add_argument("--no-stream", action="store_true", help="print each stage when done instead of streaming")
-    ask.add_argument("--json", action="store_true", help="print the full result as JSON at the end")
+    ask.add_argument("--json", action="store_true",
+                     help="print the full result as JSON on stdout, and the human-readable text on stderr")
     ask.set_defaults(handler=run_ask)
 
 
 def run_ask(args: argparse.Namespace, out: TextIO | None = None) -> int:
-    """Build the chain, run the question, stream or print each stage, then the answer and the timing table."""
+    """Build the chain, run the question, stream or print each stage, then the answer and the timing table.
+
+    With `--json`, `out` (stdout) gets the JSON result only, so it can be piped (`| jq .answer`); the stages, the
+    answer and the table go to stderr.
+    """
     from litestage_chain.chain import DEFAULT_MAX_TOKENS, build_reasoning_chain
     from litestage_chain.chat_model import ChatLiteStage
     from litestage_chain.prompts import Question
 
-    out = out or sys.stdout
+    data = out or sys.stdout
+    out = sys.stderr if args.json else data
     if args.max_tokens is not None and args.max_tokens < 1:
         raise InvalidInputError(f"--max-tokens must be >= 1, got {args.max_tokens}")
     choices = args.choice or ["yes", "no"]
@@ -127,9 +133,10 @@ def run_ask(args: argparse.Namespace, out: TextIO | None = None) -> int:
     profile_note = f", profile {args.profile}" if args.profile else ""
     out.write(f"model {loaded.name}, {loaded.weights} weights{profile_note}\n")
     out.write(timing_table(result))
-    if args.json:
-        out.write(result.model_dump_json(indent=2) + "\n")
     out.flush()
+    if args.json:
+        data.write(result.model_dump_json(indent=2) + "\n")
+        data.flush()
     return 0
 
 
