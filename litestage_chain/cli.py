@@ -124,11 +124,7 @@ def run_ask(args: argparse.Namespace, out: TextIO | None = None) -> int:
             printer.header("summary (full model)")
             out.write(result.fallback.text)
     out.write("\n\n")
-    answer = f"{result.answer} ({result.answer_text})" if result.answer else "none could be read"
-    note = {"fallback": ", from the full-model summary re-run", "analysis": ", from the analysis"}.get(
-        result.answer_source or "", ""
-    )
-    out.write(f"Answer: {answer}{note}\n\n")
+    out.write(f"Answer: {answer_line(result)}\n\n")
     loaded = model.loaded_model()
     profile_note = f", profile {args.profile}" if args.profile else ""
     out.write(f"model {loaded.name}, {loaded.weights} weights{profile_note}\n")
@@ -138,6 +134,15 @@ def run_ask(args: argparse.Namespace, out: TextIO | None = None) -> int:
         data.write(result.model_dump_json(indent=2) + "\n")
         data.flush()
     return 0
+
+
+def answer_line(result: Any) -> str:
+    """The chosen option, its text and where it was read, e.g. "B (in the cupboard)"."""
+    answer = f"{result.answer} ({result.answer_text})" if result.answer else "none could be read"
+    note = {"fallback": ", from the full-model summary re-run", "analysis": ", from the analysis"}.get(
+        result.answer_source or "", ""
+    )
+    return answer + note
 
 
 def load_plans(source: str) -> Any:
@@ -225,7 +230,14 @@ def add_bench_parser(subparsers: Any) -> None:
     register(subparsers)
 
 
-SUBCOMMANDS: list[Callable[[Any], None]] = [add_ask_parser, add_profile_parser, add_bench_parser]
+def add_demo_parser(subparsers: Any) -> None:
+    """`litestage demo` (LiteStage against the full model), defined in `litestage_chain.demo`."""
+    from litestage_chain.demo import add_demo_parser as register
+
+    register(subparsers)
+
+
+SUBCOMMANDS: list[Callable[[Any], None]] = [add_ask_parser, add_demo_parser, add_profile_parser, add_bench_parser]
 """Registration functions of the subcommands, in the order `litestage --help` lists them."""
 
 

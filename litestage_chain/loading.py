@@ -27,6 +27,7 @@ from litestage_chain.architecture import DecoderView, build_decoder_view, check_
 from litestage_chain.cache_dir import cache_root
 from litestage_chain.errors import ModelLoadError
 from litestage_chain.prefix_cache import PrefixCache
+from litestage_chain.progress import first_run_step
 from litestage_chain.sources import ResolvedSource, recommended_weights, resolve_source
 from litestage_chain.weight_formats import AUTO, WEIGHT_FORMATS
 
@@ -397,7 +398,8 @@ def _converted_gguf(path: Path) -> tuple[Path, str]:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{digest[:12]}-", dir=target.parent))
     try:
-        _convert_gguf(path, staging)
+        with first_run_step(f"converting {path.name} to float32 safetensors"):
+            _convert_gguf(path, staging)
         (staging / _COMPLETE_MARKER).write_text(json.dumps({"gguf": path.name, "sha256": digest}))
         if target.exists():  # a concurrent conversion finished first
             shutil.rmtree(staging)

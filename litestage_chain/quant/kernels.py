@@ -14,6 +14,7 @@ fall back to dequantise-then-matmul, which is correct but slower.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -26,6 +27,7 @@ from types import ModuleType
 import torch
 
 from litestage_chain.benchmark_model import default_cache_dir
+from litestage_chain.progress import first_run_step
 
 logger = logging.getLogger(__name__)
 
@@ -102,11 +104,14 @@ def build_extension(source: Path, name: str, build_dir: Path) -> ModuleType:
     from torch.utils.cpp_extension import load
 
     build_dir.mkdir(parents=True, exist_ok=True)
-    return load(
-        name=name,
-        sources=[str(source)],
-        extra_cflags=["-O3", "-fopenmp"],
-        extra_ldflags=["-fopenmp"],
-        build_directory=str(build_dir),
-        verbose=False,
-    )
+    compiled = any(build_dir.glob("*.so"))
+    announce = contextlib.nullcontext() if compiled else first_run_step(f"compiling the low-bit CPU kernels ({source.name})")
+    with announce:
+        return load(
+            name=name,
+            sources=[str(source)],
+            extra_cflags=["-O3", "-fopenmp"],
+            extra_ldflags=["-fopenmp"],
+            build_directory=str(build_dir),
+            verbose=False,
+        )

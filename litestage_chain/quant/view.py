@@ -16,6 +16,7 @@ from torch import nn
 from litestage_chain.architecture import DecoderView
 from litestage_chain.quant.convert import quantize_model_linears
 from litestage_chain.quant.formats import WeightFormat, default_lm_head_format
+from litestage_chain.progress import first_run_step
 from litestage_chain.quant.serialize import converted_cache_path, load_converted, save_converted
 
 
@@ -77,7 +78,8 @@ def quantize_decoder_view(
         if set(cached) == expected:
             converted = cached
     if converted is None:
-        every = quantize_model_linears(linears, fmt, lm_head_fmt=head_fmt)
+        with first_run_step(f"converting the weights to {label}"):
+            every = quantize_model_linears(linears, fmt, lm_head_fmt=head_fmt)
         converted = {name: every[name] for name in expected}
         if path is not None:
             save_converted(converted, path, {"weights_id": weights_id or "", "format": label})
