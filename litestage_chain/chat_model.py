@@ -409,9 +409,8 @@ class ChatLiteStage(BaseChatModel):
             return first
         lead = first.text.rstrip()
         forced = call.tools[0].name if len(call.tools) == 1 else "any"
-        continued = self._run_guided(
-            replace(call, prompt=call.prompt + first.text, forced_tool=forced, schema=None), lead=(lead + "\n") if lead else ""
-        )
+        continuation = replace(call, prompt=call.prompt + first.text, forced_tool=forced, schema=None)
+        continued = self._run_guided(continuation, lead=(lead + "\n") if lead else "")
         return _combined(call, continued.text, [first, continued])
 
     def _run_guided(self, call: PreparedCall, lead: str = "") -> GenerationResult:
@@ -450,7 +449,8 @@ class ChatLiteStage(BaseChatModel):
             text += name + '", "arguments": '
         spec = next(s for s in call.tools if s.name == name)
         filled = fill_object(step, text, spec.parameters, budget=budget, choose=choose)
-        return _combined(call, lead + text + filled.text + "}\n</tool_call>", filled.results, truncated=filled.truncated)
+        text += filled.text + "}\n</tool_call>"
+        return _combined(call, lead + text, filled.results, truncated=filled.truncated)
 
     def _message(self, call: PreparedCall, result: GenerationResult) -> AIMessage:
         text = call.prefix + result.text

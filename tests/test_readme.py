@@ -9,6 +9,8 @@ from __future__ import annotations
 import ast
 import builtins
 import re
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -62,4 +64,8 @@ def test_block_runs(line: int, source: str, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.chdir(README.parent)  # the blocks use paths relative to the repository (../shared/data)
     if "../shared/data" in source and not (README.parent.parent / "shared" / "data").is_dir():
         pytest.skip("the benchmark data folder ../shared/data is absent")
-    exec(compile(source, f"README.md:{line}", "exec"), {"__name__": f"readme_block_{line}"})
+    # A real module, as a user's script is: pydantic and LangGraph resolve annotations through `sys.modules`.
+    name = f"readme_block_{line}"
+    module = types.ModuleType(name)
+    monkeypatch.setitem(sys.modules, name, module)
+    exec(compile(source, f"README.md:{line}", "exec"), module.__dict__)
