@@ -30,7 +30,7 @@ from langchain_core.callbacks import (
 from langchain_core.globals import get_llm_cache
 from langchain_core.language_models import BaseChatModel, LanguageModelInput, ModelProfile
 from langchain_core.language_models.base import LangSmithParams
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ToolMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ToolMessage, convert_to_messages
 from langchain_core.messages.ai import InputTokenDetails, UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult, LLMResult
 from langchain_core.runnables import Runnable, RunnableConfig
@@ -274,7 +274,9 @@ class ChatLiteStage(BaseChatModel):
     ) -> int:
         """Tokens of `messages` as this model reads them: rendered by its chat template, tool instructions included
         (the reply's opening turn marker is not counted)."""
-        return count_message_tokens(self.loaded_model(), messages, tool_specs(tools) if tools else ())
+        # message-likes ("user", "Hi") too, as everywhere else in LangChain's message APIs
+        converted = convert_to_messages(messages)
+        return count_message_tokens(self.loaded_model(), converted, tool_specs(tools) if tools else ())
 
     # ------------------------------------------------------------------ call preparation
 

@@ -37,7 +37,8 @@ def add_demo_parser(subparsers: Any) -> None:
     demo.add_argument("--choice", "-c", action="append", default=[], metavar="TEXT",
                       help="an answer option (repeat; default: the plate question's four options)")
     demo.add_argument("--model", "-m", default=DEMO_MODEL, help=f"model source (default {DEMO_MODEL})")
-    demo.add_argument("--weights", choices=WEIGHT_CHOICES, default="auto", help="weight format (default auto)")
+    demo.add_argument("--weights", choices=WEIGHT_CHOICES, default="auto",
+                      help="weight format (default auto: the format the profile was searched in)")
     demo.add_argument("--profile", "-p", default=DEMO_PROFILE, metavar="FILE",
                       help=f"the model's LiteStage profile (default {DEMO_PROFILE})")
     demo.add_argument("--rounds", type=int, default=1, metavar="N",
@@ -63,7 +64,10 @@ def run_demo(args: argparse.Namespace, out: TextIO | None = None) -> int:
     profile = load_plans(args.profile)
     out.write(f"Loading {args.model} (the first run assembles, converts and compiles once; progress on stderr)\n")
     out.flush()
-    model = ChatLiteStage(model=args.model, weights=args.weights)
+    weights = args.weights
+    if weights == "auto" and getattr(profile, "model", None) is not None:
+        weights = profile.model.weights  # the format the profile's plans were searched and timed in
+    model = ChatLiteStage(model=args.model, weights=weights)
     loaded = model.loaded_model()
     out.write(f"model {loaded.name}, {loaded.weights} weights, LiteStage profile {args.profile}\n")
     if getattr(profile, "speed_check", None) is not None:

@@ -43,6 +43,9 @@ def test_token_counting_uses_the_models_own_tokenizer(tiny_llama: LoadedModel, n
     assert llm.get_num_tokens_from_messages(messages) == tiny_llama.count_tokens(rendered)
     assert llm.get_num_tokens_from_messages([SystemMessage("Be brief.")]) > 0  # a beginning with no user turn
     assert llm.get_num_tokens_from_messages([]) == 0
+    assert llm.get_num_tokens_from_messages([("system", "Be brief."), ("user", "Name a fruit."), ("ai", "Apple.")]) == (
+        llm.get_num_tokens_from_messages(messages)
+    )
 
     from langchain_core.tools import tool
 
