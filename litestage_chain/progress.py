@@ -3,7 +3,8 @@
 The first load of a model converts its GGUF file, may compile the low-bit kernels and converts the weights to the
 run format; each takes from seconds to minutes and happens once per machine. Without a word that looks like a
 hang, so each such step says what it does on stderr, ticks its elapsed time while it runs (on a terminal) and
-says when it is done. Steps served from the cache print nothing.
+says when it is done. Steps served from the cache print nothing; a step that may or may not have work to do (the
+kernels: loading a cached build, or compiling) passes `after` and speaks only if it takes longer than that.
 """
 
 from __future__ import annotations
@@ -36,21 +37,37 @@ class Step:
 
 
 @contextmanager
-def first_run_step(message: str, stream: TextIO | None = None, tick_seconds: float = 1.0) -> Iterator[Step]:
-    """Announce a one-time step on stderr, tick its elapsed time on a terminal, and report its end."""
+def first_run_step(
+    message: str, stream: TextIO | None = None, tick_seconds: float = 1.0, after: float = 0.0
+) -> Iterator[Step]:
+    """Announce a one-time step on stderr (once it has run `after` seconds), tick its elapsed time on a terminal,
+    and report its end."""
     out = stream or sys.stderr
     step = Step(message, out)
     live = bool(getattr(out, "isatty", lambda: False)())
-    out.write(f"litestage: {message} (first run only) ...\n" if not live else step.line())
-    out.flush()
+    announced = threading.Event()
     stop = threading.Event()
+    lock = threading.Lock()
+
+    def announce() -> None:
+        with lock:
+            out.write(step.line() if live else f"litestage: {message} (first run only) ...\n")
+            out.flush()
+            announced.set()
 
     def tick() -> None:
-        while not stop.wait(tick_seconds):
-            out.write("\r" + step.line())
-            out.flush()
+        if after > 0 and stop.wait(after):
+            return
+        if not announced.is_set():
+            announce()
+        while live and not stop.wait(tick_seconds):
+            with lock:
+                out.write("\r" + step.line())
+                out.flush()
 
-    ticker = threading.Thread(target=tick, daemon=True) if live else None
+    if after <= 0:
+        announce()
+    ticker = threading.Thread(target=tick, daemon=True) if (live or after > 0) else None
     if ticker is not None:
         ticker.start()
     outcome = "failed"
@@ -61,7 +78,8 @@ def first_run_step(message: str, stream: TextIO | None = None, tick_seconds: flo
         stop.set()
         if ticker is not None:
             ticker.join()
-        seconds = time.perf_counter() - step.started
-        prefix = "\r" + step.line() + "\n" if live else ""
-        out.write(f"{prefix}litestage: {message}: {outcome} in {seconds:.0f} s\n")
-        out.flush()
+        if announced.is_set():
+            seconds = time.perf_counter() - step.started
+            prefix = "\r" + step.line() + "\n" if live else ""
+            out.write(f"{prefix}litestage: {message}: {outcome} in {seconds:.0f} s\n")
+            out.flush()

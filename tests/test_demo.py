@@ -87,3 +87,11 @@ def test_first_run_steps_say_what_they_do() -> None:
 
         time.sleep(0.05)
     assert "\rlitestage: joining ...  25%" in live.getvalue() and "joining: done in" in live.getvalue()
+    quick = io.StringIO()
+    with first_run_step("loading a cached build", stream=quick, after=5.0):
+        pass
+    assert quick.getvalue() == "", "a step faster than `after` says nothing"
+    slow = io.StringIO()
+    with first_run_step("compiling", stream=slow, after=0.01):
+        time.sleep(0.1)
+    assert slow.getvalue().startswith("litestage: compiling (first run only) ...\n") and "compiling: done" in slow.getvalue()

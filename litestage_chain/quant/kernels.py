@@ -14,7 +14,6 @@ fall back to dequantise-then-matmul, which is correct but slower.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
@@ -104,9 +103,8 @@ def build_extension(source: Path, name: str, build_dir: Path) -> ModuleType:
     from torch.utils.cpp_extension import load
 
     build_dir.mkdir(parents=True, exist_ok=True)
-    compiled = any(build_dir.glob("*.so"))
-    announce = contextlib.nullcontext() if compiled else first_run_step(f"compiling the low-bit CPU kernels ({source.name})")
-    with announce:
+    # A cached build loads in a second; compiling takes a minute or more: say so only when it is taking that long.
+    with first_run_step(f"compiling the low-bit CPU kernels ({source.name})", after=3.0):
         return load(
             name=name,
             sources=[str(source)],
