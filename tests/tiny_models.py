@@ -101,10 +101,11 @@ def _build(model_class: type, config: object, seed: int) -> PreTrainedModel:
     return model.eval()
 
 
-def tiny_qwen3(layers: int = 4, seed: int = 0) -> tuple[Qwen3ForCausalLM, PreTrainedTokenizerFast]:
-    """Qwen3: RMSNorm on every query and key head; here also a q/k/v bias and sliding windows on layers 2-3."""
+def tiny_qwen3(layers: int = 4, seed: int = 0, head_dim: int = 24) -> tuple[Qwen3ForCausalLM, PreTrainedTokenizerFast]:
+    """Qwen3: RMSNorm on every query and key head; here also a q/k/v bias and sliding windows on layers 2-3.
+    (transformers' GGUF reader assumes the real models' head_dim of 128.)"""
     tokenizer = byte_tokenizer()
-    config = Qwen3Config(**_common(tokenizer, layers), head_dim=24, attention_bias=True, use_sliding_window=True,
+    config = Qwen3Config(**_common(tokenizer, layers), head_dim=head_dim, attention_bias=True, use_sliding_window=True,
                          sliding_window=WINDOW, max_window_layers=2)
     return _build(Qwen3ForCausalLM, config, seed), tokenizer
 
