@@ -78,12 +78,18 @@ def layer_mask(
     key_valid: Optional[torch.Tensor],
     query_positions: torch.Tensor,
     start: int,
-    memo: dict[int, torch.Tensor],
+    memo: dict[int, Optional[torch.Tensor]],
 ) -> tuple[Optional[torch.Tensor], bool]:
     """The (mask, is_causal) pair a layer attends with: the call's own for full-attention layers, a window mask
-    (built once per window size and call, kept in `memo`) for sliding-window layers."""
+    (built once per window size and call, kept in `memo`) for sliding-window layers.
+
+    A window longer than every query's position excludes nothing, so such calls keep the plain mask (and SDPA's
+    causal fast path): with Mistral's or Phi-3's windows of 2-4k tokens that is nearly every call.
+    """
     if parts.window is None:
         return mask, causal
     if parts.window not in memo:
-        memo[parts.window] = window_mask(mask, key_valid, query_positions, start, parts.window)
-    return memo[parts.window], False
+        bites = int(query_positions.max()) >= parts.window
+        memo[parts.window] = window_mask(mask, key_valid, query_positions, start, parts.window) if bites else None
+    window = memo[parts.window]
+    return (mask, causal) if window is None else (window, False)

@@ -182,7 +182,7 @@ def run_layers(
     if mask is None and start > 0 and length > 1:
         # A multi-token chunk after cached tokens: causal within the chunk, full view of the past.
         mask = _attention_mask(torch.ones(hidden.shape[0], start + length, dtype=torch.bool), start, length)
-    windows: dict[int, torch.Tensor] = {}
+    windows: dict[int, Optional[torch.Tensor]] = {}
 
     def attention(layer: int, states: torch.Tensor) -> torch.Tensor:
         parts = view.attention[layer]
@@ -266,7 +266,7 @@ def prefill_packed(
     ]
     hidden = view.embed(ids)
     rotations = view.rotations(hidden, packed_positions)
-    windows: list[dict[int, torch.Tensor]] = [{} for _ in rows]
+    windows: list[dict[int, Optional[torch.Tensor]]] = [{} for _ in rows]
 
     def attention(layer: int, states: torch.Tensor) -> torch.Tensor:
         parts = view.attention[layer]

@@ -161,3 +161,14 @@ def test_unsupported_models_are_refused_before_any_work() -> None:
                                     intermediate_size=64, vocab_size=300))
     with pytest.raises(UnsupportedArchitectureError, match="'phi'"):
         from_pretrained_objects(phi2, byte_tokenizer())
+
+
+def test_a_window_longer_than_the_context_keeps_the_plain_causal_path() -> None:
+    """Mistral's and Phi-3's windows (2-4k tokens) exclude nothing in shorter calls: no mask is built for them."""
+    from litestage_chain.attention_variants import layer_mask
+
+    parts = from_pretrained_objects(*tiny_mistral()).view.attention[0]
+    positions = torch.arange(8)[None, :]  # the tiny window is 8: positions 0..7 see everything before them
+    assert layer_mask(parts, None, True, None, positions, 0, {}) == (None, True)
+    mask, causal = layer_mask(parts, None, True, None, torch.arange(9)[None, :], 0, {})
+    assert not causal and mask is not None and not bool(mask[0, 0, 8, 0]) and bool(mask[0, 0, 8, 1])
