@@ -46,6 +46,24 @@ def test_logits_at_every_position_equal_transformers_forward(tiny_model: LoadedM
     torch.testing.assert_close(all_logits(tiny_model.view, ids, SkipPlan()), reference, rtol=1e-4, atol=1e-4)
 
 
+def test_qwen2_with_sliding_window_layers_equals_transformers() -> None:
+    """Qwen2 with `use_sliding_window` (windows on the layers from `max_window_layers` on) runs, where it used to be
+    refused."""
+    from tiny_models import _common
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = byte_tokenizer()
+    torch.manual_seed(1)
+    config = Qwen2Config(**_common(tokenizer, 4), use_sliding_window=True, sliding_window=8, max_window_layers=1)
+    lm = from_pretrained_objects(Qwen2ForCausalLM(config).eval(), tokenizer)
+    assert [a.window for a in lm.view.attention] == [None, 8, 8, 8]
+    ids = _ids(lm)
+    with torch.inference_mode():
+        reference = lm.model(ids[None]).logits[0].float()
+    torch.testing.assert_close(all_logits(lm.view, ids, SkipPlan()), reference, rtol=1e-4, atol=1e-4)
+    assert (all_logits(_without(lm.view, window=None), ids, SkipPlan()) - reference).abs().max() > 0.05
+
+
 def test_residual_stream_after_each_layer_equals_transformers(tiny_model: LoadedModel) -> None:
     """What importance measures (the residual before and after each sub-layer) is the model's real residual."""
     ids = _ids(tiny_model)[None]
