@@ -3,8 +3,8 @@ milliseconds from each family's own transformers config.
 
 Where a family has a feature the engine must reproduce, the tiny config makes it bite on the tests' short prompts:
 sliding windows of 8 tokens (prompts and answers are 10-60 byte tokens), attention soft-capping low enough to
-clip real scores, and a bias or partial rotary where the family allows one. Norm weights are randomised too: Gemma initialises them
-to zero, which would make its (1 + w) RMSNorm indistinguishable from a plain one."""
+clip real scores, and a bias or partial rotary where the family allows one. Norm weights are randomised too: Gemma
+initialises them to zero, which would make its (1 + w) RMSNorm indistinguishable from a plain one."""
 
 from __future__ import annotations
 
