@@ -21,12 +21,14 @@ from typing import Optional, Sequence
 import torch
 
 from litestage_chain.engine.architecture import DecoderView
+from litestage_chain.engine.attention_variants import layer_mask
 from litestage_chain.engine.context_cache import ContextCache, Key
 from litestage_chain.errors import InvalidInputError
 from litestage_chain.engine.forward import (
     PackedRow,
     _attend,
     _mlp,
+    _output,
     _project_qkv,
     new_cache,
     prefill_rows,
@@ -213,14 +215,16 @@ def segment_logits(view: DecoderView, input_ids: torch.Tensor, plans: Sequence[S
         raise InvalidInputError(f"{len(plans)} plans for {input_ids.shape[0]} tokens")
     ids = input_ids[None, :]
     hidden = view.embed(ids)
-    cos, sin = view.rotary(hidden, torch.arange(ids.shape[1])[None, :])
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    positions = torch.arange(ids.shape[1])[None, :]
+    rotations = view.rotations(hidden, positions)
+    windows: dict[int, Optional[torch.Tensor]] = {}
     for layer in range(view.num_layers):
         runs_attention = torch.tensor([layer not in p.attention for p in plans])[None, :, None]
         runs_mlp = torch.tensor([layer not in p.mlp for p in plans])[None, :, None]
         parts = view.attention[layer]
-        q, k, v = _project_qkv(parts, hidden, cos, sin)
-        update = parts.o_proj(_attend(parts, q, k, v, None, True))
+        q, k, v = _project_qkv(parts, hidden, *rotations[parts.rope])
+        mask, causal = layer_mask(parts, None, True, None, positions, 0, windows)  # sliding windows, where used
+        update = _output(parts.out_norm, parts.o_proj(_attend(parts, q, k, v, mask, causal)))
         hidden = torch.where(runs_attention, hidden + update, hidden)
         hidden = torch.where(runs_mlp, hidden + _mlp(view.mlp[layer], hidden), hidden)
-    return view.lm_head(view.final_norm(hidden))[0].float()
+    return view.logits(hidden)[0]
