@@ -93,6 +93,13 @@ class TraceEntry(BaseModel):
     meets_target: bool
     chosen: bool = False
     reused: bool = Field(False, description="result came from the results store, not a fresh evaluation")
+    # the cost-aware search (cost_search.py) also records these; None in traces of the plain sweep
+    early_exit: dict[str, EarlyExitConfig | None] | None = Field(None, description="each stage's early-exit rule")
+    predicted_seconds: float | None = Field(None, ge=0.0, description="latency predicted by the cost model")
+    verdict: Literal["accept", "reject", "undecided"] | None = Field(None, description="the paired decision rule's")
+    loss: float | None = Field(None, description="estimated loss against the full model (fraction)")
+    loss_half_width: float | None = Field(None, ge=0.0, description="half-width of the loss interval (fraction)")
+    questions_evaluated: int | None = Field(None, ge=0, description="questions evaluated before the decision")
 
 
 class Profile(BaseModel):

@@ -113,6 +113,8 @@ class StageOutput(BaseModel):
     skipped: SkipPlan
     early_exited: bool
     finish_reason: str
+    prefix_tokens: int = Field(0, ge=0, description="prompt tokens whose KV entries came from the shared-prefix table "
+                               "instead of this call's prefill (the cost model charges only the rest)")
 
     @classmethod
     def from_message(cls, stage: Stage, message: Any) -> StageOutput:
@@ -131,6 +133,7 @@ class StageOutput(BaseModel):
             skipped=SkipPlan(attention=skipped.get("attention", ()), mlp=skipped.get("mlp", ())),
             early_exited=bool(meta.get("early_exit", False)),
             finish_reason=str(meta.get("finish_reason", "")),
+            prefix_tokens=sum(int(v or 0) for v in (usage.get("input_token_details") or {}).values()),
         )
 
 
