@@ -12,7 +12,7 @@ forward passes: its first token comes from the prefill's logits). A row's time i
 steps until it finished, as each stage's seconds are reported.
 
 Each plan's costs are stored relative to the full model's costs measured in the same rounds (median of the ratios),
-then scaled by the full model's median costs over every measurement: candidates measured at different times become
+then scaled by the full model's reference costs (timed once, first): candidates measured at different times become
 comparable, because a busy spell raises both sides of a ratio alike.
 """
 
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from litestage_chain.loading import LoadedModel
 
 COST_FORMAT = "cost-v1"
+REFERENCE = "full-model-reference"
 
 
 class PlanCosts(BaseModel):
@@ -170,7 +171,7 @@ def engine_timer(
 
 
 class CostModel:
-    """Per-plan costs measured alternating with the full model, cached in memory and (with `path`) in a JSONL file.
+    """Per-plan costs measured alternating with the full model, kept in memory and (with `path`) in a JSONL file.
 
     `timer(plan)` measures one plan once; `rounds` alternating pairs (full first in even rounds) are taken per plan.
     `identity` keys the file's records (model weights, timer settings): a record of other settings is never used.
@@ -183,11 +184,11 @@ class CostModel:
         self.identity = identity
         self.rounds = rounds
         self.path = Path(path) if path is not None else None
-        self.full_samples: list[PlanCosts] = []
+        self.reference: list[PlanCosts] = []
         self._ratios: dict[str, PlanCosts] = {}
         self.measurements = 0
-        self._full_median: tuple[int, PlanCosts] | None = None
-        self._absolute: dict[tuple[str, int], PlanCosts] = {}
+        self._full_median: PlanCosts | None = None
+        self._absolute: dict[str, PlanCosts] = {}
         if self.path is not None and self.path.is_file():
             self._load(self.path)
 
@@ -195,24 +196,28 @@ class CostModel:
         return json.dumps({"plan": plans_payload({"p": plan}), "identity": self.identity}, sort_keys=True)
 
     def _load(self, path: Path) -> None:
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        for line in path.read_text(encoding="utf-8").splitlines():
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
                 if record.get("format") != COST_FORMAT or record.get("identity") != self.identity:
                     continue
+                if record["key"] == REFERENCE:
+                    if not self.reference:
+                        self.reference = [PlanCosts.model_validate(s) for s in record["full"]]
+                    continue
                 self._ratios[record["key"]] = PlanCosts.model_validate(record["ratios"])
-                self.full_samples.extend(PlanCosts.model_validate(s) for s in record["full"])
             except (json.JSONDecodeError, KeyError, TypeError, ValueError):
                 continue  # a partial last line from an interrupted write: that plan is measured again
 
-    def _save(self, key: str, ratios: PlanCosts, full: Sequence[PlanCosts]) -> None:
+    def _save(self, key: str, ratios: PlanCosts | None, full: Sequence[PlanCosts]) -> None:
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         record = {"format": COST_FORMAT, "identity": self.identity, "key": key,
-                  "ratios": ratios.model_dump(mode="json"), "full": [s.model_dump(mode="json") for s in full]}
+                  "ratios": ratios.model_dump(mode="json") if ratios else None,
+                  "full": [s.model_dump(mode="json") for s in full]}
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
             handle.flush()
@@ -221,7 +226,7 @@ class CostModel:
     def ratios(self, plan: SkipPlan) -> PlanCosts:
         """The plan's costs relative to the full model's (median over alternating rounds); measured once."""
         if plan.is_empty:
-            return _unit_ratios(self.full_samples) if self.full_samples else self._measure_full_reference()
+            return _unit_ratios(self.full_costs())
         key = self._key(plan)
         if key not in self._ratios:
             full_runs: list[PlanCosts] = []
@@ -233,29 +238,27 @@ class CostModel:
             self.measurements += 1
             ratios = _median_ratios(plan_runs, full_runs)
             self._ratios[key] = ratios
-            self.full_samples.extend(full_runs)
             self._save(key, ratios, full_runs)
         return self._ratios[key]
 
-    def _measure_full_reference(self) -> PlanCosts:
-        self.full_samples.extend(self.timer(SkipPlan()) for _ in range(self.rounds))
-        return _unit_ratios(self.full_samples)
-
     def full_costs(self) -> PlanCosts:
-        """The full model's median costs over every measurement so far (measured now if there is none)."""
-        if not self.full_samples:
-            self._measure_full_reference()
-        if self._full_median is None or self._full_median[0] != len(self.full_samples):
-            self._full_median = (len(self.full_samples), _median_costs(self.full_samples))
-        return self._full_median[1]
+        """The full model's reference costs: the median of `rounds` timings taken once, first (and kept in the log).
+
+        Fixed once measured, so every candidate's predicted latency, and so the search's choices, are the same when
+        an interrupted search resumes.
+        """
+        if not self.reference:
+            self.reference = [self.timer(SkipPlan()) for _ in range(self.rounds)]
+            self._save(REFERENCE, None, self.reference)
+        if self._full_median is None:
+            self._full_median = _median_costs(self.reference)
+        return self._full_median
 
     def costs(self, plan: SkipPlan) -> PlanCosts:
-        """The plan's absolute costs: its ratios times the full model's median costs."""
-        ratios = self.ratios(plan)
-        full = self.full_costs()
-        key = (self._key(plan), len(self.full_samples))
+        """The plan's absolute costs: its ratios times the full model's reference costs."""
+        key = self._key(plan)
         if key not in self._absolute:
-            self._absolute[key] = full.scaled(ratios)
+            self._absolute[key] = self.full_costs().scaled(self.ratios(plan))
         return self._absolute[key]
 
     def predict(
@@ -268,8 +271,7 @@ class CostModel:
         return predict_seconds(lambda call: self.costs(plans[call]), tokens, batch_size)
 
 
-def _unit_ratios(samples: Sequence[PlanCosts]) -> PlanCosts:
-    sizes = samples[0]
+def _unit_ratios(sizes: PlanCosts) -> PlanCosts:
     return PlanCosts(prefill_token_seconds={b: 1.0 for b in sizes.prefill_token_seconds},
                      decode_step_seconds={b: 1.0 for b in sizes.decode_step_seconds})
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from litestage_chain.errors import InvalidInputError
+from litestage_chain.profile_cli_cost import add_cost_aware_options, run_cost_aware_search
 from litestage_chain.weight_formats import WEIGHT_CHOICES
 
 if TYPE_CHECKING:
@@ -111,6 +112,7 @@ def add_profile_parser(subparsers: Any) -> None:
     search.add_argument("--check-rounds", type=int, default=2, metavar="N",
                         help="after the search, time the chosen plans and the full model side by side, N "
                         "alternating evaluations each, and store the speedup in the profile (default 2; 0 skips)")
+    add_cost_aware_options(search)
     search.set_defaults(handler=run_profile_search)
 
     check = actions.add_parser(
@@ -165,6 +167,8 @@ def run_profile_search(args: argparse.Namespace, out: TextIO | None = None) -> i
     _set_threads(args.threads)
     if args.check_rounds < 0:
         raise InvalidInputError(f"--check-rounds must be >= 0, got {args.check_rounds}")
+    if getattr(args, "search", "sweep") == "cost-aware":
+        return run_cost_aware_search(args, out)
     try:
         config = SearchConfig(
             epsilon=args.epsilon, metric=args.metric, step=args.step, max_skip=args.max_skip,
@@ -211,7 +215,15 @@ def run_profile_search(args: argparse.Namespace, out: TextIO | None = None) -> i
         f"{result.full.mean_latency_seconds:.2f} s -> {result.final.mean_latency_seconds:.2f} s per question "
         f"({speedup:.2f}x, measured at different times); {result.evaluations} new evaluations\n"
     )
-    for caveat in result.caveats:
+    return finish_search(profile, result.caveats, model, questions, args, target, out)
+
+
+def finish_search(
+    profile: Profile, caveats: list[str], model: LoadedModel, questions: QuestionSet, args: argparse.Namespace,
+    target: Path, out: TextIO,
+) -> int:
+    """Print a finished search's caveats, time its plans side by side (`--check-rounds`) and print the profile."""
+    for caveat in caveats:
         out.write(f"caveat: {caveat}\n")
     if args.check_rounds:
         profile = _check_and_save(profile, model, questions, args, args.check_rounds, target, out)

@@ -132,3 +132,15 @@ def test_engine_timer_predicts_a_real_generation(tiny_qwen2) -> None:
     assert all(m / 20 < p < m * 20 for p, m in zip(predicted, measured))
     with pytest.raises(InvalidInputError):
         engine_timer(tiny_qwen2, [0])
+
+
+def test_the_full_model_reference_is_timed_once_and_kept_for_a_resumed_search(tmp_path: Path) -> None:
+    log = tmp_path / "costs.jsonl"
+    first = CostModel(FakeTimer(), "m", rounds=2, path=log)
+    plan = SkipPlan(mlp=[3])
+    predicted = first.costs(plan)
+    first.ratios(SkipPlan(mlp=[4]))  # later timings do not move the reference
+    assert first.costs(plan) == predicted
+    timer = FakeTimer()
+    again = CostModel(timer, "m", rounds=2, path=log)
+    assert again.full_costs() == first.full_costs() and again.costs(plan) == predicted and timer.calls == []

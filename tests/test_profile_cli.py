@@ -159,3 +159,38 @@ def test_issue_spelling_of_the_profile_command_is_accepted() -> None:
     assert normalise_profile_argv(["profile", "show", "csqa"]) == ["profile", "show", "csqa"]
     with pytest.raises(SystemExit):
         build_parser().parse_args(normalise_profile_argv(["profile", "--benchmark", "x", "--epsilon", "-1"]))
+
+
+def test_cost_aware_search_writes_a_profile_with_its_resolution_and_resumes(
+    model_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setenv("LITESTAGE_CACHE", str(tmp_path / "cache"))
+    data = write_data(tmp_path / "data", n=4)
+    target = tmp_path / "profiles" / "csqa.json"
+    argv = ["profile", "search", "--search", "cost-aware", "--benchmark", "csqa", "--data", str(data), "--size", "4",
+            "--model", str(model_dir), "--out", str(target), "--counts", "1,2", "--exit-grid", "none;4,0.5,2",
+            "--epsilon", "1.0", "--tolerance", "100", "--chunk-size", "2", "--calibration-size", "1",
+            "--cost-rounds", "1", "--metric", "agreement",
+            "--max-tokens", "recall=3,analysis=3,summary=2", "--shots", "0", "--no-progress", "--threads", "1",
+            "--check-rounds", "0"]
+    out = io.StringIO()
+    args = parse(argv)
+    assert args.handler(args, out=out) == 0
+    text = out.getvalue()
+    assert "resolution on this slice" in text and "predicted" in text and "chosen:" in text
+    profile = Profile.load(target)
+    assert "cost-aware search" in profile.notes
+    assert any(entry.verdict is not None for entry in profile.trace)
+    assert (tmp_path / "profiles" / "csqa.json.costs.jsonl").is_file()
+    again = io.StringIO()
+    assert args.handler(args, out=again) == 0
+    assert "0 new chunk evaluations" in again.getvalue()
+
+
+def test_cost_aware_options_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        parse(["profile", "search", "--benchmark", "csqa", "--out", "x.json", "--counts", "0,2"])
+    args = parse(["profile", "search", "--search", "cost-aware", "--benchmark", "csqa", "--out",
+                  str(tmp_path / "x.json"), "--exit-grid", "8,0.3"])
+    with pytest.raises(InvalidInputError, match="WINDOW,THRESHOLD,MIN_TOKENS"):
+        args.handler(args, out=io.StringIO())
