@@ -23,7 +23,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from litestage_chain.errors import InvalidInputError
-from litestage_chain.profile_cli_cost import add_cost_aware_options, run_cost_aware_search
+from litestage_chain.profile_cli_cost import (
+    add_cost_aware_options,
+    add_predict_option,
+    predicted_against_measured,
+    run_cost_aware_search,
+)
 from litestage_chain.weight_formats import WEIGHT_CHOICES
 
 if TYPE_CHECKING:
@@ -134,6 +139,7 @@ def add_profile_parser(subparsers: Any) -> None:
                        help="questions decoded together, as in the search (default 1)")
     check.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's choice)")
     check.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_predict_option(check)
     check.set_defaults(handler=run_profile_check)
 
     show = actions.add_parser("show", help="print a profile's per-stage settings (no argument: list shipped ones)")
@@ -289,12 +295,17 @@ def _check_and_save(
     out.write(f"timing the plans against the full model side by side ({rounds} evaluations each)\n")
     out.flush()
 
+    results: dict[str, list[Any]] = {"full": [], "plans": []}
+
     def report(side: str, result: Any) -> None:
+        results[side].append(result)
         out.write(f"  {side:>5}: {result.mean_latency_seconds:.2f} s/question\n")
         out.flush()
 
     plans = {stage: profile.plan_for(stage) for stage in profile.stages}
     check = check_speed(evaluator, plans, questions.questions, rounds=rounds, on_evaluation=report)
+    if getattr(args, "predict", False):
+        predicted_against_measured(model, plans, results, args.batch_size, rounds, out)
     checked = profile.model_copy(update={"speed_check": check})
     checked.save(target)
     return checked

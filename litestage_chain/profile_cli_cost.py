@@ -7,10 +7,14 @@ stays as it was.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from statistics import median
 from typing import Any, TextIO
 
 from litestage_chain.errors import InvalidInputError
+from litestage_chain.search_store import EvalResult
+from litestage_chain.skip_plan import SkipPlan
 
 
 def _counts(text: str) -> tuple[int, ...]:
@@ -99,3 +103,39 @@ def run_cost_aware_search(args: argparse.Namespace, out: TextIO) -> int:
     from litestage_chain.profile_cli import finish_search
 
     return finish_search(profile, result.caveats, model, questions, args, target, out)
+
+
+def add_predict_option(check: Any) -> None:
+    """`profile check --predict`: also predict both sides from the cost model and print the error."""
+    check.add_argument("--predict", action="store_true",
+                       help="also time per-plan costs (alternating with the full model) and compare the cost model's "
+                       "predicted seconds per question with the measured ones")
+
+
+def predicted_against_measured(
+    model: Any, plans: Mapping[str, SkipPlan], results: Mapping[str, Sequence[EvalResult]], batch_size: int,
+    rounds: int, out: TextIO,
+) -> dict[str, float]:
+    """The cost model's seconds per question for each side of a speed check, printed beside the measured medians."""
+    from litestage_chain.cost_model import RowTokens
+    from litestage_chain.cost_search import FALLBACK
+    from litestage_chain.offline_cost import cost_model_for
+
+    costs = cost_model_for(model, batch_size, rounds=rounds)
+    sides = {"full": {stage: SkipPlan() for stage in plans}, "plans": dict(plans)}
+    predicted: dict[str, float] = {}
+    for side, side_plans in sides.items():
+        result = results[side][0]
+        tokens = {call: [RowTokens(prefilled=r[0], generated=r[1]) if r else None for r in rows]
+                  for call, rows in result.tokens.items()}
+        predicted[side] = costs.predict({**side_plans, FALLBACK: SkipPlan()}, tokens, batch_size)
+        measured = median(r.mean_latency_seconds for r in results[side])
+        out.write(f"  {side:>5}: predicted {predicted[side]:.2f} s/question, measured {measured:.2f} "
+                  f"({100 * (predicted[side] / measured - 1):+.1f}%)\n")
+    if predicted["plans"] > 0:
+        measured_speedup = median(r.mean_latency_seconds for r in results["full"]) / median(
+            r.mean_latency_seconds for r in results["plans"])
+        out.write(f"  speedup: predicted {predicted['full'] / predicted['plans']:.2f}x, measured "
+                  f"{measured_speedup:.2f}x\n")
+    out.flush()
+    return predicted

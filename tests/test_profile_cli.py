@@ -106,6 +106,13 @@ def test_check_times_an_existing_profile_side_by_side(model_dir: Path, tmp_path:
     assert profile.model_copy(update={"speed_check": None}) == Profile.load(searched)
     assert "side by side (3 alternating evaluations each" in out.getvalue()
 
+    predicted = io.StringIO()
+    args = parse(["profile", "check", str(searched), "--data", str(data), "--model", str(model_dir), "--out",
+                  str(checked), "--rounds", "1", "--max-tokens", "3", "--shots", "0", "--no-progress", "--predict"])
+    assert args.handler(args, out=predicted) == 0
+    text = predicted.getvalue()
+    assert "full: predicted" in text and "plans: predicted" in text and "speedup: predicted" in text
+
     args = parse(["profile", "check", "csqa", "--data", str(data)])
     with pytest.raises(InvalidInputError, match="give --out"):
         args.handler(args, out=io.StringIO())
