@@ -129,17 +129,22 @@ def _run_sublayers(
     """The residual stream through every sub-layer `plan` keeps; `attention(layer, hidden)` gives a layer's update."""
     skip_attention = set(plan.attention)
     skip_mlp = set(plan.mlp)
+    scales = {(layer, kind): factor for layer, kind, factor in plan.scale}
     for layer in range(view.num_layers):
         if layer not in skip_attention:
             update = attention(layer, hidden)
             if observer is not None:
                 observer(layer, "attention", hidden, hidden + update)
             hidden = hidden + update
+        elif (layer, "attention") in scales:
+            hidden = hidden * scales[(layer, "attention")]
         if layer not in skip_mlp:
             update = _mlp(view.mlp[layer], hidden)
             if observer is not None:
                 observer(layer, "mlp", hidden, hidden + update)
             hidden = hidden + update
+        elif (layer, "mlp") in scales:
+            hidden = hidden * scales[(layer, "mlp")]
     return hidden
 
 

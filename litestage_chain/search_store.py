@@ -49,9 +49,9 @@ class EvalResult(BaseModel):
     )
 
 
-def plans_payload(plans: Mapping[str, SkipPlan]) -> dict[str, dict[str, list[int]]]:
+def plans_payload(plans: Mapping[str, SkipPlan]) -> dict[str, dict[str, list[Any]]]:
     """Plans as plain, stage-sorted JSON data (the canonical form used in keys and log lines)."""
-    return {stage: {"attention": list(plans[stage].attention), "mlp": list(plans[stage].mlp)} for stage in sorted(plans)}
+    return {stage: plans[stage].model_dump(mode="json") for stage in sorted(plans)}
 
 
 def record_key(plans: Mapping[str, SkipPlan], questions_fingerprint: str, evaluator_identity: str) -> str:
