@@ -94,7 +94,7 @@ def run_ask(args: argparse.Namespace, out: TextIO | None = None) -> int:
         raise InvalidInputError(f"--max-tokens must be >= 1, got {args.max_tokens}")
     choices = args.choice or ["yes", "no"]
     question = Question.coerce({"question": args.question, "choices": choices})
-    plans = load_plans(args.profile) if args.profile else None
+    plans = load_plans(args.profile, model=args.model) if args.profile else None
     max_tokens = (
         {stage: min(limit, args.max_tokens) for stage, limit in DEFAULT_MAX_TOKENS.items()}
         if args.max_tokens
@@ -133,12 +133,13 @@ def run_ask(args: argparse.Namespace, out: TextIO | None = None) -> int:
     return 0
 
 
-def load_plans(source: str) -> Any:
-    """Read per-stage budgets: a searched `Profile` (file or shipped name), else a plain stage -> plan JSON."""
+def load_plans(source: str, model: str | None = None) -> Any:
+    """Read per-stage budgets: a searched `Profile` (file, or `model`'s shipped profile by name), else a plain
+    stage -> plan JSON."""
     from litestage_chain.profile import Profile, ProfileError
 
     try:
-        return Profile.load(source)
+        return Profile.load(source, model=model)
     except ProfileError as profile_error:
         path = Path(source)
         if not path.is_file():

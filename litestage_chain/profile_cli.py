@@ -145,6 +145,7 @@ def add_profile_parser(subparsers: Any) -> None:
     show = actions.add_parser("show", help="print a profile's per-stage settings (no argument: list shipped ones)")
     show.add_argument("profile", nargs="?", help="a profile JSON file or shipped profile name")
     show.add_argument("--trace", action="store_true", help="also print every evaluated candidate")
+    show.add_argument("--model", "-m", help="whose shipped profiles to list or load (default: the default model)")
     show.set_defaults(handler=run_profile_show)
 
     profile.set_defaults(handler=lambda args: _usage(profile))
@@ -250,7 +251,7 @@ def run_profile_check(args: argparse.Namespace, out: TextIO | None = None) -> in
         raise InvalidInputError(f"--rounds must be >= 1, got {args.rounds}")
     if args.out is None and not Path(args.profile).is_file():
         raise InvalidInputError(f"{args.profile!r} is not a profile file: give --out to write the checked profile")
-    profile = Profile.load(args.profile)
+    profile = Profile.load(args.profile, model=args.model)
     searched = profile.questions
     questions = search_questions(searched.benchmark, searched.size, seed=searched.seed or 0, data_dir=args.data,
                                  require_answer=profile.metric == "accuracy")
@@ -316,12 +317,14 @@ def run_profile_show(args: argparse.Namespace, out: TextIO | None = None) -> int
     from litestage_chain.profile import Profile, shipped_profiles
 
     out = out or sys.stdout
+    model = getattr(args, "model", None)
     if not args.profile:
-        names = shipped_profiles()
-        out.write(("shipped profiles: " + ", ".join(names)) if names else "no shipped profiles")
+        names = shipped_profiles(model)
+        owner = f" for {model}" if model else ""
+        out.write((f"shipped profiles{owner}: " + ", ".join(names)) if names else f"no shipped profiles{owner}")
         out.write("\n")
         return 0
-    profile = Profile.load(args.profile)
+    profile = Profile.load(args.profile, model=model)
     out.write(profile.describe() + "\n")
     if args.trace:
         for entry in profile.trace:

@@ -72,19 +72,20 @@ class PlanMapping(BaseModel):
         return stage in self.early_exit
 
 
-def as_stage_budgets(value: Any) -> StageBudgets | None:
+def as_stage_budgets(value: Any, model: str | None = None) -> StageBudgets | None:
     """Coerce what a user passes as a profile into a `StageBudgets` (or `None`).
 
     Accepts `None`, an object with `plan_for`/`early_exit_for`, a mapping stage -> `SkipPlan` (or a dict with
-    `attention`/`mlp` keys), or a profile given by file path or shipped name (`"csqa"`). Unknown stage names are
-    rejected here, at construction, with the list of valid names.
+    `attention`/`mlp` keys), or a profile given by file path or shipped name (`"csqa"`, looked up among `model`'s
+    shipped profiles when a model name is given). Unknown stage names are rejected here, at construction, with the
+    list of valid names.
     """
     if value is None:
         return None
     if isinstance(value, (str, os.PathLike)):
         from litestage_chain.profile import Profile  # profile.py builds on this module
 
-        return Profile.load(value)
+        return Profile.load(value, model=model)
     if isinstance(value, StageBudgets) and not isinstance(value, Mapping):
         return value
     if isinstance(value, Mapping):

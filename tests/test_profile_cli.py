@@ -201,3 +201,14 @@ def test_cost_aware_options_are_checked(tmp_path: Path) -> None:
                   str(tmp_path / "x.json"), "--exit-grid", "8,0.3"])
     with pytest.raises(InvalidInputError, match="WINDOW,THRESHOLD,MIN_TOKENS"):
         args.handler(args, out=io.StringIO())
+
+
+def test_show_picks_a_models_shipped_profiles() -> None:
+    out = io.StringIO()
+    args = parse(["profile", "show", "--model", "qwen2.5-coder-1.5b"])
+    assert args.handler(args, out=out) == 0
+    assert out.getvalue().startswith("shipped profiles for qwen2.5-coder-1.5b: ") and "obqa" in out.getvalue()
+    shown = io.StringIO()
+    args = parse(["profile", "show", "obqa", "--model", "qwen2.5-coder-1.5b"])
+    assert args.handler(args, out=shown) == 0
+    assert shown.getvalue().startswith("profile for qwen2.5-coder-1.5b")

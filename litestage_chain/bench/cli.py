@@ -205,7 +205,7 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    profile = Profile.load(args.profile) if args.profile else None
+    profile = Profile.load(args.profile, model=args.model) if args.profile else None
     model = load_model(args.model, weights=args.weights)
     if profile is not None:
         profile.check_model(model)
