@@ -138,6 +138,9 @@ def add_profile_parser(subparsers: Any) -> None:
     check.add_argument("--batch-size", type=int, default=1, metavar="N",
                        help="questions decoded together, as in the search (default 1)")
     check.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's choice)")
+    check.add_argument("--limit", type=int, metavar="N", help="time on the first N searched questions only")
+    check.add_argument("--weights", choices=WEIGHT_CHOICES,
+                       help="weight format to time in (default: the one the profile was searched in)")
     check.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_predict_option(check)
     check.set_defaults(handler=run_profile_check)
@@ -260,7 +263,11 @@ def run_profile_check(args: argparse.Namespace, out: TextIO | None = None) -> in
             f"the questions drawn now ({searched.benchmark} train, {searched.size} with seed {searched.seed}) are not "
             "the ones the profile was searched on: the data file changed, or the search used another slice"
         )
-    model = load_model(args.model or profile.model.name, weights=profile.model.weights)
+    if getattr(args, "limit", None) is not None:
+        if args.limit < 1:
+            raise InvalidInputError(f"--limit must be >= 1, got {args.limit}")
+        questions = questions.model_copy(update={"questions": questions.questions[: args.limit]})
+    model = load_model(args.model or profile.model.name, weights=getattr(args, "weights", None) or profile.model.weights)
     profile.check_model(model)
     target = Path(args.out or args.profile)
     profile = _check_and_save(profile, model, questions, args, args.rounds, target, out)

@@ -108,10 +108,15 @@ def test_check_times_an_existing_profile_side_by_side(model_dir: Path, tmp_path:
 
     predicted = io.StringIO()
     args = parse(["profile", "check", str(searched), "--data", str(data), "--model", str(model_dir), "--out",
-                  str(checked), "--rounds", "1", "--max-tokens", "3", "--shots", "0", "--no-progress", "--predict"])
+                  str(checked), "--rounds", "1", "--max-tokens", "3", "--shots", "0", "--no-progress", "--predict",
+                  "--limit", "1", "--weights", "float32"])
     assert args.handler(args, out=predicted) == 0
     text = predicted.getvalue()
     assert "full: predicted" in text and "plans: predicted" in text and "speedup: predicted" in text
+    assert Profile.load(checked).speed_check is not None
+    args = parse(["profile", "check", str(searched), "--data", str(data), "--limit", "0"])
+    with pytest.raises(InvalidInputError, match="--limit must be >= 1"):
+        args.handler(args, out=io.StringIO())
 
     args = parse(["profile", "check", "csqa", "--data", str(data)])
     with pytest.raises(InvalidInputError, match="give --out"):
