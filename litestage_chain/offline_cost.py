@@ -25,7 +25,13 @@ def cost_model_for(
     if not model.weights_sha256:
         raise InvalidInputError(f"model {model.name!r} has no weights sha256: its measured costs could not be keyed")
     sizes = sorted({1, batch_size, *(2**k for k in range(1, 8) if 2**k < batch_size)})
-    identity = (f"{model.weights_sha256}:{model.weights}:sizes={sizes}:prompt={prompt_tokens}:steps={decode_steps}")
+    kernel = "torch"
+    if model.weights in ("int8", "int4"):  # another kernel build prices tokens differently: never mix their timings
+        from litestage_chain.quant.kernels import kernels_status
+
+        kernel = kernels_status()
+    identity = (f"{model.weights_sha256}:{model.weights}:{kernel}:sizes={sizes}:prompt={prompt_tokens}:"
+                f"steps={decode_steps}")
     return CostModel(engine_timer(model, sizes, prompt_tokens, decode_steps), identity, rounds=rounds, path=path)
 
 
