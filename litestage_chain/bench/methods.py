@@ -25,22 +25,20 @@ Methods (the names the command line accepts):
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Mapping, Sequence
 from typing import Literal, cast
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from litestage_chain.adaskip import AdaSkipCalibration
-from litestage_chain.chain import DEFAULT_MAX_TOKENS
-from litestage_chain.early_exit import EarlyExitConfig
+from litestage_chain.append_store import content_key
+from litestage_chain.bench.adaskip import AdaSkipCalibration
+from litestage_chain.budgets.profile import Profile
+from litestage_chain.budgets.stages import STAGES
+from litestage_chain.engine.early_exit import EarlyExitConfig
+from litestage_chain.engine.skip_plan import SkipPlan
 from litestage_chain.errors import InvalidInputError
-from litestage_chain.importance import SubLayer, plan_for_count
-from litestage_chain.profile import Profile
-from litestage_chain.skip_plan import SkipPlan
-from litestage_chain.stages import STAGES
+from litestage_chain.offline.importance import SubLayer, plan_for_count
+from litestage_chain.reasoning.chain import DEFAULT_MAX_TOKENS
 
 MethodName = Literal[
     "full", "litestage", "litestage-noexit", "uniform", "uniform-exit", "adaskip", "adaskip-exit", "unified",
@@ -121,7 +119,7 @@ class MethodPoint(BaseModel):
         return payload
 
     def key(self) -> str:
-        return hashlib.sha256(json.dumps(self.payload(), sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+        return content_key(self.payload())
 
 
 # ----------------------------------------------------------------------------------------- plan builders

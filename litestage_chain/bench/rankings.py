@@ -15,13 +15,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from litestage_chain.adaskip import AdaSkipCalibration, adaskip_calibration
-from litestage_chain.calibration import calibration_prompts
+from litestage_chain.bench.adaskip import AdaSkipCalibration, adaskip_calibration
+from litestage_chain.budgets.profile import Profile
 from litestage_chain.data.types import Question
 from litestage_chain.errors import InvalidInputError
-from litestage_chain.importance import SubLayer, compute_importance
-from litestage_chain.profile import Profile
-from litestage_chain.search_eval import ChainEvaluator
+from litestage_chain.offline.calibration import calibration_prompts
+from litestage_chain.offline.evaluator import ChainEvaluator
+from litestage_chain.offline.importance import SubLayer, compute_importance
 
 
 def _check_disjoint(calibration: Sequence[Question], benchmarked: Sequence[Question]) -> None:
