@@ -22,7 +22,7 @@ from litestage_chain.data.types import QuestionSet
 from litestage_chain.engine.loading import LoadedModel, load_model
 from litestage_chain.engine.skip_plan import SkipPlan
 from litestage_chain.errors import InvalidInputError
-from litestage_chain.offline.cost_model import RowTokens
+from litestage_chain.offline.cost_model import tokens_of
 from litestage_chain.offline.cost_pipeline import (
     cost_model_for,
     describe_candidate,
@@ -132,9 +132,7 @@ def predicted_against_measured(
     predicted: dict[str, float] = {}
     for side, side_plans in sides.items():
         result = results[side][0]
-        tokens = {call: [RowTokens(prefilled=r[0], generated=r[1]) if r else None for r in rows]
-                  for call, rows in result.tokens.items()}
-        predicted[side] = costs.predict({**side_plans, FALLBACK: SkipPlan()}, tokens, batch_size)
+        predicted[side] = costs.predict({**side_plans, FALLBACK: SkipPlan()}, tokens_of(result.tokens), batch_size)
         measured = median(r.mean_latency_seconds for r in results[side])
         out.write(f"  {side:>5}: predicted {predicted[side]:.2f} s/question, measured {measured:.2f} "
                   f"({100 * (predicted[side] / measured - 1):+.1f}%)\n")

@@ -46,6 +46,11 @@ class PlanCosts(BaseModel):
 
     prefill_token_seconds: dict[int, float] = Field(description="batch size -> seconds per prefilled token")
     decode_step_seconds: dict[int, float] = Field(description="batch size -> seconds per decode forward pass")
+    context_tokens: int = Field(0, ge=0, description="context (KV entries) the decode steps were timed at")
+    decode_context_seconds: dict[int, float] = Field(
+        default_factory=dict, description="batch size -> extra seconds per decode step per token of context beyond "
+        "`context_tokens` (attention reads every cached key and value); empty: context not modelled",
+    )
 
     @field_validator("prefill_token_seconds", "decode_step_seconds")
     @classmethod
@@ -59,15 +64,27 @@ class PlanCosts(BaseModel):
     def prefill(self, batch_size: int) -> float:
         return _interpolate(self.prefill_token_seconds, batch_size)
 
-    def decode(self, batch_size: int) -> float:
-        return _interpolate(self.decode_step_seconds, batch_size)
+    def decode(self, batch_size: int, context: float | None = None) -> float:
+        """Seconds of one decode step of `batch_size` rows whose mean context is `context` tokens (None: as timed)."""
+        base = _interpolate(self.decode_step_seconds, batch_size)
+        if context is None or not self.decode_context_seconds:
+            return base
+        slope = _interpolate(self.decode_context_seconds, batch_size)
+        return max(base + slope * (context - self.context_tokens), 0.0)
 
     def scaled(self, ratios: PlanCosts) -> PlanCosts:
         """These costs times per-size `ratios` (a plan's costs relative to the full model's)."""
         return PlanCosts(
             prefill_token_seconds={b: c * ratios.prefill(b) for b, c in self.prefill_token_seconds.items()},
             decode_step_seconds={b: c * ratios.decode(b) for b, c in self.decode_step_seconds.items()},
+            context_tokens=self.context_tokens,
+            decode_context_seconds=dict(self.decode_context_seconds),
         )
+
+    def with_attention_share(self, share: float) -> PlanCosts:
+        """The context term scaled to the share of attention sub-layers a plan runs (only attention reads the cache)."""
+        return self.model_copy(update={"decode_context_seconds": {b: c * share for b, c in
+                                                                  self.decode_context_seconds.items()}})
 
 
 def _interpolate(table: Mapping[int, float], size: int) -> float:
@@ -93,6 +110,20 @@ class RowTokens(BaseModel):
 
     prefilled: int = Field(ge=0)
     generated: int = Field(ge=0)
+    context: int | None = Field(None, ge=0, description="the whole prompt, shared prefix included: the KV entries "
+                                "before the first decode step (None: not known, decode steps priced as timed)")
+
+    @classmethod
+    def from_record(cls, record: Sequence[int] | None) -> RowTokens | None:
+        """From an `EvalResult.tokens` entry: (prefilled, generated[, prompt tokens]) or None."""
+        if record is None:
+            return None
+        return cls(prefilled=record[0], generated=record[1], context=record[2] if len(record) > 2 else None)
+
+
+def tokens_of(result_tokens: Mapping[str, Sequence[Sequence[int] | None]]) -> dict[str, list[RowTokens | None]]:
+    """`EvalResult.tokens` as `RowTokens` per call, what `predict_seconds` takes."""
+    return {call: [RowTokens.from_record(row) for row in rows] for call, rows in result_tokens.items()}
 
 
 def batch_seconds(costs: PlanCosts, rows: Sequence[RowTokens]) -> list[float]:
@@ -108,8 +139,13 @@ def batch_seconds(costs: PlanCosts, rows: Sequence[RowTokens]) -> list[float]:
     elapsed, done = 0.0, 0
     for end in ends:
         if end > done:
-            active = sum(1 for row in rows if row.generated - 1 > done)
-            elapsed += (end - done) * costs.decode(active)
+            active = [row for row in rows if row.generated - 1 > done]
+            contexts = [row.context for row in active]
+            if any(c is None for c in contexts):
+                elapsed += (end - done) * costs.decode(len(active))
+            else:  # the context grows by one token per step: price the segment at its middle step
+                middle = sum(contexts) / len(contexts) + (done + end - 1) / 2  # type: ignore[arg-type]
+                elapsed += (end - done) * costs.decode(len(active), middle)
             done = end
         finished_by[end] = elapsed
     return [prefill + finished_by[max(row.generated - 1, 0)] for row in rows]
@@ -144,9 +180,14 @@ PlanTimer = Callable[[SkipPlan], PlanCosts]
 
 
 def engine_timer(
-    model: LoadedModel, batch_sizes: Sequence[int], prompt_tokens: int = 128, decode_steps: int = 16
+    model: LoadedModel, batch_sizes: Sequence[int], prompt_tokens: int = 128, decode_steps: int = 16,
+    long_context: int = 1024,
 ) -> PlanTimer:
-    """A timer running the engine: one prefill of `prompt_tokens` per row and `decode_steps` forced steps per size."""
+    """A timer running the engine: one prefill of `prompt_tokens` per row and `decode_steps` forced steps per size.
+
+    For the full model it also decodes after a `long_context`-token prompt, giving the extra cost of a decode step per
+    token of context (a plan's is the full model's times its share of attention sub-layers, see `CostModel.costs`).
+    """
     if prompt_tokens < 1 or decode_steps < 2:
         raise InvalidInputError("the cost timer needs at least 1 prompt token and 2 decode steps")
     sizes = sorted(set(batch_sizes))
@@ -154,17 +195,24 @@ def engine_timer(
         raise InvalidInputError(f"batch sizes must be >= 1, got {list(batch_sizes)}")
     room = model.max_positions - decode_steps - 1
     length = min(prompt_tokens, room)
-    prompt = [(7 + 31 * i) % model.vocab_size for i in range(length)]  # fixed, content-free token ids
+    long_length = max(min(long_context, room), length)
+    prompt = [(7 + 31 * i) % model.vocab_size for i in range(long_length)]  # fixed, content-free token ids
     config = GenerationConfig(max_new_tokens=decode_steps, ignore_eos=True)
 
     def time_plan(plan: SkipPlan) -> PlanCosts:
         prefill: dict[int, float] = {}
         decode: dict[int, float] = {}
+        slope: dict[int, float] = {}
         for size in sizes:
-            result = generate(model, [prompt] * size, plan=plan, config=config)[0]
+            result = generate(model, [prompt[:length]] * size, plan=plan, config=config)[0]
             prefill[size] = result.prefill_seconds / (size * length)
             decode[size] = result.decode_seconds / (result.generated_tokens - 1)
-        return PlanCosts(prefill_token_seconds=prefill, decode_step_seconds=decode)
+            if plan.is_empty and long_length > length:
+                longer = generate(model, [prompt] * size, plan=plan, config=config)[0]
+                step = longer.decode_seconds / (longer.generated_tokens - 1)
+                slope[size] = max(step - decode[size], 0.0) / (long_length - length)
+        return PlanCosts(prefill_token_seconds=prefill, decode_step_seconds=decode,
+                         context_tokens=length + decode_steps // 2, decode_context_seconds=slope)
 
     return time_plan
 
@@ -176,11 +224,15 @@ class CostModel:
     `identity` keys the file's records (model weights, timer settings): a record of other settings is never used.
     """
 
-    def __init__(self, timer: PlanTimer, identity: str, *, rounds: int = 2, path: str | Path | None = None) -> None:
+    def __init__(
+        self, timer: PlanTimer, identity: str, *, rounds: int = 2, path: str | Path | None = None,
+        num_layers: int | None = None,
+    ) -> None:
         if rounds < 1:
             raise InvalidInputError(f"the cost model needs at least one round per plan, got {rounds}")
         self.timer = timer
         self.identity = identity
+        self.num_layers = num_layers
         self.rounds = rounds
         self.reference: list[PlanCosts] = []
         self._ratios: dict[str, PlanCosts] = {}
@@ -242,7 +294,10 @@ class CostModel:
         """The plan's absolute costs: its ratios times the full model's reference costs."""
         key = self._key(plan)
         if key not in self._absolute:
-            self._absolute[key] = self.full_costs().scaled(self.ratios(plan))
+            costs = self.full_costs().scaled(self.ratios(plan))
+            if self.num_layers:
+                costs = costs.with_attention_share(1.0 - len(plan.attention) / self.num_layers)
+            self._absolute[key] = costs
         return self._absolute[key]
 
     def predict(
@@ -281,9 +336,12 @@ def _unit_ratios(sizes: PlanCosts) -> PlanCosts:
 def _median_costs(samples: Sequence[PlanCosts]) -> PlanCosts:
     sizes_p = samples[0].prefill_token_seconds
     sizes_d = samples[0].decode_step_seconds
+    sizes_c = samples[0].decode_context_seconds
     return PlanCosts(
         prefill_token_seconds={b: median(s.prefill_token_seconds[b] for s in samples) for b in sizes_p},
         decode_step_seconds={b: median(s.decode_step_seconds[b] for s in samples) for b in sizes_d},
+        context_tokens=samples[0].context_tokens,
+        decode_context_seconds={b: median(s.decode_context_seconds[b] for s in samples) for b in sizes_c},
     )
 
 

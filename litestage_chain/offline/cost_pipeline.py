@@ -39,8 +39,9 @@ def cost_model_for(
     if model.weights in ("int8", "int4"):  # another kernel build prices tokens differently: never mix their timings
         kernel = kernels_status()
     identity = (f"{model.weights_sha256}:{model.weights}:{kernel}:sizes={sizes}:prompt={prompt_tokens}:"
-                f"steps={decode_steps}")
-    return CostModel(engine_timer(model, sizes, prompt_tokens, decode_steps), identity, rounds=rounds, path=path)
+                f"steps={decode_steps}:context-v2")
+    return CostModel(engine_timer(model, sizes, prompt_tokens, decode_steps), identity, rounds=rounds, path=path,
+                     num_layers=model.num_layers)
 
 
 def search_profile_cost_aware(

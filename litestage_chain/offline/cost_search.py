@@ -35,7 +35,7 @@ from typing import Protocol
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from litestage_chain.offline.cost_model import CostModel, RowTokens
+from litestage_chain.offline.cost_model import CostModel, tokens_of
 from litestage_chain.data.types import Question, question_fingerprint
 from litestage_chain.engine.early_exit import EarlyExitConfig
 from litestage_chain.errors import InvalidInputError
@@ -226,6 +226,11 @@ def merge_results(parts: Sequence[EvalResult]) -> EvalResult:
     )
 
 
+def _has_contexts(result: EvalResult) -> bool:
+    """Whether a stored result has every call's token counts with the prompt length (older records lack it)."""
+    return bool(result.tokens) and all(len(row) > 2 for rows in result.tokens.values() for row in rows if row)
+
+
 def _rules_digest(early_exit: Mapping[str, EarlyExitConfig | None]) -> str:
     payload = {s: (r.model_dump() if r else None) for s, r in sorted(early_exit.items())}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
@@ -252,7 +257,7 @@ class _Runner:
     def _chunk(self, index: int, plans: Mapping[str, SkipPlan], early_exit: Mapping[str, EarlyExitConfig | None]) -> EvalResult:
         identity = f"{self.evaluator.identity}:exit-{_rules_digest(early_exit)}"
         cached = self.store.lookup(plans, self.fingerprints[index], identity)
-        if cached is not None and cached.tokens:
+        if cached is not None and _has_contexts(cached):
             return cached
         result = self.evaluator.evaluate(dict(plans), self.chunks[index], dict(early_exit))
         missing = [q.id for q in self.chunks[index] if q.id not in result.answers]
@@ -265,9 +270,7 @@ class _Runner:
         return result
 
     def predict(self, plans: Mapping[str, SkipPlan], result: EvalResult) -> float:
-        tokens = {call: [RowTokens(prefilled=r[0], generated=r[1]) if r else None for r in rows]
-                  for call, rows in result.tokens.items()}
-        return self.costs.predict({**plans, FALLBACK: SkipPlan()}, tokens, self.config.batch_size)
+        return self.costs.predict({**plans, FALLBACK: SkipPlan()}, tokens_of(result.tokens), self.config.batch_size)
 
     def full(self) -> Candidate:
         plans = {stage: SkipPlan() for stage in self.config.stages}
@@ -340,9 +343,9 @@ def search_cost_aware(
         warnings.warn(caveat, UserWarning, stacklevel=2)
         caveats.append(caveat)
 
-    stage_seconds = {stage: runner.costs.predict({stage: SkipPlan()}, {stage: [
-        RowTokens(prefilled=r[0], generated=r[1]) if r else None for r in full.result.tokens[stage]]}, config.batch_size)
-        for stage in config.stages}
+    full_tokens = tokens_of(full.result.tokens)
+    stage_seconds = {stage: runner.costs.predict({stage: SkipPlan()}, {stage: full_tokens[stage]}, config.batch_size)
+                     for stage in config.stages}
     order = sorted(config.stages, key=lambda stage: -stage_seconds[stage])
     plans = dict(full.plans)
     rules = dict(full.early_exit)

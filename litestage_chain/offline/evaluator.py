@@ -246,9 +246,10 @@ def summarise(results: Sequence[ReasoningResult], questions: Sequence[Question])
     )
 
 
-def _row_tokens(output: StageOutput) -> tuple[int, int]:
-    """(tokens the call prefilled itself, tokens it generated): a shared prefix's reused entries cost nothing."""
-    return max(output.prompt_tokens - output.prefix_tokens, 0), output.generated_tokens
+def _row_tokens(output: StageOutput) -> tuple[int, int, int]:
+    """(tokens the call prefilled itself, tokens it generated, its whole prompt): a shared prefix's reused entries
+    cost no prefill, but its decode steps attend over them."""
+    return max(output.prompt_tokens - output.prefix_tokens, 0), output.generated_tokens, output.prompt_tokens
 
 
 def _per_stage_early_exit(

@@ -40,10 +40,11 @@ class EvalResult(BaseModel):
     stage_latency_seconds: dict[str, float] = Field(default_factory=dict)
     generated_tokens_per_stage: dict[str, float] = Field(default_factory=dict)
     answers: dict[str, str | None]
-    tokens: dict[str, list[tuple[int, int] | None]] = Field(
+    tokens: dict[str, list[tuple[int, ...] | None]] = Field(
         default_factory=dict,
         description="per call (stage, or the fallback re-run) and question in order: (tokens prefilled by the call, "
-        "tokens generated), None where the call did not run; what the cost model prices",
+        "tokens generated, prompt tokens with the shared prefix), None where the call did not run; what the cost "
+        "model prices",
     )
 
 

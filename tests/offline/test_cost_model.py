@@ -146,3 +146,35 @@ def test_the_full_model_reference_is_timed_once_and_kept_for_a_resumed_search(tm
     timer = FakeTimer()
     again = CostModel(timer, "m", rounds=2, path=log)
     assert again.full_costs() == first.full_costs() and again.costs(plan) == predicted and timer.calls == []
+
+
+def test_decode_steps_are_priced_at_their_context_when_it_is_known() -> None:
+    costs = PlanCosts(prefill_token_seconds={1: 0.0}, decode_step_seconds={1: 0.1}, context_tokens=100,
+                      decode_context_seconds={1: 0.001})
+    assert costs.decode(1) == pytest.approx(0.1) and costs.decode(1, 300) == pytest.approx(0.3)
+    short = batch_seconds(costs, [RowTokens(prefilled=0, generated=5, context=100)])[0]
+    long = batch_seconds(costs, [RowTokens(prefilled=0, generated=5, context=600)])[0]
+    # 4 decode passes at contexts 100..103 (priced at the middle, 101.5) vs 600..603
+    assert short == pytest.approx(4 * (0.1 + 0.001 * 1.5)) and long == pytest.approx(4 * (0.1 + 0.001 * 501.5))
+    unknown = batch_seconds(costs, [RowTokens(prefilled=0, generated=5)])[0]
+    assert unknown == pytest.approx(0.4), "without the context, steps are priced as timed"
+    assert RowTokens.from_record((3, 4, 50)) == RowTokens(prefilled=3, generated=4, context=50)
+    assert RowTokens.from_record((3, 4)).context is None and RowTokens.from_record(None) is None
+
+
+def test_a_plan_pays_the_context_cost_of_the_attention_it_runs() -> None:
+    def timer(plan: SkipPlan) -> PlanCosts:
+        return PlanCosts(prefill_token_seconds={1: 0.01}, decode_step_seconds={1: 0.1}, context_tokens=10,
+                         decode_context_seconds={1: 0.002} if plan.is_empty else {})
+
+    model = CostModel(timer, "m", rounds=1, num_layers=4)
+    assert model.costs(SkipPlan()).decode_context_seconds == {1: pytest.approx(0.002)}
+    assert model.costs(SkipPlan(attention=[0, 1], mlp=[3])).decode_context_seconds == {1: pytest.approx(0.001)}
+    assert model.costs(SkipPlan(mlp=[0, 1])).decode_context_seconds == {1: pytest.approx(0.002)}
+
+
+def test_engine_timer_measures_the_context_cost_of_the_full_model_only(tiny_qwen2) -> None:
+    timer = engine_timer(tiny_qwen2, [1], prompt_tokens=8, decode_steps=4, long_context=64)
+    full = timer(SkipPlan())
+    assert set(full.decode_context_seconds) == {1} and full.context_tokens == 8 + 2
+    assert timer(SkipPlan(mlp=[0])).decode_context_seconds == {}

@@ -50,7 +50,7 @@ class StubChain:
             index = int(question.id[1:])
             right_in_full = index % 10 != 9
             answers[question.id] = "A" if right_in_full and (index * 37 % 100) >= 100 * drop else "B"
-        tokens = {s: [(50, max(1, int(TOKENS[s] * (0.5 if rules.get(s) else 1.0))))] * len(questions) for s in plans}
+        tokens = {s: [(50, max(1, int(TOKENS[s] * (0.5 if rules.get(s) else 1.0))), 400)] * len(questions) for s in plans}
         tokens["fallback"] = [None] * len(questions)
         correct = sum(a == "A" for a in answers.values())
         return EvalResult(accuracy=correct / len(questions), mean_latency_seconds=1.0, stage_latency_seconds={s: 0.3 for s in plans},
