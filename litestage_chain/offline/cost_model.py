@@ -22,7 +22,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from statistics import median
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -176,7 +176,10 @@ def predict_seconds(
 # ------------------------------------------------------------------------------------------------ measurement
 
 
-PlanTimer = Callable[[SkipPlan], PlanCosts]
+class PlanTimer(Protocol):
+    """Times one plan once; with `context`, also the extra decode cost per token of context (the reference only)."""
+
+    def __call__(self, plan: SkipPlan, *, context: bool = False) -> PlanCosts: ...
 
 
 def engine_timer(
@@ -185,8 +188,9 @@ def engine_timer(
 ) -> PlanTimer:
     """A timer running the engine: one prefill of `prompt_tokens` per row and `decode_steps` forced steps per size.
 
-    For the full model it also decodes after a `long_context`-token prompt, giving the extra cost of a decode step per
-    token of context (a plan's is the full model's times its share of attention sub-layers, see `CostModel.costs`).
+    Asked for the context cost (the full model's reference timings), it also decodes after a `long_context`-token
+    prompt, giving the extra cost of a decode step per token of context (a plan's is the full model's times its share
+    of attention sub-layers, see `CostModel.costs`).
     """
     if prompt_tokens < 1 or decode_steps < 2:
         raise InvalidInputError("the cost timer needs at least 1 prompt token and 2 decode steps")
@@ -199,7 +203,7 @@ def engine_timer(
     prompt = [(7 + 31 * i) % model.vocab_size for i in range(long_length)]  # fixed, content-free token ids
     config = GenerationConfig(max_new_tokens=decode_steps, ignore_eos=True)
 
-    def time_plan(plan: SkipPlan) -> PlanCosts:
+    def time_plan(plan: SkipPlan, *, context: bool = False) -> PlanCosts:
         prefill: dict[int, float] = {}
         decode: dict[int, float] = {}
         slope: dict[int, float] = {}
@@ -207,7 +211,7 @@ def engine_timer(
             result = generate(model, [prompt[:length]] * size, plan=plan, config=config)[0]
             prefill[size] = result.prefill_seconds / (size * length)
             decode[size] = result.decode_seconds / (result.generated_tokens - 1)
-            if plan.is_empty and long_length > length:
+            if context and long_length > length:
                 longer = generate(model, [prompt] * size, plan=plan, config=config)[0]
                 step = longer.decode_seconds / (longer.generated_tokens - 1)
                 slope[size] = max(step - decode[size], 0.0) / (long_length - length)
@@ -284,7 +288,7 @@ class CostModel:
         an interrupted search resumes.
         """
         if not self.reference:
-            self.reference = [self.timer(SkipPlan()) for _ in range(self.rounds)]
+            self.reference = [self.timer(SkipPlan(), context=True) for _ in range(self.rounds)]
             self._save(self._reference_key(), None, self.reference)
         if self._full_median is None:
             self._full_median = _median_costs(self.reference)

@@ -57,7 +57,7 @@ class FakeTimer:
         self.load = 1.0
         self.calls: list[SkipPlan] = []
 
-    def __call__(self, plan: SkipPlan) -> PlanCosts:
+    def __call__(self, plan: SkipPlan, *, context: bool = False) -> PlanCosts:
         self.calls.append(plan)
         factor = self.load * (1 - 0.1 * plan.num_skipped)
         self.load *= 1.5  # the machine gets busier with every timing
@@ -163,9 +163,9 @@ def test_decode_steps_are_priced_at_their_context_when_it_is_known() -> None:
 
 
 def test_a_plan_pays_the_context_cost_of_the_attention_it_runs() -> None:
-    def timer(plan: SkipPlan) -> PlanCosts:
+    def timer(plan: SkipPlan, *, context: bool = False) -> PlanCosts:
         return PlanCosts(prefill_token_seconds={1: 0.01}, decode_step_seconds={1: 0.1}, context_tokens=10,
-                         decode_context_seconds={1: 0.002} if plan.is_empty else {})
+                         decode_context_seconds={1: 0.002} if context else {})
 
     model = CostModel(timer, "m", rounds=1, num_layers=4)
     assert model.costs(SkipPlan()).decode_context_seconds == {1: pytest.approx(0.002)}
@@ -173,8 +173,16 @@ def test_a_plan_pays_the_context_cost_of_the_attention_it_runs() -> None:
     assert model.costs(SkipPlan(mlp=[0, 1])).decode_context_seconds == {1: pytest.approx(0.002)}
 
 
-def test_engine_timer_measures_the_context_cost_of_the_full_model_only(tiny_qwen2) -> None:
+def test_engine_timer_measures_the_context_cost_when_asked(tiny_qwen2) -> None:
     timer = engine_timer(tiny_qwen2, [1], prompt_tokens=8, decode_steps=4, long_context=64)
-    full = timer(SkipPlan())
+    full = timer(SkipPlan(), context=True)
     assert set(full.decode_context_seconds) == {1} and full.context_tokens == 8 + 2
-    assert timer(SkipPlan(mlp=[0])).decode_context_seconds == {}
+    assert timer(SkipPlan()).decode_context_seconds == {}
+
+
+def test_only_the_reference_timings_measure_the_context_cost() -> None:
+    timer = FakeTimer()
+    asked: list[bool] = []
+    model = CostModel(lambda plan, context=False: asked.append(context) or timer(plan), "m", rounds=2)
+    model.costs(SkipPlan(mlp=[1]))
+    assert sorted(asked) == [False] * 4 + [True] * 2
