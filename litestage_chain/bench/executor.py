@@ -82,18 +82,23 @@ class ChainExecutor:
         self.base = self.evaluator({stage: None for stage in STAGES})
         self.identity = "bench-v1:" + self.base.identity
 
-    def evaluator(self, early_exit: Mapping[str, EarlyExitConfig | None]) -> ChainEvaluator:
-        """The evaluator (with its stage-output cache) for one per-stage early-exit setting."""
-        key = json.dumps({s: (r.model_dump() if r else None) for s, r in sorted(early_exit.items())}, sort_keys=True)
+    def evaluator(
+        self, early_exit: Mapping[str, EarlyExitConfig | None], max_tokens: Mapping[str, int] | None = None
+    ) -> ChainEvaluator:
+        """The evaluator (with its stage-output cache) for one per-stage early-exit setting (and token budgets)."""
+        key = json.dumps({"exit": {s: (r.model_dump() if r else None) for s, r in sorted(early_exit.items())},
+                          "max_tokens": dict(max_tokens) if max_tokens else None}, sort_keys=True)
         if key not in self._evaluators or not self.reuse_outputs:  # a new evaluator starts with an empty cache
-            rules = dict(early_exit)
-            self._evaluators[key] = ChainEvaluator(self.model, early_exit=rules, **self._settings)  # type: ignore[arg-type]
+            settings = dict(self._settings)
+            if max_tokens:
+                settings["max_tokens"] = dict(max_tokens)
+            self._evaluators[key] = ChainEvaluator(self.model, early_exit=dict(early_exit), **settings)  # type: ignore[arg-type]
         return self._evaluators[key]
 
     def run(self, point: MethodPoint, questions: Sequence[Question]) -> list[Outcome]:
         if not questions:
             raise InvalidInputError("no questions to run")
-        evaluator = self.evaluator(point.early_exit)
+        evaluator = self.evaluator(point.early_exit, point.max_tokens)
         states = evaluator.run_stages(point.plans, questions)
         fallback = (
             stage_node(

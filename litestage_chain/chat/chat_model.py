@@ -212,6 +212,11 @@ class ChatLiteStage(BaseChatModel):
             if is_budget:
                 data = {k: v for k, v in data.items() if k != "profile"}
                 data["stage_profile"] = value
+        if isinstance(data, dict) and isinstance(data.get("stage_profile"), str):
+            # a shipped profile's name is looked up among the profiles of the model this instance runs
+            source = data.get("model", DEFAULT_MODEL)
+            data = {**data, "stage_profile": as_stage_budgets(
+                data["stage_profile"], model=source.name if isinstance(source, LoadedModel) else str(source))}
         return data
 
     @field_validator("stage_profile", mode="before")

@@ -102,7 +102,7 @@ def run_ask(args: argparse.Namespace, out: TextIO | None = None) -> int:
         raise InvalidInputError(f"--max-tokens must be >= 1, got {args.max_tokens}")
     choices = args.choice or ["yes", "no"]
     question = Question.coerce({"question": args.question, "choices": choices})
-    plans = load_plans(args.profile) if args.profile else None
+    plans = load_plans(args.profile, model=args.model) if args.profile else None
     max_tokens = (
         {stage: min(limit, args.max_tokens) for stage, limit in DEFAULT_MAX_TOKENS.items()}
         if args.max_tokens
@@ -139,9 +139,10 @@ def run_ask(args: argparse.Namespace, out: TextIO | None = None) -> int:
     return 0
 
 
-def load_plans(source: str) -> StageBudgets:
-    """Read per-stage budgets: a searched `Profile` (file or shipped name), else a plain stage -> plan JSON file."""
-    budgets = as_stage_budgets(source)
+def load_plans(source: str, model: str | None = None) -> StageBudgets:
+    """Read per-stage budgets: a searched `Profile` (file, or `model`'s shipped profile by name), else a plain
+    stage -> plan JSON file."""
+    budgets = as_stage_budgets(source, model=model)
     assert budgets is not None
     return budgets
 

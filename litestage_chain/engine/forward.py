@@ -207,6 +207,7 @@ def _run_sublayers(
     """
     skip_attention = set(plan.attention)
     skip_mlp = set(plan.mlp)
+    scales = {(layer, kind): factor for layer, kind, factor in plan.scale}
     for layer in range(view.num_layers):
         if layer in skip_attention and fill is not None:
             fill(layer, hidden)
@@ -215,11 +216,15 @@ def _run_sublayers(
             if observer is not None:
                 observer(layer, "attention", hidden, hidden + update)
             hidden = hidden + update
+        elif (layer, "attention") in scales:
+            hidden = hidden * scales[(layer, "attention")]
         if layer not in skip_mlp:
             update = _mlp(view.mlp[layer], hidden)
             if observer is not None:
                 observer(layer, "mlp", hidden, hidden + update)
             hidden = hidden + update
+        elif (layer, "mlp") in scales:
+            hidden = hidden * scales[(layer, "mlp")]
     return hidden
 
 

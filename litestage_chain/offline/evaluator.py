@@ -200,8 +200,17 @@ class ChainEvaluator:
             settings["context"] = "shared"
         return CachedStage(name, node, settings, self._cache, self.generated, self.batch_size, self.progress)
 
-    def run_stages(self, plans: Mapping[str, SkipPlan], questions: Sequence[Question]) -> list[State]:
-        """Chain states (question + every stage's output) for `questions` under `plans`, stage by stage."""
+    def run_stages(
+        self,
+        plans: Mapping[str, SkipPlan],
+        questions: Sequence[Question],
+        early_exit: Mapping[str, EarlyExitConfig | None] | None = None,
+    ) -> list[State]:
+        """Chain states (question + every stage's output) for `questions` under `plans`, stage by stage.
+
+        `early_exit` overrides the evaluator's early-exit rule of the stages it names (the search tries several).
+        """
+        rules = {**self.early_exit, **_per_stage_early_exit(early_exit)} if early_exit is not None else self.early_exit
         missing = [stage for stage in STAGES if stage not in plans]
         if missing:
             raise InvalidInputError(f"no plan given for stage(s) {missing}")
@@ -209,16 +218,22 @@ class ChainEvaluator:
             plans[stage].check(self.model.num_layers)
         states: list[State] = [{"question": q, "started": time.perf_counter()} for q in questions]
         for stage in STAGES:
-            outputs = self._node(stage, plans[stage], self.early_exit[stage], stage).batch(states)
+            outputs = self._node(stage, plans[stage], rules[stage], stage).batch(states)
             states = [{**state, stage: output} for state, output in zip(states, outputs, strict=True)]
         return states
 
-    def evaluate(self, plans: Mapping[str, SkipPlan], questions: Sequence[Question]) -> EvalResult:
+    def evaluate(
+        self,
+        plans: Mapping[str, SkipPlan],
+        questions: Sequence[Question],
+        early_exit: Mapping[str, EarlyExitConfig | None] | None = None,
+    ) -> EvalResult:
+        """Run the chain with `plans` (and `early_exit` overriding the evaluator's rules of the stages it names)."""
         if not questions:
             raise InvalidInputError("no questions to evaluate")
         if not self.reuse_outputs:
             self._cache.clear()
-        states = self.run_stages(plans, questions)
+        states = self.run_stages(plans, questions, early_exit)
         fallback = self._node("summary", SkipPlan(), None, "summary_fallback") if self.fallback else None
         results: list[ReasoningResult] = FinalizeStep(fallback).batch(states)
         return summarise(results, questions)
@@ -250,7 +265,17 @@ def summarise(results: Sequence[ReasoningResult], questions: Sequence[Question])
             FALLBACK: fmean(fallback_tokens),
         },
         answers={q.id: r.answer for r, q in zip(results, questions, strict=True)},
+        tokens={
+            **{stage: [_row_tokens(r.stages[stage]) for r in results] for stage in STAGES},
+            FALLBACK: [_row_tokens(r.fallback) if r.fallback else None for r in results],
+        },
     )
+
+
+def _row_tokens(output: StageOutput) -> tuple[int, int, int]:
+    """(tokens the call prefilled itself, tokens it generated, its whole prompt): a shared prefix's reused entries
+    cost no prefill, but its decode steps attend over them."""
+    return max(output.prompt_tokens - output.prefix_tokens, 0), output.generated_tokens, output.prompt_tokens
 
 
 def _per_stage_early_exit(

@@ -352,7 +352,7 @@ def _chat_model(model: str | LoadedModel | ChatLiteStage, plans: Any) -> ChatLit
     if isinstance(model, ChatLiteStage):
         update: dict[str, Any] = {"streaming": True}
         if plans is not None:
-            update["stage_profile"] = as_stage_budgets(plans)
+            update["stage_profile"] = as_stage_budgets(plans, model=model.model_name)
         return model.model_copy(update=update)
     return ChatLiteStage(model=model, stage_profile=plans, streaming=True)
 

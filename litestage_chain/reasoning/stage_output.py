@@ -30,6 +30,8 @@ class StageOutput(BaseModel):
     finish_reason: str
     reused_tokens: int = Field(0, description="prompt tokens whose KV entries an earlier call had computed")
     prefilled_tokens: int = Field(0, description="prompt tokens this stage's call prefilled")
+    prefix_tokens: int = Field(0, ge=0, description="prompt tokens whose KV entries came from the shared-prefix table "
+                               "instead of this call's prefill (the cost model charges only the rest)")
 
     @classmethod
     def from_message(cls, stage: Stage, message: Any) -> StageOutput:
@@ -50,6 +52,7 @@ class StageOutput(BaseModel):
             finish_reason=str(meta.get("finish_reason", "")),
             reused_tokens=int(meta.get("reused_tokens", 0)),
             prefilled_tokens=int(meta.get("prefilled_tokens", usage.get("input_tokens", 0))),
+            prefix_tokens=sum(int(v or 0) for v in (usage.get("input_token_details") or {}).values()),
         )
 
 
