@@ -24,7 +24,6 @@ from litestage_chain.reasoning.chain import (
     build_reasoning_chain,
     run_batch,
 )
-from litestage_chain.reasoning.stage_output import StageOutput
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tiny_models import tiny_long_context_llama  # noqa: E402

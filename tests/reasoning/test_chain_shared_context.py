@@ -9,7 +9,7 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 
 from litestage_chain import InvalidInputError, LoadedModel, SkipPlan, from_pretrained_objects
-from litestage_chain.reasoning.chain import ReasoningResult, build_reasoning_chain, run_batch, stage_node
+from litestage_chain.reasoning.chain import build_reasoning_chain, run_batch, stage_node
 from litestage_chain.chat.chat_model import ChatLiteStage
 from litestage_chain.chat.continuation import continuation_message
 from litestage_chain.reasoning.stage_output import StageOutput
