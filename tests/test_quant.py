@@ -39,19 +39,21 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
-@pytest.fixture(params=["avx512_vnni", "portable"])
+@pytest.fixture(params=["avx512_vnni", "avx2", "neon", "portable"])
 def kernel_module(request: pytest.FixtureRequest) -> Iterator[object]:
+    """The compiled module with every call forced through one path (each path the CPU can run, in turn)."""
     module = kernels.get_kernels()
     if module is None:
         pytest.fail(f"kernels failed to build: {kernels.kernels_status()}")
-    if request.param == "avx512_vnni" and module.kernel_isa() != "avx512_vnni":
-        pytest.skip("CPU has no AVX-512 VNNI; the portable path is covered by the other case")
-    module.force_portable(request.param == "portable")
+    if request.param not in module.supported_isas():
+        pytest.skip(f"this CPU cannot run the {request.param} path (it runs {module.supported_isas()})")
+    module.force_isa(request.param)
     formats._fast.clear()
     try:
+        assert module.kernel_isa() == request.param
         yield module
     finally:
-        module.force_portable(False)
+        module.force_isa("")
         formats._fast.clear()
 
 

@@ -11,8 +11,8 @@ from torch import nn
 
 from litestage_chain import GenerationConfig, LoadedModel, SkipPlan, generate
 from litestage_chain.forward import all_logits
-from litestage_chain.quant import Int4Linear, Int8Linear, get_kernels
-from litestage_chain.quant.formats import round_activations_like_kernel
+from litestage_chain.quant import Int4Linear, Int8Linear
+from litestage_chain.quant.formats import compiled_kernels_available, round_activations_like_kernel
 from litestage_chain.quant.view import replace_view_modules, quantize_decoder_view, view_linears
 
 
@@ -41,7 +41,7 @@ class _Emulated(nn.Module):
 
 def _dequantised(lm: LoadedModel) -> LoadedModel:
     """The same low-bit weights run as float matmuls: the exact reference for the kernels."""
-    round_x = get_kernels() is not None and get_kernels().kernel_isa() == "avx512_vnni"
+    round_x = compiled_kernels_available()
     modules = {name: _Emulated(m, round_x) for name, m in view_linears(lm.view).items()}
     clone = copy.copy(lm)
     clone.view = replace_view_modules(lm.view, modules)

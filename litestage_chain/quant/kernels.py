@@ -90,8 +90,14 @@ def kernels_status() -> str:
     return f"compiled ({module.kernel_isa()})" if module is not None else f"fallback ({_failed})"
 
 
+def _source_bytes() -> bytes:
+    """The extension source and the kernel headers it includes: a change to any of them means a new build."""
+    headers = sorted(SOURCE.parent.glob("*.h")) + sorted(SOURCE.parent.glob("*.inc"))
+    return b"".join(path.read_bytes() for path in [SOURCE, *headers])
+
+
 def _build() -> ModuleType:
-    key = _build_key(SOURCE.read_bytes())
+    key = _build_key(_source_bytes())
     return build_extension(SOURCE, f"litestage_cpu_gemv_{key}", default_cache_dir() / "cpp_ext" / f"cpu_gemv_{key}")
 
 
