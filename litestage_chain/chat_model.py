@@ -45,6 +45,7 @@ from litestage_chain.guided import closest_name, fill_object
 from litestage_chain.loading import LoadedModel, load_model
 from litestage_chain.messages import to_chat_dicts
 from litestage_chain.prefix_cache import PrefixCache
+from litestage_chain.quant.formats import kernel_path
 from litestage_chain.skip_plan import SkipPlan
 from litestage_chain.stages import STAGES, Stage, StageBudgets, as_stage_budgets, check_stage
 from litestage_chain.tools import (
@@ -783,6 +784,8 @@ def _response_metadata(call: PreparedCall, result: GenerationResult) -> dict[str
     return {
         "model_name": call.model_name,
         "model_provider": "litestage",
+        "weights": call.loaded.weights,
+        "kernel": kernel_path(call.loaded.weights),
         "stage": call.stage,
         "skipped": {"attention": list(result.plan.attention), "mlp": list(result.plan.mlp)},
         "num_skipped": result.plan.num_skipped,

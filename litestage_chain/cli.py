@@ -125,7 +125,11 @@ def run_ask(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out.write(f"Answer: {answer}{note}\n\n")
     loaded = model.loaded_model()
     profile_note = f", profile {args.profile}" if args.profile else ""
-    out.write(f"model {loaded.name}, {loaded.weights} weights{profile_note}\n")
+    from litestage_chain.quant.formats import kernel_path
+
+    kernel = kernel_path(loaded.weights)
+    kernel_note = f" ({kernel} kernels)" if kernel != "aten" else ""
+    out.write(f"model {loaded.name}, {loaded.weights} weights{kernel_note}{profile_note}\n")
     out.write(timing_table(result))
     if args.json:
         out.write(result.model_dump_json(indent=2) + "\n")

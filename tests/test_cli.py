@@ -99,6 +99,18 @@ def test_ask_no_stream_and_json(tiny_dir: Path, capsys: pytest.CaptureFixture[st
     assert result["fallback_used"] is True and "[summary (full model)]" in out and "summary*" in out
 
 
+def test_ask_names_the_kernel_path_next_to_the_weight_format(tiny_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A user must see whether int8 runs on a fast kernel path here or falls back to float32 speed."""
+    from litestage_chain.quant.formats import kernel_path
+
+    status = main(["ask", "Can cats fly?", "--model", str(tiny_dir), "--max-tokens", "2", "--no-stream",
+                   "--no-fallback", "--weights", "int8"])
+    out = capsys.readouterr().out
+    assert status == 0
+    assert f", int8 weights ({kernel_path('int8')} kernels)" in out
+    assert kernel_path("int8") != "aten"
+
+
 @pytest.mark.integration
 def test_ask_on_the_default_model_as_a_process() -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}

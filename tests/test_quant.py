@@ -151,6 +151,23 @@ def test_module_close_to_float_linear(
         torch.testing.assert_close(out, deq, rtol=1e-4, atol=1e-4)
 
 
+def test_kernel_path_names_what_computes_each_format(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert formats.kernel_path("float32") == formats.kernel_path("bfloat16") == "aten"
+    module = formats._fast_kernels()
+    assert formats.kernel_path("int4") == (module.kernel_isa() if module is not None else "float32 fallback")
+    monkeypatch.setattr(formats, "_fast_kernels", lambda: None)
+    assert formats.kernel_path("int8") == "float32 fallback"
+
+
+@needs_kernels
+def test_force_isa_rejects_a_path_this_cpu_cannot_run() -> None:
+    module = kernels.get_kernels()
+    assert module.kernel_isa() == module.supported_isas()[0] and "portable" in module.supported_isas()
+    with pytest.raises(ValueError, match="not supported by this CPU"):
+        module.force_isa("sse9")
+    assert module.kernel_isa() == module.supported_isas()[0]
+
+
 def test_bfloat16_input_dtype_is_preserved() -> None:
     module = convert_linear(nn.Linear(32, 8), "int8")
     assert module(torch.randn(2, 32, dtype=torch.bfloat16)).dtype == torch.bfloat16

@@ -55,6 +55,18 @@ def compiled_kernels_available() -> bool:
     return _fast_kernels() is not None
 
 
+def kernel_path(fmt: str) -> str:
+    """What computes the projections of a model in format `fmt` here, for tables and response metadata.
+
+    int8/int4: the compiled kernel path (``"avx2"``, ``"avx512_vnni"``, ``"neon"``) or ``"float32 fallback"``
+    where none is fast here (a user who sees that knows the small format saves no time); else ``"aten"``.
+    """
+    if fmt not in ("int8", "int4"):
+        return "aten"
+    kernels = _fast_kernels()
+    return kernels.kernel_isa() if kernels is not None else "float32 fallback"
+
+
 def round_activations_like_kernel(x2: torch.Tensor) -> torch.Tensor:
     """``x2 [M, K32]`` after the compiled path's int8 rounding (groups of 32, scale amax/127).
 
