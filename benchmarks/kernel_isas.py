@@ -25,14 +25,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from litestage_chain.quant import convert_linear, get_kernels, kernels_status  # noqa: E402
 
 
-def _time(fn, reps: int) -> float:  # noqa: ANN001
-    start = time.perf_counter()
+CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
+
+
+def _time(fn, reps: int, clock) -> float:  # noqa: ANN001
+    start = clock()
     for _ in range(reps):
         fn()
-    return (time.perf_counter() - start) / reps
+    return (clock() - start) / reps
 
 
-def bench_shape(out_f: int, in_f: int, rows: int, rounds: int, isas: list[str]) -> list[tuple[str, float]]:
+def bench_shape(out_f: int, in_f: int, rows: int, rounds: int, isas: list[str], clock) -> list[tuple[str, float]]:  # noqa: ANN001
     kernels = get_kernels()
     lin = nn.Linear(in_f, out_f, bias=False)
     x = torch.randn(rows, in_f)
@@ -56,7 +59,7 @@ def bench_shape(out_f: int, in_f: int, rows: int, rounds: int, isas: list[str]) 
                 else:
                     fn = method
                 fn()
-                times[name].append(_time(fn, reps))
+                times[name].append(_time(fn, reps, clock))
     kernels.force_isa("")
     return [(name, statistics.median(t)) for name, t in times.items()]
 
@@ -68,6 +71,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="cpu",
+                        help="cpu: process CPU time (default; on a shared machine wall time mostly measures the other "
+                             "processes); wall: elapsed time (use it with --threads > 1)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     kernels = get_kernels()
@@ -78,9 +84,9 @@ def main() -> None:
           f"cpu: {platform.processor() or platform.machine()}")
     for shape in args.shapes:
         out_f, in_f = (int(v) for v in shape.split("x"))
-        results = bench_shape(out_f, in_f, args.rows, args.rounds, isas)
+        results = bench_shape(out_f, in_f, args.rows, args.rounds, isas, CLOCKS[args.clock])
         base = dict(results)["float32"]
-        print(f"\n{out_f}x{in_f} (median of {args.rounds} rounds)")
+        print(f"\n{out_f}x{in_f} (median of {args.rounds} rounds, {args.clock} time)")
         for name, seconds in results:
             print(f"  {name:22s} {seconds * 1e6:9.1f} us   {base / seconds:5.2f}x float32")
 

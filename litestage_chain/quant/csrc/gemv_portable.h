@@ -12,6 +12,8 @@
 
 namespace ls {
 
+// The products of one 64-byte chunk go lane by lane into 64 int32 sums (lane j: row j / 4, input j % 4), a
+// contiguous elementwise loop any vectoriser handles; the 4 lanes of a row are added once per group.
 template <int B, int M>
 inline void i8b_kernel_portable(const uint8_t* w, const uint16_t* sw, int64_t k, const int8_t* xq, const float* sx,
                                 const int32_t* xqsum, float* y, int64_t n16, int64_t nb) {
@@ -21,14 +23,15 @@ inline void i8b_kernel_portable(const uint8_t* w, const uint16_t* sw, int64_t k,
     const uint8_t* wb = w + (nb + b) * block_bytes;
     float facc[M][kRows] = {};
     for (int64_t g = 0; g < groups; ++g) {
-      int32_t dot[M][kRows] = {};
+      int32_t lanes[M][64] = {};
       for (int t = 0; t < kXGroup / 4; ++t) {
         const uint8_t* c = wb + (g * (kXGroup / 4) + t) * 64;
         for (int i = 0; i < M; ++i) {
+          int16_t xs[8];  // the 4 inputs twice: one 16-byte vector the loop keeps in a register
           const int8_t* xp = xq + i * k + g * kXGroup + t * 4;
-          const int32_t x0 = xp[0], x1 = xp[1], x2 = xp[2], x3 = xp[3];
-          for (int r = 0; r < kRows; ++r)
-            dot[i][r] += c[r * 4] * x0 + c[r * 4 + 1] * x1 + c[r * 4 + 2] * x2 + c[r * 4 + 3] * x3;
+          for (int j = 0; j < 8; ++j) xs[j] = xp[j & 3];
+          for (int jj = 0; jj < 64; jj += 8)
+            for (int j = 0; j < 8; ++j) lanes[i][jj + j] += static_cast<int16_t>(c[jj + j]) * xs[j];
         }
       }
       float s[kRows];
@@ -36,7 +39,10 @@ inline void i8b_kernel_portable(const uint8_t* w, const uint16_t* sw, int64_t k,
       for (int i = 0; i < M; ++i) {
         const int32_t corr = 128 * xqsum[i * groups + g];  // the codes are stored + 128
         const float sxg = sx[i * groups + g];
-        for (int r = 0; r < kRows; ++r) facc[i][r] += static_cast<float>(dot[i][r] - corr) * (s[r] * sxg);
+        for (int r = 0; r < kRows; ++r) {
+          const int32_t dot = lanes[i][4 * r] + lanes[i][4 * r + 1] + lanes[i][4 * r + 2] + lanes[i][4 * r + 3];
+          facc[i][r] += static_cast<float>(dot - corr) * (s[r] * sxg);
+        }
       }
     }
     for (int i = 0; i < M; ++i)
@@ -44,6 +50,7 @@ inline void i8b_kernel_portable(const uint8_t* w, const uint16_t* sw, int64_t k,
   }
 }
 
+// As the int8 kernel; a byte holds inputs j % 4 (low nibble) and 4 + j % 4 (high nibble) of its row.
 template <int B, int M>
 inline void i4b_kernel_portable(const uint8_t* w, const uint16_t* params, int64_t k, const int8_t* xq, const float* sx,
                                 const float* xsum, float* y, int64_t n16, int64_t nb) {
@@ -53,19 +60,20 @@ inline void i4b_kernel_portable(const uint8_t* w, const uint16_t* params, int64_
     const uint8_t* wb = w + (nb + b) * block_bytes;
     float facc[M][kRows] = {};
     for (int64_t g = 0; g < groups; ++g) {
-      int32_t dot[M][kRows] = {};
+      int32_t lanes[M][64] = {};
       for (int t = 0; t < kXGroup / 8; ++t) {
         const uint8_t* c = wb + (g * (kXGroup / 8) + t) * 64;
-        int32_t lo[kRows * 4], hi[kRows * 4];
-        for (int j = 0; j < kRows * 4; ++j) {
-          lo[j] = c[j] & 0xF;
-          hi[j] = c[j] >> 4;
-        }
         for (int i = 0; i < M; ++i) {
+          int16_t xlo[8], xhi[8];
           const int8_t* xp = xq + i * k + g * kXGroup + t * 8;
-          for (int r = 0; r < kRows; ++r)
-            dot[i][r] += lo[r * 4] * xp[0] + lo[r * 4 + 1] * xp[1] + lo[r * 4 + 2] * xp[2] + lo[r * 4 + 3] * xp[3] +
-                         hi[r * 4] * xp[4] + hi[r * 4 + 1] * xp[5] + hi[r * 4 + 2] * xp[6] + hi[r * 4 + 3] * xp[7];
+          for (int j = 0; j < 8; ++j) {
+            xlo[j] = xp[j & 3];
+            xhi[j] = xp[4 + (j & 3)];
+          }
+          for (int jj = 0; jj < 64; jj += 8)
+            for (int j = 0; j < 8; ++j)
+              lanes[i][jj + j] += static_cast<int16_t>(static_cast<int16_t>(c[jj + j] & 0xF) * xlo[j] +
+                                                       static_cast<int16_t>(c[jj + j] >> 4) * xhi[j]);
         }
       }
       const uint16_t* pg = params + ((nb + b) * groups + g) * 32;
@@ -76,8 +84,10 @@ inline void i4b_kernel_portable(const uint8_t* w, const uint16_t* params, int64_
       }
       for (int i = 0; i < M; ++i) {
         const float sxg = sx[i * groups + g], xs = xsum[i * groups + g];
-        for (int r = 0; r < kRows; ++r)
-          facc[i][r] += static_cast<float>(dot[i][r]) * (scale[r] * sxg) + minimum[r] * xs;
+        for (int r = 0; r < kRows; ++r) {
+          const int32_t dot = lanes[i][4 * r] + lanes[i][4 * r + 1] + lanes[i][4 * r + 2] + lanes[i][4 * r + 3];
+          facc[i][r] += static_cast<float>(dot) * (scale[r] * sxg) + minimum[r] * xs;
+        }
       }
     }
     for (int i = 0; i < M; ++i)

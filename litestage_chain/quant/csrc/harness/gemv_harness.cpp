@@ -5,6 +5,8 @@
 // x86 it checks the same paths the torch tests check. Exit status 0 = all paths agree.
 //
 //   g++ -std=c++17 -O2 -I.. gemv_harness.cpp -o harness && ./harness
+#include <time.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <random>
@@ -91,7 +93,48 @@ bool close(const std::vector<float>& a, const std::vector<float>& b, const char*
 
 }  // namespace
 
-int main() {
+// CPU time of this thread: on a shared machine wall time mostly measures the other processes.
+double cpu_us() {
+  timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return ts.tv_sec * 1e6 + ts.tv_nsec * 1e-3;
+}
+
+// Median CPU microseconds per call of each path on one [n16 x k] GEMV with one activation row (decode), one thread.
+int bench(int64_t n16, int64_t k, int reps) {
+  std::mt19937 rng(7);
+  std::uniform_int_distribution<int> byte(0, 255);
+  const int64_t nblocks = n16 / kRows, groups = k / kXGroup;
+  std::vector<float> x(k);
+  for (float& v : x) v = static_cast<float>(byte(rng) - 128) / 64.f;
+  std::vector<uint8_t> w8(n16 * k), w4(n16 * k / 2);
+  for (uint8_t& v : w8) v = static_cast<uint8_t>(std::max(1, byte(rng)));
+  for (uint8_t& v : w4) v = static_cast<uint8_t>(byte(rng));
+  std::vector<uint16_t> s8(nblocks * groups * kRows, 0x2000), p4(nblocks * groups * 2 * kRows, 0x2000);
+  std::vector<float> y(n16);
+  for (const Path& p : paths()) {
+    const Quantised q = quantise(p.quantize, x, 1, k);
+    for (int fmt = 0; fmt < 2; ++fmt) {
+      std::vector<double> times;
+      for (int r = 0; r < reps; ++r) {
+        const double start = cpu_us();
+        if (fmt == 0) p.i8b(w8.data(), s8.data(), k, q.view(), 1, y.data(), n16, 0, nblocks);
+        else p.i4b(w4.data(), p4.data(), k, q.view(), 1, y.data(), n16, 0, nblocks);
+        times.push_back(cpu_us() - start);
+      }
+      std::sort(times.begin(), times.end());
+      std::printf("%-14s %s %lldx%lld: %9.1f us (median of %d)\n", p.name.c_str(), fmt == 0 ? "int8" : "int4",
+                  (long long)n16, (long long)k, times[times.size() / 2], reps);
+    }
+  }
+  return 0;
+}
+
+int main(int argc, char** argv) {
+  if (argc > 1 && std::string(argv[1]) == "--bench") {
+    const int64_t n16 = argc > 2 ? std::atoll(argv[2]) : 8960, k = argc > 3 ? std::atoll(argv[3]) : 1536;
+    return bench(n16, k, argc > 4 ? std::atoi(argv[4]) : 21);
+  }
   std::mt19937 rng(1234);
   std::normal_distribution<float> normal(0.f, 1.f);
   std::uniform_int_distribution<int> code8(-127, 127), code4(0, 15), byte(0, 255);
