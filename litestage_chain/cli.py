@@ -128,7 +128,9 @@ def run_ask(args: argparse.Namespace, out: TextIO | None = None) -> int:
     from litestage_chain.quant.formats import kernel_path
 
     kernel = kernel_path(loaded.weights)
-    kernel_note = f" ({kernel} kernels)" if kernel != "aten" else ""
+    kernel_note = {"aten": "", "float32 fallback": " (no fast kernel on this CPU: float32 speed)"}.get(
+        kernel, f" ({kernel} kernels)"
+    )
     out.write(f"model {loaded.name}, {loaded.weights} weights{kernel_note}{profile_note}\n")
     out.write(timing_table(result))
     if args.json:

@@ -99,16 +99,21 @@ def test_ask_no_stream_and_json(tiny_dir: Path, capsys: pytest.CaptureFixture[st
     assert result["fallback_used"] is True and "[summary (full model)]" in out and "summary*" in out
 
 
-def test_ask_names_the_kernel_path_next_to_the_weight_format(tiny_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_ask_names_the_kernel_path_next_to_the_weight_format(
+    tiny_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A user must see whether int8 runs on a fast kernel path here or falls back to float32 speed."""
-    from litestage_chain.quant.formats import kernel_path
+    from litestage_chain.quant import formats
 
-    status = main(["ask", "Can cats fly?", "--model", str(tiny_dir), "--max-tokens", "2", "--no-stream",
-                   "--no-fallback", "--weights", "int8"])
-    out = capsys.readouterr().out
-    assert status == 0
-    assert f", int8 weights ({kernel_path('int8')} kernels)" in out
-    assert kernel_path("int8") != "aten"
+    argv = ["ask", "Can cats fly?", "--model", str(tiny_dir), "--max-tokens", "2", "--no-stream", "--no-fallback",
+            "--weights", "int8"]
+    assert main(argv) == 0
+    kernel = formats.kernel_path("int8")
+    expected = " (no fast kernel on this CPU: float32 speed)" if kernel == "float32 fallback" else f" ({kernel} kernels)"
+    assert f", int8 weights{expected}" in capsys.readouterr().out
+    monkeypatch.setattr(formats, "_fast_kernels", lambda: None)
+    assert main(argv) == 0
+    assert ", int8 weights (no fast kernel on this CPU: float32 speed)" in capsys.readouterr().out
 
 
 @pytest.mark.integration
