@@ -30,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from litestage_chain import GenerationConfig, SkipPlan, generate, load_model  # noqa: E402
-from litestage_chain.quant import formats, get_kernels, kernels_status  # noqa: E402
+from litestage_chain.engine.quant import formats, get_kernels, kernels_status  # noqa: E402
 
 PROMPT = "Write a Python function that checks whether a number is prime."
 

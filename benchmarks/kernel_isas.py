@@ -22,7 +22,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from litestage_chain.quant import convert_linear, get_kernels, kernels_status  # noqa: E402
+from litestage_chain.engine.quant import convert_linear, get_kernels, kernels_status  # noqa: E402
 
 
 CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}

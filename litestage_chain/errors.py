@@ -21,3 +21,11 @@ class ModelLoadError(LiteStageError):
 
 class UnsupportedArchitectureError(ModelLoadError):
     """The model loaded, but its decoder is not one the skipping engine knows how to run."""
+
+
+class ProfileError(LiteStageError):
+    """A profile cannot be found, read or used (malformed file, missing stage, made for another model)."""
+
+
+class ProfileMismatchError(ProfileError, InvalidInputError):
+    """The profile was made for different weights than the model it is being applied to."""

@@ -13,14 +13,12 @@ leave at most a partial last line, which is dropped (with a warning) when the fi
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
+from litestage_chain.append_store import AppendStore, content_key
 from litestage_chain.data.types import Question, question_fingerprint
 from litestage_chain.errors import LiteStageError
 
@@ -88,63 +86,20 @@ def identity_hash(identity: str) -> str:
 
 
 def record_key(point_key: str, identity: str, question: Question) -> str:
-    payload = json.dumps(
-        {"point": point_key, "identity": identity_hash(identity), "question": question_fingerprint([question])},
-        sort_keys=True, separators=(",", ":"),
-    )
-    return hashlib.sha256(payload.encode()).hexdigest()
+    return content_key({"point": point_key, "identity": identity_hash(identity), "question": question_fingerprint([question])})
 
 
-class RecordStore:
+def _parse_line(raw: bytes) -> tuple[str, QuestionRecord]:
+    record = QuestionRecord.model_validate_json(raw)
+    return record.key, record
+
+
+class RecordStore(AppendStore[QuestionRecord]):
     """Records by key, appended to `path` (when given) as they are made; reopening the file resumes a run."""
 
     def __init__(self, path: str | Path | None = None) -> None:
-        self.path = Path(path) if path is not None else None
-        self._records: dict[str, QuestionRecord] = {}
-        if self.path is not None and self.path.exists():
-            self._load(self.path)
-
-    def __len__(self) -> int:
-        return len(self._records)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._records
-
-    def __iter__(self) -> Iterator[QuestionRecord]:
-        return iter(self._records.values())
-
-    def get(self, key: str) -> QuestionRecord | None:
-        return self._records.get(key)
-
-    def _load(self, path: Path) -> None:
-        data = path.read_bytes()
-        *complete, partial = data.split(b"\n")
-        for number, raw in enumerate(complete, start=1):
-            if not raw.strip():
-                continue
-            try:
-                record = QuestionRecord.model_validate_json(raw)
-            except ValidationError as error:
-                raise RecordsError(f"{path} line {number} is not a valid benchmark record: {error}") from error
-            self._records[record.key] = record
-        if partial.strip():
-            warnings.warn(
-                f"{path}: dropping a partial last record ({len(partial)} bytes) left by an interrupted write",
-                stacklevel=3,
-            )
-            with path.open("r+b") as handle:
-                handle.truncate(len(data) - len(partial))
+        super().__init__(path, parse=_parse_line, what="benchmark record", error=RecordsError)
 
     def add(self, records: Iterable[QuestionRecord]) -> None:
         """Keep `records` and append them to the file before returning (flushed and fsynced)."""
-        batch = list(records)
-        for record in batch:
-            self._records[record.key] = record
-        if self.path is None or not batch:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as handle:
-            for record in batch:
-                handle.write(record.model_dump_json() + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        self.append((record.key, record, record.model_dump_json()) for record in records)
