@@ -13,7 +13,7 @@ Without the kernels (no compiler, no SIMD path), the module dequantises once, ke
 weight and calls ATen: the numbers are those of the rounded weights at float32 speed and
 size, so the format still works everywhere but only pays where the kernels run.
 
-The weights are stored in the kernel's blocked layout (see csrc/cpu_gemv.cpp): rows padded to
+The weights are stored in the kernels' blocked layout (see csrc/gemv_common.h): rows padded to
 a multiple of 16 and inputs to a multiple of 32 with zeros, 16 rows interleaved per block.
 """
 

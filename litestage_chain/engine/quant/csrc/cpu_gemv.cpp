@@ -9,7 +9,8 @@
 // scale each, as GGUF Q8_0 does) lets AVX-512 VNNI multiply 64 weight bytes by x with one
 // vpdpbusd. The weights are repacked so one 64-byte load holds 4 consecutive inputs of 16
 // consecutive output rows: vector lanes are output rows, x is a 32-bit broadcast, and no
-// horizontal reduction is needed.
+// horizontal reduction is needed. AVX2 (maddubs + madd) and NEON (sdot) paths do the same on
+// CPUs without VNNI (gemv_avx2.h, gemv_neon.h).
 //
 // The torch binding lives here; the kernels are torch-free headers (gemv_*.h) so that a standalone
 // harness (harness/) can test the paths of other architectures. Every path compiles with the
