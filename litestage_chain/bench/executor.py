@@ -54,8 +54,8 @@ class ChainExecutor:
     """Runs method points through the reasoning chain; one `ChainEvaluator` (and stage cache) per early-exit rule.
 
     Args mirror `ChainEvaluator`: per-stage `max_tokens`, `num_shots`, `prompts_dir`, `fallback` (re-run the
-    summary on the full model when no answer can be read), `batch_size` (1 = single-question latency) and
-    `reuse_outputs` (see the module docstring).
+    summary on the full model when no answer can be read), `batch_size` (1 = single-question latency),
+    `reuse_outputs` (see the module docstring) and `context` (the reasoning format, "separate" or "shared").
     """
 
     def __init__(
@@ -69,12 +69,13 @@ class ChainExecutor:
         batch_size: int = 1,
         reuse_outputs: bool = True,
         progress: bool = False,
+        context: str = "separate",
     ) -> None:
         self.model = model
         self.reuse_outputs = reuse_outputs
         self._settings = dict(
             max_tokens=dict(max_tokens) if max_tokens else None, num_shots=num_shots, prompts_dir=prompts_dir,
-            fallback=fallback, batch_size=batch_size, reuse_outputs=reuse_outputs, progress=progress,
+            fallback=fallback, batch_size=batch_size, reuse_outputs=reuse_outputs, progress=progress, context=context,
         )
         self.fallback = fallback
         self._evaluators: dict[str, ChainEvaluator] = {}
@@ -98,7 +99,7 @@ class ChainExecutor:
             stage_node(
                 evaluator.chat, "summary", evaluator.prompts, num_shots=evaluator.num_shots,
                 max_tokens=evaluator.max_tokens["summary"], skip_plan=SkipPlan(), early_exit=None,
-                name="summary_fallback",
+                name="summary_fallback", context=evaluator.context,
             )
             if self.fallback
             else None

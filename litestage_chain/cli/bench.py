@@ -35,6 +35,7 @@ from litestage_chain.data.benchmarks import resolve_data_dir
 from litestage_chain.engine.early_exit import EarlyExitConfig
 from litestage_chain.engine.loading import load_model
 from litestage_chain.engine.weight_formats import WEIGHT_CHOICES
+from litestage_chain.reasoning.shared_context import add_context_argument
 from litestage_chain.errors import InvalidInputError
 from litestage_chain.reasoning.chain import DEFAULT_MAX_TOKENS
 
@@ -76,6 +77,7 @@ def add_bench_subcommand(subparsers: Any) -> None:
         help="cap every stage at N tokens, or set per-stage budgets, e.g. recall=32,analysis=64,summary=16",
     )
     bench.add_argument("--shots", type=int, default=2, metavar="N", help="worked examples per stage (default 2)")
+    add_context_argument(bench)
     bench.add_argument("--no-fallback", action="store_true", help="do not re-run unreadable summaries on the full model")
     bench.add_argument(
         "--calibration-data", metavar="FILE",
@@ -217,7 +219,7 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
     progress = not args.no_progress
     executor = ChainExecutor(model, max_tokens=max_tokens, num_shots=args.shots, fallback=not args.no_fallback,
                              batch_size=args.batch_size, reuse_outputs=not args.no_reuse,
-                             progress=False)  # one bar: the runner's
+                             progress=False, context=args.context)  # one bar: the runner's
     needs_ranking = profile is None and any(m in RANKED for m in methods)
     calibration = _calibration_questions(args) if needs_ranking or "adaskip" in methods else ()
     ranking = (

@@ -29,6 +29,7 @@ from litestage_chain.data.rows import describe_validation_error
 from litestage_chain.engine.early_exit import EarlyExitConfig
 from litestage_chain.engine.loading import load_model
 from litestage_chain.engine.weight_formats import WEIGHT_CHOICES
+from litestage_chain.reasoning.shared_context import add_context_argument
 from litestage_chain.errors import InvalidInputError
 from litestage_chain.offline.evaluator import ChainEvaluator
 from litestage_chain.offline.pipeline import search_profile
@@ -100,6 +101,7 @@ def add_profile_parser(subparsers: Any) -> None:
     search.add_argument("--max-tokens", metavar="N|STAGE=N,...",
                         help="cap every stage at N tokens, or per-stage budgets, e.g. recall=32,analysis=64,summary=16")
     search.add_argument("--shots", type=int, default=2, metavar="N", help="worked examples per stage (default 2)")
+    add_context_argument(search)
     search.add_argument("--no-fallback", action="store_true", help="do not re-run unreadable summaries on the full model")
     search.add_argument("--batch-size", type=int, default=1, metavar="N",
                         help="questions decoded together (default 1: single-question latency)")
@@ -137,6 +139,7 @@ def add_profile_parser(subparsers: Any) -> None:
     check.add_argument("--rounds", type=int, default=2, metavar="N", help="evaluations of each side (default 2)")
     check.add_argument("--max-tokens", metavar="N|STAGE=N,...", help="stage token budgets, as given to the search")
     check.add_argument("--shots", type=int, default=2, metavar="N", help="worked examples per stage (default 2)")
+    add_context_argument(check)
     check.add_argument("--no-fallback", action="store_true", help="do not re-run unreadable summaries on the full model")
     check.add_argument("--batch-size", type=int, default=1, metavar="N",
                        help="questions decoded together, as in the search (default 1)")
@@ -188,7 +191,7 @@ def run_profile_search(args: argparse.Namespace, out: TextIO | None = None) -> i
     evaluator = ChainEvaluator(
         model, early_exit=early_exit, max_tokens=parse_max_tokens(args.max_tokens), num_shots=args.shots,
         fallback=not args.no_fallback, batch_size=args.batch_size, reuse_outputs=not args.fresh_timings,
-        progress=not args.no_progress,
+        progress=not args.no_progress, context=args.context,
     )
     out.write(f"searching {model.name} on {questions.benchmark}/{questions.split}; log: {log}\n")
     out.flush()
@@ -267,7 +270,7 @@ def _check_and_save(
     evaluator = ChainEvaluator(
         model, early_exit={stage: profile.early_exit_for(stage) for stage in profile.stages},
         max_tokens=parse_max_tokens(args.max_tokens), num_shots=args.shots, fallback=not args.no_fallback,
-        batch_size=args.batch_size, reuse_outputs=False, progress=not args.no_progress,
+        batch_size=args.batch_size, reuse_outputs=False, progress=not args.no_progress, context=args.context,
     )
     out.write(f"timing the plans against the full model side by side ({rounds} evaluations each)\n")
     out.flush()

@@ -28,6 +28,8 @@ class StageOutput(BaseModel):
     skipped: SkipPlan
     early_exited: bool
     finish_reason: str
+    reused_tokens: int = Field(0, description="prompt tokens whose KV entries an earlier call had computed")
+    prefilled_tokens: int = Field(0, description="prompt tokens this stage's call prefilled")
 
     @classmethod
     def from_message(cls, stage: Stage, message: Any) -> StageOutput:
@@ -46,6 +48,8 @@ class StageOutput(BaseModel):
             skipped=SkipPlan(attention=skipped.get("attention", ()), mlp=skipped.get("mlp", ())),
             early_exited=bool(meta.get("early_exit", False)),
             finish_reason=str(meta.get("finish_reason", "")),
+            reused_tokens=int(meta.get("reused_tokens", 0)),
+            prefilled_tokens=int(meta.get("prefilled_tokens", usage.get("input_tokens", 0))),
         )
 
 

@@ -92,9 +92,10 @@ def test_ask_streams_stages_and_prints_table(tiny_dir: Path, tmp_path: Path, cap
 
 def test_ask_no_stream_and_json(tiny_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     status = main(["ask", "Can cats fly?", "--model", str(tiny_dir), "--max-tokens", "3", "--no-stream", "--json"])
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.err  # the human-readable text; stdout holds the JSON only, so it can be piped to jq
     assert status == 0 and "  A. yes" in out and "  B. no" in out
-    result = json.loads(out[out.index("{") :])
+    result = json.loads(captured.out)
     assert set(result["stages"]) == {"recall", "analysis", "summary"}
     # A random model never writes a readable answer, so the fallback ran and is shown.
     assert result["fallback_used"] is True and "[summary (full model)]" in out and "summary*" in out
@@ -113,6 +114,28 @@ def test_ask_names_the_kernel_path_next_to_the_weight_format(
     monkeypatch.setattr(formats, "_fast_kernels", lambda: None)
     assert main(argv) == 0
     assert ", int8 weights (no fast kernel on this CPU: float32 speed)" in capsys.readouterr().out
+
+
+def test_ask_shared_context_reports_prefilled_and_reused_tokens(tiny_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["ask", "Where is milk kept?", "-c", "oven", "-c", "fridge", "--model", str(tiny_dir), "--max-tokens", "3",
+            "--no-stream", "--json", "--no-fallback"]
+    assert main([*argv, "--context", "shared"]) == 0
+    out = capsys.readouterr().out
+    stages = json.loads(out[out.index("{") :])["stages"]
+    for name in ("analysis", "summary"):
+        stage = stages[name]
+        assert stage["reused_tokens"] + stage["prefilled_tokens"] == stage["prompt_tokens"]
+        assert stage["prefilled_tokens"] < stage["reused_tokens"] / 10
+    assert "prefilled" in out and "reused" in out
+    assert main(argv) == 0  # the separate format re-reads every stage's prompt (few-shot prefix apart)
+    separate = json.loads((out := capsys.readouterr().out)[out.index("{") :])["stages"]
+    assert separate["summary"]["prefilled_tokens"] > 5 * stages["summary"]["prefilled_tokens"]
+
+
+def test_ask_rejects_an_unknown_context(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["ask", "Q?", "--context", "joint"])
+    assert "invalid choice" in capsys.readouterr().err
 
 
 @pytest.mark.integration

@@ -27,6 +27,7 @@ from types import ModuleType
 import torch
 
 from litestage_chain.engine.cache_dir import cache_root
+from litestage_chain.engine.progress import first_run_step
 
 logger = logging.getLogger(__name__)
 
@@ -109,11 +110,13 @@ def build_extension(source: Path, name: str, build_dir: Path) -> ModuleType:
     from torch.utils.cpp_extension import load
 
     build_dir.mkdir(parents=True, exist_ok=True)
-    return load(
-        name=name,
-        sources=[str(source)],
-        extra_cflags=["-O3", "-fopenmp"],
-        extra_ldflags=["-fopenmp"],
-        build_directory=str(build_dir),
-        verbose=False,
-    )
+    # A cached build loads in a second; compiling takes a minute or more: say so only when it is taking that long.
+    with first_run_step(f"compiling the low-bit CPU kernels ({source.name})", after=3.0):
+        return load(
+            name=name,
+            sources=[str(source)],
+            extra_cflags=["-O3", "-fopenmp"],
+            extra_ldflags=["-fopenmp"],
+            build_directory=str(build_dir),
+            verbose=False,
+        )
