@@ -7,12 +7,23 @@ from pathlib import Path
 
 
 def cache_root() -> Path:
-    """The cache root, created on demand. `LITESTAGE_CACHE` overrides the default location."""
+    """The cache root, created on demand. `LITESTAGE_CACHE` overrides the default location.
+
+    Raises `CacheError` (one clear line in the CLI) when the path is a file or cannot be created."""
     override = os.environ.get("LITESTAGE_CACHE")
     if override:
         root = Path(override).expanduser()
     else:
         base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
         root = Path(base) / "litestage_chain"
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # a file where the folder should be, or no permission to create it
+        from litestage_chain.cache_files import unusable_cache
+
+        raise unusable_cache(root, error) from error
+    if not root.is_dir():
+        from litestage_chain.cache_files import unusable_cache
+
+        raise unusable_cache(root, NotADirectoryError(20, "not a directory"))
     return root

@@ -3,23 +3,21 @@
 Each line records one evaluation: the plan of every stage, the fingerprint of the question set, the
 evaluator's identity (model weights, generation settings, prompts) and the result. A result is reused
 only when all three match, so changing the model, the settings or the questions never serves a stale
-number. Lines are flushed and fsynced as they are written; a crash can at worst leave a partial last
-line, which is reported and cut off when the log is next opened.
+number. Appends are locked and fsynced, and a damaged log is repaired when opened (`jsonl_log`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from litestage_chain.errors import LiteStageError
+from litestage_chain.jsonl_log import append_lines, read_lines
 from litestage_chain.skip_plan import SkipPlan
 
 
@@ -71,24 +69,11 @@ class ResultsStore:
         return len(self._results)
 
     def _load(self, path: Path) -> None:
-        data = path.read_bytes()
-        lines = data.split(b"\n")
-        complete, partial = lines[:-1], lines[-1]  # after the last newline: empty, or a partial record
-        for number, raw in enumerate(complete, start=1):
-            if not raw.strip():
-                continue
-            try:
-                record = json.loads(raw)
-                self._results[str(record["key"])] = EvalResult.model_validate(record["result"])
-            except (json.JSONDecodeError, KeyError, TypeError, ValidationError) as error:
-                raise StoreError(f"{path} line {number} is not a valid result record: {error}") from error
-        if partial.strip():
-            warnings.warn(
-                f"{path}: dropping a partial last record ({len(partial)} bytes), left by an interrupted write",
-                stacklevel=3,
-            )
-            with path.open("r+b") as handle:
-                handle.truncate(len(data) - len(partial))
+        def parse(raw: bytes) -> tuple[str, EvalResult]:
+            record = json.loads(raw)
+            return str(record["key"]), EvalResult.model_validate(record["result"])
+
+        self._results.update(read_lines(path, parse, "result record"))
 
     def get(self, plans: Mapping[str, SkipPlan], questions_fingerprint: str, evaluator_identity: str) -> EvalResult | None:
         return self._results.get(record_key(plans, questions_fingerprint, evaluator_identity))
@@ -114,8 +99,4 @@ class ResultsStore:
             "result": result.model_dump(mode="json"),
             **extra,
         }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        append_lines(self.path, [json.dumps(record, ensure_ascii=False)])

@@ -6,23 +6,22 @@ so a results folder can be shared without redistributing a dataset.
 
 A record's key hashes the point (its plans and early-exit rules), the executor's identity (model weights,
 prompts, token budgets) and the question's content: a re-run reuses exactly the records it would recompute,
-and anything that changes the result changes the key. Lines are flushed and fsynced one by one; a crash can
-leave at most a partial last line, which is dropped (with a warning) when the file is opened again.
+and anything that changes the result changes the key. Appends are locked and fsynced, and a damaged file is
+repaired when opened (`jsonl_log`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from litestage_chain.data.types import Question, question_fingerprint
 from litestage_chain.errors import LiteStageError
+from litestage_chain.jsonl_log import append_lines, read_lines
 
 RECORDS_FILE = "records.jsonl"
 
@@ -117,23 +116,8 @@ class RecordStore:
         return self._records.get(key)
 
     def _load(self, path: Path) -> None:
-        data = path.read_bytes()
-        *complete, partial = data.split(b"\n")
-        for number, raw in enumerate(complete, start=1):
-            if not raw.strip():
-                continue
-            try:
-                record = QuestionRecord.model_validate_json(raw)
-            except ValidationError as error:
-                raise RecordsError(f"{path} line {number} is not a valid benchmark record: {error}") from error
+        for record in read_lines(path, QuestionRecord.model_validate_json, "benchmark record"):
             self._records[record.key] = record
-        if partial.strip():
-            warnings.warn(
-                f"{path}: dropping a partial last record ({len(partial)} bytes) left by an interrupted write",
-                stacklevel=3,
-            )
-            with path.open("r+b") as handle:
-                handle.truncate(len(data) - len(partial))
 
     def add(self, records: Iterable[QuestionRecord]) -> None:
         """Keep `records` and append them to the file before returning (flushed and fsynced)."""
@@ -142,9 +126,4 @@ class RecordStore:
             self._records[record.key] = record
         if self.path is None or not batch:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as handle:
-            for record in batch:
-                handle.write(record.model_dump_json() + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        append_lines(self.path, [record.model_dump_json() for record in batch])
