@@ -16,14 +16,12 @@ def cache_root() -> Path:
     else:
         base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
         root = Path(base) / "litestage_chain"
+    from litestage_chain.cache_files import unusable_cache
+
+    if root.exists() and not root.is_dir():
+        raise unusable_cache(root, NotADirectoryError(20, "it is a file, not a directory"))
     try:
         root.mkdir(parents=True, exist_ok=True)
-    except OSError as error:  # a file where the folder should be, or no permission to create it
-        from litestage_chain.cache_files import unusable_cache
-
+    except OSError as error:  # no permission to create it, a file where a parent folder should be
         raise unusable_cache(root, error) from error
-    if not root.is_dir():
-        from litestage_chain.cache_files import unusable_cache
-
-        raise unusable_cache(root, NotADirectoryError(20, "not a directory"))
     return root

@@ -464,6 +464,7 @@ class ChatLiteStage(BaseChatModel):
                     raise value
         finally:
             worker.cancel()
+            worker.join()  # it stops at its next token; none of its work outlives the stream
 
     async def _astream(
         self,
@@ -693,6 +694,9 @@ class _StreamWorker:
 
     def cancel(self) -> None:
         self._cancelled.set()
+
+    def join(self) -> None:
+        self._thread.join()
 
     def _on_token(self, row: int, piece: str) -> None:
         if self._cancelled.is_set():

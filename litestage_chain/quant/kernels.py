@@ -26,7 +26,7 @@ from types import ModuleType
 import torch
 
 from litestage_chain.benchmark_model import default_cache_dir
-from litestage_chain.cache_files import check_manifest, locked, manifest_of, write_manifest
+from litestage_chain.cache_files import CacheError, check_manifest, locked, manifest_of, write_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +79,8 @@ def get_kernels() -> ModuleType | None:
             return None
         try:
             _loaded = _build()
+        except CacheError:  # no usable cache at all: nothing else will work either, so say so once, clearly
+            raise
         except Exception as exc:  # any build or load failure means: use the fallback
             _failed = f"{type(exc).__name__}: {exc}"
             logger.warning("low-bit CPU kernels failed to build (%s); using dequantise+matmul", _failed)
