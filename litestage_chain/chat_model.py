@@ -30,7 +30,7 @@ from langchain_core.callbacks import (
 from langchain_core.globals import get_llm_cache
 from langchain_core.language_models import BaseChatModel, LanguageModelInput, ModelProfile
 from langchain_core.language_models.base import LangSmithParams
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
 from langchain_core.messages.ai import InputTokenDetails, UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult, LLMResult
 from langchain_core.runnables import Runnable, RunnableConfig
@@ -39,7 +39,7 @@ from pydantic import ConfigDict, Field, InstanceOf, field_validator, model_valid
 from typing_extensions import override
 
 from litestage_chain.early_exit import EarlyExitConfig
-from litestage_chain.errors import InvalidInputError, LiteStageError
+from litestage_chain.errors import GenerationCancelled, InvalidInputError, LiteStageError
 from litestage_chain.generation import GenerationConfig, GenerationResult, generate
 from litestage_chain.guided import closest_name, fill_object
 from litestage_chain.loading import LoadedModel, load_model
@@ -122,7 +122,7 @@ class ChatLiteStage(BaseChatModel):
     float32 otherwise."""
     max_tokens: int = Field(256, ge=1)
     """Most tokens to generate per call."""
-    temperature: float = Field(0.0, ge=0.0)
+    temperature: float = Field(0.0, ge=0.0, allow_inf_nan=False)
     """Sampling temperature; 0 is greedy (deterministic)."""
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     seed: int | None = None
@@ -296,6 +296,7 @@ class ChatLiteStage(BaseChatModel):
             )
         except ValueError as exc:
             raise InvalidInputError(f"invalid generation settings: {exc}") from exc
+        _check_last_message(messages)
         native_tools = bool(specs) and _template_has_tools(loaded)
         chat = to_chat_dicts(messages, native_tool_role=_template_has_tools(loaded))
         if specs and not native_tools:
@@ -329,6 +330,7 @@ class ChatLiteStage(BaseChatModel):
     def _run(self, calls: Sequence[PreparedCall], on_token: Any = None) -> list[GenerationResult]:
         """Generate for calls that share one batch key, in one batched engine call (guided calls one by one)."""
         first = calls[0]
+        cancel = _CANCEL.get()
         if first.guided:
             return [self._run_guided(call) for call in calls]
         if first.tools:
@@ -341,6 +343,7 @@ class ChatLiteStage(BaseChatModel):
             on_token=on_token,
             # The engine reuses a prefix only when every row starts with it; mixed prefixes prefill in full.
             shared_prefix=first.shared_prefix if all(c.shared_prefix == first.shared_prefix for c in calls) else None,
+            **({"cancel": cancel} if cancel is not None else {}),  # only async calls carry one
         )
 
     def _run_tools_auto(self, call: PreparedCall) -> GenerationResult:
@@ -431,9 +434,7 @@ class ChatLiteStage(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         # Decoding is CPU-bound torch work: run it on a worker thread so the event loop stays responsive.
-        context = contextvars.copy_context()
-        func = functools.partial(context.run, self._generate, messages, stop, None, **kwargs)
-        return await asyncio.get_running_loop().run_in_executor(None, func)
+        return await _cancellable(functools.partial(self._generate, messages, stop, None, **kwargs))
 
     def _stream(
         self,
@@ -552,11 +553,9 @@ class ChatLiteStage(BaseChatModel):
         **kwargs: Any,
     ) -> list[AIMessage]:
         """`batch` on a worker thread, so one batched decode does not block the event loop."""
-        context = contextvars.copy_context()
-        func = functools.partial(
-            context.run, self.batch, inputs, config, return_exceptions=return_exceptions, **kwargs
+        return await _cancellable(
+            functools.partial(self.batch, inputs, config, return_exceptions=return_exceptions, **kwargs)
         )
-        return await asyncio.get_running_loop().run_in_executor(None, func)
 
     def _batch_generate(
         self,
@@ -613,12 +612,20 @@ class ChatLiteStage(BaseChatModel):
                 run_managers[members[row][0]].on_llm_new_token(piece, chunk=chunk)
 
             try:
-                results = self._run([call for _, call in members], on_token=on_token)
+                results: list[GenerationResult | Exception] = list(
+                    self._run([call for _, call in members], on_token=on_token)
+                )
+            except LiteStageError as exc:
+                if len(members) == 1 or isinstance(exc, GenerationCancelled):
+                    results = [exc] * len(members)
+                else:  # one input's error (say, too long for the context) must not fail the others with it
+                    results = [self._run_alone(call, run_managers[index]) for index, call in members]
             except Exception as exc:  # noqa: BLE001 - the whole group failed together
-                for index, _ in members:
-                    outcomes[index] = exc
-                continue
+                results = [exc] * len(members)
             for (index, call), result in zip(members, results, strict=True):
+                if isinstance(result, Exception):
+                    outcomes[index] = result
+                    continue
                 message = self._message(call, result)
                 message.id = f"lc_run--{run_managers[index].run_id}"
                 outcomes[index] = message
@@ -632,6 +639,17 @@ class ChatLiteStage(BaseChatModel):
                 if isinstance(outcome, Exception):
                     raise outcome
         return cast(list[AIMessage | Exception], outcomes)
+
+    def _run_alone(self, call: PreparedCall, run_manager: CallbackManagerForLLMRun) -> GenerationResult | Exception:
+        """One input of a failed batch, generated by itself: its result, or the error that is its own."""
+
+        def on_token(_row: int, piece: str) -> None:
+            run_manager.on_llm_new_token(piece, chunk=ChatGenerationChunk(message=AIMessageChunk(content=piece)))
+
+        try:
+            return self._run([call], on_token=on_token)[0]
+        except Exception as exc:  # noqa: BLE001 - reported on this input's run, raised or returned by the caller
+            return exc
 
     # ------------------------------------------------------------------ tools and structured output
 
@@ -716,6 +734,35 @@ class _StreamWorker:
 
 class _Cancelled(Exception):
     """Raised inside the decode loop to stop a stream whose consumer went away."""
+
+
+_CANCEL: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("litestage_cancel", default=None)
+"""Set in the context an async call's worker thread runs in: `_run` hands it to `generate`, which stops at its
+next step once the event is set."""
+
+
+async def _cancellable(work: Any) -> Any:
+    """Run `work()` on a worker thread; cancelling the awaiting task also stops the generation in that thread.
+
+    `run_in_executor` alone cannot stop a running thread, so a cancelled `ainvoke` would keep decoding to the end
+    for nobody; here the task's cancellation sets the event the engine checks before every decoding step."""
+    cancel = threading.Event()
+    context = contextvars.copy_context()
+    context.run(_CANCEL.set, cancel)
+    future = asyncio.get_running_loop().run_in_executor(None, context.run, work)
+    try:
+        return await future
+    except asyncio.CancelledError:
+        cancel.set()
+        raise
+
+
+def _check_last_message(messages: Sequence[BaseMessage]) -> None:
+    """An empty last user message is refused, as `generate` refuses an empty prompt: the model would only be
+    answering its chat template."""
+    last = messages[-1] if messages else None
+    if isinstance(last, HumanMessage) and isinstance(last.content, str) and not last.content.strip():
+        raise InvalidInputError(f"message {len(messages) - 1} (HumanMessage) is empty: there is nothing to answer")
 
 
 def _budgets_identity(budgets: StageBudgets | None) -> dict[str, Any] | None:

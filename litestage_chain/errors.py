@@ -21,3 +21,7 @@ class ModelLoadError(LiteStageError):
 
 class UnsupportedArchitectureError(ModelLoadError):
     """The model loaded, but its decoder is not one the skipping engine knows how to run."""
+
+
+class GenerationCancelled(LiteStageError):
+    """A generation was stopped before it finished because its caller cancelled it (a cancelled async task)."""

@@ -7,7 +7,9 @@ once, so a long answer does not make short ones pay for its extra tokens.
 
 from __future__ import annotations
 
+import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Literal, Optional, Sequence, Union
 
@@ -15,7 +17,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from litestage_chain.early_exit import EarlyExitConfig
-from litestage_chain.errors import InvalidInputError
+from litestage_chain.errors import GenerationCancelled, InvalidInputError
 from litestage_chain.forward import decode_one, new_cache, prefill
 from litestage_chain.prefix_cache import PrefixCache, load_prefix
 from litestage_chain.sampling import choose_next, confidence
@@ -36,7 +38,7 @@ class GenerationConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     max_new_tokens: int = Field(256, ge=1, description="Most tokens to generate per prompt.")
-    temperature: float = Field(0.0, ge=0.0, description="0 is greedy decoding.")
+    temperature: float = Field(0.0, ge=0.0, allow_inf_nan=False, description="0 is greedy decoding.")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass (with temperature > 0).")
     seed: Optional[int] = Field(None, description="Seed for sampling; same seed, same output.")
     stop: tuple[str, ...] = Field((), description="Strings that end generation; the text is cut before them.")
@@ -149,6 +151,7 @@ def generate(
     on_token: Optional[TokenCallback] = None,
     shared_prefix: Optional[Prompt] = None,
     prefix_cache: Optional[PrefixCache] = None,
+    cancel: Optional[threading.Event] = None,
 ) -> list[GenerationResult]:
     """Generate a continuation for each prompt under one skip plan; results come back in prompt order.
 
@@ -158,7 +161,8 @@ def generate(
     are computed once per plan and reused across calls and batch rows. If a prompt does not start with its tokens,
     the prefix is not reused for that call. The entries live in `prefix_cache`, by default the model's process-wide
     table; a caller whose prefix only its own few calls share (a guided reply's prompt) passes a private table, so
-    that prefix takes no room from the few-shot prefixes many calls share.
+    that prefix takes no room from the few-shot prefixes many calls share. Setting `cancel` (from any thread) stops
+    the call before its next decoding step with `GenerationCancelled`.
     """
     plan = plan or SkipPlan()
     config = config or GenerationConfig()
@@ -169,8 +173,14 @@ def generate(
     longest = max(len(r) for r in encoded)
     room = model.max_positions - longest
     if room < 1:
-        raise InvalidInputError(
-            f"prompt of {longest} tokens does not fit the model's context of {model.max_positions} tokens"
+        number = max(range(len(encoded)), key=lambda i: len(encoded[i]))
+        which = f"prompt {number} ({longest} tokens)" if len(encoded) > 1 else f"prompt of {longest} tokens"
+        raise InvalidInputError(f"{which} does not fit the model's context of {model.max_positions} tokens")
+    if room < config.max_new_tokens:
+        warnings.warn(
+            f"a prompt of {longest} tokens leaves room for {room} of the {config.max_new_tokens} new tokens asked "
+            f"for in the model's context of {model.max_positions}: generation stops there (finish_reason 'length')",
+            stacklevel=2,
         )
     max_new = min(config.max_new_tokens, room)
     generator = None
@@ -204,10 +214,12 @@ def generate(
             found = table.lookup(view, plan, prefix)
             prefix_seconds, prefix_computed = found.seconds, found.computed
             load_prefix(cache, found.entry)
+        _stop_if_cancelled(cancel)
         logits = prefill(view, input_ids, positions, key_valid, cache, plan, start=reused)
         prefill_seconds = max(time.perf_counter() - started - prefix_seconds, 0.0)
         decode_started = time.perf_counter()
         for step in range(max_new):
+            _stop_if_cancelled(cancel)
             confidences = confidence(logits).tolist()
             tokens = choose_next(logits, config.temperature, config.top_p, generator)
             token_list = tokens.tolist()
@@ -251,6 +263,11 @@ def generate(
         )
         for row in rows
     ]
+
+
+def _stop_if_cancelled(cancel: Optional[threading.Event]) -> None:
+    if cancel is not None and cancel.is_set():
+        raise GenerationCancelled("generation was cancelled")
 
 
 def _advance(
