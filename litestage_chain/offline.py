@@ -12,6 +12,7 @@ from litestage_chain.early_exit import EarlyExitConfig
 from litestage_chain.errors import InvalidInputError
 from litestage_chain.importance import Importance, compute_importance
 from litestage_chain.loading import LoadedModel
+from litestage_chain.question_fit import fitting_questions
 from litestage_chain.profile import ModelIdentity, Profile, SearchedQuestions, TraceEntry
 from litestage_chain.search import SearchConfig, SearchResult, search_budgets
 from litestage_chain.search_eval import ChainEvaluator
@@ -48,10 +49,16 @@ def search_profile(
     evaluator = evaluator or ChainEvaluator(model, progress=progress)
     if evaluator.model is not model:
         raise InvalidInputError("the evaluator runs a different model than the one being profiled")
-    calibration = calibration_prompts(evaluator, questions.questions[:calibration_size])
+    # A question too long for the context is named and left out; the profile still records the slice drawn.
+    searched, skipped = fitting_questions(evaluator, questions.questions)
+    if not searched:
+        raise InvalidInputError(f"none of the {len(questions)} questions fits the model's context")
+    if skipped:
+        notes = "\n".join(filter(None, [notes, f"skipped (too long for the context): {', '.join(skipped)}"]))
+    calibration = calibration_prompts(evaluator, searched[:calibration_size])
     importance = compute_importance(model, calibration, cache_dir=importance_cache_dir, progress=progress)
     result = search_budgets(
-        evaluator, questions.questions, importance.ranking, config,
+        evaluator, searched, importance.ranking, config,
         store=ResultsStore(store_path), on_candidate=on_candidate,
     )
     early_exit: Mapping[str, EarlyExitConfig | None] = {stage: evaluator.early_exit_for(stage) for stage in result.plans}

@@ -264,6 +264,7 @@ def _check_and_save(
 ) -> Profile:
     """Time the profile's plans and the full model side by side, every stage afresh; save the profile with it."""
     from litestage_chain.bench.cli import parse_max_tokens
+    from litestage_chain.question_fit import fitting_questions
     from litestage_chain.search_eval import ChainEvaluator
     from litestage_chain.speed_check import check_speed
 
@@ -282,7 +283,8 @@ def _check_and_save(
         out.flush()
 
     plans = {stage: profile.plan_for(stage) for stage in profile.stages}
-    check = check_speed(evaluator, plans, questions.questions, rounds=rounds, on_evaluation=report)
+    fitting, _ = fitting_questions(evaluator, questions.questions)  # the ones the search skipped, skipped again
+    check = check_speed(evaluator, plans, fitting, rounds=rounds, on_evaluation=report)
     checked = profile.model_copy(update={"speed_check": check})
     checked.save(target)
     return checked

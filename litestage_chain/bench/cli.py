@@ -193,6 +193,7 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
     from litestage_chain.early_exit import EarlyExitConfig
     from litestage_chain.loading import load_model
     from litestage_chain.profile import Profile
+    from litestage_chain.question_fit import fitting_questions
 
     try:
         early_exit = EarlyExitConfig(window=args.exit_window, threshold=args.exit_threshold,
@@ -211,8 +212,15 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
     executor = ChainExecutor(model, max_tokens=max_tokens, num_shots=args.shots, fallback=not args.no_fallback,
                              batch_size=args.batch_size, reuse_outputs=not args.no_reuse,
                              progress=False)  # one bar: the runner's
+    fitting, skipped = fitting_questions(executor.base, questions.questions)
+    for qid, reason in skipped.items():
+        out.write(f"skipping question {qid}: {reason}\n")
+    if not fitting:
+        raise InvalidInputError(f"none of the {len(questions)} questions fits the model's context")
+    questions = questions.model_copy(update={"questions": tuple(fitting)})
     needs_ranking = profile is None and any(m in RANKED for m in methods)
     calibration = _calibration_questions(args) if needs_ranking or "adaskip" in methods else ()
+    calibration = tuple(fitting_questions(executor.base, calibration)[0]) if calibration else ()
     ranking = (
         litestage_ranking(executor.base, calibration, profile=profile, benchmarked=questions.questions,
                           progress=progress)
@@ -245,7 +253,11 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out.write(f"{len(points)} method points x {len(questions)} questions; {done} of {len(points) * len(questions)}"
               f" runs already recorded in {args.out}{kept}\n")
     out.flush()
-    run_points(executor, points, questions.questions, store, interleave=args.interleave, progress=progress)
+    failures: dict[str, str] = {}
+    run_points(executor, points, questions.questions, store, interleave=args.interleave, progress=progress,
+               failures=failures)
+    for qid, reason in failures.items():
+        out.write(f"skipped question {qid}: {reason}\n")
     rows, files = rebuild_report(args.out, plots=not args.no_plots)
     _print_done(out, rows, files)
     return 0
