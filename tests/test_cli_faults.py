@@ -115,3 +115,40 @@ def test_ask_piped_into_head_exits_quietly() -> None:
     )
     assert completed.stdout.count("\n") == 6
     assert "Error" not in completed.stderr and "Traceback" not in completed.stderr, completed.stderr
+
+
+def _read_only_runner() -> list[str] | None:
+    """A command prefix under which permission bits bind even for root (which otherwise writes anywhere)."""
+    import shutil
+
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--bounding-set=-dac_override,-dac_read_search"] if setpriv else None
+
+
+@pytest.mark.parametrize("model", ["tiny", pytest.param("embedded", marks=pytest.mark.integration)])
+def test_a_read_only_cache(tmp_path: Path, tiny_dir: Path, model: str) -> None:
+    """A directory model still answers (nothing it needs must be written); the embedded one, which needs its
+    conversion written, fails with one clear line."""
+    runner = _read_only_runner()
+    if runner is None:
+        pytest.skip("running as root without setpriv: a read-only folder cannot be made")
+    cache = tmp_path / "ro-cache"
+    cache.mkdir()
+    cache.chmod(0o555)
+    source = str(tiny_dir) if model == "tiny" else "smollm2-135m"
+    env = {**os.environ, "LITESTAGE_CACHE": str(cache), "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [*runner, sys.executable, "-m", "litestage_chain.cli", "ask", "Q?", "--model", source, "--weights", "int8",
+         "--max-tokens", "2", "--no-stream"],
+        capture_output=True, text=True, env=env, timeout=600, check=False,
+    )
+    assert "Traceback" not in done.stderr, done.stderr
+    if model == "tiny":
+        assert done.returncode == 0 and "Answer:" in done.stdout, done.stderr
+        assert "could not cache converted weights" in done.stderr
+    else:
+        assert done.returncode == 2
+        errors = [line for line in done.stderr.splitlines() if line.startswith("litestage: error:")]
+        assert len(errors) == 1 and "Permission denied" in errors[0] and "LITESTAGE_CACHE" in errors[0]
