@@ -330,7 +330,6 @@ class ChatLiteStage(BaseChatModel):
     def _run(self, calls: Sequence[PreparedCall], on_token: Any = None) -> list[GenerationResult]:
         """Generate for calls that share one batch key, in one batched engine call (guided calls one by one)."""
         first = calls[0]
-        cancel = _CANCEL.get()
         if first.guided:
             return [self._run_guided(call) for call in calls]
         if first.tools:
@@ -343,7 +342,7 @@ class ChatLiteStage(BaseChatModel):
             on_token=on_token,
             # The engine reuses a prefix only when every row starts with it; mixed prefixes prefill in full.
             shared_prefix=first.shared_prefix if all(c.shared_prefix == first.shared_prefix for c in calls) else None,
-            **({"cancel": cancel} if cancel is not None else {}),  # only async calls carry one
+            **_cancel_kwargs(),
         )
 
     def _run_tools_auto(self, call: PreparedCall) -> GenerationResult:
@@ -353,7 +352,10 @@ class ChatLiteStage(BaseChatModel):
         the call itself continues exactly like a forced `"any"` call.
         """
         config = call.config.model_copy(update={"stop": (*call.config.stop, TOOL_CALL_OPEN)})
-        first = generate(call.loaded, [call.prompt], plan=call.plan, config=config, shared_prefix=call.shared_prefix)[0]
+        first = generate(
+            call.loaded, [call.prompt], plan=call.plan, config=config, shared_prefix=call.shared_prefix,
+            **_cancel_kwargs(),
+        )[0]
         opened = first.finish_reason == "stop" and TOOL_CALL_OPEN in call.loaded.decode(first.token_ids)
         if not opened:
             return first
@@ -378,7 +380,7 @@ class ChatLiteStage(BaseChatModel):
             config = call.config.model_copy(update={"max_new_tokens": max(1, max_new), "stop": tuple(stops)})
             return generate(
                 call.loaded, [call.prompt + continuation], plan=call.plan, config=config, shared_prefix=call.prompt,
-                prefix_cache=own_prompt,
+                prefix_cache=own_prompt, **_cancel_kwargs(),
             )[0]
 
         budget = call.config.max_new_tokens
@@ -705,7 +707,9 @@ class _StreamWorker:
         self._call = call
         self._put = put
         self._cancelled = threading.Event()
-        self._thread = threading.Thread(target=contextvars.copy_context().run, args=(self._work,), daemon=True)
+        context = contextvars.copy_context()
+        context.run(_CANCEL.set, self._cancelled)  # the engine stops at its next step, even between printed pieces
+        self._thread = threading.Thread(target=context.run, args=(self._work,), daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -724,7 +728,7 @@ class _StreamWorker:
     def _work(self) -> None:
         try:
             result = self._model._run([self._call], on_token=self._on_token)[0]
-        except _Cancelled:
+        except (_Cancelled, GenerationCancelled):
             return
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread, which re-raises it
             self._put(("error", exc))
@@ -739,6 +743,12 @@ class _Cancelled(Exception):
 _CANCEL: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("litestage_cancel", default=None)
 """Set in the context an async call's worker thread runs in: `_run` hands it to `generate`, which stops at its
 next step once the event is set."""
+
+
+def _cancel_kwargs() -> dict[str, threading.Event]:
+    """`generate`'s `cancel` argument when this call can be cancelled (async calls and streams), else nothing."""
+    cancel = _CANCEL.get()
+    return {"cancel": cancel} if cancel is not None else {}
 
 
 async def _cancellable(work: Any) -> Any:

@@ -108,3 +108,14 @@ def test_a_prompt_that_leaves_too_little_room_warns(tiny_llama: LoadedModel) -> 
     with pytest.warns(UserWarning, match="leaves room for 11 of the 32 new tokens"):
         result = generate(tiny_llama, [prompt], config=GenerationConfig(max_new_tokens=32, ignore_eos=True))[0]
     assert result.generated_tokens == 11 and result.finish_reason == "length"
+
+
+def test_closing_a_stream_ends_its_decode_before_returning(tiny_llama: LoadedModel, monkeypatch) -> None:  # noqa: ANN001
+    steps = _slow_steps(monkeypatch)
+    llm = ChatLiteStage(model=tiny_llama, max_tokens=200, cache=False)
+    stream = llm.stream("count to a hundred")
+    next(stream)
+    stream.close()  # the consumer goes away (a closed pipe, a break out of the loop)
+    at_close = len(steps)
+    time.sleep(0.3)
+    assert len(steps) == at_close and at_close < 50
