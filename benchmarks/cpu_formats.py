@@ -26,8 +26,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from litestage_chain.quant import convert_linear, kernels_status  # noqa: E402
-from litestage_chain.quant.formats import WEIGHT_FORMATS  # noqa: E402
+from litestage_chain.engine.quant import convert_linear, kernels_status  # noqa: E402
+from litestage_chain.engine.quant.formats import WEIGHT_FORMATS  # noqa: E402
 
 # (out, in) of every distinct Linear a decode step runs, fused as the engine fuses them
 SHAPES: dict[str, list[tuple[str, int, int]]] = {
@@ -97,7 +97,7 @@ def bench_gemv(models: list[str], rounds: int) -> None:
 @torch.inference_mode()
 def bench_rows(rounds: int) -> None:
     """Where the compiled GEMV stops paying versus dequantise + matmul, per row count."""
-    from litestage_chain.quant import formats
+    from litestage_chain.engine.quant import formats
 
     print(f"kernels: {kernels_status()}")
     print("| shape | format | rows | kernel us | dequant+matmul us | fp32 matmul us |")
@@ -138,7 +138,7 @@ def bench_decode(source: str, tokens: int, rounds: int, formats: list[str]) -> N
     """Decode tokens/s through the engine per format: one warm-up each, then ``rounds``
     interleaved rounds (every format once per round) so load changes hit all formats alike."""
     from litestage_chain import GenerationConfig, generate, load_model
-    from litestage_chain.quant.view import quantize_decoder_view, view_linears
+    from litestage_chain.engine.quant.view import quantize_decoder_view, view_linears
 
     lm = load_model(source)
     prompt = lm.render_chat([{"role": "user", "content": "Write a Python function that checks whether a number is prime."}])
@@ -192,9 +192,9 @@ def bench_quality(source: str) -> None:
     import torch.nn.functional as F
 
     from litestage_chain import SkipPlan, load_model
-    from litestage_chain.forward import all_logits
-    from litestage_chain.quant import formats
-    from litestage_chain.quant.view import quantize_decoder_view
+    from litestage_chain.engine.forward import all_logits
+    from litestage_chain.engine.quant import formats
+    from litestage_chain.engine.quant.view import quantize_decoder_view
 
     lm = load_model(source)
     ids = torch.tensor(lm.encode(QUALITY_TEXT))

@@ -22,7 +22,14 @@ from typing import Callable
 
 import torch
 
-from litestage_chain import GenerationConfig, LoadedModel, SkipPlan, generate, load_model, sublayer_similarity
+from litestage_chain import (
+    GenerationConfig,
+    LoadedModel,
+    SkipPlan,
+    generate,
+    load_model,
+    sublayer_similarity,
+)
 
 PROMPTS = [
     "Tell me a story about a dragon who learns to bake bread.",

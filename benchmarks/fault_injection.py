@@ -134,8 +134,8 @@ def log_cases() -> list[Case]:
     with tempfile.TemporaryDirectory() as scratch:
         log = Path(scratch) / "search.jsonl"
         writer = (
-            "import sys\nfrom litestage_chain.search_store import EvalResult, ResultsStore\n"
-            "from litestage_chain.skip_plan import SkipPlan\nstore = ResultsStore(sys.argv[1])\n"
+            "import sys\nfrom litestage_chain.offline.store import EvalResult, ResultsStore\n"
+            "from litestage_chain.engine.skip_plan import SkipPlan\nstore = ResultsStore(sys.argv[1])\n"
             "for i in range(40):\n"
             "    plans = {'recall': SkipPlan(attention=[int(sys.argv[2]), 30 + i]), 'analysis': SkipPlan(),"
             " 'summary': SkipPlan()}\n"
@@ -170,7 +170,7 @@ def _parses(line: bytes) -> bool:
 def _reopen(name: str, log: Path, expected: int) -> Case:
     started = time.perf_counter()
     code = ("import sys, warnings\nwarnings.simplefilter('always')\n"
-            "from litestage_chain.search_store import ResultsStore\nprint(len(ResultsStore(sys.argv[1])))")
+            "from litestage_chain.offline.store import ResultsStore\nprint(len(ResultsStore(sys.argv[1])))")
     done = subprocess.run([sys.executable, "-c", code, str(log)], capture_output=True, text=True,
                           env=_env(log.parent), check=False)
     count = done.stdout.strip()

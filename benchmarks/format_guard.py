@@ -30,11 +30,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from litestage_chain import GenerationConfig, SkipPlan, generate, load_model  # noqa: E402
-from litestage_chain import loading  # noqa: E402
+from litestage_chain.budgets.stages import STAGES  # noqa: E402
 from litestage_chain.data import report_questions  # noqa: E402
-from litestage_chain.quant.kernels import kernels_status  # noqa: E402
-from litestage_chain.search_eval import ChainEvaluator  # noqa: E402
-from litestage_chain.stages import STAGES  # noqa: E402
+from litestage_chain.engine import loading  # noqa: E402
+from litestage_chain.engine.quant.kernels import kernels_status  # noqa: E402
+from litestage_chain.offline.evaluator import ChainEvaluator  # noqa: E402
 
 PROMPTS = [
     "Write a Python function that checks whether a number is prime.",

@@ -4,7 +4,7 @@ Why: `kernel_rows.py` times the projections alone; what a user sees is a whole d
 output head, the Python loop). One process loads the model once and alternates, run by run, between the current
 `cpu_gemv.cpp` and a baseline version of it, so machine noise hits both alike; medians are reported.
 
-    git show HEAD~1:litestage_chain/quant/csrc/cpu_gemv.cpp > /tmp/cpu_gemv_before.cpp
+    git show HEAD~1:litestage_chain/engine/quant/csrc/cpu_gemv.cpp > /tmp/cpu_gemv_before.cpp
     python benchmarks/kernel_ab.py --baseline-source /tmp/cpu_gemv_before.cpp --model qwen2.5-coder-1.5b \
         --batch 8 --tokens 32 --runs 5 --threads 1
 """
@@ -25,7 +25,7 @@ from engine import PROMPTS as ENGINE_PROMPTS  # noqa: E402
 from kernel_rows import build_baseline  # noqa: E402
 
 from litestage_chain import GenerationConfig, generate, load_model  # noqa: E402
-from litestage_chain.quant import formats, kernels  # noqa: E402
+from litestage_chain.engine.quant import formats, kernels  # noqa: E402
 
 PROMPTS = [  # the engine benchmark's prompts, and more so that a batch of 8 holds different ones
     *ENGINE_PROMPTS,

@@ -10,7 +10,7 @@ medians.
     python benchmarks/kernel_rows.py --model qwen2.5-coder-1.5b --formats int4 int8 --threads 1 \
         --out benchmarks/results/kernel-rows-qwen.json
     # A/B a kernel change in one process: the same calls through another version of cpu_gemv.cpp, alternated
-    git show HEAD~1:litestage_chain/quant/csrc/cpu_gemv.cpp > /tmp/cpu_gemv_before.cpp
+    git show HEAD~1:litestage_chain/engine/quant/csrc/cpu_gemv.cpp > /tmp/cpu_gemv_before.cpp
     python benchmarks/kernel_rows.py --baseline-source /tmp/cpu_gemv_before.cpp --formats int4 int8
 """
 
@@ -31,8 +31,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from litestage_chain.quant import kernels  # noqa: E402
-from litestage_chain.quant.formats import convert_linear  # noqa: E402
+from litestage_chain.engine.quant import kernels  # noqa: E402
+from litestage_chain.engine.quant.formats import convert_linear  # noqa: E402
 
 # (hidden size, intermediate size, key/value width) of each model's layers
 SHAPES = {"qwen2.5-coder-1.5b": (1536, 8960, 256), "smollm2-135m": (576, 1536, 192)}

@@ -23,11 +23,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from litestage_chain import EarlyExitConfig, SkipPlan, load_model  # noqa: E402
-from litestage_chain import forward  # noqa: E402
+from litestage_chain.budgets.stages import STAGES  # noqa: E402
 from litestage_chain.data.benchmarks import report_questions  # noqa: E402
-from litestage_chain.search_eval import ChainEvaluator  # noqa: E402
-from litestage_chain.stages import STAGES  # noqa: E402
-from litestage_chain.weight_formats import WEIGHT_CHOICES  # noqa: E402
+from litestage_chain.engine import forward  # noqa: E402
+from litestage_chain.engine.weight_formats import WEIGHT_CHOICES  # noqa: E402
+from litestage_chain.offline.evaluator import ChainEvaluator  # noqa: E402
 
 PACKED = forward.prefill_packed
 

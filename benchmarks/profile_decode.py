@@ -18,7 +18,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from litestage_chain import GenerationConfig, SkipPlan, generate, load_model  # noqa: E402
-from litestage_chain.quant.formats import Int4Linear, Int8Linear  # noqa: E402
+from litestage_chain.engine.quant.formats import Int4Linear, Int8Linear  # noqa: E402
 
 
 def label_kernel_calls() -> None:

@@ -35,7 +35,7 @@ sys.path.insert(0, str(HERE))
 from engine import engine_rate, hf_rate, ranked_sublayers  # noqa: E402
 
 from litestage_chain import SkipPlan, load_model  # noqa: E402
-from litestage_chain.sources import resolve_source  # noqa: E402
+from litestage_chain.engine.sources import resolve_source  # noqa: E402
 
 PROMPT = "Write a Python function that checks whether a number is prime."
 

@@ -7,45 +7,55 @@ benchmark data are imported on first use, so `import litestage_chain` stays chea
 from importlib import import_module
 from typing import Any
 
-from litestage_chain.early_exit import EarlyExitConfig
+from litestage_chain.engine.early_exit import EarlyExitConfig
+from litestage_chain.engine.generation import (
+    GenerationConfig,
+    GenerationResult,
+    generate,
+)
+from litestage_chain.engine.loading import (
+    LoadedModel,
+    from_pretrained_objects,
+    load_model,
+)
+from litestage_chain.engine.similarity import sublayer_similarity
+from litestage_chain.engine.skip_plan import SkipPlan
 from litestage_chain.errors import (
     InvalidInputError,
     LiteStageError,
     ModelLoadError,
+    ProfileError,
+    ProfileMismatchError,
     UnsupportedArchitectureError,
 )
-from litestage_chain.generation import GenerationConfig, GenerationResult, generate
-from litestage_chain.loading import LoadedModel, from_pretrained_objects, load_model
-from litestage_chain.similarity import sublayer_similarity
-from litestage_chain.skip_plan import SkipPlan
 
 _LAZY: dict[str, str] = {
-    # LangChain layer
-    "ChatLiteStage": "litestage_chain.chat_model",
-    "ReasoningResult": "litestage_chain.chain",
-    "build_reasoning_chain": "litestage_chain.chain",
-    "stage_node": "litestage_chain.chain",
-    "answer_node": "litestage_chain.chain",
-    "run_batch": "litestage_chain.chain",
-    "StageOutput": "litestage_chain.stages",
-    "PromptSet": "litestage_chain.prompts",
-    "StructuredOutputError": "litestage_chain.structured",
+    # LangChain layer and reasoning chain
+    "ChatLiteStage": "litestage_chain.chat.chat_model",
+    "ReasoningResult": "litestage_chain.reasoning.chain",
+    "build_reasoning_chain": "litestage_chain.reasoning.chain",
+    "stage_node": "litestage_chain.reasoning.chain",
+    "answer_node": "litestage_chain.reasoning.chain",
+    "run_batch": "litestage_chain.reasoning.chain",
+    "StageOutput": "litestage_chain.reasoning.stage_output",
+    "PromptSet": "litestage_chain.reasoning.prompts",
+    "StructuredOutputError": "litestage_chain.chat.structured",
     # offline configuration
-    "Profile": "litestage_chain.profile",
-    "ProfileError": "litestage_chain.profile",
-    "ProfileMismatchError": "litestage_chain.profile",
-    "shipped_profiles": "litestage_chain.profile",
-    "Importance": "litestage_chain.importance",
-    "compute_importance": "litestage_chain.importance",
-    "plan_for_count": "litestage_chain.importance",
-    "SearchConfig": "litestage_chain.search",
-    "SearchResult": "litestage_chain.search",
-    "search_budgets": "litestage_chain.search",
-    "EvalResult": "litestage_chain.search_store",
-    "ResultsStore": "litestage_chain.search_store",
-    "ChainEvaluator": "litestage_chain.search_eval",
-    "search_profile": "litestage_chain.offline",
-    "search_benchmark_profile": "litestage_chain.offline",
+    "Profile": "litestage_chain.budgets.profile",
+    "StageBudget": "litestage_chain.budgets.stage_budgets",
+    "StageBudgets": "litestage_chain.budgets.stage_budgets",
+    "shipped_profiles": "litestage_chain.budgets.profile",
+    "Importance": "litestage_chain.offline.importance",
+    "compute_importance": "litestage_chain.offline.importance",
+    "plan_for_count": "litestage_chain.offline.importance",
+    "SearchConfig": "litestage_chain.offline.search",
+    "SearchResult": "litestage_chain.offline.search",
+    "search_budgets": "litestage_chain.offline.search",
+    "EvalResult": "litestage_chain.offline.store",
+    "ResultsStore": "litestage_chain.offline.store",
+    "ChainEvaluator": "litestage_chain.offline.evaluator",
+    "search_profile": "litestage_chain.offline.pipeline",
+    "search_benchmark_profile": "litestage_chain.offline.pipeline",
     # benchmark data
     "DataError": "litestage_chain.data",
     "QuestionSet": "litestage_chain.data",
@@ -77,6 +87,8 @@ __all__ = [
     "LiteStageError",
     "LoadedModel",
     "ModelLoadError",
+    "ProfileError",
+    "ProfileMismatchError",
     "SkipPlan",
     "UnsupportedArchitectureError",
     "from_pretrained_objects",

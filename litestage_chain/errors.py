@@ -23,5 +23,13 @@ class UnsupportedArchitectureError(ModelLoadError):
     """The model loaded, but its decoder is not one the skipping engine knows how to run."""
 
 
+class ProfileError(LiteStageError):
+    """A profile cannot be found, read or used (malformed file, missing stage, made for another model)."""
+
+
+class ProfileMismatchError(ProfileError, InvalidInputError):
+    """The profile was made for different weights than the model it is being applied to."""
+
+
 class GenerationCancelled(LiteStageError):
     """A generation was stopped before it finished because its caller cancelled it (a cancelled async task)."""

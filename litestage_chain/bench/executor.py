@@ -20,14 +20,14 @@ from collections.abc import Mapping, Sequence
 
 from litestage_chain.bench.methods import MethodPoint
 from litestage_chain.bench.records import Outcome, StageMeasure
-from litestage_chain.chain import FinalizeStep, ReasoningResult, stage_node
+from litestage_chain.budgets.stages import STAGES
 from litestage_chain.data.types import Question
-from litestage_chain.early_exit import EarlyExitConfig
+from litestage_chain.engine.early_exit import EarlyExitConfig
+from litestage_chain.engine.loading import LoadedModel
+from litestage_chain.engine.skip_plan import SkipPlan
 from litestage_chain.errors import InvalidInputError
-from litestage_chain.loading import LoadedModel
-from litestage_chain.search_eval import ChainEvaluator
-from litestage_chain.skip_plan import SkipPlan
-from litestage_chain.stages import STAGES
+from litestage_chain.offline.evaluator import ChainEvaluator
+from litestage_chain.reasoning.chain import FinalizeStep, ReasoningResult, stage_node
 
 FALLBACK = "fallback"
 

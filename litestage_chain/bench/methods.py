@@ -19,20 +19,19 @@ Methods (the names the command line accepts):
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Mapping, Sequence
 from typing import Literal, cast
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from litestage_chain.early_exit import EarlyExitConfig
+from litestage_chain.append_store import content_key
+from litestage_chain.budgets.profile import Profile
+from litestage_chain.budgets.stages import STAGES
+from litestage_chain.engine.early_exit import EarlyExitConfig
+from litestage_chain.engine.skip_plan import SkipPlan
 from litestage_chain.errors import InvalidInputError
-from litestage_chain.importance import SubLayer, plan_for_count, rank_sublayers
-from litestage_chain.profile import Profile
-from litestage_chain.skip_plan import SkipPlan
-from litestage_chain.stages import STAGES
+from litestage_chain.offline.importance import SubLayer, plan_for_count, rank_sublayers
 
 MethodName = Literal[
     "full", "litestage", "litestage-noexit", "uniform", "uniform-exit", "adaskip", "unified", "exit-depth", "stage-only"
@@ -97,7 +96,7 @@ class MethodPoint(BaseModel):
         }
 
     def key(self) -> str:
-        return hashlib.sha256(json.dumps(self.payload(), sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+        return content_key(self.payload())
 
 
 # ----------------------------------------------------------------------------------------- plan builders

@@ -16,12 +16,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from litestage_chain.bench.methods import adaskip_ranking, mean_similarity
-from litestage_chain.calibration import calibration_prompts
+from litestage_chain.budgets.profile import Profile
 from litestage_chain.data.types import Question
 from litestage_chain.errors import InvalidInputError
-from litestage_chain.importance import SubLayer, compute_importance
-from litestage_chain.profile import Profile
-from litestage_chain.search_eval import ChainEvaluator
+from litestage_chain.offline.calibration import calibration_prompts
+from litestage_chain.offline.evaluator import ChainEvaluator
+from litestage_chain.offline.importance import SubLayer, compute_importance
 
 
 def _check_disjoint(calibration: Sequence[Question], benchmarked: Sequence[Question]) -> None:

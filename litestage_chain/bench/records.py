@@ -7,21 +7,20 @@ so a results folder can be shared without redistributing a dataset.
 A record's key hashes the point (its plans and early-exit rules), the executor's identity (model weights,
 prompts, token budgets) and the question's content: a re-run reuses exactly the records it would recompute,
 and anything that changes the result changes the key. Appends are locked and fsynced, and a damaged file is
-repaired when opened (`jsonl_log`).
+repaired when opened (`append_store`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from litestage_chain.append_store import AppendStore, content_key
 from litestage_chain.data.types import Question, question_fingerprint
 from litestage_chain.errors import LiteStageError
-from litestage_chain.jsonl_log import append_lines, read_lines
 
 RECORDS_FILE = "records.jsonl"
 
@@ -87,43 +86,20 @@ def identity_hash(identity: str) -> str:
 
 
 def record_key(point_key: str, identity: str, question: Question) -> str:
-    payload = json.dumps(
-        {"point": point_key, "identity": identity_hash(identity), "question": question_fingerprint([question])},
-        sort_keys=True, separators=(",", ":"),
-    )
-    return hashlib.sha256(payload.encode()).hexdigest()
+    return content_key({"point": point_key, "identity": identity_hash(identity), "question": question_fingerprint([question])})
 
 
-class RecordStore:
+def _parse_line(raw: bytes) -> tuple[str, QuestionRecord]:
+    record = QuestionRecord.model_validate_json(raw)
+    return record.key, record
+
+
+class RecordStore(AppendStore[QuestionRecord]):
     """Records by key, appended to `path` (when given) as they are made; reopening the file resumes a run."""
 
     def __init__(self, path: str | Path | None = None) -> None:
-        self.path = Path(path) if path is not None else None
-        self._records: dict[str, QuestionRecord] = {}
-        if self.path is not None and self.path.exists():
-            self._load(self.path)
-
-    def __len__(self) -> int:
-        return len(self._records)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._records
-
-    def __iter__(self) -> Iterator[QuestionRecord]:
-        return iter(self._records.values())
-
-    def get(self, key: str) -> QuestionRecord | None:
-        return self._records.get(key)
-
-    def _load(self, path: Path) -> None:
-        for record in read_lines(path, QuestionRecord.model_validate_json, "benchmark record"):
-            self._records[record.key] = record
+        super().__init__(path, parse=_parse_line, what="benchmark record", error=RecordsError)
 
     def add(self, records: Iterable[QuestionRecord]) -> None:
         """Keep `records` and append them to the file before returning (flushed and fsynced)."""
-        batch = list(records)
-        for record in batch:
-            self._records[record.key] = record
-        if self.path is None or not batch:
-            return
-        append_lines(self.path, [record.model_dump_json() for record in batch])
+        self.append((record.key, record, record.model_dump_json()) for record in records)

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from litestage_chain.bench.records import QuestionRecord
 from litestage_chain.errors import InvalidInputError
-from litestage_chain.stats import wilson_interval
+from litestage_chain.offline.stats import wilson_interval
 
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"

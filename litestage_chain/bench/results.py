@@ -15,7 +15,12 @@ from typing import Any
 
 from litestage_chain.bench.methods import MethodPoint
 from litestage_chain.bench.plots import write_plots
-from litestage_chain.bench.records import RECORDS_FILE, QuestionRecord, RecordStore, identity_hash
+from litestage_chain.bench.records import (
+    RECORDS_FILE,
+    QuestionRecord,
+    RecordStore,
+    identity_hash,
+)
 from litestage_chain.bench.report import PointSummary, summarise, write_report
 from litestage_chain.errors import InvalidInputError
 

@@ -18,7 +18,13 @@ from typing import Protocol, runtime_checkable
 from tqdm.auto import tqdm
 
 from litestage_chain.bench.methods import MethodPoint
-from litestage_chain.bench.records import Outcome, QuestionRecord, RecordStore, identity_hash, record_key
+from litestage_chain.bench.records import (
+    Outcome,
+    QuestionRecord,
+    RecordStore,
+    identity_hash,
+    record_key,
+)
 from litestage_chain.data.types import Question
 from litestage_chain.errors import InvalidInputError, LiteStageError
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -20,37 +20,41 @@ class DataError(InvalidInputError):
     """A data file or data source cannot be used as asked (bad rows in strict mode, missing file, no hub)."""
 
 
+QuestionKind = Literal["mcq", "yesno"]
+_LABELS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
 class Choice(BaseModel):
-    """One answer option, labelled as in the source ("A", "B", ...)."""
+    """One answer option: its label (A, B, ...; stripped and upper-cased) and its text."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    label: str = Field(min_length=1)
-    text: str
+    label: str = Field(min_length=1, max_length=3)
+    text: str = Field(min_length=1)
 
-    @field_validator("label")
+    @field_validator("label", mode="before")
     @classmethod
-    def _label_is_trimmed(cls, value: str) -> str:
-        if value != value.strip():
-            raise ValueError(f"choice label {value!r} has surrounding whitespace")
-        return value
+    def _normalise_label(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
 
 
 class Question(BaseModel):
-    """A multiple-choice question.
+    """A multiple-choice or yes/no question: what a benchmark row becomes and what the reasoning chain reads.
 
-    `answer` is the gold label, or None for unlabelled data (searched with the "agreement" metric).
-    `metadata` keeps benchmark-specific extras (CSQA's `question_concept`, StrategyQA's `facts`, ...)
-    so nothing from the source is lost, but nothing downstream depends on them.
+    `answer` is the gold label, or None for unlabelled data (searched with the "agreement" metric) and for questions a
+    person types. `id` and `benchmark` are set by the data loaders. `metadata` keeps benchmark-specific extras (CSQA's
+    `question_concept`, StrategyQA's `facts`, ...) so nothing from the source is lost, but nothing downstream depends
+    on them. `choices` also accepts a list of plain strings (labelled A, B, ... in order) or a mapping label -> text,
+    because that is how people type questions at a prompt or in a notebook.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    id: str = Field(min_length=1)
     question: str
     choices: tuple[Choice, ...]
-    answer: str | None
-    benchmark: str
+    answer: str | None = None
+    id: str | None = Field(None, min_length=1)
+    benchmark: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("question")
@@ -60,14 +64,31 @@ class Question(BaseModel):
             raise ValueError("question text is empty")
         return value
 
+    @field_validator("choices", mode="before")
+    @classmethod
+    def _coerce_choices(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return [{"label": k, "text": v} for k, v in value.items()]
+        if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+            if len(value) > len(_LABELS):
+                raise ValueError(f"at most {len(_LABELS)} choices are supported, got {len(value)}")
+            return [{"label": _LABELS[i], "text": text} for i, text in enumerate(value)]
+        return value
+
+    @field_validator("answer", mode="before")
+    @classmethod
+    def _normalise_answer(cls, value: Any) -> Any:
+        """A label typed as " b" means "B"; anything longer than a label is left for the error to quote as is."""
+        return value.strip().upper() if isinstance(value, str) and len(value.strip()) <= 3 else value
+
     @model_validator(mode="after")
     def _choices_and_answer_agree(self) -> Question:
         if len(self.choices) < 2:
-            raise ValueError(f"needs at least two choices, got {len(self.choices)}")
+            raise ValueError(f"a question needs at least 2 choices, got {len(self.choices)}")
         labels = [c.label for c in self.choices]
         duplicates = sorted({label for label in labels if labels.count(label) > 1})
         if duplicates:
-            raise ValueError(f"duplicate choice labels {duplicates}")
+            raise ValueError(f"duplicate choice labels {duplicates}: labels must be unique")
         if self.answer is not None and self.answer not in labels:
             raise ValueError(f"answer {self.answer!r} is not among the choice labels {labels}")
         return self
@@ -76,12 +97,45 @@ class Question(BaseModel):
     def labels(self) -> list[str]:
         return [c.label for c in self.choices]
 
-    def choice_text(self, label: str) -> str:
-        """Text of the option with `label`; KeyError names the valid labels."""
+    @property
+    def kind(self) -> QuestionKind:
+        """`yesno` when the choices are exactly yes and no (StrategyQA style), else `mcq`."""
+        texts = sorted(c.text.strip().lower() for c in self.choices)
+        return "yesno" if texts == ["no", "yes"] else "mcq"
+
+    @property
+    def options_text(self) -> str:
+        """The choices as one line, `A. text, B. text, ...`, the way the templates and exemplars show them."""
+        return ", ".join(f"{c.label}. {c.text}" for c in self.choices)
+
+    def text_of(self, label: str | None) -> str | None:
+        """Text of the option with `label`, or None when there is no such option."""
         for choice in self.choices:
             if choice.label == label:
                 return choice.text
-        raise KeyError(f"question {self.id!r} has no option {label!r} (options: {self.labels})")
+        return None
+
+    def choice_text(self, label: str) -> str:
+        """Text of the option with `label`; KeyError names the valid labels."""
+        text = self.text_of(label)
+        if text is None:
+            raise KeyError(f"question {self.id!r} has no option {label!r} (options: {self.labels})")
+        return text
+
+    @classmethod
+    def coerce(cls, value: Any) -> Question:
+        """A `Question` from a `Question` or a mapping (a chain input or a data row; keys other than the fields are
+        ignored, as a row's extras are), raising `InvalidInputError` with what is wrong."""
+        if isinstance(value, Question):
+            return value
+        if not isinstance(value, Mapping):
+            raise InvalidInputError(
+                f"a question must be a mapping with 'question' and 'choices' keys, got {type(value).__name__}"
+            )
+        try:
+            return cls.model_validate({k: v for k, v in value.items() if k in cls.model_fields})
+        except ValueError as exc:  # pydantic.ValidationError is a ValueError
+            raise InvalidInputError(f"invalid question: {exc}") from exc
 
 
 class RowIssue(BaseModel):

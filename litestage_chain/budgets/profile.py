@@ -1,0 +1,266 @@
+"""`Profile`: the result of a LiteStage offline search, saved as JSON and loaded at inference time.
+
+A profile says, for one model (identified by its weights' sha256), which sub-layers each reasoning
+stage skips and how each stage exits early. It also keeps everything needed to judge or redo the
+search that produced it: epsilon, metric, the question set searched, the importance ranking used and
+every candidate evaluated. Shipped profiles live in `litestage_chain/profiles/<name>.json` and are
+selected by name (e.g. ``Profile.load("csqa")``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from datetime import datetime, timezone
+from importlib import resources
+from importlib.resources.abc import Traversable
+from pathlib import Path
+from statistics import median
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from litestage_chain.budgets.stage_budgets import (
+    ModelIdentity,
+    StageBudget,
+    StageBudgets,
+)
+from litestage_chain.budgets.stages import check_stage
+from litestage_chain.engine.early_exit import EarlyExitConfig
+from litestage_chain.engine.skip_plan import SkipPlan, SubLayer
+from litestage_chain.errors import ProfileError, ProfileMismatchError  # noqa: F401  (re-exported: where profile users look)
+
+if TYPE_CHECKING:
+    from litestage_chain.engine.loading import LoadedModel
+
+PROFILE_FORMAT_VERSION = 1
+SHIPPED_PACKAGE = "litestage_chain"
+SHIPPED_FOLDER = "profiles"
+MetricName = Literal["accuracy", "agreement"]
+
+
+class SearchedQuestions(BaseModel):
+    """The question set a search evaluated candidates on."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    benchmark: str
+    split: str
+    size: int = Field(ge=1)
+    seed: int | None = None
+    fingerprint: str | None = Field(None, description="question_fingerprint of the set, to detect a changed file")
+
+
+class TraceEntry(BaseModel):
+    """One evaluated candidate of the search: `stage` skipping `skip_count` sub-layers, others as fixed then."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    stage: str | None = Field(description="the stage being swept; None for the full-model baseline")
+    skip_count: int = Field(ge=0)
+    plans: dict[str, SkipPlan] = Field(description="the plan of every stage for this evaluation")
+    score: float = Field(ge=0.0, le=1.0, description="the search metric (accuracy or agreement)")
+    accuracy: float | None = Field(None, ge=0.0, le=1.0, description="accuracy against gold labels, if any")
+    mean_latency_seconds: float = Field(ge=0.0, description="mean end-to-end latency per question")
+    generated_tokens: dict[str, float] = Field(default_factory=dict, description="mean tokens per question, per stage")
+    meets_target: bool
+    chosen: bool = False
+    reused: bool = Field(False, description="result came from the results store, not a fresh evaluation")
+
+
+class SpeedCheck(BaseModel):
+    """Mean seconds per question of the full model and of the chosen plans, from alternating evaluations."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rounds: int = Field(ge=1, description="evaluations of each side")
+    full_seconds: list[float] = Field(description="mean seconds per question of each full-model evaluation")
+    plan_seconds: list[float] = Field(description="mean seconds per question of each evaluation of the plans")
+    speedup: float = Field(gt=0.0, description="median full-model seconds over median seconds with the plans")
+    full_accuracy: float | None = Field(None, ge=0.0, le=1.0)
+    plan_accuracy: float | None = Field(None, ge=0.0, le=1.0)
+    measured_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+    @model_validator(mode="after")
+    def _one_time_per_round(self) -> SpeedCheck:
+        if len(self.full_seconds) != self.rounds or len(self.plan_seconds) != self.rounds:
+            raise ValueError(f"expected {self.rounds} times per side, got {len(self.full_seconds)} (full) and "
+                             f"{len(self.plan_seconds)} (plans)")
+        return self
+
+    def describe(self) -> str:
+        return (f"side by side ({self.rounds} alternating evaluations each, {self.measured_at}): full model "
+                f"{median(self.full_seconds):.2f} s, plans {median(self.plan_seconds):.2f} s per question, "
+                f"{self.speedup:.2f}x")
+
+
+class Profile(BaseModel):
+    """Per-stage skip plans and early-exit settings for one model, plus the record of how they were found."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    format_version: Literal[1] = PROFILE_FORMAT_VERSION
+    model: ModelIdentity
+    stages: dict[str, StageBudget] = Field(min_length=1)
+    epsilon: float = Field(ge=0.0, le=1.0)
+    metric: MetricName
+    questions: SearchedQuestions
+    importance: list[SubLayer] = Field(description="sub-layers from most to least redundant, as used by the search")
+    stage_order: list[str] = Field(description="order the stages were searched in (slowest first)")
+    full_score: float = Field(ge=0.0, le=1.0, description="the metric of the full model on the searched questions")
+    full_latency_seconds: float = Field(ge=0.0)
+    trace: list[TraceEntry] = Field(default_factory=list)
+    speed_check: SpeedCheck | None = Field(
+        None, description="the plans against the full model timed side by side after the search (`check_speed`); "
+        "the trace's latencies were measured at different times and their ratios are only estimates",
+    )
+    created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    notes: str = ""
+
+    @field_validator("importance")
+    @classmethod
+    def _ranking_is_a_permutation_prefix(cls, ranking: list[SubLayer]) -> list[SubLayer]:
+        seen: set[SubLayer] = set()
+        for layer, kind in ranking:
+            if layer < 0:
+                raise ValueError(f"negative layer index {layer} in the importance ranking")
+            if (layer, kind) in seen:
+                raise ValueError(f"sub-layer ({layer}, {kind!r}) appears twice in the importance ranking")
+            seen.add((layer, kind))
+        return ranking
+
+    @model_validator(mode="after")
+    def _stage_order_matches_stages(self) -> Profile:
+        if sorted(self.stage_order) != sorted(self.stages):
+            raise ValueError(
+                f"stage_order {self.stage_order} does not list exactly the profile's stages {sorted(self.stages)}"
+            )
+        return self
+
+    # ----- lookup -------------------------------------------------------------------------------------
+
+    def _stage(self, stage: str) -> StageBudget:
+        try:
+            return self.stages[stage]
+        except KeyError:
+            raise ProfileError(
+                f"profile for {self.model.name} has no settings for stage {stage!r}; it covers {sorted(self.stages)}"
+            ) from None
+
+    def plan_for(self, stage: str) -> SkipPlan:
+        """The skip plan of `stage`; ProfileError naming the stage if the profile does not cover it."""
+        return self._stage(stage).plan
+
+    def early_exit_for(self, stage: str) -> EarlyExitConfig | None:
+        """The early-exit rule of `stage` (None = run to EOS/stop/length)."""
+        return self._stage(stage).early_exit
+
+    def budgets(self) -> StageBudgets:
+        """What the chat model and the chain run with: each stage's plan and early exit, tied to these weights."""
+        return StageBudgets(stages={check_stage(s): b for s, b in self.stages.items()}, model=self.model)
+
+    def check_model(self, model: LoadedModel) -> None:
+        """Raise ProfileMismatchError unless `model` has the weights this profile was searched on."""
+        self.budgets().check_model(model)
+
+    def describe(self) -> str:
+        """A few human-readable lines: what the profile is for and what each stage runs with."""
+        lines = [
+            f"profile for {self.model.name} (weights {self.model.weights_sha256[:12]}, {self.model.weights}), searched on "
+            f"{self.questions.benchmark}/{self.questions.split} ({self.questions.size} questions), "
+            f"{self.metric} >= full {self.full_score:.3f} - {self.epsilon:g}",
+        ]
+        for stage in self.stage_order:
+            settings = self.stages[stage]
+            early = settings.early_exit
+            exit_text = (
+                f"early exit window={early.window} threshold={early.threshold:g} min_tokens={early.min_tokens}"
+                if early is not None else "no early exit"
+            )
+            lines.append(f"  {stage}: skip {settings.plan.num_skipped} ({settings.plan.describe()}), {exit_text}")
+        if self.speed_check is not None:
+            lines.append(f"  {self.speed_check.describe()}")
+        lines.extend(f"  note: {line}" for line in self.notes.splitlines() if line.strip())
+        return "\n".join(lines)
+
+    # ----- files --------------------------------------------------------------------------------------
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2) + "\n"
+
+    def save(self, path: str | Path) -> Path:
+        """Write the profile as JSON, atomically (a crash never leaves a half-written profile)."""
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        try:
+            with os.fdopen(handle, "w", encoding="utf-8") as stream:
+                stream.write(self.to_json())
+            os.replace(temporary, target)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        return target
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str = "<string>") -> Profile:
+        """Parse and validate; errors name the source and every field that is wrong."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ProfileError(
+                f"{source} is not valid JSON: {error.msg} at line {error.lineno} column {error.colno}"
+            ) from error
+        except RecursionError:
+            raise ProfileError(f"{source} is nested too deeply to be a profile") from None
+        if not isinstance(data, dict):
+            raise ProfileError(f"{source} must hold a JSON object, found a {type(data).__name__}")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as error:
+            problems = "\n".join(
+                f"  {'.'.join(str(p) for p in item['loc']) or '<top level>'}: {item['msg']}" for item in error.errors()
+            )
+            raise ProfileError(f"{source} is not a valid profile ({error.error_count()} problem(s)):\n{problems}") from error
+
+    @classmethod
+    def load(cls, path_or_name: str | Path) -> Profile:
+        """Load a profile file, or a shipped profile by name ("csqa" -> litestage_chain/profiles/csqa.json)."""
+        path = Path(path_or_name)
+        if path.is_file():
+            try:
+                text = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError as error:
+                raise ProfileError(f"{path} is not UTF-8 text (byte {error.start}): not a profile") from None
+            return cls.from_json(text, source=str(path))
+        name = str(path_or_name)
+        is_bare_name = path.suffix == "" and len(path.parts) == 1
+        if is_bare_name:
+            shipped = shipped_root().joinpath(f"{name}.json")
+            if shipped.is_file():
+                return cls.from_json(shipped.read_text(encoding="utf-8"), source=f"shipped profile {name!r}")
+        raise ProfileError(
+            f"no profile file {name!r}" + (" and no shipped profile of that name" if is_bare_name else "")
+            + f"; shipped profiles: {shipped_profiles() or 'none'}"
+        )
+
+
+def shipped_root() -> Traversable:
+    """The package folder holding the shipped `<name>.json` profiles."""
+    return resources.files(SHIPPED_PACKAGE).joinpath(SHIPPED_FOLDER)
+
+
+def shipped_profiles() -> list[str]:
+    """Names of the profiles shipped inside the package."""
+    folder = shipped_root()
+    if not folder.is_dir():
+        return []
+    return sorted(entry.name[: -len(".json")] for entry in folder.iterdir() if entry.name.endswith(".json"))

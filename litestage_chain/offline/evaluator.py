@@ -1,0 +1,239 @@
+"""The search's real evaluator: the three-stage reasoning chain run over questions with per-stage plans.
+
+Two things make a budget search affordable on a CPU:
+
+* Stage outputs are cached. Decoding is greedy, so a stage's output depends only on its plan, its
+  early-exit rule and its inputs (the question and the earlier stages' outputs). While the search
+  sweeps one stage, the stages before it in the chain keep their plans and inputs, and their outputs
+  (with the latency measured when they were produced) are reused instead of regenerated.
+* Questions are decoded in batches of `batch_size`. The default, 1, measures the latency a single
+  question sees; larger batches are faster overall but report per-question times as they are inside a
+  batch (each row's prefill plus the time until it finished), which is what batched serving sees.
+
+Latency is the engine's prefill + decode time per question over all stages (including the full-model
+summary re-run the chain does when no answer can be read), not LangChain's bookkeeping around it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from statistics import fmean
+from typing import Any
+
+from langchain_core.runnables import Runnable, RunnableConfig
+from tqdm.auto import tqdm
+
+from litestage_chain.append_store import content_key
+from litestage_chain.budgets.stages import STAGES, Stage, check_stage
+from litestage_chain.chat.chat_model import ChatLiteStage
+from litestage_chain.data.types import Question
+from litestage_chain.engine.early_exit import EarlyExitConfig
+from litestage_chain.engine.loading import LoadedModel
+from litestage_chain.engine.skip_plan import SkipPlan
+from litestage_chain.errors import InvalidInputError
+from litestage_chain.offline.store import EvalResult
+from litestage_chain.reasoning.chain import (
+    DEFAULT_MAX_TOKENS,
+    STAGE_STOPS,
+    FinalizeStep,
+    ReasoningResult,
+    stage_node,
+)
+from litestage_chain.reasoning.prompts import PromptSet, prompt_values
+from litestage_chain.reasoning.stage_output import StageOutput, State
+
+FALLBACK = "fallback"
+
+
+class CachedStage(Runnable[State, StageOutput]):
+    """A stage node whose outputs are remembered by (stage, plan, early exit, prompt inputs).
+
+    Misses are decoded in batches of `batch_size` through the wrapped node; hits cost nothing.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        node: Runnable[State, StageOutput],
+        settings: Mapping[str, Any],
+        cache: dict[str, StageOutput],
+        counter: Counter[str],
+        batch_size: int,
+        progress: bool,
+    ) -> None:
+        self.name = name
+        self.node = node
+        self.settings = dict(settings)
+        self.cache = cache
+        self.counter = counter
+        self.batch_size = batch_size
+        self.progress = progress
+
+    def key(self, state: State) -> str:
+        question: Question = state["question"]
+        return content_key({"stage": self.name, "settings": self.settings, "id": question.id, "inputs": prompt_values(state)})
+
+    def invoke(self, input: State, config: RunnableConfig | None = None, **kwargs: Any) -> StageOutput:
+        return self.batch([input], config)[0]
+
+    def batch(
+        self,
+        inputs: list[State],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[StageOutput]:
+        keys = [self.key(state) for state in inputs]
+        todo = sorted({key: index for index, key in reversed(list(enumerate(keys))) if key not in self.cache}.values())
+        with tqdm(total=len(todo), desc=self.name, disable=not self.progress or not todo, leave=False) as bar:
+            for start in range(0, len(todo), self.batch_size):
+                chunk = todo[start : start + self.batch_size]
+                outputs = self.node.batch([inputs[i] for i in chunk], {"max_concurrency": self.batch_size})
+                for index, output in zip(chunk, outputs, strict=True):
+                    self.cache[keys[index]] = output
+                self.counter[self.name] += len(chunk)
+                bar.update(len(chunk))
+        return [self.cache[key] for key in keys]
+
+
+class ChainEvaluator:
+    """Evaluates per-stage skip plans by running the reasoning chain over questions (greedy decoding).
+
+    Args:
+        model: the loaded model (its weights sha256 is part of `identity`).
+        early_exit: one `EarlyExitConfig` for every stage, or `{stage: config-or-None}`; None disables it.
+        max_tokens: per-stage token budgets overriding the chain's defaults.
+        prompts_dir, num_shots: the prompt templates and how many worked examples each stage shows.
+        fallback: re-run the summary on the full model when no answer can be read (as the chain does).
+        batch_size: questions decoded together (1 = single-question latency, see the module docstring).
+        reuse_outputs: reuse unchanged stages' outputs (and their measured times) across evaluations. Turn
+            off to time every stage afresh in every evaluation: slower, but candidates are then never
+            compared on times measured under different machine load.
+    """
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        *,
+        early_exit: EarlyExitConfig | Mapping[str, EarlyExitConfig | None] | None = None,
+        max_tokens: Mapping[str, int] | None = None,
+        prompts_dir: str | None = None,
+        num_shots: int = 2,
+        fallback: bool = True,
+        batch_size: int = 1,
+        reuse_outputs: bool = True,
+        progress: bool = False,
+    ) -> None:
+        if batch_size < 1:
+            raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}")
+        self.model = model
+        self.chat = ChatLiteStage(model=model, temperature=0.0)
+        self.prompts = PromptSet.load(prompts_dir)
+        self.num_shots = num_shots
+        self.fallback = fallback
+        self.batch_size = batch_size
+        self.reuse_outputs = reuse_outputs
+        self.progress = progress
+        self.max_tokens: dict[Stage, int] = {**DEFAULT_MAX_TOKENS, **{check_stage(k): v for k, v in (max_tokens or {}).items()}}
+        self.early_exit: dict[Stage, EarlyExitConfig | None] = _per_stage_early_exit(early_exit)
+        self.generated: Counter[str] = Counter()  # stage -> stage generations actually decoded (cache misses)
+        self._cache: dict[str, StageOutput] = {}
+        self.identity = self._identity()
+
+    def _identity(self) -> str:
+        weights = self.model.weights_sha256 or f"unidentified:{self.model.name}:{id(self.model)}"
+        if self.model.weights != "float32":  # another format gives other outputs and times (float32 keys unchanged)
+            weights += f":{self.model.weights}"
+        prompts = {
+            "templates": {f"{k}/{s}": [t.system, t.user, t.assistant] for (k, s), t in sorted(self.prompts.templates.items())},
+            "exemplars": {k: [e.model_dump(mode="json") for e in v] for k, v in sorted(self.prompts.exemplars.items())},
+        }
+        # v2: stage seconds no longer include the one-time computation of a shared prefix (see prefix_cache.py);
+        # results stored under v1 were charged with it by run order and must not be mixed with v2 ones.
+        # v3: a left-padded batch's prefill no longer computes the padding (forward.prefill_packed), so stage seconds
+        # measured under v2 are slower than the same stages now and must not be compared with v3 ones.
+        return "chain-v3:" + content_key({
+            "weights": weights,
+            "max_tokens": self.max_tokens,
+            "early_exit": {s: (e.model_dump() if e else None) for s, e in self.early_exit.items()},
+            "num_shots": self.num_shots,
+            "fallback": self.fallback,
+            "batch_size": self.batch_size,
+            "reuse_outputs": self.reuse_outputs,
+            "stops": STAGE_STOPS,
+            "prompts": prompts,
+        })
+
+    def early_exit_for(self, stage: str) -> EarlyExitConfig | None:
+        return self.early_exit[check_stage(stage)]
+
+    def _node(self, stage: Stage, plan: SkipPlan, early_exit: EarlyExitConfig | None, name: str) -> CachedStage:
+        node = stage_node(
+            self.chat, stage, self.prompts, num_shots=self.num_shots, max_tokens=self.max_tokens[stage],
+            skip_plan=plan, early_exit=early_exit, name=name,
+        )
+        settings = {"plan": plan.model_dump(mode="json"), "early_exit": early_exit.model_dump() if early_exit else None,
+                    "max_tokens": self.max_tokens[stage]}
+        return CachedStage(name, node, settings, self._cache, self.generated, self.batch_size, self.progress)
+
+    def run_stages(self, plans: Mapping[str, SkipPlan], questions: Sequence[Question]) -> list[State]:
+        """Chain states (question + every stage's output) for `questions` under `plans`, stage by stage."""
+        missing = [stage for stage in STAGES if stage not in plans]
+        if missing:
+            raise InvalidInputError(f"no plan given for stage(s) {missing}")
+        for stage in STAGES:
+            plans[stage].check(self.model.num_layers)
+        states: list[State] = [{"question": q, "started": time.perf_counter()} for q in questions]
+        for stage in STAGES:
+            outputs = self._node(stage, plans[stage], self.early_exit[stage], stage).batch(states)
+            states = [{**state, stage: output} for state, output in zip(states, outputs, strict=True)]
+        return states
+
+    def evaluate(self, plans: Mapping[str, SkipPlan], questions: Sequence[Question]) -> EvalResult:
+        if not questions:
+            raise InvalidInputError("no questions to evaluate")
+        if not self.reuse_outputs:
+            self._cache.clear()
+        states = self.run_stages(plans, questions)
+        fallback = self._node("summary", SkipPlan(), None, "summary_fallback") if self.fallback else None
+        results: list[ReasoningResult] = FinalizeStep(fallback).batch(states)
+        return summarise(results, questions)
+
+    def render_prompt(self, stage: str, state: State) -> str:
+        """The exact prompt text the model sees for `stage` in this chain state (for calibration)."""
+        checked = check_stage(stage)
+        question: Question = state["question"]
+        template = self.prompts.chat_prompt(question.kind, checked, num_shots=self.num_shots)
+        messages = template.invoke(prompt_values(state)).to_messages()
+        return self.chat.prepare(messages, stage=checked, skip_plan=SkipPlan()).prompt
+
+
+def summarise(results: Sequence[ReasoningResult], questions: Sequence[Question]) -> EvalResult:
+    """Accuracy, mean latency and tokens per stage, and the answers, of one evaluation."""
+    labelled = all(q.answer is not None for q in questions)
+    fallback_tokens = [r.fallback.generated_tokens if r.fallback else 0 for r in results]
+    return EvalResult(
+        accuracy=fmean(1.0 if r.correct else 0.0 for r in results) if labelled else None,
+        mean_latency_seconds=fmean(r.model_seconds for r in results),
+        stage_latency_seconds={stage: fmean(r.stages[stage].seconds for r in results) for stage in STAGES},
+        generated_tokens_per_stage={
+            **{stage: fmean(r.stages[stage].generated_tokens for r in results) for stage in STAGES},
+            FALLBACK: fmean(fallback_tokens),
+        },
+        answers={q.id: r.answer for r, q in zip(results, questions, strict=True)},
+    )
+
+
+def _per_stage_early_exit(
+    value: EarlyExitConfig | Mapping[str, EarlyExitConfig | None] | None,
+) -> dict[Stage, EarlyExitConfig | None]:
+    if value is None or isinstance(value, EarlyExitConfig):
+        return {stage: value for stage in STAGES}
+    if isinstance(value, Mapping):
+        chosen = {check_stage(stage): config for stage, config in value.items()}
+        return {stage: chosen.get(stage) for stage in STAGES}
+    raise InvalidInputError(f"early_exit must be an EarlyExitConfig, a mapping stage -> config, or None; got {value!r}")
+

@@ -1,0 +1,61 @@
+"""`StageOutput`: what one reasoning stage produced and what it cost, read off the chat model's reply."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from litestage_chain.budgets.stages import Stage
+from litestage_chain.engine.skip_plan import SkipPlan
+
+State = dict[str, Any]
+"""A chain's state between stages: `question` (a `Question`) and each finished stage's `StageOutput` by name."""
+
+
+class StageOutput(BaseModel):
+    """What one stage produced and what it cost: the record the chain keeps and the offline search reads."""
+
+    model_config = ConfigDict(frozen=True)
+
+    stage: Stage
+    text: str
+    prompt_tokens: int
+    generated_tokens: int
+    seconds: float = Field(description="prefill + decode seconds of this stage's generation")
+    prefill_seconds: float
+    decode_seconds: float
+    skipped: SkipPlan
+    early_exited: bool
+    finish_reason: str
+
+    @classmethod
+    def from_message(cls, stage: Stage, message: Any) -> StageOutput:
+        """Read a stage's record off the `AIMessage` `ChatLiteStage` returned for it."""
+        meta = message.response_metadata
+        usage = message.usage_metadata or {}
+        skipped = meta.get("skipped") or {}
+        return cls(
+            stage=stage,
+            text=clean_stage_text(stage, message.text),
+            prompt_tokens=int(usage.get("input_tokens", 0)),
+            generated_tokens=int(usage.get("output_tokens", 0)),
+            seconds=float(meta.get("prefill_seconds", 0.0)) + float(meta.get("decode_seconds", 0.0)),
+            prefill_seconds=float(meta.get("prefill_seconds", 0.0)),
+            decode_seconds=float(meta.get("decode_seconds", 0.0)),
+            skipped=SkipPlan(attention=skipped.get("attention", ()), mlp=skipped.get("mlp", ())),
+            early_exited=bool(meta.get("early_exit", False)),
+            finish_reason=str(meta.get("finish_reason", "")),
+        )
+
+
+_LEADS = {"recall": ("key information:", "key knowledge:"), "analysis": ("analysis:",), "summary": ()}
+
+
+def clean_stage_text(stage: Stage, text: str) -> str:
+    """Strip whitespace and a leading echo of the stage's label ("Key information: ...") the model may write."""
+    cleaned = text.strip()
+    for lead in _LEADS[stage]:
+        if cleaned.lower().startswith(lead):
+            cleaned = cleaned[len(lead) :].strip()
+    return cleaned

@@ -1,0 +1,177 @@
+"""Each benchmark method builds the plans it claims: same budget per stage, evenly spaced layers, the last k layers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from litestage_chain import EarlyExitConfig, InvalidInputError, SkipPlan
+from litestage_chain.bench.methods import (
+    MethodContext,
+    adaskip_ranking,
+    all_points,
+    evenly_spaced_layers,
+    last_layers_plan,
+    mean_similarity,
+    method_points,
+    parse_sweep,
+    unified_plan,
+)
+from litestage_chain.budgets.profile import (
+    ModelIdentity,
+    Profile,
+    SearchedQuestions,
+    StageBudget,
+)
+from litestage_chain.offline.importance import rank_sublayers
+
+STAGES = ("recall", "analysis", "summary")
+LAYERS = 6
+# A ranking over 6 layers: most redundant first.
+RANKING = rank_sublayers(torch.tensor([[0.9 - 0.01 * i, 0.5 + 0.05 * i] for i in range(LAYERS)]))
+
+
+def context(**overrides) -> MethodContext:
+    values = dict(num_layers=LAYERS, ranking=RANKING, adaskip_ranking=list(reversed(RANKING)))
+    return MethodContext(**{**values, **overrides})
+
+
+def profile() -> Profile:
+    return Profile(
+        model=ModelIdentity(name="tiny", weights_sha256="ab" * 32),
+        stages={
+            "recall": StageBudget(plan=SkipPlan(mlp=[1])),
+            "analysis": StageBudget(plan=SkipPlan(attention=[2, 3])),
+            "summary": StageBudget(plan=SkipPlan(attention=[4], mlp=[5]),
+                                     early_exit=EarlyExitConfig(window=2, threshold=0.3, min_tokens=1)),
+        },
+        epsilon=0.02, metric="accuracy", questions=SearchedQuestions(benchmark="t", split="train", size=4),
+        importance=RANKING, stage_order=["analysis", "recall", "summary"], full_score=0.5, full_latency_seconds=1.0,
+    )
+
+
+def test_evenly_spaced_layers_are_midpoints_of_equal_segments() -> None:
+    assert evenly_spaced_layers(30, 1) == [15]
+    assert evenly_spaced_layers(30, 3) == [5, 15, 25]
+    assert evenly_spaced_layers(30, 2) == [7, 22]
+    for count in range(1, 30):
+        layers = evenly_spaced_layers(30, count)
+        assert len(set(layers)) == count and layers == sorted(layers)
+        gaps = {b - a for a, b in zip(layers, layers[1:])}
+        assert max(gaps, default=0) - min(gaps, default=0) <= 1, (count, layers)
+        assert 0 <= layers[0] and layers[-1] < 30
+
+
+def test_unified_skips_whole_layers_at_evenly_spaced_depths() -> None:
+    plan = unified_plan(30, 3)
+    assert plan.attention == plan.mlp == (5, 15, 25)
+    assert unified_plan(30, 0) == SkipPlan()
+    points = method_points("unified", context(num_layers=30), [1, 3])
+    assert [p.count for p in points] == [1, 3]
+    for point in points:
+        assert all(p == unified_plan(30, point.count) for p in point.plans.values())
+        assert point.skipped_sublayers == {s: 2 * point.count for s in STAGES}
+        assert not point.uses_early_exit
+
+
+def test_exit_depth_drops_exactly_the_last_k_layers() -> None:
+    plan = last_layers_plan(30, 4)
+    assert plan.attention == plan.mlp == (26, 27, 28, 29)
+    for point in method_points("exit-depth", context(), [1, 2, 5]):
+        kept = [layer for layer in range(LAYERS) if not point.plans["recall"].skips(layer, "attention")]
+        assert kept == list(range(LAYERS - point.count))
+        assert len(set(point.plans.values())) == 1
+    with pytest.raises(InvalidInputError, match="at least one layer"):
+        last_layers_plan(6, 6)
+    with pytest.raises(InvalidInputError, match="cannot skip 7"):
+        unified_plan(6, 7)
+
+
+def test_uniform_applies_the_same_count_from_the_ranking_in_every_stage() -> None:
+    for method in ("uniform", "uniform-exit"):
+        points = method_points(method, context(), [2, 5])
+        for point in points:
+            plans = {point.plans[s] for s in STAGES}
+            assert len(plans) == 1
+            assert set(point.skipped_sublayers.values()) == {point.count}
+            assert SkipPlan.from_sublayers(RANKING[: point.count]) == point.plans["recall"]
+            assert point.uses_early_exit == (method == "uniform-exit")
+    exit_point = method_points("uniform-exit", context(early_exit=EarlyExitConfig(threshold=0.3)), [2])[0]
+    assert all(rule == EarlyExitConfig(threshold=0.3) for rule in exit_point.early_exit.values())
+    with pytest.raises(InvalidInputError, match="only 12"):
+        method_points("uniform", context(), [13])
+
+
+def test_stage_only_skips_in_one_stage_and_runs_the_others_full() -> None:
+    points = method_points("stage-only", context(), [3])
+    assert [p.stage for p in points] == list(STAGES)
+    for point in points:
+        assert point.plans[point.stage] == SkipPlan.from_sublayers(RANKING[:3])
+        assert all(point.plans[s].is_empty for s in STAGES if s != point.stage)
+        assert point.label == f"stage-only/{point.stage}@3"
+
+
+def test_litestage_uses_the_profile_with_and_without_early_exit() -> None:
+    fallback_rule = EarlyExitConfig(window=3, threshold=0.4, min_tokens=2)
+    ctx = context(profile=profile(), early_exit=fallback_rule)
+    (with_exit,) = method_points("litestage", ctx)
+    (without,) = method_points("litestage-noexit", ctx)
+    for stage in STAGES:
+        assert with_exit.plans[stage] == without.plans[stage] == profile().plan_for(stage)
+    assert with_exit.early_exit["summary"] == profile().early_exit_for("summary")
+    assert with_exit.early_exit["recall"] == fallback_rule, "stages without a profile rule get the default rule"
+    assert all(rule is None for rule in without.early_exit.values())
+    assert with_exit.key() != without.key()
+    with pytest.raises(InvalidInputError, match="needs a searched profile"):
+        method_points("litestage", context())
+    with pytest.raises(InvalidInputError, match="names layer"):
+        method_points("litestage", context(num_layers=3, profile=profile()))
+
+
+def test_adaskip_ranks_attention_and_mlp_each_within_its_kind() -> None:
+    # Attention similarities are all far above MLP ones: a joint raw sort would skip only attention first.
+    similarity = torch.tensor([[0.97, 0.50], [0.99, 0.80], [0.98, 0.60], [0.96, 0.70]])
+    joint = rank_sublayers(similarity)
+    assert [kind for _, kind in joint[:4]] == ["attention"] * 4
+    ranking = adaskip_ranking(similarity)
+    assert sorted(ranking) == sorted(joint), "a permutation of every sub-layer"
+    assert set(ranking[:2]) == {(1, "attention"), (1, "mlp")}, "each kind's most redundant sub-layer leads"
+    attention_order = [layer for layer, kind in ranking if kind == "attention"]
+    mlp_order = [layer for layer, kind in ranking if kind == "mlp"]
+    assert attention_order == [1, 2, 0, 3] and mlp_order == [1, 3, 2, 0], "within a kind, by its own similarity"
+    assert mean_similarity({"a": [(1.0, 0.0)], "b": [(0.0, 1.0)]}).tolist() == [[0.5, 0.5]]
+
+
+def test_adaskip_standing_is_robust_to_an_outlier_layer() -> None:
+    # Layer 0's MLP barely keeps the residual (as in real models); with a mean/std scale this one value would
+    # squash every other MLP z-score and the first skips would again all be attention.
+    attention = [0.57, 0.84] + [0.980 + 0.001 * (i % 7) for i in range(2, 12)]
+    mlp = [0.06] + [0.965 + 0.001 * (i % 5) for i in range(1, 11)] + [0.990]
+    ranking = adaskip_ranking(torch.tensor(list(zip(attention, mlp, strict=True))))
+    assert ranking[0] == (11, "mlp"), "the MLP sub-layer standing far above its kind goes first"
+    assert {kind for _, kind in ranking[:6]} == {"attention", "mlp"}
+    assert ranking[-2:] == [(0, "attention"), (0, "mlp")] or set(ranking[-3:]) >= {(0, "mlp"), (0, "attention")}
+    with pytest.raises(InvalidInputError, match=r"\[num_layers, 2\]"):
+        adaskip_ranking(torch.zeros(3))
+
+
+def test_all_points_puts_the_full_model_first_and_has_unique_labels() -> None:
+    points = all_points(["uniform", "unified", "full", "stage-only"], context(), {"uniform": [2], "unified": [1],
+                                                                                   "stage-only": [2]})
+    labels = [p.label for p in points]
+    assert labels[0] == "full" and labels.count("full") == 1
+    assert labels == ["full", "uniform@2", "unified@1", "stage-only/recall@2", "stage-only/analysis@2",
+                      "stage-only/summary@2"]
+    with pytest.raises(InvalidInputError, match="without a sweep"):
+        all_points(["full"], context(), {"litestage": [1]})
+    with pytest.raises(InvalidInputError, match="unknown method"):
+        method_points("magic", context())
+    with pytest.raises(InvalidInputError, match=">= 1"):
+        method_points("uniform", context(), [0])
+
+
+def test_parse_sweep_accepts_counts_and_names_bad_input() -> None:
+    assert parse_sweep("uniform=4,8, 12") == ("uniform", [4, 8, 12])
+    for bad, message in (("uniform", "expected METHOD"), ("full=1", "has no sweep"), ("unified=a,b", "integers")):
+        with pytest.raises(InvalidInputError, match=message):
+            parse_sweep(bad)

@@ -1,0 +1,233 @@
+"""The benchmark loop with a stub executor: interleaving, resume that redoes nothing, rebuilt reports and plots."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+import torch
+
+from litestage_chain import InvalidInputError
+from litestage_chain.bench.methods import MethodContext, MethodPoint, all_points
+from litestage_chain.bench.plots import (
+    ACCURACY_VS_SPEEDUP,
+    STAGE_SENSITIVITY,
+    TOKENS_VS_SKIPPED,
+    write_plots,
+)
+from litestage_chain.bench.records import (
+    RECORDS_FILE,
+    Outcome,
+    RecordStore,
+    StageMeasure,
+)
+from litestage_chain.bench.report import (
+    RESULTS_JSON,
+    RESULTS_MD,
+    load_results,
+    rows_of,
+    write_report,
+)
+from litestage_chain.bench.results import rebuild_report, run_records, write_run
+from litestage_chain.bench.runner import recorded_count, run_points
+from litestage_chain.cli.bench import add_bench_subcommand, parse_max_tokens
+from litestage_chain.data.types import Question
+from litestage_chain.offline.importance import rank_sublayers
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+LAYERS = 4
+RANKING = rank_sublayers(torch.rand(LAYERS, 2, generator=torch.Generator().manual_seed(0)))
+
+
+class StubExecutor:
+    """Answers 'A' when fewer than 3 sub-layers are skipped per stage; time and tokens grow with the plan's size."""
+
+    def __init__(self, identity: str = "stub-v1") -> None:
+        self.identity = identity
+        self.calls: list[tuple[str, list[str]]] = []
+
+    def run(self, point: MethodPoint, questions: Sequence[Question]) -> list[Outcome]:
+        self.calls.append((point.label, [q.id for q in questions]))
+        outcomes = []
+        for q in questions:
+            skipped = point.skipped_sublayers
+            stages = {s: StageMeasure(tokens=10 + skipped[s] - (3 if point.uses_early_exit else 0),
+                                      seconds=1.0 - 0.1 * skipped[s]) for s in point.plans}
+            outcomes.append(Outcome(question_id=q.id, answer="A" if max(skipped.values()) < 3 else "B",
+                                    stages=stages, seconds=sum(m.seconds for m in stages.values())))
+        return outcomes
+
+
+def questions(n: int = 5) -> list[Question]:
+    return [Question(id=f"q{i}", question=f"question {i}?", benchmark="t", answer="A",
+                     choices=[{"label": "A", "text": "x"}, {"label": "B", "text": "y"}]) for i in range(n)]
+
+
+def points() -> list[MethodPoint]:
+    context = MethodContext(num_layers=LAYERS, ranking=RANKING, adaskip_ranking=list(reversed(RANKING)))
+    return all_points(["uniform", "uniform-exit", "unified", "exit-depth", "adaskip", "stage-only"], context,
+                      {"uniform": [1, 4], "uniform-exit": [1, 4], "unified": [1], "exit-depth": [1], "adaskip": [2],
+                       "stage-only": [2]})
+
+
+def test_points_are_interleaved_per_question_batch_in_rotating_order() -> None:
+    stub, pts = StubExecutor(), points()
+    records = run_points(stub, pts, questions(5), RecordStore(), interleave=2, progress=False)
+    assert len(records) == len(pts) * 5
+    assert [r.point for r in records[:5]] == ["full"] * 5, "returned point-major in the given order"
+    batches = [ids for _, ids in stub.calls]
+    assert batches == [["q0", "q1"]] * len(pts) + [["q2", "q3"]] * len(pts) + [["q4"]] * len(pts)
+    labels = [p.label for p in pts]
+    rounds = [[label for label, _ in stub.calls[i * len(pts) : (i + 1) * len(pts)]] for i in range(3)]
+    assert rounds[0] == labels and rounds[0][0] == "full"
+    assert rounds[1] == labels[1:] + labels[:1], "each round starts one point later"
+    assert rounds[2] == labels[2:] + labels[:2]
+
+
+def test_resume_redoes_nothing_and_finishes_what_is_missing(tmp_path: Path) -> None:
+    path = tmp_path / RECORDS_FILE
+    first = StubExecutor()
+    run_points(first, points()[:3], questions(4), RecordStore(path), interleave=2, progress=False)
+    assert len(first.calls) == 6
+    again = StubExecutor()
+    done = run_points(again, points()[:3], questions(4), RecordStore(path), interleave=2, progress=False)
+    assert again.calls == [], "a re-run with everything recorded measures nothing"
+    assert [r.question_id for r in done[:4]] == ["q0", "q1", "q2", "q3"]
+    more = StubExecutor()
+    run_points(more, points()[:4], questions(5), RecordStore(path), interleave=2, progress=False)
+    new = {(label, tuple(ids)) for label, ids in more.calls}
+    assert all(label == points()[3].label or ids == ("q4",) for label, ids in new), new
+    assert len(RecordStore(path)) == 4 * 5
+    assert recorded_count(points()[:4], questions(5), "stub-v1", RecordStore(path)) == 4 * 5
+    assert recorded_count(points()[:5], questions(6), "stub-v1", RecordStore(path)) == 4 * 5
+    assert recorded_count(points()[:4], questions(5), "stub-v2", RecordStore(path)) == 0, "other settings' records"
+    other = StubExecutor(identity="stub-v2")
+    run_points(other, points()[:1], questions(2), RecordStore(path), progress=False)
+    assert other.calls, "a changed executor identity is never served old records"
+
+
+def test_a_partial_last_line_is_dropped_with_a_warning(tmp_path: Path) -> None:
+    path = tmp_path / RECORDS_FILE
+    run_points(StubExecutor(), points()[:1], questions(2), RecordStore(path), progress=False)
+    with path.open("a") as handle:
+        handle.write('{"key": "trunc')
+    with pytest.warns(UserWarning, match="partial last record"):
+        store = RecordStore(path)
+    assert len(store) == 2 and path.read_text().endswith("\n")
+    path.write_text('{"nonsense": 1}\n' + path.read_text())
+    with pytest.warns(UserWarning, match=r"1 unreadable benchmark record\(s\) \(line 1;"):
+        assert len(RecordStore(path)) == 2
+    assert path.with_name(path.name + ".damaged").read_text() == '{"nonsense": 1}\n'
+
+
+def test_bad_runs_are_refused() -> None:
+    stub = StubExecutor()
+    with pytest.raises(InvalidInputError, match="no questions"):
+        run_points(stub, points(), [], RecordStore(), progress=False)
+    with pytest.raises(InvalidInputError, match="duplicate question ids"):
+        run_points(stub, points(), questions(2) * 2, RecordStore(), progress=False)
+    with pytest.raises(InvalidInputError, match="duplicate method points"):
+        run_points(stub, points()[:2] * 2, questions(2), RecordStore(), progress=False)
+    with pytest.raises(InvalidInputError, match="interleave"):
+        run_points(stub, points(), questions(2), RecordStore(), interleave=0, progress=False)
+
+
+def _recorded_run(folder: Path, executor: StubExecutor | None = None) -> None:
+    executor = executor or StubExecutor()
+    qs = questions(4)
+    write_run(folder, {"benchmark": "toy", "questions": 4, "model": "stub"}, points(), executor.identity,
+              [q.id for q in qs])
+    run_points(executor, points(), qs, RecordStore(folder / RECORDS_FILE), progress=False)
+
+
+def test_report_is_rebuilt_from_the_run_records_with_tables_and_plots(tmp_path: Path) -> None:
+    _recorded_run(tmp_path)
+    # a record from another executor identity in the same file must not leak into the report
+    stray = StubExecutor(identity="other")
+    run_points(stray, points()[:1], questions(4), RecordStore(tmp_path / RECORDS_FILE), progress=False)
+    rows, files = rebuild_report(tmp_path)
+    assert len(rows) == len(points()) and all(r.questions == 4 for r in rows)
+    names = {path.name for path in files}
+    assert {RESULTS_JSON, RESULTS_MD, ACCURACY_VS_SPEEDUP, STAGE_SENSITIVITY, TOKENS_VS_SKIPPED} <= names
+    for name in (ACCURACY_VS_SPEEDUP, STAGE_SENSITIVITY, TOKENS_VS_SKIPPED):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    by_point = {row.point: row for row in rows}
+    assert by_point["uniform@1"].accuracy == 1.0 and by_point["uniform@4"].accuracy == 0.0
+    # stub seconds: full 3.0, uniform@1 3 x 0.9 = 2.7
+    assert by_point["uniform@1"].speedup == pytest.approx(3.0 / 2.7)
+    assert by_point["uniform-exit@4"].tokens["recall"] == 11 and by_point["uniform@4"].tokens["recall"] == 14
+    document = load_results(tmp_path)
+    assert rows_of(document) == rows and document["meta"]["benchmark"] == "toy"
+    assert len(run_records(tmp_path)) == len(points()) * 4
+    text = (tmp_path / RESULTS_MD).read_text()
+    assert "stage-only/analysis@2" in text and "95% Wilson" in text and "Partial run" not in text
+    write_report(tmp_path / "stopped", rows[:2] + [rows[2].model_copy(update={"questions": 3})], {"questions": 6})
+    assert "**Partial run:** 6 questions planned, points recorded on 3-4 (column n)" in (
+        tmp_path / "stopped" / RESULTS_MD).read_text()
+
+
+def test_plots_skip_figures_without_data(tmp_path: Path) -> None:
+    _recorded_run(tmp_path)
+    rows = [row for row in rebuild_report(tmp_path, plots=False)[0] if row.method in ("full", "unified")]
+    written = write_plots(rows, tmp_path / "only", "toy")
+    assert [p.name for p in written] == [ACCURACY_VS_SPEEDUP]
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="litestage")
+    add_bench_subcommand(parser.add_subparsers(dest="command"))
+    return parser.parse_args(argv)
+
+
+def test_command_report_only_rebuilds_without_a_model(tmp_path: Path) -> None:
+    _recorded_run(tmp_path)
+    args = _parse(["bench", "--benchmark", "toy", "--data", str(tmp_path), "--out", str(tmp_path), "--report-only"])
+    out = io.StringIO()
+    assert args.handler(args, out) == 0
+    assert "| full | full |" in out.getvalue() and "wrote" in out.getvalue()
+    assert json.loads((tmp_path / RESULTS_JSON).read_text())["format"] == 1
+
+
+def test_command_names_bad_options(tmp_path: Path) -> None:
+    data = tmp_path / "dev.jsonl"
+    data.write_text("")
+    base = ["bench", "--benchmark", "csqa", "--data", str(data), "--out", str(tmp_path / "o")]
+    for extra, message in (
+        (["--methods", "litestage"], "need a searched profile"),
+        (["--sweep", "full=3"], "has no sweep"),
+        (["--max-tokens", "recall=0"], "N >= 1"),
+        (["--max-tokens", "planning=3"], "unknown stage"),
+        (["--interleave", "0"], "--interleave must be >= 1"),
+    ):
+        args = _parse(base + extra)
+        with pytest.raises(InvalidInputError, match=message):
+            args.handler(args, io.StringIO())
+    args = _parse(["bench", "--benchmark", "csqa", "--data", str(tmp_path / "absent"), "--out", str(tmp_path)])
+    with pytest.raises(InvalidInputError, match="no such file or folder"):
+        args.handler(args, io.StringIO())
+    with pytest.raises(InvalidInputError, match="no run.json"):
+        rebuild_report(tmp_path / "empty")
+
+
+def test_command_takes_the_data_folder_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from litestage_chain.cli.bench import _data_path
+
+    args = _parse(["bench", "--benchmark", "csqa", "--out", str(tmp_path)])
+    monkeypatch.delenv("LITESTAGE_DATA_DIR", raising=False)
+    with pytest.raises(InvalidInputError, match="LITESTAGE_DATA_DIR"):
+        _data_path(args)
+    monkeypatch.setenv("LITESTAGE_DATA_DIR", str(tmp_path))
+    assert _data_path(args) == tmp_path
+    assert _data_path(_parse(["bench", "--benchmark", "csqa", "--data", "x.jsonl", "--out", "o"])) == Path("x.jsonl")
+
+
+def test_max_tokens_caps_or_sets_per_stage_budgets() -> None:
+    assert parse_max_tokens(None) is None
+    assert parse_max_tokens("32") == {"recall": 32, "analysis": 32, "summary": 24}
+    assert parse_max_tokens("recall=8,summary=4") == {"recall": 8, "summary": 4}

@@ -1,0 +1,229 @@
+"""Low-bit Linear replacements agree with the float reference and round-trip through safetensors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from litestage_chain.engine.quant import (
+    BFloat16Linear,
+    Int4Linear,
+    Int8Linear,
+    convert_linear,
+    formats,
+    kernels,
+    load_converted,
+    quantize_model_linears,
+    quantize_model_linears_cached,
+    save_converted,
+    target_linear_names,
+)
+from litestage_chain.engine.quant.formats import (
+    pack_int8_blocked,
+    quantize_int4_groups,
+    quantize_int8_groups,
+    round_activations_like_kernel,
+)
+
+BUILD_PROBLEM = kernels.kernel_build_problem()
+# Skipped only when a build tool is missing (or the kernels are switched off on purpose);
+# a failing build with the tools present fails the tests instead.
+needs_kernels = pytest.mark.skipif(BUILD_PROBLEM is not None, reason=f"C++ kernels cannot be built here: {BUILD_PROBLEM}")
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+@pytest.fixture(params=["avx512_vnni", "portable"])
+def kernel_module(request: pytest.FixtureRequest) -> Iterator[object]:
+    module = kernels.get_kernels()
+    if module is None:
+        pytest.fail(f"kernels failed to build: {kernels.kernels_status()}")
+    if request.param == "avx512_vnni" and module.kernel_isa() != "avx512_vnni":
+        pytest.skip("CPU has no AVX-512 VNNI; the portable path is covered by the other case")
+    module.force_portable(request.param == "portable")
+    formats._fast.clear()
+    try:
+        yield module
+    finally:
+        module.force_portable(False)
+        formats._fast.clear()
+
+
+def test_int8_groups_roundtrip_error_is_half_a_step() -> None:
+    w = torch.randn(10, 64)
+    q, scale = quantize_int8_groups(w)
+    assert q.dtype == torch.int8 and q.abs().max() <= 127 and scale.shape == (10, 2)
+    step = scale.float().repeat_interleave(32, dim=1)
+    assert torch.all((q.float() * step - w).abs() <= step / 2 + 1e-3 * w.abs())
+
+
+@pytest.mark.parametrize("n, k", [(16, 32), (21, 64), (5, 40)])
+def test_int8_blocked_layout_dequantises_to_the_codes(n: int, k: int) -> None:
+    k32 = (k + 31) // 32 * 32
+    q, scale = quantize_int8_groups(torch.randn(n, k32))
+    blocked = Int8Linear(*pack_int8_blocked(q, scale), k, n, None)
+    expected = (q.float() * scale.float().repeat_interleave(32, dim=1))[:, :k]
+    torch.testing.assert_close(blocked.dequantize(), expected)
+
+
+@pytest.mark.parametrize("n, k", [(16, 32), (21, 64), (5, 40)])
+def test_int4_blocked_dequantise_error_bound(n: int, k: int) -> None:
+    w = torch.randn(n, k)
+    lin = nn.Linear(k, n, bias=False)
+    lin.weight.data.copy_(w)
+    module = Int4Linear.from_linear(lin)
+    deq = module.dequantize()
+    assert deq.shape == (n, k)
+    k32 = (k + 31) // 32 * 32
+    padded = torch.nn.functional.pad(w, (0, k32 - k))
+    codes, params = quantize_int4_groups(padded)
+    assert int(codes.max()) <= 15 and params.shape == (n, k32 // 32, 2)
+    step = params[..., 0].float().repeat_interleave(32, dim=1)[:, :k]
+    assert torch.all((deq - w).abs() <= step * 0.5 + 2e-3)
+
+
+@needs_kernels
+@pytest.mark.parametrize("n, k", [(13, 32), (16, 64), (40, 96)])
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 21])
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+def test_kernel_equals_dequantised_weight_timesround_activations_like_kernel(kernel_module, fmt: str, n: int, k: int, m: int) -> None:
+    module = convert_linear(nn.Linear(k, n, bias=False), fmt)  # type: ignore[arg-type]
+    x = torch.randn(m, k)
+    ref = round_activations_like_kernel(x).double() @ module.dequantize().double().T
+    if fmt == "int8":
+        out = kernel_module.int8_blocked_gemv(x, module.qweight, module.scales, n)
+    else:
+        out = kernel_module.int4_blocked_gemv(x, module.qweight, module.params, n)
+    assert out.shape == (m, n)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-4, atol=1e-4)
+
+
+@needs_kernels
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+def test_kernel_row_does_not_depend_on_the_rows_batched_with_it(kernel_module, fmt: str) -> None:
+    """Batched decoding must give each prompt what it gets alone, whatever chunk of rows the kernel put it in."""
+    module = convert_linear(nn.Linear(96, 40, bias=False), fmt)  # type: ignore[arg-type]
+
+    def gemv(x: torch.Tensor) -> torch.Tensor:
+        if fmt == "int8":
+            return kernel_module.int8_blocked_gemv(x, module.qweight, module.scales, 40)
+        return kernel_module.int4_blocked_gemv(x, module.qweight, module.params, 40)
+
+    x = torch.randn(19, 96)
+    alone = torch.cat([gemv(x[i : i + 1]) for i in range(19)])
+    for m in range(1, 20):
+        assert torch.equal(gemv(x[:m]), alone[:m]), f"{m} rows"
+
+
+@pytest.mark.parametrize("fmt, tol", [("bfloat16", 0.05), ("int8", 0.03), ("int4", 0.35)])
+@pytest.mark.parametrize("rows", [1, 2, 20])
+@pytest.mark.parametrize("use_kernels", [True, False])
+def test_module_close_to_float_linear(
+    fmt: str, tol: float, rows: int, use_kernels: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if use_kernels and BUILD_PROBLEM is not None:
+        pytest.skip(f"C++ kernels cannot be built here: {BUILD_PROBLEM}")
+    if not use_kernels:
+        monkeypatch.setattr(formats, "_fast_kernels", lambda: None)
+    lin = nn.Linear(64, 48, bias=True)
+    module = convert_linear(lin, fmt)  # type: ignore[arg-type]
+    assert module.in_features == 64 and module.out_features == 48
+    x = torch.randn(1, rows, 64)
+    with torch.no_grad():
+        ref, out = lin(x), module(x)
+    assert out.shape == ref.shape and out.dtype == x.dtype
+    rel = (out - ref).norm() / ref.norm()
+    assert rel < tol, f"{fmt}: relative error {rel:.4f}"
+    if fmt != "bfloat16":  # the activation rounding is the only difference from its own weights
+        xr = round_activations_like_kernel(x.reshape(-1, 64)).reshape(x.shape) if use_kernels else x
+        deq = torch.nn.functional.linear(xr, module.dequantize(), lin.bias)
+        torch.testing.assert_close(out, deq, rtol=1e-4, atol=1e-4)
+
+
+def test_bfloat16_input_dtype_is_preserved() -> None:
+    module = convert_linear(nn.Linear(32, 8), "int8")
+    assert module(torch.randn(2, 32, dtype=torch.bfloat16)).dtype == torch.bfloat16
+
+
+def test_float32_is_identity_and_unknown_format_rejected() -> None:
+    lin = nn.Linear(8, 8)
+    assert convert_linear(lin, "float32") is lin
+    with pytest.raises(ValueError, match="unknown weight format"):
+        convert_linear(lin, "fp8")  # type: ignore[arg-type]
+
+
+class _Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.q_proj = nn.Linear(64, 64)
+        self.down_proj = nn.Linear(80, 64, bias=False)  # 80 is not a multiple of the group of 32
+
+
+class _TinyDecoder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(50, 64)
+        self.layers = nn.ModuleList([_Block(), _Block()])
+        self.lm_head = nn.Linear(64, 50, bias=False)
+        self.lm_head.weight = self.embed_tokens.weight  # tied, as in SmolLM2
+
+
+def test_model_conversion_targets_layers_and_lm_head() -> None:
+    model = _TinyDecoder()
+    assert target_linear_names(model) == [
+        "layers.0.q_proj", "layers.0.down_proj", "layers.1.q_proj", "layers.1.down_proj", "lm_head",
+    ]
+    embed_before = model.embed_tokens.weight.detach().clone()
+    assert quantize_model_linears(model, "int4") is model
+    assert isinstance(model.layers[0].q_proj, Int4Linear)
+    assert isinstance(model.layers[1].down_proj, Int4Linear)  # padded to 96 inputs inside
+    assert model.layers[1].down_proj(torch.randn(2, 80)).shape == (2, 64)
+    assert isinstance(model.lm_head, Int8Linear)  # int4 layers keep an int8 head by default
+    assert torch.equal(model.embed_tokens.weight, embed_before)
+
+
+def test_mapping_and_sequence_inputs() -> None:
+    linears = {"qkv": nn.Linear(32, 96), "gate_up": nn.Linear(32, 128)}
+    out = quantize_model_linears(linears, "int8")
+    assert set(out) == {"qkv", "gate_up"} and all(isinstance(m, Int8Linear) for m in out.values())
+    listed = quantize_model_linears(list(linears.values()), "bfloat16")
+    assert [type(m) for m in listed] == [BFloat16Linear, BFloat16Linear]
+
+
+@pytest.mark.parametrize("fmt", ["int8", "int4", "bfloat16"])
+def test_safetensors_roundtrip(tmp_path: Path, fmt: str) -> None:
+    model = quantize_model_linears(_TinyDecoder(), fmt)  # type: ignore[arg-type]
+    path = save_converted(model, tmp_path / "w.safetensors", {"weights_id": "abc"})
+    loaded = load_converted(path)
+    assert set(loaded) == set(target_linear_names(_TinyDecoder()))
+    for name, module in loaded.items():
+        original = model.get_submodule(name)
+        assert type(module) is type(original)
+        xin = torch.randn(3, original.in_features)
+        torch.testing.assert_close(module(xin), original(xin))
+
+
+def test_cached_conversion_reuses_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = quantize_model_linears_cached(_TinyDecoder(), "int8", "sha-1", cache_dir=tmp_path)
+    files = list((tmp_path / "converted").glob("*.safetensors"))
+    assert len(files) == 1
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise AssertionError("should have loaded from cache")
+
+    monkeypatch.setattr("litestage_chain.engine.quant.serialize.quantize_model_linears", fail)
+    second = _TinyDecoder()
+    quantize_model_linears_cached(second, "int8", "sha-1", cache_dir=tmp_path)
+    assert torch.equal(second.lm_head.qweight, first.lm_head.qweight)
+
+
+def test_pickle_free_cache_file(tmp_path: Path) -> None:
+    path = save_converted(quantize_model_linears(_TinyDecoder(), "int8"), tmp_path / "w.safetensors")
+    assert b"__reduce__" not in path.read_bytes() and path.read_bytes()[:8] != b"\x80\x04\x95"
