@@ -3,7 +3,7 @@
 The budget search logs every evaluated candidate and the benchmark harness every measured question; both runs take
 hours and may be killed at any moment, and losing or refusing the file costs those hours. One mechanism serves both:
 
-- appends take a writer lock (`cache_files.locked`, released when its owner dies) and go out as one write,
+- appends lock the file itself (`cache_files.locked_open`, released when its owner dies) and go out as one write,
   flushed and fsynced, so two processes appending at once never interleave inside a line;
 - reopening the file reads every record back and repairs what a crash or an older writer left, losing nothing: a
   partial last line (the process died mid-write) is cut off; any other unreadable line (torn, invalid UTF-8, not a
@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from litestage_chain.cache_files import locked
+from litestage_chain.cache_files import locked_open
 from litestage_chain.errors import LiteStageError
 
 R = TypeVar("R")
@@ -84,10 +84,6 @@ class AppendStore(Generic[R]):
             append_lines(self.path, [line for _, _, line in batch])
 
 
-def _lock_of(path: Path) -> Path:
-    return path.with_name(f".{path.name}.lock")
-
-
 def damaged_path(path: Path) -> Path:
     """Where unreadable lines of `path` are set aside."""
     return path.with_name(path.name + ".damaged")
@@ -99,15 +95,11 @@ def append_lines(path: Path, lines: Iterable[str]) -> None:
     if not payload:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    with locked(_lock_of(path)):
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            view = memoryview(payload)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    with locked_open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT) as fd:
+        view = memoryview(payload)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
 
 
 def read_lines(path: Path, parse: Callable[[bytes], T], what: str) -> list[T]:
@@ -115,8 +107,8 @@ def read_lines(path: Path, parse: Callable[[bytes], T], what: str) -> list[T]:
 
     `what` names a record in the warnings ("result record", "benchmark record").
     """
-    with locked(_lock_of(path)):  # no writer appends while the file is read and, if need be, rewritten
-        data = path.read_bytes()
+    with locked_open(path, os.O_RDONLY) as fd:  # no writer appends while the file is read and, if need be, rewritten
+        data = _read_all(fd)
         *complete, partial = data.split(b"\n")  # after the last newline: empty, or a partial record
         records: list[T] = []
         kept: list[bytes] = []
@@ -141,6 +133,13 @@ def read_lines(path: Path, parse: Callable[[bytes], T], what: str) -> list[T]:
             with path.open("r+b") as handle:
                 handle.truncate(len(data) - len(partial))
     return records
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _set_aside(path: Path, damaged: list[tuple[int, bytes, str]], kept: list[bytes], what: str) -> None:

@@ -76,6 +76,33 @@ def locked(lock_path: Path) -> Iterator[bool]:
         handle.close()  # closing releases the flock
 
 
+@contextlib.contextmanager
+def locked_open(path: Path, flags: int) -> Iterator[int]:
+    """`os.open(path, flags)` holding an exclusive `flock` on the file itself, for the block; yields the descriptor.
+
+    No lock file is left beside `path` (reading a committed results folder must not write to it). If the file was
+    replaced (an atomic rewrite) while this process waited, the new file is opened and locked instead, so no one
+    writes to a file that is no longer there.
+    """
+    while True:
+        fd = os.open(path, flags, 0o644)
+        try:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            if fcntl is None or os.fstat(fd).st_ino == path.stat().st_ino:
+                break
+        except FileNotFoundError:  # replaced and not yet renamed in: try again
+            pass
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+    try:
+        yield fd
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write `text` to `path` through a temporary file in the same folder and a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)

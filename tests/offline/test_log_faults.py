@@ -68,3 +68,11 @@ def test_invalid_utf8_in_a_log_is_set_aside_not_a_decode_error(tmp_path: Path) -
         records = read_lines(log, json.loads, "record")
     assert records == [{"a": 1}]
     assert damaged_path(log).read_bytes() == b'{"a": "\xff\xfe"}\n'
+
+
+def test_reading_and_appending_leave_nothing_beside_the_log(tmp_path: Path) -> None:
+    """The lock is on the log itself: reading a committed results folder writes nothing into it."""
+    log = tmp_path / "records.jsonl"
+    append_lines(log, ['{"a": 1}'])
+    assert read_lines(log, json.loads, "record") == [{"a": 1}]
+    assert [p.name for p in tmp_path.iterdir()] == ["records.jsonl"]
