@@ -26,6 +26,7 @@ from litestage_chain.budgets.profile import Profile, TraceEntry, shipped_profile
 from litestage_chain.cli.bench import parse_max_tokens
 from litestage_chain.data import search_questions
 from litestage_chain.data.rows import describe_validation_error
+from litestage_chain.data.types import question_fingerprint
 from litestage_chain.engine.early_exit import EarlyExitConfig
 from litestage_chain.engine.loading import load_model
 from litestage_chain.engine.weight_formats import WEIGHT_CHOICES
@@ -235,11 +236,6 @@ def run_profile_check(args: argparse.Namespace, out: TextIO | None = None) -> in
     searched = profile.questions
     questions = search_questions(searched.benchmark, searched.size, seed=searched.seed or 0, data_dir=args.data,
                                  require_answer=profile.metric == "accuracy")
-    if searched.fingerprint is not None and questions.fingerprint != searched.fingerprint:
-        raise InvalidInputError(
-            f"the questions drawn now ({searched.benchmark} train, {searched.size} with seed {searched.seed}) are not "
-            "the ones the profile was searched on: the data file changed, or the search used another slice"
-        )
     model = load_model(args.model or profile.model.name, weights=profile.model.weights)
     profile.check_model(model)
     target = Path(args.out or args.profile)
@@ -279,6 +275,13 @@ def _check_and_save(
 
     plans = {stage: profile.plan_for(stage) for stage in profile.stages}
     fitting, _ = fitting_questions(evaluator, questions.questions)  # the ones the search skipped, skipped again
+    searched = profile.questions.fingerprint
+    if searched is not None and question_fingerprint(fitting) != searched:
+        raise InvalidInputError(
+            f"the questions drawn now ({profile.questions.benchmark} train, {profile.questions.size} with seed "
+            f"{profile.questions.seed}) are not the ones the profile was searched on: the data file changed, or the "
+            "search used another slice or other token budgets"
+        )
     check = check_speed(evaluator, plans, fitting, rounds=rounds, on_evaluation=report)
     checked = profile.model_copy(update={"speed_check": check})
     checked.save(target)

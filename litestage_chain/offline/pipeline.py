@@ -12,7 +12,7 @@ from litestage_chain.budgets.profile import (
     TraceEntry,
 )
 from litestage_chain.data.benchmarks import Source, search_questions
-from litestage_chain.data.types import QuestionSet
+from litestage_chain.data.types import QuestionSet, question_fingerprint
 from litestage_chain.engine.early_exit import EarlyExitConfig
 from litestage_chain.engine.loading import LoadedModel
 from litestage_chain.errors import InvalidInputError
@@ -54,7 +54,8 @@ def search_profile(
     evaluator = evaluator or ChainEvaluator(model, progress=progress)
     if evaluator.model is not model:
         raise InvalidInputError("the evaluator runs a different model than the one being profiled")
-    # A question too long for the context is named and left out; the profile still records the slice drawn.
+    # A question too long for the context is named and left out: the profile records the size of the slice drawn
+    # and the fingerprint of the questions searched (`profile check` draws the slice and skips the same ones).
     searched, skipped = fitting_questions(evaluator, questions.questions)
     if not searched:
         raise InvalidInputError(f"none of the {len(questions)} questions fits the model's context")
@@ -71,7 +72,7 @@ def search_profile(
         model=ModelIdentity(name=model.name, weights_sha256=model.weights_sha256, weights=model.weights),
         questions=SearchedQuestions(
             benchmark=questions.benchmark, split=questions.split, size=len(questions), seed=seed,
-            fingerprint=questions.fingerprint,
+            fingerprint=question_fingerprint(searched),
         ),
         early_exit=early_exit,
         notes=notes,
