@@ -39,8 +39,8 @@ class AppendStore(Generic[R]):
     """Records by key, appended to `path` (when given) as they are added; opening the file again resumes.
 
     `parse` turns one stored line into `(key, record)` and raises on anything else; such a line is set aside in
-    `<file>.damaged` with a warning naming the file and line (see the module docstring). `error` is the store's
-    error type, for failures of the file itself.
+    `<file>.damaged` with a warning naming the file and line (see the module docstring). A file that cannot be
+    read or repaired at all raises `error` naming it.
     """
 
     def __init__(
@@ -72,7 +72,11 @@ class AppendStore(Generic[R]):
         return self._records.get(key)
 
     def _load(self, path: Path) -> None:
-        for key, record in read_lines(path, self._parse, self._what):
+        try:
+            lines = read_lines(path, self._parse, self._what)
+        except OSError as error:  # a folder where the file should be, no permission: say which file
+            raise self._error(f"cannot read or repair {path}: {error.strerror or error}") from error
+        for key, record in lines:
             self._records[key] = record
 
     def append(self, entries: Iterable[tuple[str, R, str]]) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from litestage_chain.append_store import append_lines, damaged_path, read_lines
-from litestage_chain.offline.store import EvalResult, ResultsStore
+from litestage_chain.offline.store import EvalResult, ResultsStore, StoreError
 from litestage_chain.engine.skip_plan import SkipPlan
 
 PLANS = {"recall": SkipPlan(), "analysis": SkipPlan(), "summary": SkipPlan()}
@@ -76,3 +76,9 @@ def test_reading_and_appending_leave_nothing_beside_the_log(tmp_path: Path) -> N
     append_lines(log, ['{"a": 1}'])
     assert read_lines(log, json.loads, "record") == [{"a": 1}]
     assert [p.name for p in tmp_path.iterdir()] == ["records.jsonl"]
+
+
+def test_a_log_that_cannot_be_read_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "search.jsonl").mkdir()  # a folder where the log should be
+    with pytest.raises(StoreError, match="cannot read or repair .*search.jsonl"):
+        ResultsStore(tmp_path / "search.jsonl")
