@@ -234,9 +234,9 @@ def main() -> int:
 
     blocker = Path(tempfile.mkstemp()[1])
     status, _, err, seconds = ask(blocker)
-    lines = [line for line in err.splitlines() if line.strip()]
-    report(Case("cache path is a file", status == 2 and len(lines) == 1 and lines[0].startswith("litestage: error:"),
-                seconds, f"exit {status}: {err.strip()[:160]}"))
+    errors = [line for line in err.splitlines() if line.startswith("litestage: error:")]  # --json: text on stderr
+    report(Case("cache path is a file", status == 2 and len(errors) == 1 and "Traceback" not in err,
+                seconds, f"exit {status}: {' '.join(errors)[:160]}"))
     blocker.unlink()
     status, out, err, seconds = ask(cache, shell_tail=" | head -6")
     report(Case("ask | head -6 (pipe closes mid-stream)", "Traceback" not in err and "Error" not in err, seconds,

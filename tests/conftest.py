@@ -41,6 +41,14 @@ def tiny_qwen2() -> LoadedModel:
     return from_pretrained_objects(model, tokenizer, name="tiny-qwen2")
 
 
+@pytest.fixture(scope="session")
+def tiny_long() -> LoadedModel:
+    """A tiny random Llama with a long context: tool and schema prompts are long in byte tokens."""
+    from tiny_models import tiny_long_context_llama
+
+    return from_pretrained_objects(*tiny_long_context_llama(), name="tiny-long")
+
+
 @pytest.fixture(params=["llama", "qwen2"])
 def tiny_model(request: pytest.FixtureRequest) -> LoadedModel:
     """Each test using this runs once per supported architecture."""

@@ -34,7 +34,14 @@ from langchain_core.language_models import (
     ModelProfile,
 )
 from langchain_core.language_models.base import LangSmithParams
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    BaseMessage,
+    HumanMessage,
+    ToolMessage,
+    convert_to_messages,
+)
 from langchain_core.messages.ai import InputTokenDetails, UsageMetadata
 from langchain_core.outputs import (
     ChatGeneration,
@@ -50,8 +57,14 @@ from typing_extensions import override
 from litestage_chain.budgets.coerce import as_stage_budgets
 from litestage_chain.budgets.stage_budgets import StageBudgets
 from litestage_chain.budgets.stages import STAGES, Stage, check_stage
-from litestage_chain.chat.guided import closest_name, fill_object
-from litestage_chain.chat.messages import to_chat_dicts
+from litestage_chain.chat.call_options import (
+    FINISH_REASONS,
+    MAX_TOKENS_ALIASES,
+    canonical_kwargs,
+    response_format_schema,
+)
+from litestage_chain.chat.conversation import build_conversation, count_message_tokens
+from litestage_chain.chat.guided import fill_object
 from litestage_chain.chat.tools import (
     TOOL_CALL_OPEN,
     ParsedToolCalls,
@@ -59,10 +72,12 @@ from litestage_chain.chat.tools import (
     ToolSpec,
     call_prefix,
     forced_tool_name,
+    openai_tools,
     parse_tool_calls,
+    strip_echoed_instructions,
     tool_specs,
-    tools_system_prompt,
 )
+from litestage_chain.engine.choice import choose_option
 from litestage_chain.engine.early_exit import EarlyExitConfig
 from litestage_chain.engine.generation import (
     GenerationConfig,
@@ -76,10 +91,14 @@ from litestage_chain.engine.sources import DEFAULT_MODEL
 from litestage_chain.errors import GenerationCancelled, InvalidInputError, LiteStageError
 
 # Keyword arguments a call (invoke/stream/batch, or .bind) may pass; anything else is a typo worth an error.
+# Aliases (`max_new_tokens`, `num_predict`, `max_completion_tokens`) are renamed first, see `call_options`.
 CALL_KWARGS = frozenset(
-    {"stage", "skip_plan", "early_exit", "max_tokens", "temperature", "top_p", "seed", "model", "tools",
-     "tool_choice", "response_prefix", "response_schema", "stream"}
+    {"stage", "skip_plan", "early_exit", "max_tokens", "temperature", "top_p", "top_k", "seed", "model", "tools",
+     "tool_choice", "response_prefix", "response_schema", "response_format", "parallel_tool_calls", "strict",
+     "stream"}
 )
+# How many tokens a model offered tools and a response format may write before it opens a call or the JSON answer.
+_DECIDE_TOKENS = 24
 
 
 @dataclass(frozen=True)
@@ -97,6 +116,10 @@ class PreparedCall:
     forced_tool: str | None = None
     schema: dict[str, Any] | None = None
     shared_prefix: str | None = None
+    instructions: str = ""
+    """The tool instructions added to the system prompt (lines a small model may echo back as its content)."""
+    single_call: bool = False
+    """`parallel_tool_calls=False`: keep only the first tool call of a reply."""
 
     @property
     def guided(self) -> bool:
@@ -140,6 +163,8 @@ class ChatLiteStage(BaseChatModel):
     temperature: float = Field(0.0, ge=0.0, allow_inf_nan=False)
     """Sampling temperature; 0 is greedy (deterministic)."""
     top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int | None = Field(None, ge=1)
+    """Sample among the k likeliest tokens only (with temperature > 0); None keeps them all."""
     seed: int | None = None
     """Seed for sampling (temperature > 0); same seed, same output."""
     stop: list[str] | None = None
@@ -173,6 +198,8 @@ class ChatLiteStage(BaseChatModel):
         stage budget (an object with `plan_for`, or a mapping keyed by stage names) is moved to `stage_profile`;
         a capabilities dict stays where it is.
         """
+        if isinstance(data, dict) and any(alias in data for alias in MAX_TOKENS_ALIASES):
+            data = canonical_kwargs(data)  # max_new_tokens / num_predict / max_completion_tokens -> max_tokens
         if isinstance(data, dict) and "profile" in data and "stage_profile" not in data:
             value = data["profile"]
             is_budget = (
@@ -214,6 +241,7 @@ class ChatLiteStage(BaseChatModel):
             "max_tokens": self.max_tokens,
             "temperature": self.temperature,
             "top_p": self.top_p,
+            "top_k": self.top_k,
             "seed": self.seed,
             "stop": self.stop,
             "stage": self.stage,
@@ -252,6 +280,27 @@ class ChatLiteStage(BaseChatModel):
             open_weights=True,
         )
 
+    # ------------------------------------------------------------------ token counting
+
+    @override
+    def get_token_ids(self, text: str) -> list[int]:
+        """Token ids of `text` from this model's own tokenizer (offline; langchain-core's default fetches GPT-2's)."""
+        return self.loaded_model().encode(text)
+
+    @override
+    def get_num_tokens(self, text: str) -> int:
+        return len(self.get_token_ids(text))
+
+    @override
+    def get_num_tokens_from_messages(
+        self, messages: list[BaseMessage], tools: Sequence[ToolLike] | None = None
+    ) -> int:
+        """Tokens of `messages` as this model reads them: rendered by its chat template, tool instructions included
+        (the reply's opening turn marker is not counted)."""
+        # message-likes ("user", "Hi") too, as everywhere else in LangChain's message APIs
+        converted = convert_to_messages(messages)
+        return count_message_tokens(self.loaded_model(), converted, tool_specs(tools) if tools else ())
+
     # ------------------------------------------------------------------ call preparation
 
     def loaded_model(self, source: str | LoadedModel | None = None) -> LoadedModel:
@@ -281,6 +330,7 @@ class ChatLiteStage(BaseChatModel):
         self, messages: Sequence[BaseMessage], stop: list[str] | None = None, **kwargs: Any
     ) -> PreparedCall:
         """Validate a call's messages and overrides and render its prompt; raises `InvalidInputError`."""
+        kwargs = canonical_kwargs(kwargs)
         unknown = sorted(set(kwargs) - CALL_KWARGS)
         if unknown:
             raise InvalidInputError(
@@ -296,15 +346,24 @@ class ChatLiteStage(BaseChatModel):
         offered = kwargs.get("tools") and kwargs.get("tool_choice") != "none"  # "none": the tools are not offered
         specs = tuple(tool_specs(kwargs["tools"])) if offered else ()
         forced = forced_tool_name(kwargs.get("tool_choice"), specs) if specs else None
+        answering = bool(specs) and forced is None and bool(messages) and isinstance(messages[-1], ToolMessage)
+        if answering:
+            # Left to decide right after a tool result, a small model calls the same tool again and again (a
+            # ToolNode/tools_condition loop never ends): its turn is the answer, so the tools are not offered and
+            # the earlier calls are told in words, not in the call format it would copy.
+            specs = ()
         stops = list(stop if stop is not None else (self.stop or []))
         schema = kwargs.get("response_schema")
         if schema is not None and not isinstance(schema, dict):
             raise InvalidInputError("response_schema must be a JSON schema dict")
+        if schema is None:
+            schema = response_format_schema(kwargs.get("response_format"))
         try:
             config = GenerationConfig(
                 max_new_tokens=kwargs.get("max_tokens", self.max_tokens),
                 temperature=kwargs.get("temperature", self.temperature),
                 top_p=kwargs.get("top_p", self.top_p),
+                top_k=kwargs.get("top_k", self.top_k),
                 seed=kwargs.get("seed", self.seed),
                 stop=stops,
                 early_exit=early,
@@ -312,15 +371,8 @@ class ChatLiteStage(BaseChatModel):
         except ValueError as exc:
             raise InvalidInputError(f"invalid generation settings: {exc}") from exc
         _check_last_message(messages)
-        native_tools = bool(specs) and _template_has_tools(loaded)
-        chat = to_chat_dicts(messages, native_tool_role=_template_has_tools(loaded))
-        if specs and not native_tools:
-            instructions = tools_system_prompt(specs, forced)
-            if chat[0]["role"] == "system":
-                chat[0] = {"role": "system", "content": chat[0]["content"] + "\n\n" + instructions}
-            else:
-                chat.insert(0, {"role": "system", "content": instructions})
-        template_tools = [s.as_openai() for s in specs] if native_tools else None
+        conversation = build_conversation(loaded, messages, specs, forced, answering=answering)
+        chat, instructions, template_tools = conversation.chat, conversation.instructions, conversation.template_tools
         prompt = loaded.render_chat(chat, tools=template_tools)
         shared_prefix = None
         if self.reuse_prefix and len(chat) >= 2:
@@ -338,6 +390,8 @@ class ChatLiteStage(BaseChatModel):
             forced_tool=forced,
             schema=schema,
             shared_prefix=shared_prefix,
+            instructions=instructions,
+            single_call=kwargs.get("parallel_tool_calls") is False,
         )
 
     # ------------------------------------------------------------------ generation
@@ -345,10 +399,10 @@ class ChatLiteStage(BaseChatModel):
     def _run(self, calls: Sequence[PreparedCall], on_token: Any = None) -> list[GenerationResult]:
         """Generate for calls that share one batch key, in one batched engine call (guided calls one by one)."""
         first = calls[0]
+        if first.tools and first.forced_tool is None:
+            return [self._run_tools_auto(call) for call in calls]
         if first.guided:
             return [self._run_guided(call) for call in calls]
-        if first.tools:
-            return [self._run_tools_auto(call) for call in calls]
         return generate(
             first.loaded,
             [c.prompt for c in calls],
@@ -364,21 +418,28 @@ class ChatLiteStage(BaseChatModel):
         """Tools bound, none forced: the model decides; if it opens a `<tool_call>`, the call is filled guided.
 
         Generation stops at the opening tag; when that is why it stopped, the text so far is kept as content and
-        the call itself continues exactly like a forced `"any"` call.
+        the call itself continues exactly like a forced `"any"` call. With a response format as well (an agent's
+        structured answer), a reply that opens no call is the JSON answer, filled like `with_structured_output`.
         """
-        config = call.config.model_copy(update={"stop": (*call.config.stop, TOOL_CALL_OPEN)})
+        update: dict[str, Any] = {"stop": (*call.config.stop, TOOL_CALL_OPEN)}
+        if call.schema is not None:
+            update = {"stop": (*call.config.stop, TOOL_CALL_OPEN, "{"),
+                      "max_new_tokens": min(call.config.max_new_tokens, _DECIDE_TOKENS)}
+        config = call.config.model_copy(update=update)
         first = generate(
             call.loaded, [call.prompt], plan=call.plan, config=config, shared_prefix=call.shared_prefix,
             **_cancel_kwargs(),
         )[0]
         opened = first.finish_reason == "stop" and TOOL_CALL_OPEN in call.loaded.decode(first.token_ids)
+        if not opened and call.schema is not None:
+            answer = self._run_guided(replace(call, tools=()))
+            return _combined(call, answer.text, [first, answer], truncated=answer.finish_reason == "length")
         if not opened:
             return first
         lead = first.text.rstrip()
         forced = call.tools[0].name if len(call.tools) == 1 else "any"
-        continued = self._run_guided(
-            replace(call, prompt=call.prompt + first.text, forced_tool=forced), lead=(lead + "\n") if lead else ""
-        )
+        continuation = replace(call, prompt=call.prompt + first.text, forced_tool=forced, schema=None)
+        continued = self._run_guided(continuation, lead=(lead + "\n") if lead else "")
         return _combined(call, continued.text, [first, continued])
 
     def _run_guided(self, call: PreparedCall, lead: str = "") -> GenerationResult:
@@ -398,24 +459,27 @@ class ChatLiteStage(BaseChatModel):
                 prefix_cache=own_prompt, **_cancel_kwargs(),
             )[0]
 
+        def choose(continuation: str, options: Sequence[str]) -> int:
+            return choose_option(
+                call.loaded, call.prompt + continuation, options, call.plan, shared_prefix=call.prompt,
+                prefix_cache=own_prompt,
+            )
+
         budget = call.config.max_new_tokens
-        results: list[GenerationResult] = []
         if call.schema is not None:
-            filled = fill_object(step, "", call.schema, budget=budget)
-            return _combined(call, filled.text, filled.results)
+            filled = fill_object(step, "", call.schema, budget=budget, choose=choose)
+            return _combined(call, filled.text, filled.results, truncated=filled.truncated)
         text = call_prefix(call.forced_tool, call.tools)  # '<tool_call>\n{"name": "' (+ the name if known)
         name = call.forced_tool
         if name == "any":
-            result = step(text, ['"'], 16)
-            results.append(result)
-            name = closest_name(result.text.strip(), [s.name for s in call.tools])
-            if name is None:  # left as an unparseable call, reported in invalid_tool_calls
-                return _combined(call, lead + text + result.text, results)
+            # The name is chosen among the bound tools by the model's likelihood, never written freely.
+            names = [s.name for s in call.tools]
+            name = names[choose(text, [n + '"' for n in names])]
             text += name + '", "arguments": '
         spec = next(s for s in call.tools if s.name == name)
-        filled = fill_object(step, text, spec.parameters, budget=budget)
-        results.extend(filled.results)
-        return _combined(call, lead + text + filled.text + "}\n</tool_call>", results)
+        filled = fill_object(step, text, spec.parameters, budget=budget, choose=choose)
+        text += filled.text + "}\n</tool_call>"
+        return _combined(call, lead + text, filled.results, truncated=filled.truncated)
 
     def _message(self, call: PreparedCall, result: GenerationResult) -> AIMessage:
         text = call.prefix + result.text
@@ -423,9 +487,12 @@ class ChatLiteStage(BaseChatModel):
         usage = _usage(result)
         if call.tools:
             parsed: ParsedToolCalls = parse_tool_calls(text, call.tools)
+            tool_calls = parsed.tool_calls[:1] if call.single_call else parsed.tool_calls
+            if tool_calls:
+                metadata["finish_reason"] = "tool_calls"
             return AIMessage(
-                content=parsed.content,
-                tool_calls=parsed.tool_calls,
+                content=strip_echoed_instructions(parsed.content, call.instructions),
+                tool_calls=tool_calls,
                 invalid_tool_calls=parsed.invalid_tool_calls,
                 usage_metadata=usage,
                 response_metadata=metadata,
@@ -440,7 +507,13 @@ class ChatLiteStage(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         call = self.prepare(messages, stop, **kwargs)
-        result = self._run([call])[0]
+        on_token = None
+        if run_manager is not None and run_manager.handlers:
+            # As ChatOllama does: an invoke still reports every token to the callbacks (tracing, streaming handlers).
+            def on_token(row: int, piece: str) -> None:
+                run_manager.on_llm_new_token(piece, chunk=ChatGenerationChunk(message=AIMessageChunk(content=piece)))
+
+        result = self._run([call], on_token=on_token)[0]
         return ChatResult(generations=[ChatGeneration(message=self._message(call, result))])
 
     async def _agenerate(
@@ -450,8 +523,13 @@ class ChatLiteStage(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        # Decoding is CPU-bound torch work: run it on a worker thread so the event loop stays responsive.
-        return await _cancellable(functools.partial(self._generate, messages, stop, None, **kwargs))
+        # Decoding is CPU-bound torch work: run it on a worker thread so the event loop stays responsive; tokens
+        # reach the async callbacks through the loop, in order. Cancelling the task stops the decode in that thread.
+        loop = asyncio.get_running_loop()
+        sync_manager = None
+        if run_manager is not None and run_manager.handlers:
+            sync_manager = _LoopTokenRelay(run_manager, loop)
+        return await _cancellable(functools.partial(self._generate, messages, stop, cast(Any, sync_manager), **kwargs))
 
     def _stream(
         self,
@@ -676,16 +754,24 @@ class ChatLiteStage(BaseChatModel):
         tools: Sequence[ToolLike],
         *,
         tool_choice: str | bool | dict[str, Any] | None = None,
+        strict: bool | None = None,
+        parallel_tool_calls: bool | None = None,
         **kwargs: Any,
     ) -> Runnable[LanguageModelInput, AIMessage]:
-        """Bind tools; calls come back in `AIMessage.tool_calls` (see `litestage_chain.chat.tools` for the format).
-
-        `tool_choice`: `None`/`"auto"` lets the model decide, `"any"`/`"required"`/`True` forces some tool, a tool
-        name forces that tool.
+        """Bind tools (kept as OpenAI-format dicts); calls come back in `AIMessage.tool_calls`.
+        `tool_choice`: `None`/`"auto"` lets the model decide, `"any"`/`"required"`/`True` forces some tool (which
+        one is chosen among the bound tools by the model), a tool name forces that tool. In auto mode a reply right
+        after a tool result is an answer: the tools are not offered again for it (force a call to chain tools).
+        `strict`: arguments are always filled to the schema, so this only marks the dicts as OpenAI does.
+        `parallel_tool_calls=False` keeps at most one call per reply. `response_format` (OpenAI style, as
+        `create_agent` passes it) makes a reply that calls no tool a JSON answer of that schema.
+        See `litestage_chain.chat.tools` for the wire format.
         """
-        specs = tool_specs(tools)
-        forced_tool_name(tool_choice, specs)  # validate now, not at the first call
-        return self.bind(tools=list(tools), tool_choice=tool_choice, **kwargs)
+        bound = openai_tools(tools, strict=strict)
+        forced_tool_name(tool_choice, tool_specs(bound))  # validate now, not at the first call
+        if parallel_tool_calls is not None:
+            kwargs["parallel_tool_calls"] = parallel_tool_calls
+        return self.bind(tools=bound, tool_choice=tool_choice, **kwargs)
 
     @override
     def with_structured_output(
@@ -699,15 +785,37 @@ class ChatLiteStage(BaseChatModel):
     ) -> Runnable[LanguageModelInput, dict[str, Any] | Any]:
         """Return a runnable whose output is `schema` (a pydantic model instance, else a dict).
 
-        All methods work the same way on a local model: the JSON schema goes into the prompt, the reply is parsed
-        and validated, and a failed reply is sent back with the error for up to `max_retries` more tries before
-        `StructuredOutputError` is raised. `method` and `strict` are accepted for API compatibility.
+        All methods work the same way on a local model: the keys are described in the prompt, the reply is filled
+        value by value (arrays, nested objects, enums and `Optional` fields included, see `litestage_chain.guided`),
+        parsed and validated, and a failed reply is sent back with the error for up to `max_retries` more tries
+        before `StructuredOutputError` is raised. `max_tokens` caps the whole reply: a reply cut by it comes back
+        with finish reason "length" and fails validation naming the keys it lacks. `method` (one of
+        "json_schema", "function_calling", "json_mode"; anything else is an error) and `strict` are accepted for
+        API compatibility.
         """
         from litestage_chain.chat.structured import structured_output_runnable
 
         if kwargs:
             raise InvalidInputError(f"unsupported with_structured_output arguments: {sorted(kwargs)}")
+        if method not in STRUCTURED_METHODS:
+            raise InvalidInputError(f"unknown method {method!r}; use one of {', '.join(STRUCTURED_METHODS)}")
         return structured_output_runnable(self, schema, include_raw=include_raw, method=method)
+
+
+STRUCTURED_METHODS = ("json_schema", "function_calling", "json_mode")
+
+
+class _LoopTokenRelay:
+    """Hands tokens from the decoding thread to an async run manager on its event loop, one at a time, in order."""
+
+    def __init__(self, run_manager: AsyncCallbackManagerForLLMRun, loop: asyncio.AbstractEventLoop) -> None:
+        self.handlers = run_manager.handlers
+        self._run_manager = run_manager
+        self._loop = loop
+
+    def on_llm_new_token(self, token: str, *, chunk: ChatGenerationChunk | None = None) -> None:
+        coroutine = self._run_manager.on_llm_new_token(token, chunk=chunk)
+        asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
 
 class _StreamWorker:
@@ -810,12 +918,6 @@ def _as_early_exit(value: Any) -> EarlyExitConfig | None:
         raise InvalidInputError(f"invalid early_exit: {exc}") from exc
 
 
-def _template_has_tools(loaded: LoadedModel) -> bool:
-    """Whether the tokenizer's chat template renders a `tools` list itself."""
-    template = getattr(loaded.tokenizer, "chat_template", None) or ""
-    return isinstance(template, str) and "tools" in template
-
-
 def _usage(result: GenerationResult) -> UsageMetadata:
     """Token counts; prompt tokens served from the shared-prefix table are cached input, as providers report them.
 
@@ -841,7 +943,8 @@ def _response_metadata(call: PreparedCall, result: GenerationResult) -> dict[str
         "skipped": {"attention": list(result.plan.attention), "mlp": list(result.plan.mlp)},
         "num_skipped": result.plan.num_skipped,
         "early_exit": result.early_exited,
-        "finish_reason": result.finish_reason,
+        "finish_reason": FINISH_REASONS[result.finish_reason],
+        "engine_finish_reason": result.finish_reason,
         "prefill_seconds": result.prefill_seconds,
         "decode_seconds": result.decode_seconds,
         "prefix_seconds": result.prefix_seconds,
@@ -880,8 +983,13 @@ def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def _combined(call: PreparedCall, text: str, results: Sequence[GenerationResult]) -> GenerationResult:
-    """One result standing for the several engine calls of a guided reply (tokens and seconds summed)."""
+def _combined(
+    call: PreparedCall, text: str, results: Sequence[GenerationResult], *, truncated: bool = False
+) -> GenerationResult:
+    """One result standing for the several engine calls of a guided reply (tokens and seconds summed).
+
+    `truncated`: the reply's token budget ran out before the JSON was complete (finish reason "length").
+    """
     return GenerationResult(
         text=text,
         token_ids=[t for r in results for t in r.token_ids],
@@ -893,7 +1001,7 @@ def _combined(call: PreparedCall, text: str, results: Sequence[GenerationResult]
         prefill_seconds=sum(r.prefill_seconds + r.prefix_seconds for r in results),
         decode_seconds=sum(r.decode_seconds for r in results),
         early_exited=any(r.early_exited for r in results),
-        finish_reason="stop",
+        finish_reason="length" if truncated else "stop",
         plan=call.plan,
     )
 

@@ -54,13 +54,31 @@ def render_tool_call(name: str, args: dict[str, Any]) -> str:
     return "<tool_call>\n" + json.dumps({"name": name, "arguments": args}, ensure_ascii=False) + "\n</tool_call>"
 
 
-def to_chat_dicts(messages: Sequence[BaseMessage], *, native_tool_role: bool) -> list[dict[str, str]]:
+ANSWER_FROM_RESULTS = "Use this result to answer my question in a sentence."
+
+
+def describe_tool_call(name: str, args: dict[str, Any]) -> str:
+    """An earlier tool call told in words (see `to_chat_dicts(calls_as_text=True)`)."""
+    shown = ", ".join(f"{key}={json.dumps(value, ensure_ascii=False)}" for key, value in args.items())
+    return f"I called the tool {name}({shown})."
+
+
+def to_chat_dicts(
+    messages: Sequence[BaseMessage],
+    *,
+    native_tool_role: bool,
+    allow_system_only: bool = False,
+    calls_as_text: bool = False,
+) -> list[dict[str, str]]:
     """Convert messages to chat-template dicts.
 
     `native_tool_role`: the template knows a `tool` role; otherwise tool results are shown as user turns that say
     which call they answer (SmolLM2's template would render any role name, but the model never saw `tool`).
     Consecutive system messages are merged, and a system message that is not first is moved to the front, because
-    most templates only honour one leading system turn.
+    most templates only honour one leading system turn. `allow_system_only` accepts messages with no other turn
+    (token counting of a conversation's first messages); a prompt to generate from needs a user turn.
+    `calls_as_text`: earlier tool calls are told in words instead of the wire format, and the results ask for the
+    answer; for a reply that must answer from the results (a small model shown its own `<tool_call>` copies it).
     """
     if not messages:
         raise InvalidInputError("no messages: pass at least one message")
@@ -74,7 +92,8 @@ def to_chat_dicts(messages: Sequence[BaseMessage], *, native_tool_role: bool) ->
             turns.append({"role": "user", "content": content_text(message.content, where=where)})
         elif isinstance(message, AIMessage):
             text = content_text(message.content, where=where)
-            calls = [render_tool_call(c["name"], c["args"]) for c in message.tool_calls]
+            render = describe_tool_call if calls_as_text else render_tool_call
+            calls = [render(c["name"], c["args"]) for c in message.tool_calls]
             turns.append({"role": "assistant", "content": "\n".join(p for p in [text, *calls] if p)})
         elif isinstance(message, ToolMessage):
             text = content_text(message.content, where=where)
@@ -82,6 +101,9 @@ def to_chat_dicts(messages: Sequence[BaseMessage], *, native_tool_role: bool) ->
                 text = f"Error: {text}" if not text.lower().startswith("error") else text
             if native_tool_role:
                 turns.append({"role": "tool", "content": text})
+            elif calls_as_text:
+                label = f"The tool {message.name}" if message.name else "The tool"
+                turns.append({"role": "user", "content": f"{label} returned: {text}\n{ANSWER_FROM_RESULTS}"})
             else:
                 label = f"{message.name} " if message.name else ""
                 turns.append(
@@ -103,7 +125,7 @@ def to_chat_dicts(messages: Sequence[BaseMessage], *, native_tool_role: bool) ->
                 f"{where}: unsupported message type {type(message).__name__}; use SystemMessage, HumanMessage, "
                 f"AIMessage, ToolMessage or ChatMessage"
             )
-    if not turns:
+    if not turns and not allow_system_only:
         raise InvalidInputError("the messages contain only system text: add a user message")
     if system_parts:
         turns.insert(0, {"role": "system", "content": "\n\n".join(p for p in system_parts if p)})

@@ -70,6 +70,34 @@ def tool_specs(tools: Sequence[ToolLike]) -> list[ToolSpec]:
     return list(unique.values())
 
 
+def openai_tools(tools: Sequence[ToolLike], *, strict: bool | None = None) -> list[dict[str, Any]]:
+    """Tools in OpenAI's `{"type": "function", "function": {...}}` form, as `bind_tools` keeps them.
+
+    Bound tools are plain dicts, as every LangChain provider keeps them: LangGraph's `create_react_agent` reads the
+    names of prebound tools with `tool["function"]["name"]`-style lookups, and dicts survive copying and tracing.
+    """
+    converted = []
+    for tool in tools:
+        try:
+            converted.append(convert_to_openai_tool(tool, strict=strict))
+        except Exception as exc:  # noqa: BLE001 - convert_to_openai_tool raises many types
+            raise InvalidInputError(f"cannot use {tool!r} as a tool: {exc}") from exc
+    return converted
+
+
+def strip_echoed_instructions(content: str, instructions: str) -> str:
+    """`content` without the lines that repeat the tool instructions verbatim.
+
+    Offered tools but left to decide, a small model sometimes answers by copying the instructions ("To call a tool,
+    reply with exactly: ..."); those lines are the prompt, not an answer.
+    """
+    if not instructions or not content:
+        return content
+    taught = {line.strip() for line in instructions.splitlines() if line.strip()}
+    kept = [line for line in content.splitlines() if line.strip() not in taught]
+    return "\n".join(kept).strip()
+
+
 def forced_tool_name(tool_choice: Any, specs: Sequence[ToolSpec]) -> str | None:
     """Which tool a `tool_choice` forces: a name, `"any"` (some tool) or `None` (the model decides).
 

@@ -14,15 +14,14 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
-from uuid import UUID
-
-from langchain_core.callbacks import BaseCallbackHandler
 
 from litestage_chain.budgets.coerce import as_stage_budgets
 from litestage_chain.budgets.stage_budgets import StageBudgets
 from litestage_chain.budgets.stages import STAGES
 from litestage_chain.chat.chat_model import ChatLiteStage
 from litestage_chain.cli.bench import add_bench_subcommand
+from litestage_chain.cli.demo import add_demo_parser
+from litestage_chain.cli.output import StagePrinter, answer_line, timing_table
 from litestage_chain.cli.profile import add_profile_parser, normalise_profile_argv
 from litestage_chain.data.types import Question
 from litestage_chain.engine.weight_formats import WEIGHT_CHOICES
@@ -111,14 +110,20 @@ def add_ask_parser(subparsers: Any) -> None:
     ask.add_argument("--shots", type=int, default=2, metavar="N", help="worked examples per stage (default 2)")
     ask.add_argument("--no-fallback", action="store_true", help="do not re-run the summary on the full model")
     ask.add_argument("--no-stream", action="store_true", help="print each stage when done instead of streaming")
-    ask.add_argument("--json", action="store_true", help="print the full result as JSON at the end")
+    ask.add_argument("--json", action="store_true",
+                     help="print the full result as JSON on stdout, and the human-readable text on stderr")
     ask.set_defaults(handler=run_ask)
 
 
 def run_ask(args: argparse.Namespace, out: TextIO | None = None) -> int:
-    """Build the chain, run the question, stream or print each stage, then the answer and the timing table."""
+    """Build the chain, run the question, stream or print each stage, then the answer and the timing table.
 
-    out = out or sys.stdout
+    With `--json`, `out` (stdout) gets the JSON result only, so it can be piped (`| jq .answer`); the stages, the
+    answer and the table go to stderr.
+    """
+
+    data = out or sys.stdout
+    out = sys.stderr if args.json else data
     if args.max_tokens is not None and args.max_tokens < 1:
         raise InvalidInputError(f"--max-tokens must be >= 1, got {args.max_tokens}")
     choices = args.choice or ["yes", "no"]
@@ -148,18 +153,15 @@ def run_ask(args: argparse.Namespace, out: TextIO | None = None) -> int:
             printer.header("summary (full model)")
             out.write(result.fallback.text)
     out.write("\n\n")
-    answer = f"{result.answer} ({result.answer_text})" if result.answer else "none could be read"
-    note = {"fallback": ", from the full-model summary re-run", "analysis": ", from the analysis"}.get(
-        result.answer_source or "", ""
-    )
-    out.write(f"Answer: {answer}{note}\n\n")
+    out.write(f"Answer: {answer_line(result)}\n\n")
     loaded = model.loaded_model()
     profile_note = f", profile {args.profile}" if args.profile else ""
     out.write(f"model {loaded.name}, {loaded.weights} weights{profile_note}\n")
     out.write(timing_table(result))
-    if args.json:
-        out.write(result.model_dump_json(indent=2) + "\n")
     out.flush()
+    if args.json:
+        data.write(result.model_dump_json(indent=2) + "\n")
+        data.flush()
     return 0
 
 
@@ -170,59 +172,5 @@ def load_plans(source: str) -> StageBudgets:
     return budgets
 
 
-def timing_table(result: Any) -> str:
-    """Per-stage tokens, seconds and skipped sub-layers, as a fixed-width table."""
-    rows = [(stage, result.stages[stage]) for stage in STAGES]
-    if result.fallback is not None:
-        rows.append(("summary*", result.fallback))
-    lines = [f"{'stage':<10}{'tokens':>8}{'prefill s':>11}{'decode s':>10}{'total s':>9}  {'exit':<6}skipped sub-layers"]
-    for name, output in rows:
-        lines.append(
-            f"{name:<10}{output.generated_tokens:>8}{output.prefill_seconds:>11.2f}{output.decode_seconds:>10.2f}"
-            f"{output.seconds:>9.2f}  {'early' if output.early_exited else '-':<6}{output.skipped.describe()}"
-        )
-    lines.append(
-        f"{'total':<10}{result.generated_tokens:>8}{'':>11}{'':>10}{result.model_seconds:>9.2f}"
-        f"  (wall {result.total_seconds:.2f} s)"
-    )
-    if result.fallback is not None:
-        lines.append("summary* = the summary re-run on the full model because no answer could be read")
-    return "\n".join(lines) + "\n"
-
-
-class StagePrinter(BaseCallbackHandler):
-    """Prints a header when a stage's model call starts and each decoded piece as it arrives."""
-
-    raise_error = True
-    """A failed write (the reader of a pipe went away) stops the run instead of being logged once per token."""
-
-    def __init__(self, out: TextIO) -> None:
-        super().__init__()
-        self.out = out
-        self._printed_any = False
-
-    def quiet_own_errors(self, record: logging.LogRecord) -> bool:
-        """LangChain logs a handler's error before raising it; the CLI reports a closed output itself."""
-        return f"{type(self).__name__}." not in record.getMessage()
-
-    def header(self, title: str) -> None:
-        self.out.write(("\n\n" if self._printed_any else "\n") + f"[{title}]\n")
-        self._printed_any = True
-        self.out.flush()
-
-    def on_chat_model_start(
-        self, serialized: Any, messages: Any, *, run_id: UUID, metadata: dict[str, Any] | None = None, **kwargs: Any
-    ) -> None:
-        metadata = metadata or {}
-        stage = metadata.get("litestage_stage")
-        if stage:
-            fallback = metadata.get("litestage_node") == "summary_fallback"
-            self.header(f"{stage} (full model)" if fallback else stage)
-
-    def on_llm_new_token(self, token: str, **kwargs: Any) -> None:
-        self.out.write(token)
-        self.out.flush()
-
-
-SUBCOMMANDS: list[Callable[[Any], None]] = [add_ask_parser, add_profile_parser, add_bench_subcommand]
+SUBCOMMANDS: list[Callable[[Any], None]] = [add_ask_parser, add_demo_parser, add_profile_parser, add_bench_subcommand]
 """Registration functions of the subcommands, in the order `litestage --help` lists them."""

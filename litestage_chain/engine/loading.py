@@ -48,6 +48,7 @@ from litestage_chain.engine.sources import (
     recommended_weights,
     resolve_source,
 )
+from litestage_chain.engine.progress import first_run_step
 from litestage_chain.engine.weight_formats import AUTO, WEIGHT_FORMATS
 from litestage_chain.errors import ModelLoadError
 
@@ -419,7 +420,8 @@ def _converted_gguf(path: Path) -> tuple[Path, str]:
                 shutil.rmtree(dead, ignore_errors=True)
             staging = Path(tempfile.mkdtemp(prefix=f".{digest[:12]}-", dir=target.parent))
             try:
-                _convert_gguf(path, staging)
+                with first_run_step(f"converting {path.name} to float32 safetensors"):
+                    _convert_gguf(path, staging)
                 files = [p for p in staging.rglob("*") if p.is_file()]
                 write_manifest(staging / _COMPLETE_MARKER, files, {"gguf": path.name, "sha256": digest})
                 staging.rename(target)

@@ -1,4 +1,4 @@
-"""Choosing the next token: greedy or temperature / top-p sampling, plus the confidence early exit reads.
+"""Choosing the next token: greedy or temperature / top-k / top-p sampling, plus the confidence early exit reads.
 
 Sampling uses a per-call `torch.Generator`, never the global RNG, so a seeded call is reproducible even while
 other threads generate.
@@ -21,10 +21,14 @@ def choose_next(
     temperature: float,
     top_p: float,
     generator: Optional[torch.Generator],
+    top_k: Optional[int] = None,
 ) -> torch.Tensor:
-    """Pick one token per row ([B, V] -> [B]). `temperature == 0` is greedy."""
+    """Pick one token per row ([B, V] -> [B]). `temperature == 0` is greedy; `top_k` keeps the k likeliest tokens."""
     if temperature <= 0.0:
         return logits.argmax(dim=-1)
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = torch.softmax(logits / temperature, dim=-1)
     if top_p < 1.0:
         sorted_probs, order = probs.sort(dim=-1, descending=True)

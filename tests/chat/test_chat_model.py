@@ -165,7 +165,8 @@ def test_profile_object_plugs_in(tiny_llama: LoadedModel) -> None:
     analysis = llm.bind(stage="analysis").invoke("x").response_metadata
     assert recall["skipped"]["attention"] == [0] and analysis["skipped"]["attention"] == [1]
     # threshold 1.0 with window 1: any token below certainty exits at min_tokens; the profile's None means off.
-    assert analysis["early_exit"] is True and analysis["finish_reason"] == "early_exit"
+    assert analysis["early_exit"] is True and analysis["finish_reason"] == "stop"
+    assert analysis["engine_finish_reason"] == "early_exit"
     assert recall["early_exit"] is False
     # A per-call early_exit=None disables it even where the profile enables it.
     assert llm.bind(stage="analysis", early_exit=None).invoke("x").response_metadata["early_exit"] is False

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
-from langchain_core.tools import tool
 from pydantic import BaseModel, Field
+
+from sample_tools import adder, clock
 
 from litestage_chain import InvalidInputError, LoadedModel, SkipPlan
 from litestage_chain.chat.chat_model import ChatLiteStage
@@ -26,29 +27,9 @@ from litestage_chain.chat.tools import (
 from litestage_chain.engine.generation import GenerationResult
 
 
-@tool
-def adder(a: int, b: int) -> int:
-    """Add two integers."""
-    return a + b
-
-
-@tool
-def clock() -> str:
-    """Tell the time."""
-    return "noon"
 
 
 SPECS = tool_specs([adder, clock])
-
-
-@pytest.fixture(scope="module")
-def tiny_long() -> LoadedModel:
-    """A tiny random Llama with a long context: tool and schema prompts are long in byte tokens."""
-    from tiny_models import tiny_long_context_llama
-
-    from litestage_chain import from_pretrained_objects
-
-    return from_pretrained_objects(*tiny_long_context_llama(), name="tiny-long")
 
 
 def test_tool_specs_and_system_prompt() -> None:
@@ -135,23 +116,30 @@ def test_fill_object_builds_valid_json_from_values() -> None:
             "size": {"type": "number"},
         }
     }
-    script = iter(["Ann Lee", " 42 years", " true", "gren", " lots"])
+    script = iter(["Ann Lee", " 42 years", " lots"])
+    choices = iter([1, 0, 1])  # ok: not null, then true; color: the second option
     seen: list[tuple[str, list[str]]] = []
+    offered: list[list[str]] = []
 
     def fake(continuation: str, stops: Sequence[str], max_new: int) -> GenerationResult:
         seen.append((continuation, list(stops)))
         return _result(next(script))
 
-    out = fill_object(fake, "", schema, budget=20)
+    def choose(continuation: str, options: Sequence[str]) -> int:
+        offered.append(list(options))
+        return next(choices)
+
+    out = fill_object(fake, "", schema, budget=200, choose=choose)
     assert out.value == {"name": "Ann Lee", "age": 42, "ok": True, "color": "green", "size": "lots"}
     assert json.loads(out.text) == out.value
     assert seen[0] == ('{"name": "', ['"'])
     assert seen[1][0] == '{"name": "Ann Lee", "age": ' and seen[1][1] == [",", "}", "\n"]
-    assert len(out.results) == 5
+    assert offered == [["null", "true"], ["true", "false"], ['"red"', '"green"']]
+    assert len(out.results) == 3 and not out.truncated
 
 
 def test_forced_tool_call_on_tiny_model_is_well_formed(tiny_long: LoadedModel) -> None:
-    llm = ChatLiteStage(model=tiny_long, max_tokens=4)
+    llm = ChatLiteStage(model=tiny_long, max_tokens=24)  # the reply's budget: two numbers of at most 12 tokens
     message = llm.bind_tools([adder, clock], tool_choice="adder").invoke("add 2 and 3")
     # A random model writes nonsense values, but the call itself is always a well-formed call of `adder`.
     assert [c["name"] for c in message.tool_calls] == ["adder"]
@@ -223,7 +211,7 @@ def test_structured_output_on_tiny_model_is_valid_json_or_clear_error(tiny_long:
         title: str
         body: str
 
-    llm = ChatLiteStage(model=tiny_long, max_tokens=5, max_retries=0)
+    llm = ChatLiteStage(model=tiny_long, max_tokens=64, max_retries=0)
     raw = llm.with_structured_output(Note, include_raw=True).invoke("write a note")
     # String fields always validate: the guided fill makes the JSON well-formed even from a random model.
     assert isinstance(raw["parsed"], Note) and raw["parsing_error"] is None

@@ -91,9 +91,10 @@ def test_ask_streams_stages_and_prints_table(tiny_dir: Path, tmp_path: Path, cap
 
 def test_ask_no_stream_and_json(tiny_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     status = main(["ask", "Can cats fly?", "--model", str(tiny_dir), "--max-tokens", "3", "--no-stream", "--json"])
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.err  # the human-readable text; stdout holds the JSON only, so it can be piped to jq
     assert status == 0 and "  A. yes" in out and "  B. no" in out
-    result = json.loads(out[out.index("{") :])
+    result = json.loads(captured.out)
     assert set(result["stages"]) == {"recall", "analysis", "summary"}
     # A random model never writes a readable answer, so the fallback ran and is shown.
     assert result["fallback_used"] is True and "[summary (full model)]" in out and "summary*" in out

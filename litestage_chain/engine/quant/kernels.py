@@ -25,8 +25,9 @@ from types import ModuleType
 
 import torch
 
-from litestage_chain.engine.cache_dir import cache_root
 from litestage_chain.cache_files import CacheError, check_manifest, locked, manifest_of, write_manifest
+from litestage_chain.engine.cache_dir import cache_root
+from litestage_chain.engine.progress import first_run_step
 
 logger = logging.getLogger(__name__)
 
@@ -120,14 +121,16 @@ def build_extension(source: Path, name: str, build_dir: Path) -> ModuleType:
             else:
                 (build_dir / "lock").unlink(missing_ok=True)  # left by a loader that died
         build_dir.mkdir(parents=True, exist_ok=True)
-        module = load(
-            name=name,
-            sources=[str(source)],
-            extra_cflags=["-O3", "-fopenmp"],
-            extra_ldflags=["-fopenmp"],
-            build_directory=str(build_dir),
-            verbose=False,
-        )
+        # A cached build loads in a second; compiling takes a minute or more: say so only when it is taking that long.
+        with first_run_step(f"compiling the low-bit CPU kernels ({source.name})", after=3.0):
+            module = load(
+                name=name,
+                sources=[str(source)],
+                extra_cflags=["-O3", "-fopenmp"],
+                extra_ldflags=["-fopenmp"],
+                build_directory=str(build_dir),
+                verbose=False,
+            )
         if built.is_file() and check_manifest(manifest_of(built)) is not None:
             write_manifest(manifest_of(built), [built])
         return module

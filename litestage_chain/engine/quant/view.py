@@ -14,6 +14,7 @@ import os
 from torch import nn
 
 from litestage_chain.engine.architecture import DecoderView
+from litestage_chain.engine.progress import first_run_step
 from litestage_chain.engine.quant.convert import quantize_model_linears
 from litestage_chain.engine.quant.formats import WeightFormat, default_lm_head_format
 from litestage_chain.engine.quant.serialize import (
@@ -78,7 +79,8 @@ def quantize_decoder_view(
         if set(cached) == expected:
             converted = cached
     if converted is None:
-        every = quantize_model_linears(linears, fmt, lm_head_fmt=head_fmt)
+        with first_run_step(f"converting the weights to {label}"):
+            every = quantize_model_linears(linears, fmt, lm_head_fmt=head_fmt)
         converted = {name: every[name] for name in expected}
         if path is not None:
             save_converted_or_warn(converted, path, {"weights_id": weights_id or "", "format": label})
