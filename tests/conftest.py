@@ -10,6 +10,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import tiny_models  # noqa: E402
 from tiny_models import tiny_llama as _tiny_llama  # noqa: E402
 from tiny_models import tiny_qwen2 as _tiny_qwen2  # noqa: E402
 
@@ -49,10 +50,26 @@ def tiny_long() -> LoadedModel:
     return from_pretrained_objects(*tiny_long_context_llama(), name="tiny-long")
 
 
-@pytest.fixture(params=["llama", "qwen2"])
-def tiny_model(request: pytest.FixtureRequest) -> LoadedModel:
+FAMILIES = ["llama", "qwen2", "qwen3", "mistral", "phi3", "gemma2", "gemma3"]
+"""Every supported decoder family, by the name of its tiny model in `tiny_models`."""
+
+
+@pytest.fixture(scope="session")
+def tiny_family_models() -> dict[str, LoadedModel]:
+    """One tiny model per family, built on first use and shared by the session."""
+    return {}
+
+
+@pytest.fixture(params=FAMILIES)
+def tiny_model(request: pytest.FixtureRequest, tiny_family_models: dict[str, LoadedModel]) -> LoadedModel:
     """Each test using this runs once per supported architecture."""
-    return request.getfixturevalue(f"tiny_{request.param}")
+    family = request.param
+    if family in ("llama", "qwen2"):
+        return request.getfixturevalue(f"tiny_{family}")
+    if family not in tiny_family_models:
+        model, tokenizer = getattr(tiny_models, f"tiny_{family}")()
+        tiny_family_models[family] = from_pretrained_objects(model, tokenizer, name=f"tiny-{family}")
+    return tiny_family_models[family]
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,10 @@
-"""Tiny randomly initialised Llama and Qwen2 models with a byte-level tokenizer, built offline in milliseconds."""
+"""Tiny randomly initialised models of every supported family with a byte-level tokenizer, built offline in
+milliseconds from each family's own transformers config.
+
+Where a family has a feature the engine must reproduce, the tiny config makes it bite on the tests' short prompts:
+sliding windows of 8 tokens (prompts and answers are 10-60 byte tokens), attention soft-capping low enough to
+clip real scores, and a bias or partial rotary where the family allows one. Norm weights are randomised too: Gemma
+initialises them to zero, which would make its (1 + w) RMSNorm indistinguishable from a plain one."""
 
 from __future__ import annotations
 
@@ -6,11 +12,22 @@ import torch
 from tokenizers import Tokenizer, decoders, models
 from tokenizers.pre_tokenizers import ByteLevel
 from transformers import (
+    Gemma2Config,
+    Gemma2ForCausalLM,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
     LlamaConfig,
     LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Phi3Config,
+    Phi3ForCausalLM,
+    PreTrainedModel,
     PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
 )
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -63,6 +80,76 @@ def tiny_qwen2(layers: int = 4, seed: int = 0) -> tuple[Qwen2ForCausalLM, PreTra
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(Qwen2Config(**_common(tokenizer, layers)))
     return model.eval(), tokenizer
+
+
+WINDOW = 8
+"""Sliding window of the tiny windowed families, far shorter than the tests' prompts plus answers."""
+
+
+def _build(model_class: type, config: object, seed: int) -> PreTrainedModel:
+    torch.manual_seed(seed)
+    model = model_class(config)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("norm.weight"):  # exercise each family's own norm formula, not just weight 1
+                parameter.copy_(torch.empty_like(parameter).uniform_(-0.3, 0.3) + (0.0 if "gemma" in
+                                config.model_type else 1.0))
+        if "gemma" in config.model_type and config.tie_word_embeddings:
+            # Gemma multiplies embeddings by sqrt(hidden) and ties them to the output: at the shared random scale
+            # the input token then dominates every logit and greedy decoding repeats one byte.
+            model.model.embed_tokens.weight.div_(config.hidden_size**0.5)
+    return model.eval()
+
+
+def tiny_qwen3(layers: int = 4, seed: int = 0, head_dim: int = 24) -> tuple[Qwen3ForCausalLM, PreTrainedTokenizerFast]:
+    """Qwen3: RMSNorm on every query and key head; here also a q/k/v bias and sliding windows on layers 2-3.
+    (transformers' GGUF reader assumes the real models' head_dim of 128.)"""
+    tokenizer = byte_tokenizer()
+    config = Qwen3Config(**_common(tokenizer, layers), head_dim=head_dim, attention_bias=True, use_sliding_window=True,
+                         sliding_window=WINDOW, max_window_layers=2)
+    return _build(Qwen3ForCausalLM, config, seed), tokenizer
+
+
+def tiny_mistral(layers: int = 4, seed: int = 0) -> tuple[MistralForCausalLM, PreTrainedTokenizerFast]:
+    """Mistral: Llama's layer with a sliding window on every layer."""
+    tokenizer = byte_tokenizer()
+    config = MistralConfig(**_common(tokenizer, layers), sliding_window=WINDOW)
+    return _build(MistralForCausalLM, config, seed), tokenizer
+
+
+def tiny_phi3(layers: int = 4, seed: int = 0) -> tuple[Phi3ForCausalLM, PreTrainedTokenizerFast]:
+    """Phi-3: fused qkv and gate_up projections; here with Phi-4-mini's partial rotary and a sliding window."""
+    tokenizer = byte_tokenizer()
+    config = Phi3Config(**_common(tokenizer, layers), sliding_window=WINDOW, partial_rotary_factor=0.75,
+                        resid_pdrop=0.0, embd_pdrop=0.0, attention_dropout=0.0)
+    return _build(Phi3ForCausalLM, config, seed), tokenizer
+
+
+def _gemma_common(tokenizer: PreTrainedTokenizerFast, layers: int) -> dict:
+    """Gemma 2 and 3: embeddings scaled by sqrt(hidden), (1 + w) norms around both sub-layers, GELU, query
+    scaling by `query_pre_attn_scalar`, and local (sliding) layers alternating with global ones."""
+    common = _common(tokenizer, layers)
+    common.update(head_dim=16, query_pre_attn_scalar=24, sliding_window=WINDOW,
+                  layer_types=["sliding_attention", "full_attention"] * (layers // 2))
+    return common
+
+
+def tiny_gemma2(layers: int = 4, seed: int = 0) -> tuple[Gemma2ForCausalLM, PreTrainedTokenizerFast]:
+    """Gemma 2: soft-capped attention scores and final logits (caps low enough to bind on these weights); its
+    output head is untied here, so the final logits are large enough for their cap to matter."""
+    tokenizer = byte_tokenizer()
+    config = Gemma2Config(**_gemma_common(tokenizer, layers), attn_logit_softcapping=2.0, final_logit_softcapping=3.0)
+    return _build(Gemma2ForCausalLM, config, seed), tokenizer
+
+
+def tiny_gemma3(layers: int = 4, seed: int = 0) -> tuple[Gemma3ForCausalLM, PreTrainedTokenizerFast]:
+    """Gemma 3 (text): q/k head norms, local layers with their own rotary base, and the output head tied to the
+    embedding as in the real checkpoints."""
+    tokenizer = byte_tokenizer()
+    config = Gemma3TextConfig(**{**_gemma_common(tokenizer, layers), "tie_word_embeddings": True},
+                              rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1e6},
+                                               "sliding_attention": {"rope_type": "default", "rope_theta": 10.0}})
+    return _build(Gemma3ForCausalLM, config, seed), tokenizer
 
 
 def tiny_long_context_llama(seed: int = 0) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from litestage_chain.engine.architecture import AttentionParts, DecoderView, MlpParts
+from litestage_chain.engine.attention_variants import layer_mask, softcapped_attention
 from litestage_chain.engine.kv_cache import KVCache
 from litestage_chain.engine.skip_plan import SkipPlan
 
@@ -40,6 +41,15 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary positions on the first `cos.shape[-1]` dims of each head (all of them but with partial rotary)."""
+    dims = cos.shape[-1]
+    if dims == x.shape[-1]:
+        return x * cos + _rotate_half(x) * sin
+    rotated, kept = x[..., :dims], x[..., dims:]
+    return torch.cat((rotated * cos + _rotate_half(rotated) * sin, kept), dim=-1)
+
+
 def _project_qkv(
     parts: AttentionParts, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -50,8 +60,11 @@ def _project_qkv(
     kv_size = parts.num_kv_heads * parts.head_dim
     qk, v = qkv.split((q_size + kv_size, kv_size), dim=-1)
     # rotary on q and k heads together: one set of elementwise ops instead of two (same values)
-    qk = qk.view(batch, length, parts.num_heads + parts.num_kv_heads, parts.head_dim).transpose(1, 2)
-    qk = qk * cos + _rotate_half(qk) * sin
+    qk = qk.view(batch, length, parts.num_heads + parts.num_kv_heads, parts.head_dim)
+    if parts.q_norm is not None:  # per-head RMSNorm before rotary (Qwen3, Gemma 3)
+        qk = torch.cat((parts.q_norm(qk[:, :, : parts.num_heads]), parts.k_norm(qk[:, :, parts.num_heads :])), dim=2)
+    qk = qk.transpose(1, 2)
+    qk = _rotate(qk, cos, sin)
     q, k = qk.split((parts.num_heads, parts.num_kv_heads), dim=1)
     v = v.view(batch, length, parts.num_kv_heads, parts.head_dim).transpose(1, 2)
     return q, k, v
@@ -67,15 +80,18 @@ def _attend(
 ) -> torch.Tensor:
     """Attention of `q` over the cached `keys`/`values`, as [B, T, H * d] ready for the output projection."""
     batch, _, length, _ = q.shape
-    out = F.scaled_dot_product_attention(
-        q,
-        keys,
-        values,
-        attn_mask=mask,
-        is_causal=causal,
-        scale=parts.scaling,
-        enable_gqa=parts.num_kv_heads != parts.num_heads,
-    )
+    if parts.softcap is not None:
+        out = softcapped_attention(q, keys, values, mask, causal, parts.scaling, parts.softcap)
+    else:
+        out = F.scaled_dot_product_attention(
+            q,
+            keys,
+            values,
+            attn_mask=mask,
+            is_causal=causal,
+            scale=parts.scaling,
+            enable_gqa=parts.num_kv_heads != parts.num_heads,
+        )
     return out.transpose(1, 2).reshape(batch, length, parts.num_heads * parts.head_dim)
 
 
@@ -92,12 +108,17 @@ def _attention(
 ) -> torch.Tensor:
     q, k, v = _project_qkv(parts, hidden, cos, sin)
     keys, values = cache.write(layer, start, k, v)
-    return parts.o_proj(_attend(parts, q, keys, values, mask, causal))
+    return _output(parts.out_norm, parts.o_proj(_attend(parts, q, keys, values, mask, causal)))
+
+
+def _output(out_norm: Optional[torch.nn.Module], update: torch.Tensor) -> torch.Tensor:
+    """A sub-layer's update to the residual stream, normalised first in families that do (Gemma 2/3)."""
+    return update if out_norm is None else out_norm(update)
 
 
 def _mlp(parts: MlpParts, hidden: torch.Tensor) -> torch.Tensor:
     gate, up = parts.gate_up(parts.norm(hidden)).split(parts.intermediate_size, dim=-1)
-    return parts.down_proj(parts.act(gate) * up)
+    return _output(parts.out_norm, parts.down_proj(parts.act(gate) * up))
 
 
 def _attention_mask(key_valid: Optional[torch.Tensor], start: int, length: int) -> Optional[torch.Tensor]:
@@ -155,16 +176,18 @@ def run_layers(
 ) -> torch.Tensor:
     """Run every decoder layer on `hidden` ([B, T, d]) at cache offset `start`, skipping what `plan` names."""
     length = hidden.shape[1]
-    cos, sin = view.rotary(hidden, positions)
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    rotations = view.rotations(hidden, positions)
     mask = _attention_mask(key_valid, start, length)
     causal = mask is None and start == 0 and length > 1
     if mask is None and start > 0 and length > 1:
         # A multi-token chunk after cached tokens: causal within the chunk, full view of the past.
         mask = _attention_mask(torch.ones(hidden.shape[0], start + length, dtype=torch.bool), start, length)
+    windows: dict[int, Optional[torch.Tensor]] = {}
 
     def attention(layer: int, states: torch.Tensor) -> torch.Tensor:
-        return _attention(view.attention[layer], states, cos, sin, layer, cache, start, mask, causal)
+        parts = view.attention[layer]
+        layer_masks = layer_mask(parts, mask, causal, key_valid, positions, start, windows)
+        return _attention(parts, states, *rotations[parts.rope], layer, cache, start, *layer_masks)
 
     return _run_sublayers(view, hidden, plan, attention, observer)
 
@@ -205,7 +228,8 @@ def _attention_packed(
     masks: list[torch.Tensor],
     pad_start: int,
 ) -> torch.Tensor:
-    """Attention for a packed sequence ([1, S, d]): projections over all rows at once, attention row by row."""
+    """Attention for a packed sequence ([1, S, d]): projections over all rows at once, attention row by row
+    (`masks` holds each row's mask for this layer)."""
     q, k, v = _project_qkv(parts, hidden, cos, sin)
     outputs = []
     for packed, mask in zip(rows, masks):
@@ -214,7 +238,7 @@ def _attention_packed(
         cache.clear_row(layer, packed.row, pad_start, packed.cache_start)
         keys, values = cache.write(layer, packed.cache_start, k[:, :, span], v[:, :, span], row=packed.row)
         outputs.append(_attend(parts, q[:, :, span], keys, values, mask, False))
-    return parts.o_proj(torch.cat(outputs, dim=1))
+    return _output(parts.out_norm, parts.o_proj(torch.cat(outputs, dim=1)))
 
 
 def prefill_packed(
@@ -241,11 +265,17 @@ def prefill_packed(
         for packed in rows
     ]
     hidden = view.embed(ids)
-    cos, sin = view.rotary(hidden, packed_positions)
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    rotations = view.rotations(hidden, packed_positions)
+    windows: list[dict[int, Optional[torch.Tensor]]] = [{} for _ in rows]
 
     def attention(layer: int, states: torch.Tensor) -> torch.Tensor:
-        return _attention_packed(view.attention[layer], states, cos, sin, layer, cache, rows, masks, start)
+        parts = view.attention[layer]
+        layer_masks = [
+            layer_mask(parts, mask, False, key_valid[packed.row : packed.row + 1],
+                       packed_positions[:, packed.lo : packed.hi], packed.cache_start, memo)[0]
+            for packed, mask, memo in zip(rows, masks, windows)
+        ]
+        return _attention_packed(parts, states, *rotations[parts.rope], layer, cache, rows, layer_masks, start)
 
     hidden = _run_sublayers(view, hidden, plan, attention, None)
     last = torch.tensor([packed.hi - 1 for packed in rows])
@@ -254,7 +284,7 @@ def prefill_packed(
 
 def logits_of_last(view: DecoderView, hidden: torch.Tensor) -> torch.Tensor:
     """Project only the last position of each row to the vocabulary ([B, V], float32)."""
-    return view.lm_head(view.final_norm(hidden[:, -1:, :]))[:, 0, :].float()
+    return view.logits(hidden[:, -1:, :])[:, 0, :]
 
 
 def prefill(
@@ -314,7 +344,7 @@ def all_logits(view: DecoderView, input_ids: torch.Tensor, plan: SkipPlan) -> to
     cache = new_cache(view, plan, 1, length, ids.device)
     positions = torch.arange(length, device=ids.device)[None, :]
     hidden = run_layers(view, view.embed(ids), positions, cache, 0, None, plan)
-    return view.lm_head(view.final_norm(hidden))[0].float()
+    return view.logits(hidden)[0]
 
 
 def sublayer_cosines(view: DecoderView, input_ids: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,7 @@ from litestage_chain.engine.architecture import (
     DecoderView,
     build_decoder_view,
     check_supported,
+    context_length,
 )
 from litestage_chain.engine.cache_dir import cache_root
 from litestage_chain.cache_files import (
@@ -104,7 +105,7 @@ class LoadedModel:
 
     @property
     def max_positions(self) -> int:
-        return int(getattr(self.model.config, "max_position_embeddings", 2048) or 2048)
+        return context_length(self.model.config)
 
     def encode(self, text: str) -> list[int]:
         """Token ids of a complete prompt text (special tokens in the text are kept, none are added)."""
@@ -132,12 +133,13 @@ class LoadedModel:
 
 
 _VIEW_PROJECTIONS: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {
-    ("attention", "qkv"): ("self_attn", ("q_proj", "k_proj", "v_proj")),
+    ("attention", "qkv"): ("self_attn", ("q_proj", "k_proj", "v_proj", "qkv_proj")),
     ("attention", "o_proj"): ("self_attn", ("o_proj",)),
-    ("mlp", "gate_up"): ("mlp", ("gate_proj", "up_proj")),
+    ("mlp", "gate_up"): ("mlp", ("gate_proj", "up_proj", "gate_up_proj")),
     ("mlp", "down_proj"): ("mlp", ("down_proj",)),
 }
-"""Each per-layer view module (as named by `quant.view.view_linears`) and the transformers linears it replaces."""
+"""Each per-layer view module (as named by `quant.view.view_linears`) and the transformers linears it replaces
+(a family has either the separate projections or the fused one, e.g. Phi-3's `qkv_proj`)."""
 _PROJECTIONS = tuple(name for _, names in _VIEW_PROJECTIONS.values() for name in names)
 
 
@@ -156,7 +158,8 @@ def _release_converted_weights(
     for index, layer in enumerate(model.model.layers):
         for (kind, part), (block, names) in _VIEW_PROJECTIONS.items():
             if f"{kind}.{index}.{part}" in replaced:
-                _to_meta(*(getattr(getattr(layer, block), name) for name in names))
+                owner = getattr(layer, block)
+                _to_meta(*(getattr(owner, name) for name in names if hasattr(owner, name)))
     if "lm_head" in replaced:
         _to_meta(model.lm_head)  # a tied head shares the embedding's Parameter: only the head's reference goes
     float_modules = view_linears(float_view)
@@ -335,6 +338,8 @@ def _load_without_float_projections(
         model.load_state_dict(state, strict=False, assign=True)
         inner = model.model
         inner.rotary_emb = type(inner.rotary_emb)(config=model.config)  # its buffers are computed, not stored
+        if hasattr(inner.embed_tokens, "scalar_embed_scale"):  # so is Gemma's sqrt(hidden) embedding scale
+            inner.embed_tokens.embed_scale = torch.tensor(inner.embed_tokens.scalar_embed_scale)
         if (directory / "generation_config.json").is_file():
             model.generation_config = GenerationConfig.from_pretrained(directory)
         unloaded = [n for n, t in [*model.named_parameters(), *model.named_buffers()]
