@@ -39,6 +39,7 @@ _LAZY: dict[str, str] = {
     "run_batch": "litestage_chain.reasoning.chain",
     "StageOutput": "litestage_chain.reasoning.stage_output",
     "PromptSet": "litestage_chain.reasoning.prompts",
+    "ContextCache": "litestage_chain.engine.context_cache",
     "StructuredOutputError": "litestage_chain.chat.structured",
     # offline configuration
     "Profile": "litestage_chain.budgets.profile",

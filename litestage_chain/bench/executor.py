@@ -54,8 +54,8 @@ class ChainExecutor:
     """Runs method points through the reasoning chain; one `ChainEvaluator` (and stage cache) per early-exit rule.
 
     Args mirror `ChainEvaluator`: per-stage `max_tokens`, `num_shots`, `prompts_dir`, `fallback` (re-run the
-    summary on the full model when no answer can be read), `batch_size` (1 = single-question latency) and
-    `reuse_outputs` (see the module docstring).
+    summary on the full model when no answer can be read), `batch_size` (1 = single-question latency),
+    `reuse_outputs` (see the module docstring) and `context` (the reasoning format, "separate" or "shared").
     """
 
     def __init__(
@@ -69,36 +69,42 @@ class ChainExecutor:
         batch_size: int = 1,
         reuse_outputs: bool = True,
         progress: bool = False,
+        context: str = "separate",
     ) -> None:
         self.model = model
         self.reuse_outputs = reuse_outputs
         self._settings = dict(
             max_tokens=dict(max_tokens) if max_tokens else None, num_shots=num_shots, prompts_dir=prompts_dir,
-            fallback=fallback, batch_size=batch_size, reuse_outputs=reuse_outputs, progress=progress,
+            fallback=fallback, batch_size=batch_size, reuse_outputs=reuse_outputs, progress=progress, context=context,
         )
         self.fallback = fallback
         self._evaluators: dict[str, ChainEvaluator] = {}
         self.base = self.evaluator({stage: None for stage in STAGES})
         self.identity = "bench-v1:" + self.base.identity
 
-    def evaluator(self, early_exit: Mapping[str, EarlyExitConfig | None]) -> ChainEvaluator:
-        """The evaluator (with its stage-output cache) for one per-stage early-exit setting."""
-        key = json.dumps({s: (r.model_dump() if r else None) for s, r in sorted(early_exit.items())}, sort_keys=True)
+    def evaluator(
+        self, early_exit: Mapping[str, EarlyExitConfig | None], max_tokens: Mapping[str, int] | None = None
+    ) -> ChainEvaluator:
+        """The evaluator (with its stage-output cache) for one per-stage early-exit setting (and token budgets)."""
+        key = json.dumps({"exit": {s: (r.model_dump() if r else None) for s, r in sorted(early_exit.items())},
+                          "max_tokens": dict(max_tokens) if max_tokens else None}, sort_keys=True)
         if key not in self._evaluators or not self.reuse_outputs:  # a new evaluator starts with an empty cache
-            rules = dict(early_exit)
-            self._evaluators[key] = ChainEvaluator(self.model, early_exit=rules, **self._settings)  # type: ignore[arg-type]
+            settings = dict(self._settings)
+            if max_tokens:
+                settings["max_tokens"] = dict(max_tokens)
+            self._evaluators[key] = ChainEvaluator(self.model, early_exit=dict(early_exit), **settings)  # type: ignore[arg-type]
         return self._evaluators[key]
 
     def run(self, point: MethodPoint, questions: Sequence[Question]) -> list[Outcome]:
         if not questions:
             raise InvalidInputError("no questions to run")
-        evaluator = self.evaluator(point.early_exit)
+        evaluator = self.evaluator(point.early_exit, point.max_tokens)
         states = evaluator.run_stages(point.plans, questions)
         fallback = (
             stage_node(
                 evaluator.chat, "summary", evaluator.prompts, num_shots=evaluator.num_shots,
                 max_tokens=evaluator.max_tokens["summary"], skip_plan=SkipPlan(), early_exit=None,
-                name="summary_fallback",
+                name="summary_fallback", context=evaluator.context,
             )
             if self.fallback
             else None

@@ -9,11 +9,17 @@ Methods (the names the command line accepts):
 * ``full``: no skipping, no early exit. Every speedup is measured against it.
 * ``litestage`` / ``litestage-noexit``: the searched profile's per-stage plans, with and without generation
   early exit (the ablation that shows what early exit adds on top of stage-wise budgets).
-* ``uniform`` / ``uniform-exit``: the same number of skipped sub-layers in every stage, taken from LiteStage's
-  accumulated importance ranking; the ``-exit`` variant adds early exit (tokens vs skips with and without it).
-* ``adaskip``: AdaSkip-style sub-layer skipping (see `adaskip_ranking`), one skip set for all stages.
+* ``uniform``: the same number of skipped sub-layers in every stage, taken from LiteStage's accumulated importance
+  ranking.
+* ``adaskip``: AdaSkip as its reference code does it (`adaskip.py`: one joint ranking of raw prefill similarities,
+  each skipped sub-layer replaced by its mean output/input norm ratio), one skip set for all stages.
 * ``unified``: whole layers (attention and MLP together) skipped at evenly spaced depths.
 * ``exit-depth``: the last k layers dropped (static early exit at depth L-k).
+* ``-exit`` variants of each (``uniform-exit``, ``adaskip-exit``, ``unified-exit``, ``exit-depth-exit``), and
+  ``full-exit`` (the full model): the same plans with LiteStage's generation early exit in every stage, so no
+  method is compared without the part of LiteStage's speed that early exit alone gives.
+* ``capped``: the full model with every stage's token budget cut to a percent of the run's budget, the control for
+  "is the speedup just shorter stages?".
 * ``stage-only``: the ranking's first k sub-layers skipped in one stage, the others full: per-stage sensitivity.
 """
 
@@ -22,34 +28,47 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Literal, cast
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from litestage_chain.append_store import content_key
+from litestage_chain.bench.adaskip import AdaSkipCalibration
 from litestage_chain.budgets.profile import Profile
 from litestage_chain.budgets.stages import STAGES
 from litestage_chain.engine.early_exit import EarlyExitConfig
 from litestage_chain.engine.skip_plan import SkipPlan
 from litestage_chain.errors import InvalidInputError
-from litestage_chain.offline.importance import SubLayer, plan_for_count, rank_sublayers
+from litestage_chain.offline.importance import SubLayer, plan_for_count
+from litestage_chain.reasoning.chain import DEFAULT_MAX_TOKENS
 
 MethodName = Literal[
-    "full", "litestage", "litestage-noexit", "uniform", "uniform-exit", "adaskip", "unified", "exit-depth", "stage-only"
+    "full", "litestage", "litestage-noexit", "uniform", "uniform-exit", "adaskip", "adaskip-exit", "unified",
+    "unified-exit", "exit-depth", "exit-depth-exit", "capped", "full-exit", "stage-only"
 ]
 METHODS: tuple[MethodName, ...] = (
-    "full", "litestage", "litestage-noexit", "uniform", "uniform-exit", "adaskip", "unified", "exit-depth", "stage-only"
+    "full", "litestage", "litestage-noexit", "uniform", "uniform-exit", "adaskip", "adaskip-exit", "unified",
+    "unified-exit", "exit-depth", "exit-depth-exit", "capped", "full-exit", "stage-only"
 )
-SWEPT: tuple[MethodName, ...] = ("uniform", "uniform-exit", "adaskip", "unified", "exit-depth", "stage-only")
-"""Methods with a skip count to sweep (sub-layers for the ranked ones, whole layers for unified / exit-depth)."""
+SWEPT: tuple[MethodName, ...] = (
+    "uniform", "uniform-exit", "adaskip", "adaskip-exit", "unified", "unified-exit", "exit-depth", "exit-depth-exit",
+    "capped", "stage-only",
+)
+"""Methods with a count to sweep (sub-layers for the ranked ones, whole layers for unified / exit-depth, the percent
+of every stage's token budget for ``capped``)."""
 NEEDS_PROFILE: tuple[MethodName, ...] = ("litestage", "litestage-noexit")
-LAYER_COUNTED: tuple[MethodName, ...] = ("unified", "exit-depth")
+LAYER_COUNTED: tuple[MethodName, ...] = ("unified", "unified-exit", "exit-depth", "exit-depth-exit")
+WITH_EXIT: tuple[MethodName, ...] = ("uniform-exit", "adaskip-exit", "unified-exit", "exit-depth-exit", "full-exit")
+"""The early-exit variants: the same plans as the method without ``-exit``, every stage exiting early."""
 
 DEFAULT_SWEEPS: dict[str, tuple[int, ...]] = {
     "uniform": (4, 8, 12, 16, 20),
     "uniform-exit": (4, 8, 12, 16, 20),
     "adaskip": (4, 8, 12, 16, 20),
+    "adaskip-exit": (4, 8, 12, 16, 20),
     "unified": (2, 4, 6, 8, 10),
+    "unified-exit": (2, 4, 6, 8, 10),
     "exit-depth": (2, 4, 6, 8, 10),
+    "exit-depth-exit": (2, 4, 6, 8, 10),
+    "capped": (25, 50, 75),
     "stage-only": (4, 8, 12, 16, 20),
 }
 """Default skip counts, sized for a ~30-layer model (60 sub-layers): up to a third of the model skipped."""
@@ -69,12 +88,13 @@ class MethodPoint(BaseModel):
     stage: str | None = None
     plans: dict[str, SkipPlan]
     early_exit: dict[str, EarlyExitConfig | None]
+    max_tokens: dict[str, int] | None = Field(None, description="per-stage token budgets replacing the run's (capped)")
 
     @property
     def label(self) -> str:
         """A short unique name, e.g. ``uniform@8``, ``stage-only/recall@4``, ``full``."""
         name = self.method + (f"/{self.stage}" if self.stage else "")
-        return name if self.method in ("full", *NEEDS_PROFILE) else f"{name}@{self.count}"
+        return name if self.method in ("full", "full-exit", *NEEDS_PROFILE) else f"{name}@{self.count}"
 
     @property
     def skipped_sublayers(self) -> dict[str, int]:
@@ -87,13 +107,16 @@ class MethodPoint(BaseModel):
 
     def payload(self) -> dict[str, object]:
         """Canonical JSON data of what this point runs (plans and early exit), used in keys and result files."""
-        return {
+        payload: dict[str, object] = {
             "method": self.method,
             "count": self.count,
             "stage": self.stage,
             "plans": {s: self.plans[s].model_dump(mode="json") for s in sorted(self.plans)},
             "early_exit": {s: (r.model_dump() if r else None) for s, r in sorted(self.early_exit.items())},
         }
+        if self.max_tokens is not None:  # absent otherwise, so the keys of recorded points stay the same
+            payload["max_tokens"] = dict(sorted(self.max_tokens.items()))
+        return payload
 
     def key(self) -> str:
         return content_key(self.payload())
@@ -135,42 +158,6 @@ def _check_layer_count(num_layers: int, count: int) -> None:
         )
 
 
-def adaskip_ranking(similarity: torch.Tensor) -> list[SubLayer]:
-    """AdaSkip-style order of sub-layers to skip, from each sub-layer's input/output similarity.
-
-    AdaSkip (He et al., AAAI 2025) observes that attention and FFN sub-layers have different importance
-    distributions: attention sub-layers usually change the residual stream far less, so ranking both kinds on one
-    raw similarity scale skips almost only attention. It therefore ranks attention sub-layers among attention and
-    FFN sub-layers among FFN, each by its own IO similarity, and decides how many of each kind to skip. Here each
-    kind is standardised against its own distribution and the two rankings are merged by that standing, so a
-    sub-layer is skipped early when it is unusually redundant *for its kind*. The standardisation is robust (median
-    and median absolute deviation): the first layer's sub-layers, which rewrite the embedding, have similarities
-    far below the rest, and a mean/standard-deviation scale would let that one outlier squash its whole kind.
-    The similarity is measured on the full model over the prompts only (AdaSkip's offline, prefill-based
-    importance); AdaSkip's online re-ranking of FFN sub-layers during decoding needs per-token plan changes the
-    engine does not make, so it is left out.
-
-    This differs from the ``uniform`` baseline, which uses LiteStage's ranking: one joint sort of raw similarity,
-    measured on prompts *and* generated text, accumulated over stages.
-
-    `similarity` is [num_layers, 2] (column 0 attention, column 1 MLP); ties go to the lower layer, attention first.
-    """
-    if similarity.ndim != 2 or similarity.shape[1] != 2 or similarity.shape[0] < 1:
-        raise InvalidInputError(f"expected a [num_layers, 2] similarity tensor, got shape {tuple(similarity.shape)}")
-    values = similarity.double()
-    centre = values.median(dim=0, keepdim=True).values
-    spread = (values - centre).abs().median(dim=0, keepdim=True).values
-    standardised = (values - centre) / torch.where(spread > 0, spread, torch.ones_like(spread))
-    return rank_sublayers(standardised)
-
-
-def mean_similarity(per_stage: Mapping[str, Sequence[tuple[float, float]]]) -> torch.Tensor:
-    """The [num_layers, 2] similarity averaged over stages (one skip set for all stages needs one score)."""
-    if not per_stage:
-        raise InvalidInputError("no per-stage similarities given")
-    return torch.stack([torch.tensor(rows, dtype=torch.float64) for rows in per_stage.values()]).mean(dim=0)
-
-
 # ----------------------------------------------------------------------------------------- expanding methods
 
 
@@ -181,10 +168,13 @@ class MethodContext(BaseModel):
 
     num_layers: int = Field(ge=1)
     ranking: list[SubLayer] = Field(description="LiteStage's accumulated ranking (uniform, stage-only)")
-    adaskip_ranking: list[SubLayer] | None = None
+    adaskip_ranking: list[SubLayer] | None = Field(None, description="AdaSkip's joint ranking (`adaskip.py`)")
+    adaskip: AdaSkipCalibration | None = Field(None, description="AdaSkip's norm ratios: skipped sub-layers compensated")
     profile: Profile | None = None
     early_exit: EarlyExitConfig = Field(default_factory=EarlyExitConfig)
     stages: tuple[str, ...] = STAGES
+    max_tokens: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_MAX_TOKENS),
+                                       description="the run's per-stage token budgets (``capped`` takes a percent)")
 
 
 def _same_everywhere(stages: Sequence[str], plan: SkipPlan, rule: EarlyExitConfig | None) -> tuple[dict, dict]:
@@ -204,6 +194,9 @@ def method_points(method: str, context: MethodContext, counts: Sequence[int] | N
     stages = context.stages
     if name == "full":
         return [full_point(context)]
+    if name == "full-exit":
+        plans, rules = _same_everywhere(stages, SkipPlan(), context.early_exit)
+        return [MethodPoint(method=name, plans=plans, early_exit=rules)]
     if method in NEEDS_PROFILE:
         profile = context.profile
         if profile is None:
@@ -226,20 +219,24 @@ def method_points(method: str, context: MethodContext, counts: Sequence[int] | N
     if bad:
         raise InvalidInputError(f"method {method!r}: skip counts must be >= 1, got {bad}")
     points: list[MethodPoint] = []
+    rule = context.early_exit if name in WITH_EXIT else None
     for count in sorted(set(chosen)):
         if method in ("uniform", "uniform-exit"):
-            rule = context.early_exit if method == "uniform-exit" else None
             plans, rules = _same_everywhere(stages, plan_for_count(context.ranking, count), rule)
             points.append(MethodPoint(method=name, count=count, plans=plans, early_exit=rules))
-        elif method == "adaskip":
-            if context.adaskip_ranking is None:
-                raise InvalidInputError("method 'adaskip' needs the AdaSkip ranking (prompt IO similarity)")
-            plans, rules = _same_everywhere(stages, plan_for_count(context.adaskip_ranking, count), None)
+        elif method in ("adaskip", "adaskip-exit"):
+            plans, rules = _same_everywhere(stages, _adaskip_plan(context, count), rule)
             points.append(MethodPoint(method=name, count=count, plans=plans, early_exit=rules))
         elif method in LAYER_COUNTED:
-            build = unified_plan if method == "unified" else last_layers_plan
-            plans, rules = _same_everywhere(stages, build(context.num_layers, count), None)
+            build = unified_plan if method.startswith("unified") else last_layers_plan
+            plans, rules = _same_everywhere(stages, build(context.num_layers, count), rule)
             points.append(MethodPoint(method=name, count=count, plans=plans, early_exit=rules))
+        elif method == "capped":
+            if count > 100:
+                raise InvalidInputError(f"method 'capped' takes a percent of each stage's token budget, got {count}")
+            plans, rules = _same_everywhere(stages, SkipPlan(), None)
+            budgets = {stage: max(1, context.max_tokens[stage] * count // 100) for stage in stages}
+            points.append(MethodPoint(method=name, count=count, plans=plans, early_exit=rules, max_tokens=budgets))
         else:  # stage-only
             plan = plan_for_count(context.ranking, count)
             for stage in stages:
@@ -248,6 +245,19 @@ def method_points(method: str, context: MethodContext, counts: Sequence[int] | N
                     method="stage-only", count=count, stage=stage, plans=plans, early_exit={s: None for s in stages}
                 ))
     return points
+
+
+def _adaskip_plan(context: MethodContext, count: int) -> SkipPlan:
+    """AdaSkip's first `count` sub-layers, each compensated by its norm ratio when the calibration is known."""
+    if context.adaskip_ranking is None:
+        raise InvalidInputError("method 'adaskip' needs the AdaSkip ranking (prompt IO similarity)")
+    plan = plan_for_count(context.adaskip_ranking, count)
+    if context.adaskip is None:
+        return plan
+    ratios = context.adaskip.norm_ratio
+    scale = [(layer, "attention", ratios[layer][0]) for layer in plan.attention]
+    scale += [(layer, "mlp", ratios[layer][1]) for layer in plan.mlp]
+    return SkipPlan(attention=plan.attention, mlp=plan.mlp, scale=scale)
 
 
 def all_points(

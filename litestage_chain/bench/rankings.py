@@ -3,8 +3,8 @@
 * LiteStage's accumulated ranking (``uniform``, ``stage-only``): residual cosine similarity of every sub-layer
   on each stage's prompt *and* the full model's output for it, summed over stages. When a searched profile is
   given its stored ranking is used, so the baselines skip in exactly the order the profile was searched with.
-* AdaSkip's ranking (``adaskip``): IO similarity on the stage prompts only (the prefill), averaged over stages,
-  with attention and FFN ranked each within its own kind (`methods.adaskip_ranking`).
+* AdaSkip's calibration (``adaskip``): IO similarity and output/input norm ratio on the stage prompts only (the
+  prefill), averaged over prompts; one joint ranking of the raw similarities (`adaskip.py`).
 
 Calibration questions must not be the benchmarked ones (a ranking fitted on the test questions would flatter
 the baselines); the command line takes them from the train split.
@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from litestage_chain.bench.methods import adaskip_ranking, mean_similarity
+from litestage_chain.bench.adaskip import AdaSkipCalibration, adaskip_calibration
 from litestage_chain.budgets.profile import Profile
 from litestage_chain.data.types import Question
 from litestage_chain.errors import InvalidInputError
@@ -59,13 +59,10 @@ def adaskip_order(
     calibration: Sequence[Question],
     *,
     benchmarked: Sequence[Question] = (),
-    cache_dir: str | Path | None = None,
-    progress: bool = False,
-) -> list[SubLayer]:
-    """AdaSkip's per-kind ranking from prompt-only IO similarity over `calibration`, averaged over stages."""
+) -> AdaSkipCalibration:
+    """AdaSkip's prefill similarities and norm ratios over the stage prompts of `calibration`."""
     if not calibration:
         raise InvalidInputError("no calibration questions to rank sub-layers on")
     _check_disjoint(calibration, benchmarked)
     prompts = calibration_prompts(evaluator, calibration, include_output=False)
-    importance = compute_importance(evaluator.model, prompts, cache_dir=cache_dir, progress=progress)
-    return adaskip_ranking(mean_similarity(importance.per_stage))
+    return adaskip_calibration(evaluator.model, prompts)

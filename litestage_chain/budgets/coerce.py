@@ -20,14 +20,17 @@ from litestage_chain.budgets.stages import STAGES, Stage
 from litestage_chain.errors import InvalidInputError, LiteStageError, ProfileError
 
 
-def as_stage_budgets(value: Any) -> StageBudgets | None:
-    """Coerce a user's per-stage budgets into `StageBudgets` (or `None`); see the module docstring."""
+def as_stage_budgets(value: Any, model: str | None = None) -> StageBudgets | None:
+    """Coerce a user's per-stage budgets into `StageBudgets` (or `None`); see the module docstring.
+
+    A shipped profile's name is looked up among `model`'s shipped profiles when a model name is given.
+    """
     if value is None or isinstance(value, StageBudgets):
         return value
     if isinstance(value, Profile):
         return value.budgets()
     if isinstance(value, (str, os.PathLike)):
-        return _from_file_or_name(value)
+        return _from_file_or_name(value, model)
     if isinstance(value, Mapping):
         return StageBudgets.from_plans(dict(value))
     if callable(getattr(value, "plan_for", None)) and callable(getattr(value, "early_exit_for", None)):
@@ -38,10 +41,10 @@ def as_stage_budgets(value: Any) -> StageBudgets | None:
     )
 
 
-def _from_file_or_name(source: str | os.PathLike[str]) -> StageBudgets:
-    """A searched profile (file or shipped name), else a JSON file of plain per-stage plans."""
+def _from_file_or_name(source: str | os.PathLike[str], model: str | None = None) -> StageBudgets:
+    """A searched profile (file or `model`'s shipped name), else a JSON file of plain per-stage plans."""
     try:
-        return Profile.load(source).budgets()
+        return Profile.load(source, model=model).budgets()
     except ProfileError as profile_error:
         path = Path(source)
         if not path.is_file():

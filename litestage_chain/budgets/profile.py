@@ -36,6 +36,7 @@ from litestage_chain.budgets.stage_budgets import (
 from litestage_chain.budgets.stages import check_stage
 from litestage_chain.engine.early_exit import EarlyExitConfig
 from litestage_chain.engine.skip_plan import SkipPlan, SubLayer
+from litestage_chain.engine.sources import DEFAULT_MODEL
 from litestage_chain.errors import ProfileError, ProfileMismatchError  # noqa: F401  (re-exported: where profile users look)
 
 if TYPE_CHECKING:
@@ -74,6 +75,13 @@ class TraceEntry(BaseModel):
     meets_target: bool
     chosen: bool = False
     reused: bool = Field(False, description="result came from the results store, not a fresh evaluation")
+    # the cost-aware search (cost_search.py) also records these; None in traces of the plain sweep
+    early_exit: dict[str, EarlyExitConfig | None] | None = Field(None, description="each stage's early-exit rule")
+    predicted_seconds: float | None = Field(None, ge=0.0, description="latency predicted by the cost model")
+    verdict: Literal["accept", "reject", "undecided"] | None = Field(None, description="the paired decision rule's")
+    loss: float | None = Field(None, description="estimated loss against the full model (fraction)")
+    loss_half_width: float | None = Field(None, ge=0.0, description="half-width of the loss interval (fraction)")
+    questions_evaluated: int | None = Field(None, ge=0, description="questions evaluated before the decision")
 
 
 class SpeedCheck(BaseModel):
@@ -232,8 +240,12 @@ class Profile(BaseModel):
             raise ProfileError(f"{source} is not a valid profile ({error.error_count()} problem(s)):\n{problems}") from error
 
     @classmethod
-    def load(cls, path_or_name: str | Path) -> Profile:
-        """Load a profile file, or a shipped profile by name ("csqa" -> litestage_chain/profiles/csqa.json)."""
+    def load(cls, path_or_name: str | Path, *, model: str | None = None) -> Profile:
+        """Load a profile file, or a shipped profile by name for `model` (see `shipped_folder`).
+
+        ``Profile.load("csqa")`` is the default model's (litestage_chain/profiles/csqa.json);
+        ``Profile.load("obqa", model="qwen2.5-coder-1.5b")`` that model's (profiles/qwen2.5-coder-1.5b/obqa.json).
+        """
         path = Path(path_or_name)
         if path.is_file():
             try:
@@ -243,24 +255,53 @@ class Profile(BaseModel):
             return cls.from_json(text, source=str(path))
         name = str(path_or_name)
         is_bare_name = path.suffix == "" and len(path.parts) == 1
+        folder = shipped_folder(model)
+        owner = f" for model {model!r}" if model_has_profiles(model) else ""
         if is_bare_name:
-            shipped = shipped_root().joinpath(f"{name}.json")
+            shipped = folder.joinpath(f"{name}.json")
             if shipped.is_file():
-                return cls.from_json(shipped.read_text(encoding="utf-8"), source=f"shipped profile {name!r}")
+                return cls.from_json(shipped.read_text(encoding="utf-8"), source=f"shipped profile {name!r}{owner}")
         raise ProfileError(
-            f"no profile file {name!r}" + (" and no shipped profile of that name" if is_bare_name else "")
-            + f"; shipped profiles: {shipped_profiles() or 'none'}"
+            f"no profile file {name!r}" + (f" and no shipped profile of that name{owner}" if is_bare_name else "")
+            + f"; shipped profiles{owner}: {shipped_profiles(model) or 'none'}"
         )
 
 
+DEFAULT_PROFILE_MODEL = DEFAULT_MODEL
+"""The model whose shipped profiles sit directly in the profiles folder; other models' sit in a folder named after it."""
+
+
 def shipped_root() -> Traversable:
-    """The package folder holding the shipped `<name>.json` profiles."""
+    """The package folder holding the shipped `<name>.json` profiles (and one sub-folder per other model)."""
     return resources.files(SHIPPED_PACKAGE).joinpath(SHIPPED_FOLDER)
 
 
-def shipped_profiles() -> list[str]:
-    """Names of the profiles shipped inside the package."""
-    folder = shipped_root()
+def model_has_profiles(model: str | None) -> bool:
+    """Whether `model` (an embedded model's name) has shipped profiles of its own, in a folder named after it."""
+    if model is None or model == DEFAULT_PROFILE_MODEL or "/" in model or "\\" in model or model.startswith("."):
+        return False
+    return shipped_root().joinpath(model).is_dir()
+
+
+def shipped_folder(model: str | None = None) -> Traversable:
+    """Where `model`'s shipped profiles are: its own folder if it has one, else the default model's (the profiles
+    folder itself; applying one of those to another model fails its weights check with a message saying so)."""
+    root = shipped_root()
+    return root.joinpath(str(model)) if model_has_profiles(model) else root
+
+
+def shipped_models() -> list[str]:
+    """Names of the models that have shipped profiles."""
+    root = shipped_root()
+    if not root.is_dir():
+        return []
+    return sorted({DEFAULT_PROFILE_MODEL, *(entry.name for entry in root.iterdir() if entry.is_dir()
+                                           and not entry.name.startswith(("_", ".")))})
+
+
+def shipped_profiles(model: str | None = None) -> list[str]:
+    """Names of the profiles shipped inside the package for `model` (default: the default model)."""
+    folder = shipped_folder(model)
     if not folder.is_dir():
         return []
     return sorted(entry.name[: -len(".json")] for entry in folder.iterdir() if entry.name.endswith(".json"))

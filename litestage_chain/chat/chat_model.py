@@ -64,6 +64,7 @@ from litestage_chain.chat.call_options import (
     response_format_schema,
 )
 from litestage_chain.chat.conversation import build_conversation, count_message_tokens
+from litestage_chain.chat.continuation import encode_segments, prompt_segments, split_continuation
 from litestage_chain.chat.guided import fill_object
 from litestage_chain.chat.tools import (
     TOOL_CALL_OPEN,
@@ -95,7 +96,7 @@ from litestage_chain.errors import GenerationCancelled, InvalidInputError, LiteS
 CALL_KWARGS = frozenset(
     {"stage", "skip_plan", "early_exit", "max_tokens", "temperature", "top_p", "top_k", "seed", "model", "tools",
      "tool_choice", "response_prefix", "response_schema", "response_format", "parallel_tool_calls", "strict",
-     "stream"}
+     "stream", "reuse_context"}
 )
 # How many tokens a model offered tools and a response format may write before it opens a call or the JSON answer.
 _DECIDE_TOKENS = 24
@@ -120,15 +121,18 @@ class PreparedCall:
     """The tool instructions added to the system prompt (lines a small model may echo back as its content)."""
     single_call: bool = False
     """`parallel_tool_calls=False`: keep only the first tool call of a reply."""
+    segments: tuple[tuple[str, SkipPlan], ...] | None = None
+    """The prompt as pieces with the plan each is computed under (a continued turn, or context reuse)."""
+    reuse_context: bool = False
 
     @property
     def guided(self) -> bool:
         """Whether the reply is JSON filled value by value (forced tool call or structured output)."""
         return self.forced_tool is not None or self.schema is not None
 
-    def batch_key(self) -> tuple[int, SkipPlan, GenerationConfig]:
+    def batch_key(self) -> tuple[int, SkipPlan, GenerationConfig, bool, bool]:
         """Calls with equal keys can share one batched `generate` (one plan, one decoding config)."""
-        return (id(self.loaded), self.plan, self.config)
+        return (id(self.loaded), self.plan, self.config, self.reuse_context, self.segments is not None)
 
 
 class ChatLiteStage(BaseChatModel):
@@ -188,6 +192,11 @@ class ChatLiteStage(BaseChatModel):
     """Reuse the KV entries of everything before the last message across calls with the same plan (system
     prompt, few-shot exemplars, conversation history), so repeated stage prompts are not prefilled again. Usage
     metadata counts those tokens as cached input (`cache_creation` when stored, `cache_read` when reused)."""
+    reuse_context: bool = False
+    """Reuse the KV entries of any earlier call's prompt *and output* that this call's prompt continues, whatever
+    plan computed them (the model's context cache, see `context_cache.py`), and store this call's for later ones.
+    Shared-context reasoning stages turn it on; a conversation gains from it too. Response metadata reports
+    `reused_tokens` and `prefilled_tokens`."""
 
     @model_validator(mode="before")
     @classmethod
@@ -210,6 +219,11 @@ class ChatLiteStage(BaseChatModel):
             if is_budget:
                 data = {k: v for k, v in data.items() if k != "profile"}
                 data["stage_profile"] = value
+        if isinstance(data, dict) and isinstance(data.get("stage_profile"), str):
+            # a shipped profile's name is looked up among the profiles of the model this instance runs
+            source = data.get("model", DEFAULT_MODEL)
+            data = {**data, "stage_profile": as_stage_budgets(
+                data["stage_profile"], model=source.name if isinstance(source, LoadedModel) else str(source))}
         return data
 
     @field_validator("stage_profile", mode="before")
@@ -245,6 +259,7 @@ class ChatLiteStage(BaseChatModel):
             "seed": self.seed,
             "stop": self.stop,
             "stage": self.stage,
+            "reuse_context": self.reuse_context,  # segments then run under their own plans: other outputs
             "skip_plan": self.skip_plan.model_dump(mode="json"),
             "early_exit": self.early_exit.model_dump() if self.early_exit else None,
             # a stage's budget comes from the profile: two models differing only there must not share cache entries
@@ -337,6 +352,7 @@ class ChatLiteStage(BaseChatModel):
                 f"unknown argument(s) {unknown} for ChatLiteStage; supported per-call arguments: "
                 f"{', '.join(sorted(CALL_KWARGS - {'stream'}))}"
             )
+        messages, continuation = split_continuation(messages)
         stage = kwargs.get("stage", self.stage)
         plan, early = self.resolve_budget(stage, **{k: kwargs[k] for k in ("skip_plan", "early_exit") if k in kwargs})
         loaded = self.loaded_model(kwargs.get("model") or None)
@@ -378,6 +394,16 @@ class ChatLiteStage(BaseChatModel):
         if self.reuse_prefix and len(chat) >= 2:
             shared_prefix = loaded.render_chat(chat[:-1], tools=template_tools, add_generation_prompt=False)
         prefix = "" if (forced or schema) else str(kwargs.get("response_prefix") or "")
+        reuse_context = bool(kwargs.get("reuse_context", self.reuse_context)) and not (specs or schema)
+        segments = None
+        if continuation is not None or reuse_context:
+            if specs or schema:
+                raise InvalidInputError("a continued assistant turn cannot be combined with tools or a schema")
+            segments = prompt_segments(prompt, shared_prefix, continuation, prefix, plan)
+            whole = "".join(text for text, _ in segments)
+            prompt = whole[: len(whole) - len(prefix)]
+            if shared_prefix is not None and not prompt.startswith(shared_prefix):
+                shared_prefix = None
         return PreparedCall(
             loaded=loaded,
             model_name=str(kwargs.get("model") or loaded.name),
@@ -392,6 +418,8 @@ class ChatLiteStage(BaseChatModel):
             shared_prefix=shared_prefix,
             instructions=instructions,
             single_call=kwargs.get("parallel_tool_calls") is False,
+            segments=segments,
+            reuse_context=reuse_context,
         )
 
     # ------------------------------------------------------------------ generation
@@ -403,14 +431,22 @@ class ChatLiteStage(BaseChatModel):
             return [self._run_tools_auto(call) for call in calls]
         if first.guided:
             return [self._run_guided(call) for call in calls]
+        prompts: list[Any] = [c.prompt for c in calls]
+        reuse: dict[str, Any] = {}
+        if first.segments is not None:
+            encoded = [encode_segments(c.loaded, c.segments or ()) for c in calls]
+            prompts = [ids for ids, _ in encoded]
+            if first.reuse_context:
+                reuse = {"context_cache": first.loaded.context_cache, "prompt_plans": [runs for _, runs in encoded]}
         return generate(
             first.loaded,
-            [c.prompt for c in calls],
+            prompts,
             plan=first.plan,
             config=first.config,
             on_token=on_token,
             # The engine reuses a prefix only when every row starts with it; mixed prefixes prefill in full.
             shared_prefix=first.shared_prefix if all(c.shared_prefix == first.shared_prefix for c in calls) else None,
+            **reuse,
             **_cancel_kwargs(),
         )
 
@@ -948,6 +984,8 @@ def _response_metadata(call: PreparedCall, result: GenerationResult) -> dict[str
         "prefill_seconds": result.prefill_seconds,
         "decode_seconds": result.decode_seconds,
         "prefix_seconds": result.prefix_seconds,
+        "reused_tokens": result.reused_tokens,
+        "prefilled_tokens": result.prompt_tokens - result.reused_tokens,
     }
 
 

@@ -14,6 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+import torch
+
+from litestage_chain.bench.adaskip import adaskip_joint_ranking
 from litestage_chain.bench.executor import ChainExecutor
 from litestage_chain.bench.methods import (
     DEFAULT_SWEEPS,
@@ -35,6 +38,7 @@ from litestage_chain.data.benchmarks import resolve_data_dir
 from litestage_chain.engine.early_exit import EarlyExitConfig
 from litestage_chain.engine.loading import load_model
 from litestage_chain.engine.weight_formats import WEIGHT_CHOICES
+from litestage_chain.reasoning.shared_context import add_context_argument
 from litestage_chain.errors import InvalidInputError
 from litestage_chain.offline.question_fit import fitting_questions
 from litestage_chain.reasoning.chain import DEFAULT_MAX_TOKENS
@@ -77,6 +81,7 @@ def add_bench_subcommand(subparsers: Any) -> None:
         help="cap every stage at N tokens, or set per-stage budgets, e.g. recall=32,analysis=64,summary=16",
     )
     bench.add_argument("--shots", type=int, default=2, metavar="N", help="worked examples per stage (default 2)")
+    add_context_argument(bench)
     bench.add_argument("--no-fallback", action="store_true", help="do not re-run unreadable summaries on the full model")
     bench.add_argument(
         "--calibration-data", metavar="FILE",
@@ -201,24 +206,21 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
     methods = _chosen_methods(args, out)
     questions = _load_questions(args)
 
-
     try:
         early_exit = EarlyExitConfig(window=args.exit_window, threshold=args.exit_threshold,
                                      min_tokens=args.exit_min_tokens)
     except ValueError as error:
         raise InvalidInputError(f"early-exit options: {error}") from error
     if args.threads:
-        import torch
-
         torch.set_num_threads(args.threads)
-    profile = Profile.load(args.profile) if args.profile else None
+    profile = Profile.load(args.profile, model=args.model) if args.profile else None
     model = load_model(args.model, weights=args.weights)
     if profile is not None:
         profile.check_model(model)
     progress = not args.no_progress
     executor = ChainExecutor(model, max_tokens=max_tokens, num_shots=args.shots, fallback=not args.no_fallback,
                              batch_size=args.batch_size, reuse_outputs=not args.no_reuse,
-                             progress=False)  # one bar: the runner's
+                             progress=False, context=args.context)  # one bar: the runner's
     fitting, skipped = fitting_questions(executor.base, questions.questions)
     for qid, reason in skipped.items():
         out.write(f"skipping question {qid}: {reason}\n")
@@ -226,7 +228,8 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
         raise InvalidInputError(f"none of the {len(questions)} questions fits the model's context")
     questions = questions.model_copy(update={"questions": tuple(fitting)})
     needs_ranking = profile is None and any(m in RANKED for m in methods)
-    calibration = _calibration_questions(args) if needs_ranking or "adaskip" in methods else ()
+    wants_adaskip = any(m.startswith("adaskip") for m in methods)
+    calibration = _calibration_questions(args) if needs_ranking or wants_adaskip else ()
     calibration = tuple(fitting_questions(executor.base, calibration)[0]) if calibration else ()
     ranking = (
         litestage_ranking(executor.base, calibration, profile=profile, benchmarked=questions.questions,
@@ -234,13 +237,13 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
         if profile is not None or needs_ranking
         else []
     )
-    adaskip = (
-        adaskip_order(executor.base, calibration, benchmarked=questions.questions, progress=progress)
-        if "adaskip" in methods
-        else None
+    adaskip_calibration = (
+        adaskip_order(executor.base, calibration, benchmarked=questions.questions) if wants_adaskip else None
     )
+    adaskip = adaskip_joint_ranking(torch.tensor(adaskip_calibration.similarity)) if adaskip_calibration else None
     context = MethodContext(num_layers=model.num_layers, ranking=ranking, adaskip_ranking=adaskip,
-                            profile=profile, early_exit=early_exit)
+                            adaskip=adaskip_calibration, profile=profile, early_exit=early_exit,
+                            max_tokens=dict(executor.base.max_tokens))
     points = all_points(methods, context, sweeps)
     meta = {
         "benchmark": args.benchmark, "split": questions.split, "questions": len(questions),
@@ -251,6 +254,7 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
         "early_exit": early_exit.model_dump(),
         "calibration_ids": [q.id for q in calibration], "ranking": [list(s) for s in ranking],
         "adaskip_ranking": [list(s) for s in adaskip] if adaskip else None,
+        "adaskip_norm_ratio": adaskip_calibration.norm_ratio if adaskip_calibration else None,
     }
     write_run(args.out, meta, points, executor.identity, [q.id for q in questions])
     store = RecordStore(Path(args.out) / RECORDS_FILE)

@@ -25,6 +25,7 @@ from litestage_chain.cli.output import StagePrinter, answer_line, timing_table
 from litestage_chain.cli.profile import add_profile_parser, normalise_profile_argv
 from litestage_chain.data.types import Question
 from litestage_chain.engine.weight_formats import WEIGHT_CHOICES
+from litestage_chain.reasoning.shared_context import add_context_argument
 from litestage_chain.errors import InvalidInputError, LiteStageError
 from litestage_chain.reasoning.chain import DEFAULT_MAX_TOKENS, build_reasoning_chain
 
@@ -108,6 +109,7 @@ def add_ask_parser(subparsers: Any) -> None:
     )
     ask.add_argument("--max-tokens", type=int, metavar="N", help="cap every stage at N generated tokens")
     ask.add_argument("--shots", type=int, default=2, metavar="N", help="worked examples per stage (default 2)")
+    add_context_argument(ask)
     ask.add_argument("--no-fallback", action="store_true", help="do not re-run the summary on the full model")
     ask.add_argument("--no-stream", action="store_true", help="print each stage when done instead of streaming")
     ask.add_argument("--json", action="store_true",
@@ -128,7 +130,7 @@ def run_ask(args: argparse.Namespace, out: TextIO | None = None) -> int:
         raise InvalidInputError(f"--max-tokens must be >= 1, got {args.max_tokens}")
     choices = args.choice or ["yes", "no"]
     question = Question.coerce({"question": args.question, "choices": choices})
-    plans = load_plans(args.profile) if args.profile else None
+    plans = load_plans(args.profile, model=args.model) if args.profile else None
     max_tokens = (
         {stage: min(limit, args.max_tokens) for stage, limit in DEFAULT_MAX_TOKENS.items()}
         if args.max_tokens
@@ -136,7 +138,8 @@ def run_ask(args: argparse.Namespace, out: TextIO | None = None) -> int:
     )
     model = ChatLiteStage(model=args.model, weights=getattr(args, "weights", "auto"))
     chain = build_reasoning_chain(
-        model, plans=plans, max_tokens=max_tokens, num_shots=args.shots, fallback=not args.no_fallback
+        model, plans=plans, max_tokens=max_tokens, num_shots=args.shots, fallback=not args.no_fallback,
+        context=getattr(args, "context", "separate"),
     )
     out.write(f"Question: {question.question}\n")
     for choice in question.choices:
@@ -165,9 +168,10 @@ def run_ask(args: argparse.Namespace, out: TextIO | None = None) -> int:
     return 0
 
 
-def load_plans(source: str) -> StageBudgets:
-    """Read per-stage budgets: a searched `Profile` (file or shipped name), else a plain stage -> plan JSON file."""
-    budgets = as_stage_budgets(source)
+def load_plans(source: str, model: str | None = None) -> StageBudgets:
+    """Read per-stage budgets: a searched `Profile` (file, or `model`'s shipped profile by name), else a plain
+    stage -> plan JSON file."""
+    budgets = as_stage_budgets(source, model=model)
     assert budgets is not None
     return budgets
 

@@ -25,16 +25,21 @@ def timing_table(result: Any) -> str:
     rows = [(stage, result.stages[stage]) for stage in STAGES]
     if result.fallback is not None:
         rows.append(("summary*", result.fallback))
-    lines = [f"{'stage':<10}{'tokens':>8}{'prefill s':>11}{'decode s':>10}{'total s':>9}  {'exit':<6}skipped sub-layers"]
+    lines = [
+        f"{'stage':<10}{'tokens':>8}{'prefilled':>10}{'reused':>8}{'prefill s':>11}{'decode s':>10}{'total s':>9}  "
+        f"{'exit':<6}skipped sub-layers"
+    ]
     for name, output in rows:
         lines.append(
-            f"{name:<10}{output.generated_tokens:>8}{output.prefill_seconds:>11.2f}{output.decode_seconds:>10.2f}"
+            f"{name:<10}{output.generated_tokens:>8}{output.prefilled_tokens:>10}{output.reused_tokens:>8}"
+            f"{output.prefill_seconds:>11.2f}{output.decode_seconds:>10.2f}"
             f"{output.seconds:>9.2f}  {'early' if output.early_exited else '-':<6}{output.skipped.describe()}"
         )
     lines.append(
-        f"{'total':<10}{result.generated_tokens:>8}{'':>11}{'':>10}{result.model_seconds:>9.2f}"
+        f"{'total':<10}{result.generated_tokens:>8}{'':>10}{'':>8}{'':>11}{'':>10}{result.model_seconds:>9.2f}"
         f"  (wall {result.total_seconds:.2f} s)"
     )
+    lines.append("prefilled / reused: prompt tokens the stage computed / found cached from earlier calls")
     if result.fallback is not None:
         lines.append("summary* = the summary re-run on the full model because no answer could be read")
     return "\n".join(lines) + "\n"

@@ -30,7 +30,14 @@ from litestage_chain.data.types import question_fingerprint
 from litestage_chain.engine.early_exit import EarlyExitConfig
 from litestage_chain.engine.loading import load_model
 from litestage_chain.engine.weight_formats import WEIGHT_CHOICES
+from litestage_chain.reasoning.shared_context import add_context_argument
 from litestage_chain.errors import InvalidInputError
+from litestage_chain.cli.profile_cost import (
+    add_cost_aware_options,
+    add_predict_option,
+    predicted_against_measured,
+    run_cost_aware_search,
+)
 from litestage_chain.offline.evaluator import ChainEvaluator
 from litestage_chain.offline.pipeline import search_profile
 from litestage_chain.offline.question_fit import fitting_questions
@@ -102,6 +109,7 @@ def add_profile_parser(subparsers: Any) -> None:
     search.add_argument("--max-tokens", metavar="N|STAGE=N,...",
                         help="cap every stage at N tokens, or per-stage budgets, e.g. recall=32,analysis=64,summary=16")
     search.add_argument("--shots", type=int, default=2, metavar="N", help="worked examples per stage (default 2)")
+    add_context_argument(search)
     search.add_argument("--no-fallback", action="store_true", help="do not re-run unreadable summaries on the full model")
     search.add_argument("--batch-size", type=int, default=1, metavar="N",
                         help="questions decoded together (default 1: single-question latency)")
@@ -123,6 +131,7 @@ def add_profile_parser(subparsers: Any) -> None:
     search.add_argument("--check-rounds", type=int, default=2, metavar="N",
                         help="after the search, time the chosen plans and the full model side by side, N "
                         "alternating evaluations each, and store the speedup in the profile (default 2; 0 skips)")
+    add_cost_aware_options(search)
     search.set_defaults(handler=run_profile_search)
 
     check = actions.add_parser(
@@ -139,16 +148,22 @@ def add_profile_parser(subparsers: Any) -> None:
     check.add_argument("--rounds", type=int, default=2, metavar="N", help="evaluations of each side (default 2)")
     check.add_argument("--max-tokens", metavar="N|STAGE=N,...", help="stage token budgets, as given to the search")
     check.add_argument("--shots", type=int, default=2, metavar="N", help="worked examples per stage (default 2)")
+    add_context_argument(check)
     check.add_argument("--no-fallback", action="store_true", help="do not re-run unreadable summaries on the full model")
     check.add_argument("--batch-size", type=int, default=1, metavar="N",
                        help="questions decoded together, as in the search (default 1)")
     check.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's choice)")
+    check.add_argument("--limit", type=int, metavar="N", help="time on the first N searched questions only")
+    check.add_argument("--weights", choices=WEIGHT_CHOICES,
+                       help="weight format to time in (default: the one the profile was searched in)")
     check.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_predict_option(check)
     check.set_defaults(handler=run_profile_check)
 
     show = actions.add_parser("show", help="print a profile's per-stage settings (no argument: list shipped ones)")
     show.add_argument("profile", nargs="?", help="a profile JSON file or shipped profile name")
     show.add_argument("--trace", action="store_true", help="also print every evaluated candidate")
+    show.add_argument("--model", "-m", help="whose shipped profiles to list or load (default: the default model)")
     show.set_defaults(handler=run_profile_show)
 
     profile.set_defaults(handler=lambda args: _usage(profile))
@@ -168,6 +183,9 @@ def run_profile_search(args: argparse.Namespace, out: TextIO | None = None) -> i
     _set_threads(args.threads)
     if args.check_rounds < 0:
         raise InvalidInputError(f"--check-rounds must be >= 0, got {args.check_rounds}")
+    if getattr(args, "search", "sweep") == "cost-aware":
+        profile, caveats, model, questions, target = run_cost_aware_search(args, out)
+        return finish_search(profile, caveats, model, questions, args, target, out)
     try:
         config = SearchConfig(
             epsilon=args.epsilon, metric=args.metric, step=args.step, max_skip=args.max_skip,
@@ -190,7 +208,7 @@ def run_profile_search(args: argparse.Namespace, out: TextIO | None = None) -> i
     evaluator = ChainEvaluator(
         model, early_exit=early_exit, max_tokens=parse_max_tokens(args.max_tokens), num_shots=args.shots,
         fallback=not args.no_fallback, batch_size=args.batch_size, reuse_outputs=not args.fresh_timings,
-        progress=not args.no_progress,
+        progress=not args.no_progress, context=args.context,
     )
     out.write(f"searching {model.name} on {questions.benchmark}/{questions.split}; log: {log}\n")
     out.flush()
@@ -214,7 +232,15 @@ def run_profile_search(args: argparse.Namespace, out: TextIO | None = None) -> i
         f"{result.full.mean_latency_seconds:.2f} s -> {result.final.mean_latency_seconds:.2f} s per question "
         f"({speedup:.2f}x, measured at different times); {result.evaluations} new evaluations\n"
     )
-    for caveat in result.caveats:
+    return finish_search(profile, result.caveats, model, questions, args, target, out)
+
+
+def finish_search(
+    profile: Profile, caveats: list[str], model: LoadedModel, questions: QuestionSet, args: argparse.Namespace,
+    target: Path, out: TextIO,
+) -> int:
+    """Print a finished search's caveats, time its plans side by side (`--check-rounds`) and print the profile."""
+    for caveat in caveats:
         out.write(f"caveat: {caveat}\n")
     if args.check_rounds:
         profile = _check_and_save(profile, model, questions, args, args.check_rounds, target, out)
@@ -232,11 +258,13 @@ def run_profile_check(args: argparse.Namespace, out: TextIO | None = None) -> in
         raise InvalidInputError(f"--rounds must be >= 1, got {args.rounds}")
     if args.out is None and not Path(args.profile).is_file():
         raise InvalidInputError(f"{args.profile!r} is not a profile file: give --out to write the checked profile")
-    profile = Profile.load(args.profile)
+    profile = Profile.load(args.profile, model=args.model)
     searched = profile.questions
     questions = search_questions(searched.benchmark, searched.size, seed=searched.seed or 0, data_dir=args.data,
                                  require_answer=profile.metric == "accuracy")
-    model = load_model(args.model or profile.model.name, weights=profile.model.weights)
+    if getattr(args, "limit", None) is not None and args.limit < 1:
+        raise InvalidInputError(f"--limit must be >= 1, got {args.limit}")
+    model = load_model(args.model or profile.model.name, weights=getattr(args, "weights", None) or profile.model.weights)
     profile.check_model(model)
     target = Path(args.out or args.profile)
     profile = _check_and_save(profile, model, questions, args, args.rounds, target, out)
@@ -264,12 +292,15 @@ def _check_and_save(
     evaluator = ChainEvaluator(
         model, early_exit={stage: profile.early_exit_for(stage) for stage in profile.stages},
         max_tokens=parse_max_tokens(args.max_tokens), num_shots=args.shots, fallback=not args.no_fallback,
-        batch_size=args.batch_size, reuse_outputs=False, progress=not args.no_progress,
+        batch_size=args.batch_size, reuse_outputs=False, progress=not args.no_progress, context=args.context,
     )
     out.write(f"timing the plans against the full model side by side ({rounds} evaluations each)\n")
     out.flush()
 
+    results: dict[str, list[Any]] = {"full": [], "plans": []}
+
     def report(side: str, result: Any) -> None:
+        results[side].append(result)
         out.write(f"  {side:>5}: {result.mean_latency_seconds:.2f} s/question\n")
         out.flush()
 
@@ -282,7 +313,11 @@ def _check_and_save(
             f"{profile.questions.seed}) are not the ones the profile was searched on: the data file changed, or the "
             "search used another slice or other token budgets"
         )
+    if getattr(args, "limit", None) is not None:
+        fitting = fitting[: args.limit]
     check = check_speed(evaluator, plans, fitting, rounds=rounds, on_evaluation=report)
+    if getattr(args, "predict", False):
+        predicted_against_measured(model, plans, results, args.batch_size, rounds, out)
     checked = profile.model_copy(update={"speed_check": check})
     checked.save(target)
     return checked
@@ -292,12 +327,14 @@ def run_profile_show(args: argparse.Namespace, out: TextIO | None = None) -> int
     """Print a profile's summary (and trace), or the shipped profile names."""
 
     out = out or sys.stdout
+    model = getattr(args, "model", None)
     if not args.profile:
-        names = shipped_profiles()
-        out.write(("shipped profiles: " + ", ".join(names)) if names else "no shipped profiles")
+        names = shipped_profiles(model)
+        owner = f" for {model}" if model else ""
+        out.write((f"shipped profiles{owner}: " + ", ".join(names)) if names else f"no shipped profiles{owner}")
         out.write("\n")
         return 0
-    profile = Profile.load(args.profile)
+    profile = Profile.load(args.profile, model=model)
     out.write(profile.describe() + "\n")
     if args.trace:
         for entry in profile.trace:

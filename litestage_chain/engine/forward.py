@@ -12,11 +12,13 @@ all of a prefill's work, see each real token once and no padding.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from litestage_chain.engine.architecture import AttentionParts, DecoderView, MlpParts
 from litestage_chain.engine.attention_variants import layer_mask, softcapped_attention
@@ -27,10 +29,21 @@ from litestage_chain.engine.skip_plan import SkipPlan
 SubLayerObserver = Callable[[int, str, torch.Tensor, torch.Tensor], None]
 
 
-def new_cache(view: DecoderView, plan: SkipPlan, batch_size: int, capacity: int, device: torch.device) -> KVCache:
-    """A cache with buffers only for the attention sub-layers that `plan` runs."""
+def new_cache(
+    view: DecoderView,
+    plan: SkipPlan,
+    batch_size: int,
+    capacity: int,
+    device: torch.device,
+    every_layer: bool = False,
+) -> KVCache:
+    """A cache with buffers only for the attention sub-layers that `plan` runs.
+
+    With `every_layer`, it has a buffer for every layer, and the forward pass fills the skipped attention layers'
+    keys and values too (k/v projections only, no attention): what a later call under another plan reads.
+    """
     parts = view.attention[0]
-    skipped = set(plan.attention)
+    skipped = set() if every_layer else set(plan.attention)
     layers = [layer for layer in range(view.num_layers) if layer not in skipped]
     dtype = view.embed.weight.dtype
     return KVCache(layers, batch_size, parts.num_kv_heads, parts.head_dim, capacity, dtype, device)
@@ -68,6 +81,46 @@ def _project_qkv(
     q, k = qk.split((parts.num_heads, parts.num_kv_heads), dim=1)
     v = v.view(batch, length, parts.num_kv_heads, parts.head_dim).transpose(1, 2)
     return q, k, v
+
+
+def _project_kv(
+    parts: AttentionParts, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values [B, KV, T, d] alone, for an attention layer the plan skips: the k/v rows of the fused
+    projection only (under grouped-query attention a fraction of q/k/v/o), no attention and no output projection."""
+    batch, length, _ = hidden.shape
+    kv_size = parts.num_kv_heads * parts.head_dim
+    kv = _kv_rows(parts)(parts.norm(hidden))
+    k, v = kv[..., -2 * kv_size :].split((kv_size, kv_size), dim=-1)
+    k = k.view(batch, length, parts.num_kv_heads, parts.head_dim)
+    if parts.k_norm is not None:  # per-head RMSNorm before rotary, as in `_project_qkv`
+        k = parts.k_norm(k)
+    k = _rotate(k.transpose(1, 2), cos, sin)
+    v = v.view(batch, length, parts.num_kv_heads, parts.head_dim).transpose(1, 2)
+    return k, v
+
+
+_KV_ROWS: "weakref.WeakKeyDictionary[nn.Module, nn.Module]" = weakref.WeakKeyDictionary()
+
+
+def _kv_rows(parts: AttentionParts) -> nn.Module:
+    """A module computing only the k/v outputs of the fused q/k/v projection.
+
+    A plain linear gets a linear over views of its last rows (no copy); a quantised projection has no cheap row
+    view, so it runs whole and the caller keeps its last columns (the q rows are then computed and dropped).
+    """
+    fused = parts.qkv
+    cached = _KV_ROWS.get(fused)
+    if cached is None:
+        cached = fused
+        if type(fused) is nn.Linear:
+            rows = 2 * parts.num_kv_heads * parts.head_dim
+            cached = nn.Linear(fused.in_features, rows, bias=fused.bias is not None, device="meta")
+            cached.weight = nn.Parameter(fused.weight[-rows:], requires_grad=False)
+            if fused.bias is not None:
+                cached.bias = nn.Parameter(fused.bias[-rows:], requires_grad=False)
+        _KV_ROWS[fused] = cached
+    return cached
 
 
 def _attend(
@@ -146,21 +199,32 @@ def _run_sublayers(
     plan: SkipPlan,
     attention: Callable[[int, torch.Tensor], torch.Tensor],
     observer: Optional[SubLayerObserver],
+    fill: Optional[Callable[[int, torch.Tensor], None]] = None,
 ) -> torch.Tensor:
-    """The residual stream through every sub-layer `plan` keeps; `attention(layer, hidden)` gives a layer's update."""
+    """The residual stream through every sub-layer `plan` keeps; `attention(layer, hidden)` gives a layer's update.
+
+    `fill(layer, hidden)`, when given, is called at each skipped attention layer (to store its keys and values).
+    """
     skip_attention = set(plan.attention)
     skip_mlp = set(plan.mlp)
+    scales = {(layer, kind): factor for layer, kind, factor in plan.scale}
     for layer in range(view.num_layers):
+        if layer in skip_attention and fill is not None:
+            fill(layer, hidden)
         if layer not in skip_attention:
             update = attention(layer, hidden)
             if observer is not None:
                 observer(layer, "attention", hidden, hidden + update)
             hidden = hidden + update
+        elif (layer, "attention") in scales:
+            hidden = hidden * scales[(layer, "attention")]
         if layer not in skip_mlp:
             update = _mlp(view.mlp[layer], hidden)
             if observer is not None:
                 observer(layer, "mlp", hidden, hidden + update)
             hidden = hidden + update
+        elif (layer, "mlp") in scales:
+            hidden = hidden * scales[(layer, "mlp")]
     return hidden
 
 
@@ -189,7 +253,12 @@ def run_layers(
         layer_masks = layer_mask(parts, mask, causal, key_valid, positions, start, windows)
         return _attention(parts, states, *rotations[parts.rope], layer, cache, start, *layer_masks)
 
-    return _run_sublayers(view, hidden, plan, attention, observer)
+    def fill(layer: int, states: torch.Tensor) -> None:
+        if layer in cache.keys:
+            parts = view.attention[layer]
+            cache.write(layer, start, *_project_kv(parts, states, *rotations[parts.rope]))
+
+    return _run_sublayers(view, hidden, plan, attention, observer, fill)
 
 
 @dataclass(frozen=True)
@@ -226,16 +295,18 @@ def _attention_packed(
     cache: KVCache,
     rows: list[PackedRow],
     masks: list[torch.Tensor],
-    pad_start: int,
+    pad_start: Optional[int],
 ) -> torch.Tensor:
     """Attention for a packed sequence ([1, S, d]): projections over all rows at once, attention row by row
-    (`masks` holds each row's mask for this layer)."""
+    (`masks` holds each row's mask for this layer). `pad_start`: where each row's left padding starts (it is
+    zeroed); None when the caller cleared it already."""
     q, k, v = _project_qkv(parts, hidden, cos, sin)
     outputs = []
     for packed, mask in zip(rows, masks):
         span = slice(packed.lo, packed.hi)
         # Padding columns are never attended, but an uninitialised NaN there would still poison the softmax.
-        cache.clear_row(layer, packed.row, pad_start, packed.cache_start)
+        if pad_start is not None:
+            cache.clear_row(layer, packed.row, pad_start, packed.cache_start)
         keys, values = cache.write(layer, packed.cache_start, k[:, :, span], v[:, :, span], row=packed.row)
         outputs.append(_attend(parts, q[:, :, span], keys, values, mask, False))
     return _output(parts.out_norm, parts.o_proj(torch.cat(outputs, dim=1)))
@@ -258,8 +329,28 @@ def prefill_packed(
     """
     rows = pack_rows(key_valid, start, input_ids.shape[1])
     # a row's real tokens are its last ones: they start after its padding, `cache_start - start` columns in
-    ids = torch.cat([input_ids[packed.row, packed.cache_start - start :] for packed in rows])[None, :]
-    packed_positions = torch.cat([positions[packed.row, packed.cache_start - start :] for packed in rows])[None, :]
+    ids = torch.cat([input_ids[packed.row, packed.cache_start - start :] for packed in rows])
+    packed_positions = torch.cat([positions[packed.row, packed.cache_start - start :] for packed in rows])
+    return prefill_rows(view, ids, packed_positions, rows, key_valid, cache, plan, pad_start=start)
+
+
+def prefill_rows(
+    view: DecoderView,
+    ids: torch.Tensor,
+    positions: torch.Tensor,
+    rows: list[PackedRow],
+    key_valid: torch.Tensor,
+    cache: KVCache,
+    plan: SkipPlan,
+    pad_start: Optional[int] = None,
+) -> torch.Tensor:
+    """Prefill packed tokens (`ids`, `positions`: [S], row after row as `rows` says) into each row's own cache
+    columns, every row starting where it stands; return each row's next-token logits [B, V].
+
+    Rows may start at different columns (after a reused prefix of their own length): each attends to its cache
+    columns before `cache_end` that `key_valid` marks. `pad_start`: see `_attention_packed`.
+    """
+    ids, packed_positions = ids[None, :], positions[None, :]
     masks = [
         _attention_mask(key_valid[packed.row : packed.row + 1], packed.cache_start, packed.hi - packed.lo)
         for packed in rows
@@ -275,9 +366,17 @@ def prefill_packed(
                        packed_positions[:, packed.lo : packed.hi], packed.cache_start, memo)[0]
             for packed, mask, memo in zip(rows, masks, windows)
         ]
-        return _attention_packed(parts, states, *rotations[parts.rope], layer, cache, rows, layer_masks, start)
+        return _attention_packed(parts, states, *rotations[parts.rope], layer, cache, rows, layer_masks, pad_start)
 
-    hidden = _run_sublayers(view, hidden, plan, attention, None)
+    def fill(layer: int, states: torch.Tensor) -> None:
+        if layer in cache.keys:
+            parts = view.attention[layer]
+            k, v = _project_kv(parts, states, *rotations[parts.rope])
+            for packed in rows:
+                span = slice(packed.lo, packed.hi)
+                cache.write(layer, packed.cache_start, k[:, :, span], v[:, :, span], row=packed.row)
+
+    hidden = _run_sublayers(view, hidden, plan, attention, None, fill)
     last = torch.tensor([packed.hi - 1 for packed in rows])
     return logits_of_last(view, hidden[0, last][:, None, :])
 

@@ -11,13 +11,16 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Literal, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Sequence, Union
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from litestage_chain.engine import context_prefill
+from litestage_chain.engine.context_cache import ContextCache
 from litestage_chain.engine.early_exit import EarlyExitConfig
 from litestage_chain.engine.forward import decode_one, new_cache, prefill
+from litestage_chain.engine.kv_cache import KVCache
 from litestage_chain.engine.prefix_cache import PrefixCache, load_prefix
 from litestage_chain.engine.sampling import choose_next, confidence
 from litestage_chain.engine.skip_plan import SkipPlan
@@ -38,7 +41,7 @@ class GenerationConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     max_new_tokens: int = Field(256, ge=1, description="Most tokens to generate per prompt.")
-    temperature: float = Field(0.0, ge=0.0, allow_inf_nan=False, description="0 is greedy decoding.")
+    temperature: float = Field(0.0, ge=0.0, description="0 is greedy decoding.")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass (with temperature > 0).")
     top_k: Optional[int] = Field(None, ge=1, description="Sample among the k likeliest tokens only (None: all).")
     seed: Optional[int] = Field(None, description="Seed for sampling; same seed, same output.")
@@ -83,6 +86,10 @@ class GenerationResult(BaseModel):
     )
     prefix_computed: bool = Field(
         False, description="the table did not hold the prefix for this plan: this call computed and stored it",
+    )
+    reused_tokens: int = Field(
+        0, ge=0, description="prompt tokens whose KV entries were stored before this call (by an earlier call), so "
+        "this call did not compute them; prompt_tokens - reused_tokens is what this call prefilled",
     )
 
 
@@ -152,6 +159,8 @@ def generate(
     on_token: Optional[TokenCallback] = None,
     shared_prefix: Optional[Prompt] = None,
     prefix_cache: Optional[PrefixCache] = None,
+    context_cache: Optional[ContextCache] = None,
+    prompt_plans: Optional[Sequence[context_prefill.PromptPlans]] = None,
     cancel: Optional[threading.Event] = None,
 ) -> list[GenerationResult]:
     """Generate a continuation for each prompt under one skip plan; results come back in prompt order.
@@ -162,8 +171,15 @@ def generate(
     are computed once per plan and reused across calls and batch rows. If a prompt does not start with its tokens,
     the prefix is not reused for that call. The entries live in `prefix_cache`, by default the model's process-wide
     table; a caller whose prefix only its own few calls share (a guided reply's prompt) passes a private table, so
-    that prefix takes no room from the few-shot prefixes many calls share. Setting `cancel` (from any thread) stops
-    the call before its next decoding step with `GenerationCancelled`.
+    that prefix takes no room from the few-shot prefixes many calls share.
+
+    `context_cache` (e.g. the model's `context_cache`) switches to reuse across calls and plans: every prompt reuses
+    the longest prefix of it that any earlier call prefilled or generated, and stores its own prompt and output for
+    later calls (see `context_cache.py`). `prompt_plans[i]` then lists runs of `(token count, SkipPlan)` from prompt
+    i's first token: the plans those tokens are computed under (an earlier stage's segment); the rest of the prompt
+    runs under `plan`. The result depends on the tokens and their plans only, never on what was cached.
+
+    Setting `cancel` (from any thread) stops the call before its next decoding step with `GenerationCancelled`.
     """
     plan = plan or SkipPlan()
     config = config or GenerationConfig()
@@ -189,6 +205,12 @@ def generate(
         generator = torch.Generator().manual_seed(config.seed)
 
     view = model.view
+    if context_cache is not None:
+        return _generate_in_context(
+            model, encoded, plan, config, on_token, context_cache, prompt_plans, len(prefix), max_new, generator, cancel
+        )
+    if prompt_plans is not None:
+        raise InvalidInputError("prompt_plans needs a context_cache (the plans of tokens the call reuses)")
     # Cache layout per row: [reused prefix][left padding][rest of the prompt][generated tokens].
     input_ids, prompt_valid = _left_pad([r[reused:] for r in encoded], model.pad_token_id)
     batch, suffix_width = input_ids.shape
@@ -202,7 +224,6 @@ def generate(
     else:
         positions = reused + torch.arange(suffix_width).expand(batch, suffix_width)
     rows = [_Row(index=i, prompt_tokens=len(r)) for i, r in enumerate(encoded)]
-    active = list(range(batch))
     next_position = positions[:, -1] + 1
 
     with torch.inference_mode():
@@ -219,51 +240,125 @@ def generate(
         logits = prefill(view, input_ids, positions, key_valid, cache, plan, start=reused)
         prefill_seconds = max(time.perf_counter() - started - prefix_seconds, 0.0)
         decode_started = time.perf_counter()
-        for step in range(max_new):
-            _stop_if_cancelled(cancel)
-            confidences = confidence(logits).tolist()
-            tokens = choose_next(logits, config.temperature, config.top_p, generator, config.top_k)
-            token_list = tokens.tolist()
-            now_finished = []
-            for slot, row_index in enumerate(active):
-                row = rows[row_index]
-                _advance(model, row, token_list[slot], confidences[slot], config, step + 1 == max_new, on_token)
-                if row.finish is not None:
-                    row.finished_at = time.perf_counter()
-                    now_finished.append(slot)
-            if now_finished:
-                keep = [slot for slot in range(len(active)) if slot not in now_finished]
-                if not keep:
-                    break
-                keep_index = torch.tensor(keep, dtype=torch.long)
-                active = [active[slot] for slot in keep]
-                tokens = tokens.index_select(0, keep_index)
-                next_position = next_position.index_select(0, keep_index)
-                cache.select_rows(keep_index)
-                if key_valid is not None:
-                    key_valid = key_valid.index_select(0, keep_index)
-            logits = decode_one(view, tokens, next_position, key_valid, cache, width + step, plan)
-            next_position = next_position + 1
+        _decode(model, rows, logits, cache, key_valid, next_position, width, plan, config, max_new, generator, on_token,
+                cancel=cancel)
 
     return [
-        GenerationResult(
-            text=row.text,
-            token_ids=row.token_ids,
-            confidences=row.confidences,
-            prompt_tokens=row.prompt_tokens,
-            generated_tokens=len(row.token_ids),
-            prefill_seconds=prefill_seconds,
-            decode_seconds=max(row.finished_at - decode_started, 0.0),
-            early_exited=row.finish == "early_exit",
-            finish_reason=row.finish or "length",
-            plan=plan,
+        _result(
+            row, plan, prefill_seconds, decode_started,
             prefix_seconds=prefix_seconds,
             prefix_tokens=reused,
+            reused_tokens=0 if prefix_computed else reused,
             # computed once for the whole batch: the first row reports creating it, the others reading it
             prefix_computed=prefix_computed and row.index == 0,
         )
         for row in rows
     ]
+
+
+def _decode(
+    model: "LoadedModel",
+    rows: list[_Row],
+    logits: torch.Tensor,
+    cache: KVCache,
+    key_valid: Optional[torch.Tensor],
+    next_position: torch.Tensor,
+    width: int,
+    plan: SkipPlan,
+    config: GenerationConfig,
+    max_new: int,
+    generator: Optional[torch.Generator],
+    on_token: Optional[TokenCallback],
+    on_finish: Optional[Callable[[int, _Row], None]] = None,
+    cancel: Optional[threading.Event] = None,
+) -> None:
+    """The decode loop: pick a token per active row, finish rows, drop them from the batch, feed the rest.
+
+    `on_finish(slot, row)` sees a row as it finishes, while its cache entries are still at `slot` of the batch.
+    """
+    active = list(range(len(rows)))
+    for step in range(max_new):
+        _stop_if_cancelled(cancel)
+        confidences = confidence(logits).tolist()
+        tokens = choose_next(logits, config.temperature, config.top_p, generator, config.top_k)
+        token_list = tokens.tolist()
+        now_finished = []
+        for slot, row_index in enumerate(active):
+            row = rows[row_index]
+            _advance(model, row, token_list[slot], confidences[slot], config, step + 1 == max_new, on_token)
+            if row.finish is not None:
+                row.finished_at = time.perf_counter()
+                now_finished.append(slot)
+                if on_finish is not None:
+                    on_finish(slot, row)
+        if now_finished:
+            keep = [slot for slot in range(len(active)) if slot not in now_finished]
+            if not keep:
+                break
+            keep_index = torch.tensor(keep, dtype=torch.long)
+            active = [active[slot] for slot in keep]
+            tokens = tokens.index_select(0, keep_index)
+            next_position = next_position.index_select(0, keep_index)
+            cache.select_rows(keep_index)
+            if key_valid is not None:
+                key_valid = key_valid.index_select(0, keep_index)
+        logits = decode_one(model.view, tokens, next_position, key_valid, cache, width + step, plan)
+        next_position = next_position + 1
+
+
+def _generate_in_context(
+    model: "LoadedModel",
+    encoded: list[list[int]],
+    plan: SkipPlan,
+    config: GenerationConfig,
+    on_token: Optional[TokenCallback],
+    table: ContextCache,
+    prompt_plans: Optional[Sequence[context_prefill.PromptPlans]],
+    prefix_length: int,
+    max_new: int,
+    generator: Optional[torch.Generator],
+    cancel: Optional[threading.Event] = None,
+) -> list[GenerationResult]:
+    """`generate` on top of the context cache: the same decode loop, each row stored in the table as it ends."""
+    view = model.view
+    rows = [_Row(index=i, prompt_tokens=len(r)) for i, r in enumerate(encoded)]
+    with torch.inference_mode():
+        setup = context_prefill.prepare(view, table, encoded, plan, prompt_plans, prefix_length, max_new)
+        cache, key_valid, next_position, logits = setup.cache, setup.key_valid, setup.positions, setup.logits
+        decode_started = time.perf_counter()
+
+        def finished(slot: int, row: _Row) -> None:
+            context_prefill.store(setup, table, slot, row.index, row.token_ids)
+
+        _decode(model, rows, logits, cache, key_valid, next_position, setup.width, plan, config, max_new, generator,
+                on_token, finished, cancel=cancel)
+    return [
+        _result(
+            row, plan, setup.prefill_seconds, decode_started,
+            prefix_seconds=setup.prefix_seconds,
+            prefix_tokens=setup.loaded[row.index],
+            prefix_computed=setup.prefix_computed and row.index == 0,
+            reused_tokens=setup.reused[row.index],
+        )
+        for row in rows
+    ]
+
+
+def _result(row: _Row, plan: SkipPlan, prefill_seconds: float, decode_started: float, **reuse: Any) -> GenerationResult:
+    """One row's result; `reuse` holds the prefix and reuse fields."""
+    return GenerationResult(
+        text=row.text,
+        token_ids=row.token_ids,
+        confidences=row.confidences,
+        prompt_tokens=row.prompt_tokens,
+        generated_tokens=len(row.token_ids),
+        prefill_seconds=prefill_seconds,
+        decode_seconds=max(row.finished_at - decode_started, 0.0),
+        early_exited=row.finish == "early_exit",
+        finish_reason=row.finish or "length",
+        plan=plan,
+        **reuse,
+    )
 
 
 def _stop_if_cancelled(cancel: Optional[threading.Event]) -> None:

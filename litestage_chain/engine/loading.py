@@ -22,13 +22,6 @@ from typing import Any, Iterator, Literal, Optional
 
 import torch
 
-from litestage_chain.engine.architecture import (
-    DecoderView,
-    build_decoder_view,
-    check_supported,
-    context_length,
-)
-from litestage_chain.engine.cache_dir import cache_root
 from litestage_chain.cache_files import (
     check_manifest,
     file_sha256,
@@ -37,6 +30,14 @@ from litestage_chain.cache_files import (
     unusable_cache,
     write_manifest,
 )
+from litestage_chain.engine.architecture import (
+    DecoderView,
+    build_decoder_view,
+    check_supported,
+    context_length,
+)
+from litestage_chain.engine.cache_dir import cache_root
+from litestage_chain.engine.context_cache import ContextCache
 from litestage_chain.engine.prefix_cache import PrefixCache
 from litestage_chain.engine.quant.formats import (
     compiled_kernels_available,
@@ -74,6 +75,8 @@ class LoadedModel:
     "release" them (loaded here from the float32 checkpoint), or they are "absent" (never loaded)."""
     view: DecoderView = field(init=False, repr=False)
     prefix_cache: PrefixCache = field(init=False, repr=False)
+    context_cache: ContextCache = field(init=False, repr=False)
+    """KV entries of earlier calls' prompts and outputs, for calls that continue them (shared-context stages)."""
     eos_token_ids: frozenset[int] = field(init=False)
     pad_token_id: int = field(init=False)
 
@@ -91,6 +94,7 @@ class LoadedModel:
                     self.model, float_view, self.view, self.weights, unmap=self.float_weights == "release"
                 )
         self.prefix_cache = PrefixCache()
+        self.context_cache = ContextCache()
         self.eos_token_ids = frozenset(_eos_ids(self.model, self.tokenizer))
         pad = self.tokenizer.pad_token_id
         self.pad_token_id = int(pad if pad is not None else min(self.eos_token_ids, default=0))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializationInfo, field_validator, model_serializer, model_validator
 
 from litestage_chain.errors import InvalidInputError
 
@@ -29,6 +29,10 @@ class SkipPlan(BaseModel):
 
     attention: tuple[int, ...] = ()
     mlp: tuple[int, ...] = ()
+    scale: tuple[tuple[int, SubLayerKind, float], ...] = Field(
+        (), description="(layer, kind, factor): the residual stream is multiplied by `factor` where that skipped "
+        "sub-layer would have run (AdaSkip's compensation, the sub-layer's mean output/input norm ratio); default none",
+    )
 
     @field_validator("attention", "mlp", mode="before")
     @classmethod
@@ -45,6 +49,43 @@ class SkipPlan(BaseModel):
                 raise ValueError(f"layer indices must be >= 0, got {item}")
             indices.append(item)
         return tuple(sorted(set(indices)))
+
+    @field_validator("scale", mode="before")
+    @classmethod
+    def _sort_scale(cls, value: object) -> object:
+        if value is None:
+            return ()
+        if isinstance(value, (list, tuple)):
+            return tuple(sorted((tuple(item) for item in value), key=lambda item: (item[0], str(item[1]))))
+        return value
+
+    @model_validator(mode="after")
+    def _scale_only_skipped(self) -> "SkipPlan":
+        seen = set()
+        for layer, kind, factor in self.scale:
+            if not self.skips(layer, kind):
+                raise ValueError(f"scale names {kind} sub-layer {layer}, which the plan does not skip")
+            if (layer, kind) in seen:
+                raise ValueError(f"scale names {kind} sub-layer {layer} twice")
+            if not factor > 0.0:
+                raise ValueError(f"scale factor of {kind} sub-layer {layer} must be > 0, got {factor}")
+            seen.add((layer, kind))
+        return self
+
+    @model_serializer(mode="wrap")
+    def _omit_empty_scale(self, handler: "object", info: SerializationInfo) -> dict[str, object]:
+        # plans without compensation serialise exactly as before the field existed: stored keys stay valid
+        data = handler(self)  # type: ignore[operator]
+        if not self.scale:
+            data.pop("scale", None)
+        return data
+
+    def scale_for(self, layer: int, kind: SubLayerKind) -> float | None:
+        """The compensation factor standing in for a skipped sub-layer, or None (the residual passes unchanged)."""
+        for scaled_layer, scaled_kind, factor in self.scale:
+            if scaled_layer == layer and scaled_kind == kind:
+                return factor
+        return None
 
     @property
     def num_skipped(self) -> int:
@@ -77,6 +118,8 @@ class SkipPlan(BaseModel):
             parts.append("attn[" + ",".join(map(str, self.attention)) + "]")
         if self.mlp:
             parts.append("mlp[" + ",".join(map(str, self.mlp)) + "]")
+        if self.scale:
+            parts.append(f"({len(self.scale)} compensated)")
         return " ".join(parts)
 
     @classmethod

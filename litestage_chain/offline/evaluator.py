@@ -43,6 +43,13 @@ from litestage_chain.reasoning.chain import (
 )
 from litestage_chain.reasoning.prompts import PromptSet, prompt_values
 from litestage_chain.reasoning.stage_output import StageOutput, State
+from litestage_chain.reasoning.shared_context import (
+    SHARED_STOPS,
+    SUMMARY_LEAD,
+    ContextFormat,
+    check_context,
+    shared_prompt,
+)
 
 FALLBACK = "fallback"
 
@@ -73,7 +80,13 @@ class CachedStage(Runnable[State, StageOutput]):
 
     def key(self, state: State) -> str:
         question: Question = state["question"]
-        return content_key({"stage": self.name, "settings": self.settings, "id": question.id, "inputs": prompt_values(state)})
+        payload = {"stage": self.name, "settings": self.settings, "id": question.id, "inputs": prompt_values(state)}
+        if self.settings.get("context") == "shared":
+            # a shared-context stage reads the earlier stages' KV entries, which depend on the plans that wrote them
+            payload["earlier_plans"] = [
+                state[stage].skipped.model_dump(mode="json") for stage in STAGES if isinstance(state.get(stage), StageOutput)
+            ]
+        return content_key(payload)
 
     def invoke(self, input: State, config: RunnableConfig | None = None, **kwargs: Any) -> StageOutput:
         return self.batch([input], config)[0]
@@ -112,6 +125,8 @@ class ChainEvaluator:
         reuse_outputs: reuse unchanged stages' outputs (and their measured times) across evaluations. Turn
             off to time every stage afresh in every evaluation: slower, but candidates are then never
             compared on times measured under different machine load.
+        context: the reasoning format, "separate" (a prompt per stage) or "shared" (one sequence, see
+            `shared_context.py`).
     """
 
     def __init__(
@@ -126,6 +141,7 @@ class ChainEvaluator:
         batch_size: int = 1,
         reuse_outputs: bool = True,
         progress: bool = False,
+        context: ContextFormat = "separate",
     ) -> None:
         if batch_size < 1:
             raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}")
@@ -137,6 +153,7 @@ class ChainEvaluator:
         self.batch_size = batch_size
         self.reuse_outputs = reuse_outputs
         self.progress = progress
+        self.context = check_context(context)
         self.max_tokens: dict[Stage, int] = {**DEFAULT_MAX_TOKENS, **{check_stage(k): v for k, v in (max_tokens or {}).items()}}
         self.early_exit: dict[Stage, EarlyExitConfig | None] = _per_stage_early_exit(early_exit)
         self.generated: Counter[str] = Counter()  # stage -> stage generations actually decoded (cache misses)
@@ -155,7 +172,9 @@ class ChainEvaluator:
         # results stored under v1 were charged with it by run order and must not be mixed with v2 ones.
         # v3: a left-padded batch's prefill no longer computes the padding (forward.prefill_packed), so stage seconds
         # measured under v2 are slower than the same stages now and must not be compared with v3 ones.
+        shared = {"context": "shared", "shared_stops": SHARED_STOPS} if self.context == "shared" else {}
         return "chain-v3:" + content_key({
+            **shared,
             "weights": weights,
             "max_tokens": self.max_tokens,
             "early_exit": {s: (e.model_dump() if e else None) for s, e in self.early_exit.items()},
@@ -173,14 +192,25 @@ class ChainEvaluator:
     def _node(self, stage: Stage, plan: SkipPlan, early_exit: EarlyExitConfig | None, name: str) -> CachedStage:
         node = stage_node(
             self.chat, stage, self.prompts, num_shots=self.num_shots, max_tokens=self.max_tokens[stage],
-            skip_plan=plan, early_exit=early_exit, name=name,
+            skip_plan=plan, early_exit=early_exit, name=name, context=self.context,
         )
         settings = {"plan": plan.model_dump(mode="json"), "early_exit": early_exit.model_dump() if early_exit else None,
                     "max_tokens": self.max_tokens[stage]}
+        if self.context == "shared":
+            settings["context"] = "shared"
         return CachedStage(name, node, settings, self._cache, self.generated, self.batch_size, self.progress)
 
-    def run_stages(self, plans: Mapping[str, SkipPlan], questions: Sequence[Question]) -> list[State]:
-        """Chain states (question + every stage's output) for `questions` under `plans`, stage by stage."""
+    def run_stages(
+        self,
+        plans: Mapping[str, SkipPlan],
+        questions: Sequence[Question],
+        early_exit: Mapping[str, EarlyExitConfig | None] | None = None,
+    ) -> list[State]:
+        """Chain states (question + every stage's output) for `questions` under `plans`, stage by stage.
+
+        `early_exit` overrides the evaluator's early-exit rule of the stages it names (the search tries several).
+        """
+        rules = {**self.early_exit, **_per_stage_early_exit(early_exit)} if early_exit is not None else self.early_exit
         missing = [stage for stage in STAGES if stage not in plans]
         if missing:
             raise InvalidInputError(f"no plan given for stage(s) {missing}")
@@ -188,16 +218,22 @@ class ChainEvaluator:
             plans[stage].check(self.model.num_layers)
         states: list[State] = [{"question": q, "started": time.perf_counter()} for q in questions]
         for stage in STAGES:
-            outputs = self._node(stage, plans[stage], self.early_exit[stage], stage).batch(states)
+            outputs = self._node(stage, plans[stage], rules[stage], stage).batch(states)
             states = [{**state, stage: output} for state, output in zip(states, outputs, strict=True)]
         return states
 
-    def evaluate(self, plans: Mapping[str, SkipPlan], questions: Sequence[Question]) -> EvalResult:
+    def evaluate(
+        self,
+        plans: Mapping[str, SkipPlan],
+        questions: Sequence[Question],
+        early_exit: Mapping[str, EarlyExitConfig | None] | None = None,
+    ) -> EvalResult:
+        """Run the chain with `plans` (and `early_exit` overriding the evaluator's rules of the stages it names)."""
         if not questions:
             raise InvalidInputError("no questions to evaluate")
         if not self.reuse_outputs:
             self._cache.clear()
-        states = self.run_stages(plans, questions)
+        states = self.run_stages(plans, questions, early_exit)
         fallback = self._node("summary", SkipPlan(), None, "summary_fallback") if self.fallback else None
         results: list[ReasoningResult] = FinalizeStep(fallback).batch(states)
         return summarise(results, questions)
@@ -206,9 +242,14 @@ class ChainEvaluator:
         """The exact prompt text the model sees for `stage` in this chain state (for calibration)."""
         checked = check_stage(stage)
         question: Question = state["question"]
-        template = self.prompts.chat_prompt(question.kind, checked, num_shots=self.num_shots)
-        messages = template.invoke(prompt_values(state)).to_messages()
-        return self.chat.prepare(messages, stage=checked, skip_plan=SkipPlan()).prompt
+        if self.context == "shared":
+            template = self.prompts.shared_chat_prompt(question.kind, num_shots=self.num_shots)
+            messages = shared_prompt(template.invoke(prompt_values(state)).to_messages(), checked, state).to_messages()
+        else:
+            template = self.prompts.chat_prompt(question.kind, checked, num_shots=self.num_shots)
+            messages = template.invoke(prompt_values(state)).to_messages()
+        lead = {"response_prefix": SUMMARY_LEAD} if self.context == "shared" and checked == "summary" else {}
+        return self.chat.prepare(messages, stage=checked, skip_plan=SkipPlan(), **lead).prompt
 
 
 def summarise(results: Sequence[ReasoningResult], questions: Sequence[Question]) -> EvalResult:
@@ -224,7 +265,17 @@ def summarise(results: Sequence[ReasoningResult], questions: Sequence[Question])
             FALLBACK: fmean(fallback_tokens),
         },
         answers={q.id: r.answer for r, q in zip(results, questions, strict=True)},
+        tokens={
+            **{stage: [_row_tokens(r.stages[stage]) for r in results] for stage in STAGES},
+            FALLBACK: [_row_tokens(r.fallback) if r.fallback else None for r in results],
+        },
     )
+
+
+def _row_tokens(output: StageOutput) -> tuple[int, int, int]:
+    """(tokens the call prefilled itself, tokens it generated, its whole prompt): a shared prefix's reused entries
+    cost no prefill, but its decode steps attend over them."""
+    return max(output.prompt_tokens - output.prefix_tokens, 0), output.generated_tokens, output.prompt_tokens
 
 
 def _per_stage_early_exit(

@@ -39,11 +39,17 @@ class EvalResult(BaseModel):
     stage_latency_seconds: dict[str, float] = Field(default_factory=dict)
     generated_tokens_per_stage: dict[str, float] = Field(default_factory=dict)
     answers: dict[str, str | None]
+    tokens: dict[str, list[tuple[int, ...] | None]] = Field(
+        default_factory=dict,
+        description="per call (stage, or the fallback re-run) and question in order: (tokens prefilled by the call, "
+        "tokens generated, prompt tokens with the shared prefix), None where the call did not run; what the cost "
+        "model prices",
+    )
 
 
-def plans_payload(plans: Mapping[str, SkipPlan]) -> dict[str, dict[str, list[int]]]:
+def plans_payload(plans: Mapping[str, SkipPlan]) -> dict[str, dict[str, list[Any]]]:
     """Plans as plain, stage-sorted JSON data (the canonical form used in keys and log lines)."""
-    return {stage: {"attention": list(plans[stage].attention), "mlp": list(plans[stage].mlp)} for stage in sorted(plans)}
+    return {stage: plans[stage].model_dump(mode="json") for stage in sorted(plans)}
 
 
 def record_key(plans: Mapping[str, SkipPlan], questions_fingerprint: str, evaluator_identity: str) -> str:

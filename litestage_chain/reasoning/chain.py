@@ -36,6 +36,13 @@ from litestage_chain.errors import InvalidInputError
 from litestage_chain.reasoning.answer import extract, extract_correct_option
 from litestage_chain.reasoning.prompts import PromptSet, prompt_values
 from litestage_chain.reasoning.stage_output import StageOutput, State
+from litestage_chain.reasoning.shared_context import (
+    SHARED_STOPS,
+    SUMMARY_LEAD,
+    ContextFormat,
+    check_context,
+    shared_prompt,
+)
 
 DEFAULT_MAX_TOKENS: dict[Stage, int] = {"recall": 64, "analysis": 160, "summary": 24}
 """Per-stage token budgets: recall is one sentence, analysis one line per option, summary one line."""
@@ -95,6 +102,7 @@ def build_reasoning_chain(
     prompts_dir: str | None = None,
     num_shots: int = 2,
     fallback: bool = True,
+    context: ContextFormat = "separate",
 ) -> Runnable[Any, ReasoningResult]:
     """Build the recall -> analysis -> summary chain.
 
@@ -107,22 +115,31 @@ def build_reasoning_chain(
         prompts_dir: a folder laid out like the repository's `prompts/` (default: that folder).
         num_shots: worked examples shown before the question at every stage.
         fallback: re-run the summary on the full model when no answer can be read from it.
+        context: "separate" gives every stage its own few-shot prompt that repeats the question and the earlier
+            outputs (the paper's format); "shared" makes the stages consecutive segments of one sequence, so each
+            stage reuses the KV entries of everything before it and prefills only its header (`shared_context.py`).
 
     The chain takes `{"question": str, "choices": [...]}` (a benchmark data row works as is, or a `Question`) and
     returns a `ReasoningResult`. `chain.batch(questions)` runs stage by stage with batched decoding.
     """
+    context = check_context(context)
     chat = _chat_model(model, plans)
     prompts = PromptSet.load(prompts_dir)
     budgets = {**DEFAULT_MAX_TOKENS, **{check_stage(k): v for k, v in (max_tokens or {}).items()}}
     per_stage_exit = _early_exit_per_stage(early_exit)
     nodes = {
-        stage: stage_node(chat, stage, prompts, num_shots=num_shots, max_tokens=budgets[stage], **per_stage_exit[stage])
+        stage: stage_node(
+            chat, stage, prompts, num_shots=num_shots, max_tokens=budgets[stage], context=context,
+            **per_stage_exit[stage],
+        )
         for stage in STAGES
     }
     steps: list[Runnable[Any, Any]] = [
         RunnableLambda(_start, name="question"),
         *(StageStep(stage, nodes[stage]) for stage in STAGES),
-        answer_node(chat, prompts, num_shots=num_shots, max_tokens=budgets["summary"], fallback=fallback),
+        answer_node(
+            chat, prompts, num_shots=num_shots, max_tokens=budgets["summary"], fallback=fallback, context=context
+        ),
     ]
     first, *rest = steps
     return first.pipe(*rest, name="LiteStageReasoning")
@@ -136,6 +153,7 @@ def stage_node(
     num_shots: int = 2,
     max_tokens: int | None = None,
     name: str | None = None,
+    context: ContextFormat = "separate",
     **budget: Any,
 ) -> Runnable[State, StageOutput]:
     """One stage as a runnable: the stage prompt | the model bound to the stage's budget | a `StageOutput` parser.
@@ -149,21 +167,34 @@ def stage_node(
     `budget` may hold `skip_plan=` and/or `early_exit=` to override what the model's stage profile says.
     The model call is tagged `stage:<name>` and carries `litestage_stage` metadata, so streamed tokens
     (`astream_events`, callbacks) can be told apart by stage.
+    `context="shared"` renders the shared-context format (`shared_context.py`): the node continues one assistant
+    turn after a shared few-shot prefix and reuses the KV entries of everything the earlier stages read and wrote.
     """
     stage = check_stage(stage)
+    context = check_context(context)
     model = model if isinstance(model, ChatLiteStage) else ChatLiteStage(model=model)
     prompts = prompts if prompts is not None else PromptSet.load()
     templates: dict[QuestionKind, ChatPromptTemplate] = {
-        kind: prompts.chat_prompt(kind, stage, num_shots=num_shots) for kind in ("mcq", "yesno")
+        kind: (
+            prompts.shared_chat_prompt(kind, num_shots=num_shots) if context == "shared"
+            else prompts.chat_prompt(kind, stage, num_shots=num_shots)
+        )
+        for kind in ("mcq", "yesno")
     }
 
     def render(state: State) -> PromptValue:
         checked = _checked_state(state, stage)
-        return templates[checked["question"].kind].invoke(prompt_values(checked))
+        prompt = templates[checked["question"].kind].invoke(prompt_values(checked))
+        return shared_prompt(prompt.to_messages(), stage, checked) if context == "shared" else prompt
 
+    format_binding: dict[str, Any] = {"stop": STAGE_STOPS[stage]}
+    if context == "shared":
+        format_binding = {"stop": SHARED_STOPS[stage], "reuse_context": True}
+        if stage == "summary":
+            format_binding["response_prefix"] = SUMMARY_LEAD
     bound = model.bind(
-        stage=stage, stop=STAGE_STOPS[stage],
-        max_tokens=DEFAULT_MAX_TOKENS[stage] if max_tokens is None else max_tokens, **budget
+        stage=stage, max_tokens=DEFAULT_MAX_TOKENS[stage] if max_tokens is None else max_tokens,
+        **{**format_binding, **budget},
     ).with_config(
         tags=[f"stage:{stage}"],
         metadata={"litestage_stage": stage, "litestage_node": name or stage},
@@ -184,17 +215,18 @@ def answer_node(
     num_shots: int = 2,
     max_tokens: int | None = None,
     fallback: bool = True,
+    context: ContextFormat = "separate",
 ) -> Runnable[State, ReasoningResult]:
     """The chain's last step as a runnable: reads the answer off a state holding the three stages' outputs.
 
     When no answer can be read from the summary and `fallback` is on, the summary is re-run on the full model
     (batched over the questions that need it), exactly as in `build_reasoning_chain`; pass the summary node's
-    `prompts`, `num_shots` and `max_tokens` so the re-run uses the same settings.
+    `prompts`, `num_shots`, `max_tokens` and `context` so the re-run uses the same settings.
     """
     fallback_node = (
         stage_node(
             model, "summary", prompts, num_shots=num_shots, max_tokens=max_tokens,
-            skip_plan=SkipPlan(), early_exit=None, name="summary_fallback",
+            skip_plan=SkipPlan(), early_exit=None, name="summary_fallback", context=context,
         )
         if fallback
         else None
@@ -320,7 +352,7 @@ def _chat_model(model: str | LoadedModel | ChatLiteStage, plans: Any) -> ChatLit
     if isinstance(model, ChatLiteStage):
         update: dict[str, Any] = {"streaming": True}
         if plans is not None:
-            update["stage_profile"] = as_stage_budgets(plans)
+            update["stage_profile"] = as_stage_budgets(plans, model=model.model_name)
         return model.model_copy(update=update)
     return ChatLiteStage(model=model, stage_profile=plans, streaming=True)
 

@@ -13,6 +13,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,8 @@ class PromptSet:
     directory: Path
     templates: Mapping[tuple[QuestionKind, Stage], StageTemplate]
     exemplars: Mapping[QuestionKind, tuple[Exemplar, ...]]
+    shared: Mapping[QuestionKind, StageTemplate] = dataclass_field(default_factory=dict)
+    """The shared-context templates (`{kind}/shared.txt`), for the folders that have them."""
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str] | None = None) -> PromptSet:
@@ -107,18 +110,30 @@ class PromptSet:
     def template(self, kind: QuestionKind, stage: str) -> StageTemplate:
         return self.templates[(kind, check_stage(stage))]
 
+    def shared_chat_prompt(self, kind: QuestionKind, *, num_shots: int = 2) -> ChatPromptTemplate:
+        """The shared-context prompt: one instruction for all stages, `num_shots` complete three-stage worked
+        examples as chat turns, then the question (the stages are written into one assistant turn after it)."""
+        template = self.shared.get(kind)
+        if template is None:
+            raise InvalidInputError(
+                f"{self.directory / kind / 'shared.txt'} is missing: the shared-context format needs it"
+            )
+        return self._with_shots(template, kind, num_shots)
+
     def chat_prompt(self, kind: QuestionKind, stage: str, *, num_shots: int = 2) -> ChatPromptTemplate:
         """The stage's prompt: system instruction, `num_shots` worked examples as chat turns, then the question.
 
         Input variables are `question`, `options`, `key_information` and `explanations` (a stage ignores those
         its template does not mention).
         """
+        return self._with_shots(self.template(kind, stage), kind, num_shots)
+
+    def _with_shots(self, template: StageTemplate, kind: QuestionKind, num_shots: int) -> ChatPromptTemplate:
         if num_shots < 0:
             raise InvalidInputError(f"num_shots must be >= 0, got {num_shots}")
         available = len(self.exemplars[kind])
         if num_shots > available:  # silently showing fewer would make runs with different settings look the same
             raise InvalidInputError(f"num_shots={num_shots} but the prompts hold only {available} {kind} examples")
-        template = self.template(kind, stage)
         shots: list[BaseMessage] = []
         for exemplar in self.exemplars[kind][:num_shots]:
             values = exemplar_values(exemplar)
@@ -182,6 +197,7 @@ def _load_cached(root: Path) -> PromptSet:
         raise InvalidInputError(f"prompts folder {root} does not exist")
     templates: dict[tuple[QuestionKind, Stage], StageTemplate] = {}
     exemplars: dict[QuestionKind, tuple[Exemplar, ...]] = {}
+    shared: dict[QuestionKind, StageTemplate] = {}
     kinds: Sequence[QuestionKind] = ("mcq", "yesno")
     for kind in kinds:
         for stage in STAGES:
@@ -189,6 +205,9 @@ def _load_cached(root: Path) -> PromptSet:
             if not path.is_file():
                 raise InvalidInputError(f"missing prompt template {path}")
             templates[(kind, stage)] = parse_template(path.read_text(encoding="utf-8"), source=str(path))
+        shared_path = root / kind / "shared.txt"
+        if shared_path.is_file():
+            shared[kind] = parse_template(shared_path.read_text(encoding="utf-8"), source=str(shared_path))
         shots_path = root / "fewshot" / f"{kind}.json"
         if not shots_path.is_file():
             raise InvalidInputError(f"missing few-shot file {shots_path}")
@@ -197,4 +216,4 @@ def _load_cached(root: Path) -> PromptSet:
             exemplars[kind] = tuple(Exemplar.model_validate(item) for item in raw)
         except ValueError as exc:
             raise InvalidInputError(f"{shots_path}: {exc}") from exc
-    return PromptSet(directory=root, templates=templates, exemplars=exemplars)
+    return PromptSet(directory=root, templates=templates, exemplars=exemplars, shared=shared)

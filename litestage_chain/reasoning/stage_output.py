@@ -28,6 +28,10 @@ class StageOutput(BaseModel):
     skipped: SkipPlan
     early_exited: bool
     finish_reason: str
+    reused_tokens: int = Field(0, description="prompt tokens whose KV entries an earlier call had computed")
+    prefilled_tokens: int = Field(0, description="prompt tokens this stage's call prefilled")
+    prefix_tokens: int = Field(0, ge=0, description="prompt tokens whose KV entries came from the shared-prefix table "
+                               "instead of this call's prefill (the cost model charges only the rest)")
 
     @classmethod
     def from_message(cls, stage: Stage, message: Any) -> StageOutput:
@@ -46,6 +50,9 @@ class StageOutput(BaseModel):
             skipped=SkipPlan(attention=skipped.get("attention", ()), mlp=skipped.get("mlp", ())),
             early_exited=bool(meta.get("early_exit", False)),
             finish_reason=str(meta.get("finish_reason", "")),
+            reused_tokens=int(meta.get("reused_tokens", 0)),
+            prefilled_tokens=int(meta.get("prefilled_tokens", usage.get("input_tokens", 0))),
+            prefix_tokens=sum(int(v or 0) for v in (usage.get("input_token_details") or {}).values()),
         )
 
 

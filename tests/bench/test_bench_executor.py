@@ -120,14 +120,16 @@ def test_bench_command_runs_every_method_writes_the_report_and_resumes(bench_set
         "--profile", str(bench_setup["profile"]), "--out", str(bench_setup["out"]), "--limit", "2",
         "--shots", "0", "--max-tokens", "recall=3,analysis=3,summary=2", "--calibration-size", "2",
         "--sweep", "uniform=1", "--sweep", "uniform-exit=1", "--sweep", "adaskip=2", "--sweep", "unified=1",
-        "--sweep", "exit-depth=1", "--sweep", "stage-only=2", "--no-progress", "--exit-min-tokens", "1",
+        "--sweep", "exit-depth=1", "--sweep", "stage-only=2", "--sweep", "adaskip-exit=2", "--sweep", "unified-exit=1",
+        "--sweep", "exit-depth-exit=1", "--sweep", "capped=50", "--no-progress", "--exit-min-tokens", "1",
     ]
     text = _bench(argv)
     out = bench_setup["out"]
     results = json.loads((out / RESULTS_JSON).read_text())
     labels = [row["point"] for row in results["summary"]]
     assert labels == ["full", "litestage", "litestage-noexit", "uniform@1", "uniform-exit@1", "adaskip@2",
-                      "unified@1", "exit-depth@1", "stage-only/recall@2", "stage-only/analysis@2",
+                      "adaskip-exit@2", "unified@1", "unified-exit@1", "exit-depth@1", "exit-depth-exit@1",
+                      "capped@50", "full-exit", "stage-only/recall@2", "stage-only/analysis@2",
                       "stage-only/summary@2"]
     assert all(row["questions"] == 2 for row in results["summary"])
     assert results["meta"]["calibration_ids"] and not set(results["meta"]["calibration_ids"]) & set(
@@ -136,13 +138,15 @@ def test_bench_command_runs_every_method_writes_the_report_and_resumes(bench_set
     points = {p["label"]: p for p in results["points"]}
     assert points["unified@1"]["plans"]["recall"] == {"attention": [2], "mlp": [2]}
     assert points["exit-depth@1"]["plans"]["summary"] == {"attention": [3], "mlp": [3]}
+    assert points["adaskip@2"]["plans"]["recall"]["scale"], "AdaSkip's skipped sub-layers are compensated"
+    assert results["meta"]["adaskip_norm_ratio"]
     for name in ("accuracy_vs_speedup.png", "stage_sensitivity.png", "tokens_vs_skipped.png", RESULTS_MD):
         assert (out / name).is_file()
     assert "| litestage | litestage |" in text
     stored = (out / RECORDS_FILE).read_text()
     assert "Which option" not in stored, "records hold ids and measurements, not question text"
     before = len(RecordStore(out / RECORDS_FILE))
-    assert before == 11 * 2
+    assert before == 16 * 2
     again = _bench(argv)
-    assert "22 of 22 runs already recorded" in again and "other records" not in again
+    assert "32 of 32 runs already recorded" in again and "other records" not in again
     assert (out / RECORDS_FILE).read_text() == stored, "a resumed, finished run appends nothing"

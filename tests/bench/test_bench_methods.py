@@ -8,15 +8,14 @@ import torch
 from litestage_chain import EarlyExitConfig, InvalidInputError, SkipPlan
 from litestage_chain.bench.methods import (
     MethodContext,
-    adaskip_ranking,
     all_points,
     evenly_spaced_layers,
     last_layers_plan,
-    mean_similarity,
     method_points,
     parse_sweep,
     unified_plan,
 )
+from litestage_chain.bench.adaskip import AdaSkipCalibration
 from litestage_chain.budgets.profile import (
     ModelIdentity,
     Profile,
@@ -128,31 +127,42 @@ def test_litestage_uses_the_profile_with_and_without_early_exit() -> None:
         method_points("litestage", context(num_layers=3, profile=profile()))
 
 
-def test_adaskip_ranks_attention_and_mlp_each_within_its_kind() -> None:
-    # Attention similarities are all far above MLP ones: a joint raw sort would skip only attention first.
-    similarity = torch.tensor([[0.97, 0.50], [0.99, 0.80], [0.98, 0.60], [0.96, 0.70]])
-    joint = rank_sublayers(similarity)
-    assert [kind for _, kind in joint[:4]] == ["attention"] * 4
-    ranking = adaskip_ranking(similarity)
-    assert sorted(ranking) == sorted(joint), "a permutation of every sub-layer"
-    assert set(ranking[:2]) == {(1, "attention"), (1, "mlp")}, "each kind's most redundant sub-layer leads"
-    attention_order = [layer for layer, kind in ranking if kind == "attention"]
-    mlp_order = [layer for layer, kind in ranking if kind == "mlp"]
-    assert attention_order == [1, 2, 0, 3] and mlp_order == [1, 3, 2, 0], "within a kind, by its own similarity"
-    assert mean_similarity({"a": [(1.0, 0.0)], "b": [(0.0, 1.0)]}).tolist() == [[0.5, 0.5]]
+def test_adaskip_points_carry_the_joint_ranking_and_norm_ratio_compensation() -> None:
+    calibration = AdaSkipCalibration(similarity=[(0.9, 0.5)] * LAYERS,
+                                     norm_ratio=[(1.0 + 0.1 * i, 2.0 + 0.1 * i) for i in range(LAYERS)], prompts=1)
+    ctx = context(adaskip=calibration)
+    point = method_points("adaskip", ctx, [3])[0]
+    plan = point.plans["recall"]
+    expected = list(reversed(RANKING))[:3]
+    assert SkipPlan(attention=plan.attention, mlp=plan.mlp) == SkipPlan.from_sublayers(expected)
+    assert {(layer, kind): factor for layer, kind, factor in plan.scale} == {
+        (layer, kind): calibration.norm_ratio[layer][0 if kind == "attention" else 1] for layer, kind in expected
+    }
+    plain = method_points("adaskip", context(), [3])[0].plans["recall"]
+    assert plain.scale == () and plain.attention == plan.attention
 
 
-def test_adaskip_standing_is_robust_to_an_outlier_layer() -> None:
-    # Layer 0's MLP barely keeps the residual (as in real models); with a mean/std scale this one value would
-    # squash every other MLP z-score and the first skips would again all be attention.
-    attention = [0.57, 0.84] + [0.980 + 0.001 * (i % 7) for i in range(2, 12)]
-    mlp = [0.06] + [0.965 + 0.001 * (i % 5) for i in range(1, 11)] + [0.990]
-    ranking = adaskip_ranking(torch.tensor(list(zip(attention, mlp, strict=True))))
-    assert ranking[0] == (11, "mlp"), "the MLP sub-layer standing far above its kind goes first"
-    assert {kind for _, kind in ranking[:6]} == {"attention", "mlp"}
-    assert ranking[-2:] == [(0, "attention"), (0, "mlp")] or set(ranking[-3:]) >= {(0, "mlp"), (0, "attention")}
-    with pytest.raises(InvalidInputError, match=r"\[num_layers, 2\]"):
-        adaskip_ranking(torch.zeros(3))
+def test_every_baseline_has_an_early_exit_variant_with_the_same_plans() -> None:
+    rule = EarlyExitConfig(window=3, threshold=0.4, min_tokens=5)
+    ctx = context(early_exit=rule)
+    for method in ("uniform", "adaskip", "unified", "exit-depth"):
+        plain = method_points(method, ctx, [2])[0]
+        with_exit = method_points(f"{method}-exit", ctx, [2])[0]
+        assert with_exit.plans == plain.plans and with_exit.label == f"{method}-exit@2"
+        assert set(with_exit.early_exit.values()) == {rule} and set(plain.early_exit.values()) == {None}
+        assert with_exit.key() != plain.key()
+    full_exit = method_points("full-exit", ctx)[0]
+    assert full_exit.label == "full-exit" and all(p.is_empty for p in full_exit.plans.values())
+
+
+def test_capped_control_is_the_full_model_with_cut_token_budgets() -> None:
+    ctx = context(max_tokens={"recall": 64, "analysis": 160, "summary": 24})
+    point = method_points("capped", ctx, [50])[0]
+    assert point.label == "capped@50" and all(p.is_empty for p in point.plans.values())
+    assert point.max_tokens == {"recall": 32, "analysis": 80, "summary": 12}
+    assert "max_tokens" in point.payload() and "max_tokens" not in method_points("uniform", ctx, [2])[0].payload()
+    with pytest.raises(InvalidInputError, match="percent"):
+        method_points("capped", ctx, [150])
 
 
 def test_all_points_puts_the_full_model_first_and_has_unique_labels() -> None:

@@ -217,3 +217,28 @@ def test_profile_is_selected_by_shipped_name(tmp_path: Path, monkeypatch) -> Non
     build_reasoning_chain(lm, plans="csqa")  # resolves the name at construction
     with pytest.raises(ProfileError, match="no shipped profile of that name"):
         ChatLiteStage(model=lm, profile="nope")
+
+
+def test_shipped_profiles_are_selected_per_model_by_name() -> None:
+    from litestage_chain.budgets.profile import shipped_models, shipped_profiles
+
+    qwen = Profile.load("obqa", model="qwen2.5-coder-1.5b")
+    assert qwen.model.name == "qwen2.5-coder-1.5b"
+    assert Profile.load("obqa").model.name == "smollm2-135m" == Profile.load("obqa", model="smollm2-135m").model.name
+    assert "qwen2.5-coder-1.5b" in shipped_models() and "obqa" in shipped_profiles("qwen2.5-coder-1.5b")
+    with pytest.raises(ProfileError, match="for model 'qwen2.5-coder-1.5b'.*obqa"):
+        Profile.load("nosuch", model="qwen2.5-coder-1.5b")
+    # a model without shipped profiles of its own gets the default model's (its weights check then says they differ)
+    assert Profile.load("obqa", model="some/other-model").model.name == "smollm2-135m"
+
+
+def test_chat_model_and_chain_pick_the_profile_of_the_model_they_run() -> None:
+    from litestage_chain import ChatLiteStage, build_reasoning_chain
+
+    llm = ChatLiteStage(model="qwen2.5-coder-1.5b", profile="obqa")
+    assert llm.stage_profile.model.name == "qwen2.5-coder-1.5b"
+    assert ChatLiteStage(profile="obqa").stage_profile.model.name == "smollm2-135m"
+    assert ChatLiteStage(model="qwen2.5-coder-1.5b", stage_profile="obqa").stage_profile.model.name == "qwen2.5-coder-1.5b"
+    build_reasoning_chain(ChatLiteStage(model="qwen2.5-coder-1.5b"), plans="obqa")  # resolves without loading weights
+    with pytest.raises(ProfileError, match="for model 'qwen2.5-coder-1.5b'"):
+        ChatLiteStage(model="qwen2.5-coder-1.5b", profile="csqa-nonexistent")

@@ -6,7 +6,6 @@ scripted so that the path under test is taken deterministically.
 
 from __future__ import annotations
 
-from typing import Any
 
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
@@ -100,7 +99,7 @@ def test_echoed_tool_instructions_are_not_content(tiny_long: LoadedModel, monkey
 
 
 def test_tool_node_loop_ends(tiny_long: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> None:
-    from langgraph.graph import END, START, MessagesState, StateGraph
+    from langgraph.graph import START, MessagesState, StateGraph
     from langgraph.prebuilt import ToolNode, tools_condition
 
     # turn 1: the model opens a call, then writes its two arguments; turn 2 (after the result): it answers

@@ -100,6 +100,28 @@ def test_ask_no_stream_and_json(tiny_dir: Path, capsys: pytest.CaptureFixture[st
     assert result["fallback_used"] is True and "[summary (full model)]" in out and "summary*" in out
 
 
+def test_ask_shared_context_reports_prefilled_and_reused_tokens(tiny_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["ask", "Where is milk kept?", "-c", "oven", "-c", "fridge", "--model", str(tiny_dir), "--max-tokens", "3",
+            "--no-stream", "--json", "--no-fallback"]
+    assert main([*argv, "--context", "shared"]) == 0
+    out = capsys.readouterr().out
+    stages = json.loads(out[out.index("{") :])["stages"]
+    for name in ("analysis", "summary"):
+        stage = stages[name]
+        assert stage["reused_tokens"] + stage["prefilled_tokens"] == stage["prompt_tokens"]
+        assert stage["prefilled_tokens"] < stage["reused_tokens"] / 10
+    assert "prefilled" in out and "reused" in out
+    assert main(argv) == 0  # the separate format re-reads every stage's prompt (few-shot prefix apart)
+    separate = json.loads((out := capsys.readouterr().out)[out.index("{") :])["stages"]
+    assert separate["summary"]["prefilled_tokens"] > 5 * stages["summary"]["prefilled_tokens"]
+
+
+def test_ask_rejects_an_unknown_context(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["ask", "Q?", "--context", "joint"])
+    assert "invalid choice" in capsys.readouterr().err
+
+
 @pytest.mark.integration
 def test_ask_on_the_default_model_as_a_process() -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}

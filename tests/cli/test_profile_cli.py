@@ -105,6 +105,18 @@ def test_check_times_an_existing_profile_side_by_side(model_dir: Path, tmp_path:
     assert profile.model_copy(update={"speed_check": None}) == Profile.load(searched)
     assert "side by side (3 alternating evaluations each" in out.getvalue()
 
+    predicted = io.StringIO()
+    args = parse(["profile", "check", str(searched), "--data", str(data), "--model", str(model_dir), "--out",
+                  str(checked), "--rounds", "1", "--max-tokens", "3", "--shots", "0", "--no-progress", "--predict",
+                  "--limit", "1", "--weights", "float32"])
+    assert args.handler(args, out=predicted) == 0
+    text = predicted.getvalue()
+    assert "full: predicted" in text and "plans: predicted" in text and "speedup: predicted" in text
+    assert Profile.load(checked).speed_check is not None
+    args = parse(["profile", "check", str(searched), "--data", str(data), "--limit", "0"])
+    with pytest.raises(InvalidInputError, match="--limit must be >= 1"):
+        args.handler(args, out=io.StringIO())
+
     args = parse(["profile", "check", "csqa", "--data", str(data)])
     with pytest.raises(InvalidInputError, match="give --out"):
         args.handler(args, out=io.StringIO())
@@ -158,3 +170,49 @@ def test_issue_spelling_of_the_profile_command_is_accepted() -> None:
     assert normalise_profile_argv(["profile", "show", "csqa"]) == ["profile", "show", "csqa"]
     with pytest.raises(SystemExit):
         build_parser().parse_args(normalise_profile_argv(["profile", "--benchmark", "x", "--epsilon", "-1"]))
+
+
+def test_cost_aware_search_writes_a_profile_with_its_resolution_and_resumes(
+    model_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setenv("LITESTAGE_CACHE", str(tmp_path / "cache"))
+    data = write_data(tmp_path / "data", n=4)
+    target = tmp_path / "profiles" / "csqa.json"
+    argv = ["profile", "search", "--search", "cost-aware", "--benchmark", "csqa", "--data", str(data), "--size", "4",
+            "--model", str(model_dir), "--out", str(target), "--counts", "1,2", "--exit-grid", "none;4,0.5,2",
+            "--epsilon", "1.0", "--tolerance", "100", "--chunk-size", "2", "--calibration-size", "1",
+            "--cost-rounds", "1", "--metric", "agreement",
+            "--max-tokens", "recall=3,analysis=3,summary=2", "--shots", "0", "--no-progress", "--threads", "1",
+            "--check-rounds", "0"]
+    out = io.StringIO()
+    args = parse(argv)
+    assert args.handler(args, out=out) == 0
+    text = out.getvalue()
+    assert "resolution on this slice" in text and "predicted" in text and "chosen:" in text
+    profile = Profile.load(target)
+    assert "cost-aware search" in profile.notes
+    assert any(entry.verdict is not None for entry in profile.trace)
+    assert (tmp_path / "profiles" / "csqa.json.costs.jsonl").is_file()
+    again = io.StringIO()
+    assert args.handler(args, out=again) == 0
+    assert "0 new chunk evaluations" in again.getvalue()
+
+
+def test_cost_aware_options_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        parse(["profile", "search", "--benchmark", "csqa", "--out", "x.json", "--counts", "0,2"])
+    args = parse(["profile", "search", "--search", "cost-aware", "--benchmark", "csqa", "--out",
+                  str(tmp_path / "x.json"), "--exit-grid", "8,0.3"])
+    with pytest.raises(InvalidInputError, match="WINDOW,THRESHOLD,MIN_TOKENS"):
+        args.handler(args, out=io.StringIO())
+
+
+def test_show_picks_a_models_shipped_profiles() -> None:
+    out = io.StringIO()
+    args = parse(["profile", "show", "--model", "qwen2.5-coder-1.5b"])
+    assert args.handler(args, out=out) == 0
+    assert out.getvalue().startswith("shipped profiles for qwen2.5-coder-1.5b: ") and "obqa" in out.getvalue()
+    shown = io.StringIO()
+    args = parse(["profile", "show", "obqa", "--model", "qwen2.5-coder-1.5b"])
+    assert args.handler(args, out=shown) == 0
+    assert shown.getvalue().startswith("profile for qwen2.5-coder-1.5b")

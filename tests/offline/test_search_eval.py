@@ -222,6 +222,19 @@ def test_identity_depends_on_the_weight_format(lm, tmp_path, monkeypatch) -> Non
     assert ChainEvaluator(lm).identity != ChainEvaluator(int8).identity
 
 
+def test_shared_context_evaluator_reruns_later_stages_when_an_earlier_plan_changes(lm) -> None:
+    """A shared-context stage reads the KV entries the earlier stages' plans wrote: its cached output is keyed by
+    them, even where the earlier texts happen to be the same."""
+    qs = questions()
+    ev = evaluator(lm, fallback=False, context="shared")
+    ev.evaluate(FULL, qs)
+    assert dict(ev.generated) == {"recall": 3, "analysis": 3, "summary": 3}
+    ev.evaluate({**FULL, "recall": SkipPlan(mlp=[3])}, qs)
+    assert dict(ev.generated) == {"recall": 6, "analysis": 6, "summary": 6}
+    assert ev.identity != evaluator(lm, fallback=False).identity
+    assert "Key information:" in ev.render_prompt("analysis", ev.run_stages(FULL, qs)[0])
+
+
 def test_a_question_too_long_for_the_context_is_skipped_by_the_search_and_named(lm, tmp_path: Path) -> None:
     path = write_questions(tmp_path / "train.jsonl", 3)
     rows = path.read_text().splitlines()

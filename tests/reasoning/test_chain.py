@@ -24,7 +24,6 @@ from litestage_chain.reasoning.chain import (
     build_reasoning_chain,
     run_batch,
 )
-from litestage_chain.reasoning.stage_output import StageOutput
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tiny_models import tiny_long_context_llama  # noqa: E402
@@ -248,35 +247,12 @@ def test_chain_as_langgraph_node(tiny_long: LoadedModel) -> None:
 
 def test_stages_as_separate_langgraph_nodes_match_the_chain(tiny_long: LoadedModel) -> None:
     """Each stage its own graph node, with its own budget: the same texts and answer as the composed chain."""
-    from typing import TypedDict
-
-    from langgraph.graph import END, START, StateGraph
-
-    from litestage_chain import answer_node, stage_node
+    from stage_graph import run_stage_graph
 
     plans = {"recall": SkipPlan(), "analysis": SkipPlan(attention=[1]), "summary": SkipPlan(mlp=[0, 1])}
     llm = ChatLiteStage(model=tiny_long, stage_profile=plans)
     budgets = SHORT
-
-    class GraphState(TypedDict, total=False):
-        question: dict
-        recall: StageOutput
-        analysis: StageOutput
-        summary: StageOutput
-        result: ReasoningResult
-
-    graph = StateGraph(GraphState)
-    previous = START
-    for stage in ("recall", "analysis", "summary"):
-        node = stage_node(llm, stage, max_tokens=budgets[stage])
-        graph.add_node(stage, lambda state, node=node, stage=stage: {stage: node.invoke(state)})
-        graph.add_edge(previous, stage)
-        previous = stage
-    answer = answer_node(llm, fallback=False)
-    graph.add_node("answer", lambda state: {"result": answer.invoke(state)})
-    graph.add_edge("summary", "answer")
-    graph.add_edge("answer", END)
-    out = graph.compile().invoke({"question": QUESTION})["result"]
+    out = run_stage_graph(llm, QUESTION, budgets)
 
     chained = build_reasoning_chain(llm, max_tokens=budgets, fallback=False).invoke(QUESTION)
     assert {s: o.text for s, o in out.stages.items()} == {s: o.text for s, o in chained.stages.items()}

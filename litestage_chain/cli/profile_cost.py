@@ -1,0 +1,145 @@
+"""`litestage profile search --search cost-aware`: the cost-aware search's options and its run.
+
+Kept apart from `profile_cli.py`, which registers the subcommand and dispatches here, so the plain sweep's command
+stays as it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from statistics import median
+from typing import Any, TextIO
+
+from pydantic import ValidationError
+
+from litestage_chain.budgets.profile import Profile
+from litestage_chain.cli.bench import parse_max_tokens
+from litestage_chain.data import search_questions
+from litestage_chain.data.rows import describe_validation_error
+from litestage_chain.data.types import QuestionSet
+from litestage_chain.engine.loading import LoadedModel, load_model
+from litestage_chain.engine.skip_plan import SkipPlan
+from litestage_chain.errors import InvalidInputError
+from litestage_chain.offline.cost_model import tokens_of
+from litestage_chain.offline.cost_pipeline import (
+    cost_model_for,
+    describe_candidate,
+    parse_exit_grid,
+    search_profile_cost_aware,
+)
+from litestage_chain.offline.cost_search import DEFAULT_COUNTS, FALLBACK, CostSearchConfig
+from litestage_chain.offline.evaluator import ChainEvaluator
+from litestage_chain.offline.store import EvalResult
+
+
+def _counts(text: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"skip counts must be integers separated by commas, got {text!r}") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"skip counts must be >= 1, got {text!r}")
+    return counts
+
+
+def add_cost_aware_options(search: Any) -> None:
+    """Options of the cost-aware search (ignored by the plain sweep)."""
+    search.add_argument("--search", choices=("sweep", "cost-aware"), default="sweep",
+                        help="sweep: the original step sweep timed by its evaluations; cost-aware: paired decision "
+                        "rule in chunks, latency from measured per-plan costs, both sub-layer kinds ranked by "
+                        "importance lost per second saved, exit rules searched (default sweep)")
+    search.add_argument("--tolerance", type=float, default=3.0, metavar="POINTS",
+                        help="cost-aware: the loss's upper bound may exceed epsilon by this many points (default 3)")
+    search.add_argument("--confidence", type=float, default=0.95, help="cost-aware: interval level (default 0.95)")
+    search.add_argument("--counts", type=_counts, default=None, metavar="N,N,...",
+                        help="cost-aware: skip counts tried per stage (default 1,2,4,6,8,12,16,24,32)")
+    search.add_argument("--exit-grid", default="none;8,0.3,16;4,0.5,8", metavar="RULES",
+                        help="cost-aware: early-exit rules tried with every count, 'none' or WINDOW,THRESHOLD,MIN "
+                        "separated by ';' (default none;8,0.3,16;4,0.5,8)")
+    search.add_argument("--chunk-size", type=int, default=25, metavar="N",
+                        help="cost-aware: questions per chunk; a clearly worse candidate stops after one (default 25)")
+    search.add_argument("--cost-rounds", type=int, default=2, metavar="N",
+                        help="cost-aware: alternating timings of each plan and the full model (default 2)")
+
+
+def run_cost_aware_search(
+    args: argparse.Namespace, out: TextIO
+) -> tuple[Profile, list[str], LoadedModel, QuestionSet, Path]:
+    """Load the model and questions, run the cost-aware search, write the profile and print its resolution.
+
+    Returns what `cli.profile.finish_search` needs to end it like the plain sweep (caveats, side-by-side check).
+    """
+    for option, value in (("--batch-size", args.batch_size), ("--calibration-size", args.calibration_size),
+                          ("--chunk-size", args.chunk_size), ("--cost-rounds", args.cost_rounds)):
+        if value < 1:
+            raise InvalidInputError(f"{option} must be >= 1, got {value}")
+    try:
+        config = CostSearchConfig(
+            epsilon=args.epsilon, tolerance=args.tolerance / 100.0, confidence=args.confidence, metric=args.metric,
+            counts=args.counts or DEFAULT_COUNTS, exit_grid=tuple(parse_exit_grid(args.exit_grid)),  # type: ignore[arg-type]
+            chunk_size=args.chunk_size, batch_size=args.batch_size, patience=args.patience,
+        )
+    except ValidationError as error:
+        raise InvalidInputError(f"invalid search settings: {describe_validation_error(error)}") from error
+    target = Path(args.out)
+    log = Path(args.log) if args.log else target.with_name(target.name + ".search.jsonl")
+    cost_log = log.with_name(log.name.replace(".search.jsonl", "") + ".costs.jsonl")
+    questions = search_questions(args.benchmark, args.size, seed=args.seed, data_dir=args.data,
+                                 require_answer=args.metric == "accuracy")
+    model = load_model(args.model, weights=args.weights)
+    evaluator = ChainEvaluator(
+        model, early_exit=None, max_tokens=parse_max_tokens(args.max_tokens), num_shots=args.shots,
+        fallback=not args.no_fallback, batch_size=args.batch_size, progress=not args.no_progress,
+    )
+    rule = config.rule()
+    out.write(f"cost-aware search of {model.name} on {questions.benchmark}/{questions.split} ({len(questions)} "
+              f"questions); log: {log}; costs: {cost_log}\n{rule.describe()}; resolution on this slice at zero loss: "
+              f"+- {100 * rule.resolution(len(questions), 0.05):.1f} points at 5% flips, "
+              f"+- {100 * rule.resolution(len(questions), 0.15):.1f} at 15%\n")
+    out.flush()
+
+    def report(candidate: Any) -> None:
+        out.write(describe_candidate(candidate, args.metric) + "\n")
+        out.flush()
+
+    profile, result = search_profile_cost_aware(
+        model, questions, evaluator, config, calibration_size=args.calibration_size, seed=args.seed, store_path=log,
+        cost_path=cost_log, cost_rounds=args.cost_rounds, on_candidate=report, progress=not args.no_progress,
+    )
+    profile.save(target)
+    out.write(f"chosen: {result.resolution()}; predicted {result.full.predicted_seconds:.2f} s -> "
+              f"{result.chosen.predicted_seconds:.2f} s per question at batch {config.batch_size} "
+              f"({result.predicted_speedup:.2f}x); {result.evaluations} new chunk evaluations\n")
+    return profile, result.caveats, model, questions, target
+
+
+def add_predict_option(check: Any) -> None:
+    """`profile check --predict`: also predict both sides from the cost model and print the error."""
+    check.add_argument("--predict", action="store_true",
+                       help="also time per-plan costs (alternating with the full model) and compare the cost model's "
+                       "predicted seconds per question with the measured ones")
+
+
+def predicted_against_measured(
+    model: LoadedModel, plans: Mapping[str, SkipPlan], results: Mapping[str, Sequence[EvalResult]], batch_size: int,
+    rounds: int, out: TextIO,
+) -> dict[str, float]:
+    """The cost model's seconds per question for each side of a speed check, printed beside the measured medians."""
+    costs = cost_model_for(model, batch_size, rounds=rounds)
+    sides = {"full": {stage: SkipPlan() for stage in plans}, "plans": dict(plans)}
+    predicted: dict[str, float] = {}
+    for side, side_plans in sides.items():
+        result = results[side][0]
+        predicted[side] = costs.predict({**side_plans, FALLBACK: SkipPlan()}, tokens_of(result.tokens), batch_size)
+        measured = median(r.mean_latency_seconds for r in results[side])
+        out.write(f"  {side:>5}: predicted {predicted[side]:.2f} s/question, measured {measured:.2f} "
+                  f"({100 * (predicted[side] / measured - 1):+.1f}%)\n")
+    if predicted["plans"] > 0:
+        measured_speedup = median(r.mean_latency_seconds for r in results["full"]) / median(
+            r.mean_latency_seconds for r in results["plans"])
+        out.write(f"  speedup: predicted {predicted['full'] / predicted['plans']:.2f}x, measured "
+                  f"{measured_speedup:.2f}x\n")
+    out.flush()
+    return predicted

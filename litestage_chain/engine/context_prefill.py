@@ -1,0 +1,230 @@
+"""Set up a batched call on top of the context cache: load each row's longest cached prefix, prefill the rest.
+
+The per-segment rule that defines a call's result (and that `segment_logits` recomputes without any cache): every
+prompt token is computed under the plan its segment names (`prompt_plans`; tokens past the named segments, and every
+generated token, under the call's plan). A token's residual stream runs only the sub-layers of its own plan; at every
+layer it contributes keys and values computed from its residual stream entering that layer, whether its own plan runs
+attention there or not; a token whose plan runs attention at layer l attends to the keys and values of all earlier
+tokens and itself at layer l. With one plan for every token this is the ordinary forward pass under that plan.
+
+Layout of a row in the call's cache: [left padding][cached prefix][prefilled rest of the prompt][generated tokens].
+Rows start their prefill at different columns (their cached prefixes differ), so the rest of every prompt is packed
+into one sequence and each row written at its own offset (`forward.prefill_rows`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+
+from litestage_chain.engine.architecture import DecoderView
+from litestage_chain.engine.attention_variants import layer_mask
+from litestage_chain.engine.context_cache import ContextCache, Key
+from litestage_chain.errors import InvalidInputError
+from litestage_chain.engine.forward import (
+    PackedRow,
+    _attend,
+    _mlp,
+    _output,
+    _project_qkv,
+    new_cache,
+    prefill_rows,
+    run_layers,
+)
+from litestage_chain.engine.kv_cache import KVCache
+from litestage_chain.engine.skip_plan import SkipPlan
+
+PromptPlans = Sequence[tuple[int, SkipPlan]]  # runs of (token count, plan) from a prompt's first token
+
+
+@dataclass
+class ContextSetup:
+    """A call's cache after its prompts are in, with what the decode loop and the results need."""
+
+    cache: KVCache
+    key_valid: Optional[torch.Tensor]
+    positions: torch.Tensor  # [B] position of each row's next token
+    logits: torch.Tensor
+    width: int  # the column of the first generated token
+    pads: list[int]
+    keys: list[list[Key]]
+    reused: list[int]  # prompt tokens whose entries were cached before this call
+    loaded: list[int]  # prompt tokens loaded from the table (the shared prefix this call computed included)
+    prefix_seconds: float
+    prefix_computed: bool
+    prefill_seconds: float
+    plan_key: int
+
+
+def token_keys(
+    table: ContextCache, rows: list[list[int]], plan: SkipPlan, prompt_plans: Optional[Sequence[PromptPlans]]
+) -> tuple[list[list[Key]], dict[int, SkipPlan]]:
+    """Each row's (token, plan id) keys, and the plans by id; raises `InvalidInputError` for bad segments."""
+    plans = {table.plan_id(plan): plan}
+    if prompt_plans is not None and len(prompt_plans) != len(rows):
+        raise InvalidInputError(f"prompt_plans has {len(prompt_plans)} entries for {len(rows)} prompts")
+    keyed = []
+    for number, tokens in enumerate(rows):
+        tags: list[int] = []
+        for count, segment_plan in (prompt_plans[number] if prompt_plans is not None else ()):
+            if not isinstance(segment_plan, SkipPlan) or isinstance(count, bool) or not isinstance(count, int) or count < 0:
+                raise InvalidInputError(f"prompt_plans[{number}] must hold (token count >= 0, SkipPlan) pairs")
+            ident = table.plan_id(segment_plan)
+            plans[ident] = segment_plan
+            tags.extend([ident] * count)
+        if len(tags) > len(tokens):
+            raise InvalidInputError(f"prompt_plans[{number}] covers {len(tags)} tokens; the prompt has {len(tokens)}")
+        tags.extend([table.plan_id(plan)] * (len(tokens) - len(tags)))
+        if tags[-1] != table.plan_id(plan):
+            raise InvalidInputError(
+                f"prompt {number}: its last token must be computed under the call's plan (it gives the first "
+                "generated token); end prompt_plans before it or give it the call's plan"
+            )
+        keyed.append(list(zip(tokens, tags)))
+    return keyed, plans
+
+
+def extend(view: DecoderView, table: ContextCache, keys: Sequence[Key], plans: dict[int, SkipPlan]) -> None:
+    """Make `keys` cached: compute the tokens past their longest cached prefix (one row, run by run, each under
+    its own plan) and store the whole sequence."""
+    found = table.match(keys)
+    if found.length == len(keys):
+        return
+    cache = new_cache(view, SkipPlan(), 1, len(keys), torch.device("cpu"), every_layer=True)
+    if found.kv is not None:
+        _load(cache, 0, 0, found.kv)
+    start = found.length
+    while start < len(keys):
+        tag = keys[start][1]
+        end = start
+        while end < len(keys) and keys[end][1] == tag:
+            end += 1
+        ids = torch.tensor([[token for token, _ in keys[start:end]]])
+        run_layers(view, view.embed(ids), torch.arange(start, end)[None, :], cache, start, None, plans[tag])
+        start = end
+    table.insert(keys, row_entries(cache, 0, 0, len(keys)))
+
+
+def prepare(
+    view: DecoderView,
+    table: ContextCache,
+    rows: list[list[int]],
+    plan: SkipPlan,
+    prompt_plans: Optional[Sequence[PromptPlans]],
+    prefix_length: int,
+    max_new: int,
+) -> ContextSetup:
+    """Load each row's cached prefix and prefill the rest of its prompt under the per-segment rule.
+
+    `prefix_length` > 0 names a prefix every row shares (few-shot exemplars): it is made cached first, once, and the
+    seconds that took are reported apart (`prefix_seconds`), as `generate` does for its shared-prefix table.
+    """
+    keys, plans = token_keys(table, rows, plan, prompt_plans)
+    plan_key = keys[0][-1][1]
+    reused = [table.peek(k, len(k) - 1) for k in keys]
+    prefix_seconds, prefix_computed = 0.0, False
+    if prefix_length and all(k[:prefix_length] == keys[0][:prefix_length] for k in keys):
+        if table.peek(keys[0], prefix_length) < prefix_length:
+            started = time.perf_counter()
+            extend(view, table, keys[0][:prefix_length], plans)
+            prefix_seconds, prefix_computed = time.perf_counter() - started, True
+    started = time.perf_counter()
+    for row_keys in keys:
+        # the tokens before the last run (the call's own plan) belong to other segments: compute them one row at a
+        # time under their plans, so that the batched prefill below runs one plan
+        last_run = len(row_keys) - 1
+        while last_run > 0 and row_keys[last_run - 1][1] == plan_key:
+            last_run -= 1
+        if table.peek(row_keys, last_run) < last_run:
+            extend(view, table, row_keys[:last_run], plans)
+    matches = [table.match(k, len(k) - 1) for k in keys]  # the last token always runs: it gives the first logits
+    width = max(len(r) for r in rows)
+    batch = len(rows)
+    cache = new_cache(view, plan, batch, width + max_new, torch.device("cpu"), every_layer=True)
+    pads = [width - len(r) for r in rows]
+    key_valid = torch.ones((batch, width + max_new), dtype=torch.bool)
+    packed, ids, positions, lo = [], [], [], 0
+    for index, (tokens, found) in enumerate(zip(rows, matches)):
+        key_valid[index, : pads[index]] = False
+        for layer in cache.keys:
+            cache.clear_row(layer, index, 0, pads[index])
+        if found.kv is not None:
+            _load(cache, index, pads[index], found.kv)
+        rest = len(tokens) - found.length
+        packed.append(PackedRow(index, lo, lo + rest, pads[index] + found.length, width))
+        ids.extend(tokens[found.length :])
+        positions.extend(range(found.length, len(tokens)))
+        lo += rest
+    logits = prefill_rows(
+        view, torch.tensor(ids), torch.tensor(positions), packed, key_valid, cache, plan, pad_start=None
+    )
+    return ContextSetup(
+        cache=cache,
+        key_valid=None if all(p == 0 for p in pads) else key_valid,
+        positions=torch.tensor([len(r) for r in rows]),
+        logits=logits,
+        width=width,
+        pads=pads,
+        keys=keys,
+        reused=reused,
+        loaded=[m.length for m in matches],
+        prefix_seconds=prefix_seconds,
+        prefix_computed=prefix_computed,
+        prefill_seconds=time.perf_counter() - started,
+        plan_key=plan_key,
+    )
+
+
+def store(setup: ContextSetup, table: ContextCache, slot: int, row: int, generated: Sequence[int]) -> None:
+    """Store batch row `row` (now at `slot` of the shrinking batch): its prompt and the generated tokens that went
+    through the model (all but the last one)."""
+    fed = list(generated[:-1])
+    keys = setup.keys[row] + [(token, setup.plan_key) for token in fed]
+    start = setup.pads[row]
+    cached = table.peek(keys)  # only the entries past what is stored are copied out of the call's cache
+    if cached < len(keys):
+        table.insert(keys, row_entries(setup.cache, slot, start + cached, start + len(keys)), offset=cached)
+
+
+def row_entries(cache: KVCache, slot: int, start: int, end: int) -> torch.Tensor:
+    """One row's entries of columns [start, end) as `[layers, 2, kv_heads, tokens, head_dim]`."""
+    return torch.stack(
+        [torch.stack((cache.keys[layer][slot, :, start:end], cache.values[layer][slot, :, start:end]))
+         for layer in sorted(cache.keys)]
+    )
+
+
+def _load(cache: KVCache, row: int, start: int, kv: torch.Tensor) -> None:
+    length = kv.shape[3]
+    for layer in sorted(cache.keys):
+        cache.keys[layer][row, :, start : start + length] = kv[layer, 0]
+        cache.values[layer][row, :, start : start + length] = kv[layer, 1]
+
+
+def segment_logits(view: DecoderView, input_ids: torch.Tensor, plans: Sequence[SkipPlan]) -> torch.Tensor:
+    """Logits at every position of one sequence ([T] -> [T, V]) under the per-segment rule (module docstring),
+    recomputed in one pass with no cache: the reference that cached decoding across plan switches is tested against.
+
+    Every token's keys and values come from the fused q/k/v projection of its residual stream; a sub-layer a token's
+    plan skips adds nothing to that token's residual stream.
+    """
+    if len(plans) != input_ids.shape[0]:
+        raise InvalidInputError(f"{len(plans)} plans for {input_ids.shape[0]} tokens")
+    ids = input_ids[None, :]
+    hidden = view.embed(ids)
+    positions = torch.arange(ids.shape[1])[None, :]
+    rotations = view.rotations(hidden, positions)
+    windows: dict[int, Optional[torch.Tensor]] = {}
+    for layer in range(view.num_layers):
+        runs_attention = torch.tensor([layer not in p.attention for p in plans])[None, :, None]
+        runs_mlp = torch.tensor([layer not in p.mlp for p in plans])[None, :, None]
+        parts = view.attention[layer]
+        q, k, v = _project_qkv(parts, hidden, *rotations[parts.rope])
+        mask, causal = layer_mask(parts, None, True, None, positions, 0, windows)  # sliding windows, where used
+        update = _output(parts.out_norm, parts.o_proj(_attend(parts, q, k, v, mask, causal)))
+        hidden = torch.where(runs_attention, hidden + update, hidden)
+        hidden = torch.where(runs_mlp, hidden + _mlp(view.mlp[layer], hidden), hidden)
+    return view.logits(hidden)[0]

@@ -1,0 +1,120 @@
+"""The cost-aware offline phase in one call: calibrate, rank by importance lost per second saved, search, profile."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from litestage_chain.budgets.profile import ModelIdentity, Profile, SearchedQuestions
+from litestage_chain.data.types import QuestionSet
+from litestage_chain.engine.early_exit import EarlyExitConfig
+from litestage_chain.engine.loading import LoadedModel
+from litestage_chain.engine.quant.kernels import kernels_status
+from litestage_chain.errors import InvalidInputError
+from litestage_chain.offline.calibration import calibration_prompts
+from litestage_chain.offline.cost_model import CostModel, engine_timer, sublayer_weights
+from litestage_chain.offline.cost_search import (
+    Candidate,
+    CostSearchConfig,
+    CostSearchResult,
+    cost_aware_ranking,
+    search_cost_aware,
+)
+from litestage_chain.offline.evaluator import ChainEvaluator
+from litestage_chain.offline.importance import compute_importance
+from litestage_chain.offline.store import ResultsStore
+
+
+def cost_model_for(
+    model: LoadedModel, batch_size: int, *, rounds: int = 2, path: str | Path | None = None,
+    prompt_tokens: int = 128, decode_steps: int = 16,
+) -> CostModel:
+    """A `CostModel` timing `model` at batch sizes 1, 2, 4, ... up to `batch_size` (and `batch_size` itself)."""
+    if not model.weights_sha256:
+        raise InvalidInputError(f"model {model.name!r} has no weights sha256: its measured costs could not be keyed")
+    sizes = sorted({1, batch_size, *(2**k for k in range(1, 8) if 2**k < batch_size)})
+    kernel = "torch"
+    if model.weights in ("int8", "int4"):  # another kernel build prices tokens differently: never mix their timings
+        kernel = kernels_status()
+    identity = (f"{model.weights_sha256}:{model.weights}:{kernel}:sizes={sizes}:prompt={prompt_tokens}:"
+                f"steps={decode_steps}:context-v2")
+    return CostModel(engine_timer(model, sizes, prompt_tokens, decode_steps), identity, rounds=rounds, path=path,
+                     num_layers=model.num_layers)
+
+
+def search_profile_cost_aware(
+    model: LoadedModel,
+    questions: QuestionSet,
+    evaluator: ChainEvaluator,
+    config: CostSearchConfig,
+    *,
+    calibration_size: int = 8,
+    seed: int | None = None,
+    store_path: str | Path | None = None,
+    cost_path: str | Path | None = None,
+    cost_rounds: int = 2,
+    on_candidate: Callable[[Candidate], None] | None = None,
+    progress: bool = False,
+    notes: str = "",
+) -> tuple[Profile, CostSearchResult]:
+    """Importance on the first `calibration_size` questions, the cost-aware search on all of them, the profile."""
+    if not model.weights_sha256:
+        raise InvalidInputError(f"model {model.name!r} has no weights sha256, so a profile could not be matched to it")
+    if evaluator.model is not model:
+        raise InvalidInputError("the evaluator runs a different model than the one being profiled")
+    if evaluator.batch_size != config.batch_size:
+        raise InvalidInputError(
+            f"the evaluator decodes {evaluator.batch_size} questions at a time but the search predicts latency at batch "
+            f"{config.batch_size}"
+        )
+    if calibration_size < 1:
+        raise InvalidInputError(f"calibration_size must be >= 1, got {calibration_size}")
+    calibration = calibration_prompts(evaluator, questions.questions[:calibration_size])
+    importance = compute_importance(model, calibration, progress=progress)
+    similarity = importance.accumulated() / len(importance.stages)
+    ranking = cost_aware_ranking(similarity, sublayer_weights(model))
+    costs = cost_model_for(model, config.batch_size, rounds=cost_rounds, path=cost_path)
+    result = search_cost_aware(
+        evaluator, questions.questions, ranking, costs, config, store=ResultsStore(store_path), on_candidate=on_candidate,
+    )
+    profile = result.to_profile(
+        model=ModelIdentity(name=model.name, weights_sha256=model.weights_sha256, weights=model.weights),
+        questions=SearchedQuestions(benchmark=questions.benchmark, split=questions.split, size=len(questions),
+                                    seed=seed, fingerprint=questions.fingerprint),
+        notes=notes,
+    )
+    return profile, result
+
+
+def describe_candidate(candidate: Candidate, metric: str) -> str:
+    """One line per candidate for a search's log: settings, verdict with the loss interval, predicted latency."""
+    stage = candidate.stage or "full model"
+    rule = candidate.early_exit.get(candidate.stage) if candidate.stage else None
+    exit_text = f"exit {rule.window}/{rule.threshold:g}/{rule.min_tokens}" if rule else "no exit"
+    decided = candidate.comparison.describe() if candidate.comparison else f"{metric} reference"
+    needed = f"; too small to decide, needs about {candidate.questions_needed} questions" if candidate.questions_needed else ""
+    return (f"  {stage:>10} skip {candidate.count:>2} {exit_text:>15}: {candidate.verdict:>9}, {decided}, predicted "
+            f"{candidate.predicted_seconds:.2f} s/question{needed}")
+
+
+def parse_exit_grid(text: str) -> list[EarlyExitConfig | None]:
+    """``none;8,0.3,16;4,0.5,8`` -> (None, EarlyExitConfig(8, 0.3, 16), EarlyExitConfig(4, 0.5, 8))."""
+    rules: list[EarlyExitConfig | None] = []
+    for part in (p.strip() for p in text.split(";")):
+        if not part:
+            continue
+        if part.lower() == "none":
+            rules.append(None)
+            continue
+        fields = part.split(",")
+        if len(fields) != 3:
+            raise InvalidInputError(f"exit rule {part!r}: expected none or WINDOW,THRESHOLD,MIN_TOKENS e.g. 8,0.3,16")
+        try:
+            rules.append(EarlyExitConfig(window=int(fields[0]), threshold=float(fields[1]), min_tokens=int(fields[2])))
+        except (ValueError, ValidationError) as error:
+            raise InvalidInputError(f"exit rule {part!r}: {error}") from None
+    if not rules:
+        raise InvalidInputError(f"--exit-grid {text!r} names no rule")
+    return rules

@@ -1,0 +1,378 @@
+"""LiteStage step 2, made able to see accuracy and latency: a cost-aware, paired, chunked budget search.
+
+The plain sweep (`search.search_budgets`) picks the fastest candidate whose accuracy on the slice reaches
+full - epsilon. On a small slice that cannot see accuracy (a one-point epsilon is less than one question), it times
+candidates minutes apart on a shared CPU, and its grid (step 8 over a ranking led by attention sub-layers) never
+tries skipping an MLP, which holds most of a layer's weights. This search changes the three parts:
+
+* **Which candidates.** Sub-layers are ranked by importance lost per second saved (`cost_aware_ranking`): one minus
+  the residual cosine similarity, over the sub-layer's share of the weights a decode step reads. Both kinds compete.
+  Skip counts step finely near zero (1, 2, 4, 6, 8, 12, ...), and each count is tried with each early-exit rule of a
+  small grid (window, threshold, minimum tokens), so a stage's exit rule is searched together with its skips.
+* **Is it accurate enough.** Every candidate is compared with the full model question by question
+  (`paired_decision`), evaluated in chunks and dropped at the first chunk where it is clearly worse; it is accepted
+  only when, on the whole slice, its loss bound allows it. An undecided candidate is not accepted, and the search
+  says how many questions would decide it.
+* **Is it faster.** A candidate's latency is predicted from its deterministic token counts and its plan's measured
+  costs per token (`cost_model`), measured alternating with the full model, not from seconds taken at another time.
+
+Stages are searched slowest first (the full model's predicted seconds per stage), each with the stages already
+searched fixed at their choice; among accepted candidates the lowest predicted latency wins, and "nothing more
+skipped in this stage" is always a valid choice. Evaluations go through the `ResultsStore`, chunk by chunk, so an
+interrupted search resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from statistics import fmean
+from typing import Protocol
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from litestage_chain.offline.cost_model import CostModel, tokens_of
+from litestage_chain.data.types import Question, question_fingerprint
+from litestage_chain.engine.early_exit import EarlyExitConfig
+from litestage_chain.errors import InvalidInputError
+from litestage_chain.offline.importance import SubLayer, plan_for_count
+from litestage_chain.offline.paired_decision import DecisionRule, PairedComparison, Verdict, compare_answers
+from litestage_chain.budgets.profile import MetricName, ModelIdentity, Profile, SearchedQuestions, StageBudget, TraceEntry
+from litestage_chain.offline.search import accuracy_signal_caveat
+from litestage_chain.offline.store import EvalResult, ResultsStore
+from litestage_chain.engine.skip_plan import SkipPlan, SubLayerKind
+
+logger = logging.getLogger(__name__)
+FALLBACK = "fallback"
+DEFAULT_COUNTS = (1, 2, 4, 6, 8, 12, 16, 24, 32)
+DEFAULT_EXIT_GRID: tuple[EarlyExitConfig | None, ...] = (
+    None,
+    EarlyExitConfig(window=8, threshold=0.3, min_tokens=16),
+    EarlyExitConfig(window=4, threshold=0.5, min_tokens=8),
+)
+
+
+class RuleEvaluator(Protocol):
+    """Runs the chain with per-stage plans and early-exit rules (`ChainEvaluator` is one)."""
+
+    identity: str
+
+    def evaluate(
+        self,
+        plans: Mapping[str, SkipPlan],
+        questions: Sequence[Question],
+        early_exit: Mapping[str, EarlyExitConfig | None] | None = None,
+    ) -> EvalResult: ...
+
+
+def cost_aware_ranking(similarity: torch.Tensor, weights: Sequence[tuple[int, int]]) -> list[SubLayer]:
+    """Sub-layers in the order to skip them: least importance lost per second saved first.
+
+    `similarity` is [num_layers, 2] (attention, MLP; e.g. the mean over stages of the residual cosine), `weights`
+    each sub-layer's parameter count (`cost_model.sublayer_weights`), standing for the seconds skipping it saves.
+    Ties go to the lower layer, attention first.
+    """
+    if similarity.ndim != 2 or similarity.shape[1] != 2 or similarity.shape[0] != len(weights):
+        raise InvalidInputError(
+            f"expected a [num_layers, 2] similarity for {len(weights)} layers, got shape {tuple(similarity.shape)}"
+        )
+    kinds: tuple[SubLayerKind, SubLayerKind] = ("attention", "mlp")
+    entries = []
+    for layer, pair in enumerate(weights):
+        for column in range(2):
+            if pair[column] <= 0:
+                raise InvalidInputError(f"layer {layer} {kinds[column]} has no weights to save")
+            lost = max(1.0 - float(similarity[layer, column]), 0.0)
+            entries.append((lost / pair[column], layer, column))
+    entries.sort(key=lambda item: (item[0], item[1], item[2]))
+    return [(layer, kinds[column]) for _, layer, column in entries]
+
+
+class CostSearchConfig(BaseModel):
+    """Knobs of the cost-aware search."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    stages: tuple[str, ...] = Field(("recall", "analysis", "summary"), min_length=1)
+    epsilon: float = Field(0.01, ge=0.0, le=1.0, description="largest allowed loss against the full model")
+    tolerance: float = Field(0.03, ge=0.0, le=1.0, description="how far above epsilon the loss's upper bound may be")
+    confidence: float = Field(0.95, gt=0.5, lt=1.0)
+    metric: MetricName = "accuracy"
+    counts: tuple[int, ...] = Field(DEFAULT_COUNTS, min_length=1, description="skip counts tried per stage")
+    exit_grid: tuple[EarlyExitConfig | None, ...] = Field(DEFAULT_EXIT_GRID, min_length=1)
+    chunk_size: int = Field(25, ge=1, description="questions per chunk; a clearly worse candidate stops after one")
+    batch_size: int = Field(1, ge=1, description="questions decoded together: the latency predicted is at this size")
+    patience: int = Field(2, ge=1, description="consecutive counts rejected with every exit rule end a stage's sweep")
+
+    def rule(self) -> DecisionRule:
+        return DecisionRule(epsilon=self.epsilon, tolerance=self.tolerance, confidence=self.confidence)
+
+
+class Candidate(BaseModel):
+    """One evaluated configuration: a plan and an early-exit rule per stage, and what the search concluded."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    stage: str | None
+    count: int
+    plans: dict[str, SkipPlan]
+    early_exit: dict[str, EarlyExitConfig | None]
+    result: EvalResult
+    comparison: PairedComparison | None
+    verdict: Verdict
+    predicted_seconds: float
+    questions_needed: int = 0
+
+
+class CostSearchResult(BaseModel):
+    """The chosen per-stage settings, the full model's numbers and every candidate the search looked at."""
+
+    model_config = ConfigDict(frozen=True)
+
+    config: CostSearchConfig
+    ranking: list[SubLayer]
+    stage_order: list[str]
+    full: Candidate
+    chosen: Candidate
+    candidates: list[Candidate]
+    questions_fingerprint: str
+    evaluations: int
+    caveats: list[str] = Field(default_factory=list)
+
+    @property
+    def predicted_speedup(self) -> float:
+        return self.full.predicted_seconds / self.chosen.predicted_seconds if self.chosen.predicted_seconds else 0.0
+
+    def resolution(self) -> str:
+        """What the slice resolves about the chosen plans, e.g. 'loss 0.7 +- 2.1 points at 95% (...)'."""
+        if self.chosen.comparison is None:
+            return "the full model was chosen (nothing skipped)"
+        return self.chosen.comparison.describe()
+
+    def to_profile(self, *, model: ModelIdentity, questions: SearchedQuestions, notes: str = "") -> Profile:
+        full_score = _score(self.full.result, self.config.metric, self.full.result.answers)
+        trace = [_trace_entry(c, self.config.metric, self.full.result.answers, c is self.chosen) for c in self.candidates]
+        lines = [f"cost-aware search: {self.config.rule().describe()}; chosen: {self.resolution()}; predicted "
+                 f"{self.full.predicted_seconds:.2f} s -> {self.chosen.predicted_seconds:.2f} s per question at batch "
+                 f"{self.config.batch_size} ({self.predicted_speedup:.2f}x)"]
+        return Profile(
+            model=model,
+            stages={s: StageBudget(plan=self.chosen.plans[s], early_exit=self.chosen.early_exit[s])
+                    for s in self.config.stages},
+            epsilon=self.config.epsilon,
+            metric=self.config.metric,
+            questions=questions.model_copy(update={"fingerprint": self.questions_fingerprint}),
+            importance=self.ranking,
+            stage_order=self.stage_order,
+            full_score=full_score,
+            full_latency_seconds=self.full.predicted_seconds,
+            trace=trace,
+            notes="\n".join(t for t in (notes, *lines, *self.caveats) if t),
+        )
+
+
+def _score(result: EvalResult, metric: MetricName, reference: Mapping[str, str | None]) -> float:
+    if metric == "accuracy":
+        return result.accuracy or 0.0
+    return fmean(1.0 if result.answers.get(q) == a else 0.0 for q, a in reference.items()) if reference else 0.0
+
+
+def _trace_entry(candidate: Candidate, metric: MetricName, reference: Mapping[str, str | None], chosen: bool) -> TraceEntry:
+    result = candidate.result
+    return TraceEntry(
+        stage=candidate.stage,
+        skip_count=candidate.count,
+        plans=candidate.plans,
+        score=_score(result, metric, reference),
+        accuracy=result.accuracy,
+        mean_latency_seconds=result.mean_latency_seconds,
+        generated_tokens=dict(result.generated_tokens_per_stage),
+        meets_target=candidate.verdict == "accept",
+        chosen=chosen,
+        early_exit=candidate.early_exit,
+        predicted_seconds=candidate.predicted_seconds,
+        verdict=candidate.verdict,
+        loss=candidate.comparison.loss if candidate.comparison else None,
+        loss_half_width=candidate.comparison.half_width if candidate.comparison else None,
+        questions_evaluated=candidate.comparison.questions if candidate.comparison else len(result.answers),
+    )
+
+
+def merge_results(parts: Sequence[EvalResult]) -> EvalResult:
+    """One result for the questions of several chunks (means weighted by the chunks' sizes)."""
+    if not parts:
+        raise InvalidInputError("nothing to merge")
+    sizes = [len(p.answers) for p in parts]
+    total = sum(sizes)
+
+    def mean(values: Sequence[float]) -> float:
+        return sum(v * n for v, n in zip(values, sizes, strict=True)) / total
+
+    accuracy = None if any(p.accuracy is None for p in parts) else mean([p.accuracy or 0.0 for p in parts])
+    stage_keys = parts[0].stage_latency_seconds.keys()
+    token_keys = parts[0].generated_tokens_per_stage.keys()
+    calls = parts[0].tokens.keys()
+    return EvalResult(
+        accuracy=accuracy,
+        mean_latency_seconds=mean([p.mean_latency_seconds for p in parts]),
+        stage_latency_seconds={k: mean([p.stage_latency_seconds[k] for p in parts]) for k in stage_keys},
+        generated_tokens_per_stage={k: mean([p.generated_tokens_per_stage[k] for p in parts]) for k in token_keys},
+        answers={qid: answer for p in parts for qid, answer in p.answers.items()},
+        tokens={call: [row for p in parts for row in p.tokens.get(call, [])] for call in calls},
+    )
+
+
+def _has_contexts(result: EvalResult) -> bool:
+    """Whether a stored result has every call's token counts with the prompt length (older records lack it)."""
+    return bool(result.tokens) and all(len(row) > 2 for rows in result.tokens.values() for row in rows if row)
+
+
+def _rules_digest(early_exit: Mapping[str, EarlyExitConfig | None]) -> str:
+    payload = {s: (r.model_dump() if r else None) for s, r in sorted(early_exit.items())}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class _Runner:
+    """Evaluates candidates chunk by chunk through the store, deciding after each chunk."""
+
+    def __init__(
+        self, evaluator: RuleEvaluator, questions: Sequence[Question], store: ResultsStore, costs: CostModel,
+        config: CostSearchConfig,
+    ) -> None:
+        self.evaluator = evaluator
+        self.questions = list(questions)
+        self.chunks = [self.questions[i : i + config.chunk_size] for i in range(0, len(self.questions), config.chunk_size)]
+        self.fingerprints = [question_fingerprint(chunk) for chunk in self.chunks]
+        self.store = store
+        self.costs = costs
+        self.config = config
+        self.rule = config.rule()
+        self.gold = None if config.metric == "agreement" else {q.id: q.answer for q in self.questions}
+        self.evaluations = 0
+
+    def _chunk(self, index: int, plans: Mapping[str, SkipPlan], early_exit: Mapping[str, EarlyExitConfig | None]) -> EvalResult:
+        identity = f"{self.evaluator.identity}:exit-{_rules_digest(early_exit)}"
+        cached = self.store.lookup(plans, self.fingerprints[index], identity)
+        if cached is not None and _has_contexts(cached):
+            return cached
+        result = self.evaluator.evaluate(dict(plans), self.chunks[index], dict(early_exit))
+        missing = [q.id for q in self.chunks[index] if q.id not in result.answers]
+        if missing:
+            raise InvalidInputError(f"the evaluator returned no answer for question(s) {missing[:5]}")
+        if not result.tokens:
+            raise InvalidInputError("the evaluator reported no token counts; the cost model needs them")
+        self.evaluations += 1
+        self.store.put(plans, self.fingerprints[index], identity, result)
+        return result
+
+    def predict(self, plans: Mapping[str, SkipPlan], result: EvalResult) -> float:
+        return self.costs.predict({**plans, FALLBACK: SkipPlan()}, tokens_of(result.tokens), self.config.batch_size)
+
+    def full(self) -> Candidate:
+        plans = {stage: SkipPlan() for stage in self.config.stages}
+        rules: dict[str, EarlyExitConfig | None] = {stage: None for stage in self.config.stages}
+        result = merge_results([self._chunk(i, plans, rules) for i in range(len(self.chunks))])
+        return Candidate(stage=None, count=0, plans=plans, early_exit=rules, result=result, comparison=None,
+                         verdict="accept", predicted_seconds=self.predict(plans, result))
+
+    def candidate(
+        self, stage: str, count: int, plans: Mapping[str, SkipPlan], early_exit: Mapping[str, EarlyExitConfig | None],
+        full: Candidate,
+    ) -> Candidate:
+        parts: list[EvalResult] = []
+        verdict: Verdict = "undecided"
+        comparison: PairedComparison | None = None
+        for index in range(len(self.chunks)):
+            parts.append(self._chunk(index, plans, early_exit))
+            seen = [q.id for chunk in self.chunks[: index + 1] for q in chunk]
+            answers = {qid: a for part in parts for qid, a in part.answers.items()}
+            comparison = compare_answers(full.result.answers, answers, self.gold, seen, self.rule.confidence)
+            final = index == len(self.chunks) - 1
+            verdict = self.rule.decide(comparison, final=final)
+            if verdict == "reject" or final:
+                break
+        assert comparison is not None
+        result = merge_results(parts)
+        needed = self.rule.questions_needed(comparison) if verdict == "undecided" else 0
+        return Candidate(stage=stage, count=count, plans=dict(plans), early_exit=dict(early_exit), result=result,
+                         comparison=comparison, verdict=verdict, predicted_seconds=self.predict(plans, result),
+                         questions_needed=needed)
+
+
+def search_cost_aware(
+    evaluator: RuleEvaluator,
+    questions: Sequence[Question],
+    ranking: Sequence[SubLayer],
+    costs: CostModel,
+    config: CostSearchConfig | None = None,
+    *,
+    store: ResultsStore | None = None,
+    on_candidate: Callable[[Candidate], None] | None = None,
+) -> CostSearchResult:
+    """Per-stage plans and early-exit rules: the lowest predicted latency the decision rule accepts (module doc)."""
+    config = config or CostSearchConfig()
+    if not questions:
+        raise InvalidInputError("the search needs at least one question")
+    if not ranking:
+        raise InvalidInputError("the importance ranking is empty")
+    too_many = [c for c in config.counts if c > len(ranking) or c < 1]
+    if too_many:
+        raise InvalidInputError(f"skip counts {too_many} are outside 1..{len(ranking)} (the ranked sub-layers)")
+    if config.metric == "accuracy" and any(q.answer is None for q in questions):
+        raise InvalidInputError("metric 'accuracy' needs every question labelled; use metric='agreement'")
+    runner = _Runner(evaluator, questions, store if store is not None else ResultsStore(), costs, config)
+    report = on_candidate or (lambda candidate: None)
+
+    full = runner.full()
+    report(full)
+    caveats: list[str] = []
+    if config.metric == "accuracy":
+        caveat = accuracy_signal_caveat(full.result.accuracy or 0.0, questions)
+        if caveat is not None:
+            warnings.warn(caveat, UserWarning, stacklevel=2)
+            caveats.append(caveat)
+    rule = config.rule()
+    best_case = PairedComparison(questions=len(questions), lost=0, gained=0, confidence=config.confidence)
+    if rule.decide(best_case, final=True) != "accept":
+        caveat = (f"the slice is too small to decide: even a candidate that changes no answer has {best_case.describe()}, "
+                  f"above the accepted {100 * (config.epsilon + config.tolerance):.1f} points; search on more questions")
+        warnings.warn(caveat, UserWarning, stacklevel=2)
+        caveats.append(caveat)
+
+    full_tokens = tokens_of(full.result.tokens)
+    stage_seconds = {stage: runner.costs.predict({stage: SkipPlan()}, {stage: full_tokens[stage]}, config.batch_size)
+                     for stage in config.stages}
+    order = sorted(config.stages, key=lambda stage: -stage_seconds[stage])
+    plans = dict(full.plans)
+    rules = dict(full.early_exit)
+    current = full
+    candidates = [full]
+    for stage in order:
+        options = [current]
+        rejected_in_a_row = 0
+        for count in sorted(set(config.counts)):
+            plan = plan_for_count(ranking, count)
+            outcomes = []
+            for rule_option in config.exit_grid:
+                candidate = runner.candidate(stage, count, {**plans, stage: plan}, {**rules, stage: rule_option}, full)
+                candidates.append(candidate)
+                outcomes.append(candidate.verdict)
+                report(candidate)
+                if candidate.verdict == "accept":
+                    options.append(candidate)
+            rejected_in_a_row = rejected_in_a_row + 1 if all(v == "reject" for v in outcomes) else 0
+            if rejected_in_a_row >= config.patience:
+                logger.info("stage=%s: every exit rule rejected for %d counts; sweep stopped at %d", stage,
+                            rejected_in_a_row, count)
+                break
+        current = min(options, key=lambda c: (c.predicted_seconds, c.count))
+        plans[stage] = current.plans[stage]
+        rules[stage] = current.early_exit[stage]
+    return CostSearchResult(
+        config=config, ranking=list(ranking), stage_order=order, full=full, chosen=current, candidates=candidates,
+        questions_fingerprint=question_fingerprint(questions), evaluations=runner.evaluations, caveats=caveats,
+    )

@@ -1,0 +1,77 @@
+"""The shared-context reasoning format: recall, analysis and summary as consecutive segments of one sequence.
+
+Today's separate format (the paper's) gives each stage a fresh few-shot prompt that repeats the question and the
+earlier stages' outputs, so every stage prefills them again: on a CPU the summary stage spends nearly all its time
+re-reading. Here one few-shot prefix of complete three-stage worked examples and the question are followed by one
+assistant turn that the stages write in turn, each after its header:
+
+    Key information: <recall>
+    Analysis:
+    <analysis>
+    So the answer is option <summary>
+
+Stage s+1's prompt is exactly stage s's prompt + output + the next header, sent as a continued assistant turn
+(`continuation.py`), so with the model's context cache each stage prefills only its header and the few tokens where
+the cleaned output and the generated tokens differ. Each piece carries the plan that computed it (the earlier
+stage's `StageOutput.skipped`), which is what keeps a cached answer equal to a cold one.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from langchain_core.messages import BaseMessage
+from langchain_core.prompt_values import ChatPromptValue
+
+from litestage_chain.chat.continuation import Segment, continuation_message
+from litestage_chain.errors import InvalidInputError
+from litestage_chain.budgets.stages import Stage
+from litestage_chain.reasoning.stage_output import StageOutput
+
+ContextFormat = Literal["shared", "separate"]
+CONTEXT_FORMATS: tuple[ContextFormat, ...] = ("shared", "separate")
+
+HEADERS: dict[Stage, str] = {"recall": "Key information:", "analysis": "\nAnalysis:\n", "summary": "\n"}
+"""What precedes each stage's output in the shared turn (the summary's "So the answer is option" is its reply
+prefix, so that it stays part of the summary's text, where the answer extractor reads it)."""
+SUMMARY_LEAD = "So the answer is option"
+SHARED_STOPS: dict[Stage, list[str]] = {
+    "recall": ["\n", "Analysis:"],
+    "analysis": ["\n\n", "So the answer", "Question:"],
+    "summary": ["\n"],
+}
+"""Where each stage's segment ends in the shared turn: recall is one line, analysis one line per option."""
+
+
+def check_context(context: object) -> ContextFormat:
+    """`context` as a `ContextFormat`, or `InvalidInputError` naming the two formats."""
+    if context not in CONTEXT_FORMATS:
+        raise InvalidInputError(f"unknown context format {context!r}: expected 'shared' or 'separate'")
+    return context  # type: ignore[return-value]
+
+
+def add_context_argument(parser: Any) -> None:
+    """`--context shared|separate` for the commands that run the chain."""
+    parser.add_argument(
+        "--context", choices=CONTEXT_FORMATS, default="separate",
+        help="reasoning format: 'separate' gives each stage its own prompt (the paper's); 'shared' makes the stages "
+        "one sequence whose KV entries each stage reuses (default separate)",
+    )
+
+
+def turn_segments(stage: Stage, state: dict[str, Any]) -> list[Segment]:
+    """The shared assistant turn up to `stage`'s header, piece by piece, each with the plan that computed it."""
+    segments: list[Segment] = []
+    for earlier in ("recall", "analysis"):
+        if earlier == stage:
+            break
+        output: StageOutput = state[earlier]
+        text = (" " if earlier == "recall" else "") + output.text
+        segments += [(HEADERS[earlier], output.skipped), (text, output.skipped)]
+    segments.append((HEADERS[stage], None))
+    return segments
+
+
+def shared_prompt(messages: list[BaseMessage], stage: Stage, state: dict[str, Any]) -> ChatPromptValue:
+    """The stage's prompt: the rendered few-shot conversation and question, then the continued turn."""
+    return ChatPromptValue(messages=[*messages, continuation_message(turn_segments(stage, state))])

@@ -1,0 +1,188 @@
+"""The cost model: batch arithmetic, interpolation, alternating measurement, ratios, the resumable log, real timing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from litestage_chain import InvalidInputError, SkipPlan, generate
+from litestage_chain.offline.cost_model import (
+    CostModel,
+    PlanCosts,
+    RowTokens,
+    batch_seconds,
+    engine_timer,
+    predict_seconds,
+    sublayer_weights,
+)
+from litestage_chain.engine.generation import GenerationConfig
+
+COSTS = PlanCosts(prefill_token_seconds={1: 0.01, 4: 0.005}, decode_step_seconds={1: 0.1, 4: 0.16})
+
+
+def test_interpolates_between_measured_batch_sizes_and_clamps_outside() -> None:
+    assert COSTS.decode(1) == pytest.approx(0.1)
+    assert COSTS.decode(2) == pytest.approx(0.12)
+    assert COSTS.decode(8) == pytest.approx(0.16)
+    with pytest.raises(InvalidInputError):
+        COSTS.decode(0)
+
+
+def test_a_row_pays_the_batch_prefill_and_the_steps_until_it_finished() -> None:
+    rows = [RowTokens(prefilled=10, generated=3), RowTokens(prefilled=30, generated=1), RowTokens(prefilled=20, generated=5)]
+    # packed prefill of 60 tokens at batch 3 (interpolated 0.01 - 2/3 * 0.005)
+    prefill = 60 * (0.01 + (3 - 1) / 3 * (0.005 - 0.01))
+    # decode passes: step 0 with rows having >1 token (2 rows), step 1 (2 rows), step 2 (1 row), step 3 (1 row)
+    two, one = COSTS.decode(2), COSTS.decode(1)
+    assert batch_seconds(COSTS, rows) == pytest.approx([prefill + 2 * two, prefill, prefill + 2 * two + 2 * one])
+
+
+def test_prediction_batches_questions_in_order_and_skips_calls_that_did_not_run() -> None:
+    tokens = {"s": [RowTokens(prefilled=4, generated=2)] * 3, "fallback": [None, RowTokens(prefilled=4, generated=1), None]}
+    seconds = predict_seconds(lambda call: COSTS, tokens, batch_size=2)
+    first = batch_seconds(COSTS, tokens["s"][:2])
+    second = batch_seconds(COSTS, tokens["s"][2:])
+    fallback = batch_seconds(COSTS, [RowTokens(prefilled=4, generated=1)])
+    assert seconds == pytest.approx((sum(first) + sum(second) + sum(fallback)) / 3)
+    with pytest.raises(InvalidInputError, match="same questions"):
+        predict_seconds(lambda call: COSTS, {"a": [None], "b": [None, None]}, 1)
+
+
+class FakeTimer:
+    """Full model costs `base`, a plan 1 - 0.1 per skipped sub-layer of it; `load` multiplies everything (busy CPU)."""
+
+    def __init__(self) -> None:
+        self.load = 1.0
+        self.calls: list[SkipPlan] = []
+
+    def __call__(self, plan: SkipPlan, *, context: bool = False) -> PlanCosts:
+        self.calls.append(plan)
+        factor = self.load * (1 - 0.1 * plan.num_skipped)
+        self.load *= 1.5  # the machine gets busier with every timing
+        return PlanCosts(prefill_token_seconds={1: 0.01 * factor}, decode_step_seconds={1: 0.2 * factor})
+
+
+def test_plan_costs_are_ratios_to_the_full_model_measured_alternately() -> None:
+    timer = FakeTimer()
+    model = CostModel(timer, "m", rounds=2)
+    ratios = model.ratios(SkipPlan(mlp=[1, 2]))
+    full, plan = SkipPlan(), SkipPlan(mlp=[1, 2])
+    assert timer.calls == [full, plan, plan, full]  # alternating: full first in even rounds
+    # a busier machine does not leak into the ratio: each round's pair is measured back to back
+    assert 0.5 < ratios.decode(1) < 1.0
+    assert model.measurements == 1
+    model.ratios(SkipPlan(mlp=[2, 1]))  # the same plan: measured once
+    assert model.measurements == 1
+    absolute = model.costs(plan)
+    assert absolute.decode(1) == pytest.approx(model.full_costs().decode(1) * ratios.decode(1))
+
+
+def test_costs_resume_from_the_log_and_ignore_other_identities(tmp_path: Path) -> None:
+    log = tmp_path / "costs.jsonl"
+    first = CostModel(FakeTimer(), "m", rounds=1, path=log)
+    ratios = first.ratios(SkipPlan(attention=[0]))
+    with log.open("a") as handle:
+        handle.write('{"key": "abc", "identity"')  # an interrupted write
+    timer = FakeTimer()
+    with pytest.warns(UserWarning, match="partial last record"):
+        again = CostModel(timer, "m", rounds=1, path=log)
+    assert again.ratios(SkipPlan(attention=[0])) == ratios and timer.calls == []
+    other = CostModel(FakeTimer(), "other-model", rounds=1, path=log)
+    other.ratios(SkipPlan(attention=[0]))
+    assert other.measurements == 1
+    identities = [json.loads(line)["identity"] for line in log.read_text().splitlines()]
+    assert identities == ["m", "other-model"]  # one plan each; the other identity measured its own
+
+
+def test_predict_needs_a_plan_for_every_call() -> None:
+    model = CostModel(FakeTimer(), "m")
+    with pytest.raises(InvalidInputError, match="no plan"):
+        model.predict({}, {"recall": [RowTokens(prefilled=1, generated=1)]}, 1)
+
+
+def test_invalid_costs_and_rounds_are_rejected() -> None:
+    with pytest.raises(ValueError):
+        PlanCosts(prefill_token_seconds={}, decode_step_seconds={1: 0.1})
+    with pytest.raises(ValueError):
+        PlanCosts(prefill_token_seconds={0: 0.1}, decode_step_seconds={1: 0.1})
+    with pytest.raises(InvalidInputError):
+        CostModel(FakeTimer(), "m", rounds=0)
+
+
+def test_sublayer_weights_follow_the_projection_shapes(tiny_qwen2) -> None:
+    weights = sublayer_weights(tiny_qwen2)
+    config = tiny_qwen2.model.config
+    head = config.hidden_size // config.num_attention_heads
+    q, kv = config.num_attention_heads * head, config.num_key_value_heads * head
+    assert weights[0] == (config.hidden_size * (q + 2 * kv) + q * config.hidden_size,
+                          3 * config.hidden_size * config.intermediate_size)
+    assert len(weights) == tiny_qwen2.num_layers
+
+
+def test_engine_timer_predicts_a_real_generation(tiny_qwen2) -> None:
+    """The model's prediction for a real batched generation is in the right range (tiny model, noisy timer)."""
+    timer = engine_timer(tiny_qwen2, [1, 2], prompt_tokens=16, decode_steps=6)
+    model = CostModel(timer, "tiny", rounds=3)
+    plan = SkipPlan(mlp=[0])
+    prompts = [[5 + i for i in range(12)], [9 + i for i in range(8)]]
+    results = generate(tiny_qwen2, prompts, plan=plan, config=GenerationConfig(max_new_tokens=6, ignore_eos=True))
+    rows = [RowTokens(prefilled=r.prompt_tokens, generated=r.generated_tokens) for r in results]
+    predicted = batch_seconds(model.costs(plan), rows)
+    measured = [r.prefill_seconds + r.decode_seconds for r in results]
+    assert all(m / 20 < p < m * 20 for p, m in zip(predicted, measured))
+    with pytest.raises(InvalidInputError):
+        engine_timer(tiny_qwen2, [0])
+
+
+def test_the_full_model_reference_is_timed_once_and_kept_for_a_resumed_search(tmp_path: Path) -> None:
+    log = tmp_path / "costs.jsonl"
+    first = CostModel(FakeTimer(), "m", rounds=2, path=log)
+    plan = SkipPlan(mlp=[3])
+    predicted = first.costs(plan)
+    first.ratios(SkipPlan(mlp=[4]))  # later timings do not move the reference
+    assert first.costs(plan) == predicted
+    timer = FakeTimer()
+    again = CostModel(timer, "m", rounds=2, path=log)
+    assert again.full_costs() == first.full_costs() and again.costs(plan) == predicted and timer.calls == []
+
+
+def test_decode_steps_are_priced_at_their_context_when_it_is_known() -> None:
+    costs = PlanCosts(prefill_token_seconds={1: 0.0}, decode_step_seconds={1: 0.1}, context_tokens=100,
+                      decode_context_seconds={1: 0.001})
+    assert costs.decode(1) == pytest.approx(0.1) and costs.decode(1, 300) == pytest.approx(0.3)
+    short = batch_seconds(costs, [RowTokens(prefilled=0, generated=5, context=100)])[0]
+    long = batch_seconds(costs, [RowTokens(prefilled=0, generated=5, context=600)])[0]
+    # 4 decode passes at contexts 100..103 (priced at the middle, 101.5) vs 600..603
+    assert short == pytest.approx(4 * (0.1 + 0.001 * 1.5)) and long == pytest.approx(4 * (0.1 + 0.001 * 501.5))
+    unknown = batch_seconds(costs, [RowTokens(prefilled=0, generated=5)])[0]
+    assert unknown == pytest.approx(0.4), "without the context, steps are priced as timed"
+    assert RowTokens.from_record((3, 4, 50)) == RowTokens(prefilled=3, generated=4, context=50)
+    assert RowTokens.from_record((3, 4)).context is None and RowTokens.from_record(None) is None
+
+
+def test_a_plan_pays_the_context_cost_of_the_attention_it_runs() -> None:
+    def timer(plan: SkipPlan, *, context: bool = False) -> PlanCosts:
+        return PlanCosts(prefill_token_seconds={1: 0.01}, decode_step_seconds={1: 0.1}, context_tokens=10,
+                         decode_context_seconds={1: 0.002} if context else {})
+
+    model = CostModel(timer, "m", rounds=1, num_layers=4)
+    assert model.costs(SkipPlan()).decode_context_seconds == {1: pytest.approx(0.002)}
+    assert model.costs(SkipPlan(attention=[0, 1], mlp=[3])).decode_context_seconds == {1: pytest.approx(0.001)}
+    assert model.costs(SkipPlan(mlp=[0, 1])).decode_context_seconds == {1: pytest.approx(0.002)}
+
+
+def test_engine_timer_measures_the_context_cost_when_asked(tiny_qwen2) -> None:
+    timer = engine_timer(tiny_qwen2, [1], prompt_tokens=8, decode_steps=4, long_context=64)
+    full = timer(SkipPlan(), context=True)
+    assert set(full.decode_context_seconds) == {1} and full.context_tokens == 8 + 2
+    assert timer(SkipPlan()).decode_context_seconds == {}
+
+
+def test_only_the_reference_timings_measure_the_context_cost() -> None:
+    timer = FakeTimer()
+    asked: list[bool] = []
+    model = CostModel(lambda plan, context=False: asked.append(context) or timer(plan), "m", rounds=2)
+    model.costs(SkipPlan(mlp=[1]))
+    assert sorted(asked) == [False] * 4 + [True] * 2

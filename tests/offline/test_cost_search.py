@@ -1,0 +1,154 @@
+"""The cost-aware search on a stubbed chain: ranking, paired acceptance, early rejection, exit rules, resume."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pytest
+import torch
+
+from litestage_chain import EarlyExitConfig, InvalidInputError, SkipPlan
+from litestage_chain.offline.cost_model import CostModel, PlanCosts
+from litestage_chain.offline.cost_search import CostSearchConfig, cost_aware_ranking, merge_results, search_cost_aware
+from litestage_chain.data.types import Question
+from litestage_chain.budgets.profile import ModelIdentity, Profile, SearchedQuestions
+from litestage_chain.offline.store import EvalResult, ResultsStore
+
+RANKING = [(layer, kind) for layer in range(8) for kind in ("mlp", "attention")]
+QUESTIONS = [
+    Question(id=f"q{i}", question=f"question {i}?", choices=[{"label": "A", "text": "x"}, {"label": "B", "text": "y"}],
+             answer="A", benchmark="csqa")
+    for i in range(400)
+]
+EXIT = EarlyExitConfig(window=4, threshold=0.5, min_tokens=8)
+# fraction of the full model's right answers lost, by stage and skip count (exit rules add EXIT_DROP)
+DROP = {"analysis": {0: 0, 1: 0, 2: 0, 4: 0, 8: 0.3}, "recall": {0: 0, 1: 0, 2: 0, 4: 0.05, 8: 0.3},
+        "summary": {0: 0, 1: 0, 2: 0.4, 4: 0.4, 8: 0.4}}
+EXIT_DROP = {"analysis": 0.0, "recall": 0.2, "summary": 0.0}
+TOKENS = {"recall": 40, "analysis": 120, "summary": 20}
+
+
+class StubChain:
+    """Answers follow DROP; tokens shrink with an exit rule; every chunk evaluated is recorded."""
+
+    identity = "stub-chain-v1"
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[dict[str, int], int]] = []
+
+    def evaluate(
+        self, plans: Mapping[str, SkipPlan], questions: Sequence[Question],
+        early_exit: Mapping[str, EarlyExitConfig | None] | None = None,
+    ) -> EvalResult:
+        counts = {stage: plan.num_skipped for stage, plan in plans.items()}
+        rules = dict(early_exit or {})
+        self.calls.append((counts, len(questions)))
+        drop = sum(DROP[s][c] + (EXIT_DROP[s] if rules.get(s) else 0.0) for s, c in counts.items())
+        answers = {}
+        for question in questions:
+            index = int(question.id[1:])
+            right_in_full = index % 10 != 9
+            answers[question.id] = "A" if right_in_full and (index * 37 % 100) >= 100 * drop else "B"
+        tokens = {s: [(50, max(1, int(TOKENS[s] * (0.5 if rules.get(s) else 1.0))), 400)] * len(questions) for s in plans}
+        tokens["fallback"] = [None] * len(questions)
+        correct = sum(a == "A" for a in answers.values())
+        return EvalResult(accuracy=correct / len(questions), mean_latency_seconds=1.0, stage_latency_seconds={s: 0.3 for s in plans},
+                          generated_tokens_per_stage={s: float(rows[0][1]) for s, rows in tokens.items() if rows[0]},
+                          answers=answers, tokens=tokens)
+
+
+def timer(plan: SkipPlan, *, context: bool = False) -> PlanCosts:
+    factor = 1 - 0.05 * plan.num_skipped
+    return PlanCosts(prefill_token_seconds={1: 0.001 * factor}, decode_step_seconds={1: 0.1 * factor})
+
+
+CONFIG = CostSearchConfig(epsilon=0.01, tolerance=0.03, counts=(1, 2, 4, 8), exit_grid=(None, EXIT), chunk_size=100)
+
+
+def test_cost_aware_ranking_weighs_importance_lost_against_weights_saved() -> None:
+    similarity = torch.tensor([[0.99, 0.96], [0.98, 0.97]], dtype=torch.float64)
+    weights = [(10, 80), (10, 80)]
+    # lost per weight: L0 attn 0.001, L0 mlp 0.0005, L1 attn 0.002, L1 mlp 0.000375
+    assert cost_aware_ranking(similarity, weights) == [(1, "mlp"), (0, "mlp"), (0, "attention"), (1, "attention")]
+    with pytest.raises(InvalidInputError):
+        cost_aware_ranking(similarity, weights[:1])
+    with pytest.raises(InvalidInputError, match="no weights"):
+        cost_aware_ranking(similarity, [(0, 80), (10, 80)])
+
+
+def test_picks_the_fastest_accepted_settings_per_stage_with_searched_exit_rules() -> None:
+    chain = StubChain()
+    result = search_cost_aware(chain, QUESTIONS, RANKING, CostModel(timer, "t", rounds=1), CONFIG)
+    assert result.stage_order == ["analysis", "recall", "summary"]  # most predicted seconds first
+    chosen = result.chosen
+    counts = {s: p.num_skipped for s, p in chosen.plans.items()}
+    # analysis: 4 skips lose nothing and its exit rule is free; recall: 2 skips, no exit rule (it costs 20 points);
+    # summary: 1 skip (2 loses 40 points), with the free exit rule
+    assert counts == {"analysis": 4, "recall": 2, "summary": 1}
+    assert chosen.early_exit == {"analysis": EXIT, "recall": None, "summary": EXIT}
+    assert chosen.verdict == "accept" and chosen.comparison is not None and chosen.comparison.loss == 0.0
+    assert result.predicted_speedup > 1.0
+    assert "loss 0.0 +- " in result.resolution()
+
+
+def test_clearly_worse_candidates_stop_after_one_chunk() -> None:
+    chain = StubChain()
+    result = search_cost_aware(chain, QUESTIONS, RANKING, CostModel(timer, "t", rounds=1), CONFIG)
+    rejected = [c for c in result.candidates if c.verdict == "reject"]
+    clearly = [c for c in rejected if c.comparison is not None and c.comparison.loss >= 0.2]
+    assert clearly and all(c.comparison is not None and c.comparison.questions == 100 for c in clearly)
+    # the summary sweep stops after two counts rejected with every exit rule (2 and 4), never trying 8
+    assert not any(c.stage == "summary" and c.count == 8 for c in result.candidates)
+
+
+def test_a_small_slice_accepts_nothing_and_says_so() -> None:
+    chain = StubChain()
+    with pytest.warns(UserWarning, match="too small to decide"):
+        result = search_cost_aware(chain, QUESTIONS[:20], RANKING, CostModel(timer, "t", rounds=1),
+                                   CONFIG.model_copy(update={"chunk_size": 10}))
+    assert all(p.is_empty for p in result.chosen.plans.values())
+    assert any(c.verdict == "undecided" and c.questions_needed > 20 for c in result.candidates)
+    assert any("too small to decide" in caveat for caveat in result.caveats)
+
+
+def test_resumes_from_the_store_without_evaluating_again(tmp_path: Path) -> None:
+    store_path = tmp_path / "search.jsonl"
+    first = search_cost_aware(StubChain(), QUESTIONS, RANKING, CostModel(timer, "t", rounds=1), CONFIG,
+                              store=ResultsStore(store_path))
+    chain = StubChain()
+    again = search_cost_aware(chain, QUESTIONS, RANKING, CostModel(timer, "t", rounds=1), CONFIG,
+                              store=ResultsStore(store_path))
+    assert chain.calls == [] and again.evaluations == 0
+    assert again.chosen.plans == first.chosen.plans
+
+
+def test_profile_keeps_rules_verdicts_and_predictions() -> None:
+    result = search_cost_aware(StubChain(), QUESTIONS, RANKING, CostModel(timer, "t", rounds=1), CONFIG)
+    profile = result.to_profile(
+        model=ModelIdentity(name="stub", weights_sha256="0" * 64),
+        questions=SearchedQuestions(benchmark="csqa", split="train", size=len(QUESTIONS)),
+    )
+    again = Profile.from_json(profile.to_json())
+    assert again.early_exit_for("recall") is None and again.early_exit_for("analysis") == EXIT
+    assert [e for e in again.trace if e.chosen][0].verdict == "accept"
+    assert any(e.verdict == "reject" for e in again.trace)
+    assert "cost-aware search" in again.notes and "x)" in again.notes
+
+
+def test_bad_settings_are_rejected_with_a_clear_message() -> None:
+    with pytest.raises(InvalidInputError, match="outside 1..16"):
+        search_cost_aware(StubChain(), QUESTIONS, RANKING, CostModel(timer, "t"), CONFIG.model_copy(update={"counts": (1, 40)}))
+    with pytest.raises(InvalidInputError, match="at least one question"):
+        search_cost_aware(StubChain(), [], RANKING, CostModel(timer, "t"), CONFIG)
+    with pytest.raises(ValueError):
+        CostSearchConfig(chunk_size=0)
+
+
+def test_merge_results_concatenates_chunks_in_order() -> None:
+    chain = StubChain()
+    plans = {s: SkipPlan() for s in TOKENS}
+    parts = [chain.evaluate(plans, QUESTIONS[:3]), chain.evaluate(plans, QUESTIONS[3:4])]
+    merged = merge_results(parts)
+    assert list(merged.answers) == ["q0", "q1", "q2", "q3"] and len(merged.tokens["recall"]) == 4
+    assert merged.accuracy == pytest.approx(1.0)

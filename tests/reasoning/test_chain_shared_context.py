@@ -1,0 +1,146 @@
+"""The shared-context format through the chain, the chat model and stage nodes in a LangGraph graph (tiny model)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from langchain_core.messages import AIMessage, HumanMessage
+
+from litestage_chain import InvalidInputError, LoadedModel, SkipPlan, from_pretrained_objects
+from litestage_chain.reasoning.chain import build_reasoning_chain, run_batch, stage_node
+from litestage_chain.chat.chat_model import ChatLiteStage
+from litestage_chain.chat.continuation import continuation_message
+from litestage_chain.reasoning.stage_output import StageOutput
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tiny_models import tiny_long_context_llama  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+QUESTION = {"question": "Where is milk kept cold?", "choices": ["oven", "fridge", "bag"]}
+OTHER = {"question": "What cuts paper?", "choices": ["scissors", "spoon", "pillow", "water"]}
+YESNO = {"question": "Can cats fly?", "choices": ["yes", "no"]}
+SHORT = {"recall": 6, "analysis": 6, "summary": 4}
+PLANS = {"recall": SkipPlan(attention=[0]), "analysis": SkipPlan(mlp=[0]), "summary": SkipPlan(attention=[1])}
+STAGES = ("recall", "analysis", "summary")
+
+
+@pytest.fixture(scope="module")
+def tiny_long() -> LoadedModel:
+    return from_pretrained_objects(*tiny_long_context_llama(seed=3), name="tiny-long-shared")
+
+
+def _texts(result) -> dict[str, str]:  # noqa: ANN001
+    return {stage: result.stages[stage].text for stage in STAGES}
+
+
+def _run_nodes(llm: ChatLiteStage, question: dict, **budget) -> dict[str, StageOutput]:  # noqa: ANN003
+    state: dict = {"question": question}
+    for stage in STAGES:
+        state[stage] = stage_node(llm, stage, max_tokens=SHORT[stage], context="shared", **budget).invoke(state)
+    return state
+
+
+def test_later_stages_prefill_only_their_header(tiny_long: LoadedModel) -> None:
+    tiny_long.context_cache.clear()
+    chain = build_reasoning_chain(tiny_long, plans=PLANS, max_tokens=SHORT, fallback=False, context="shared")
+    result = chain.invoke(QUESTION)
+    recall, analysis, summary = (result.stages[s] for s in STAGES)
+    assert recall.reused_tokens == 0 and recall.prefilled_tokens == recall.prompt_tokens
+    for stage in (analysis, summary):
+        assert stage.reused_tokens + stage.prefilled_tokens == stage.prompt_tokens
+        assert stage.prefilled_tokens < 0.05 * stage.prompt_tokens, stage
+    # the separate format re-reads everything at every stage
+    separate = build_reasoning_chain(tiny_long, plans=PLANS, max_tokens=SHORT, fallback=False).invoke(QUESTION)
+    assert all(separate.stages[s].reused_tokens == 0 for s in STAGES)
+
+
+def test_full_model_shared_chain_equals_stages_computed_without_reuse(tiny_long: LoadedModel) -> None:
+    """With the full model everywhere, reuse changes nothing: every stage recomputing all but the few-shot prefix
+    (the per-plan prefix table of the separate format) gives the same."""
+    llm = ChatLiteStage(model=tiny_long)
+    tiny_long.context_cache.clear()
+    reused = _run_nodes(llm, QUESTION)
+    plain = _run_nodes(llm, QUESTION, reuse_context=False)
+    assert {s: reused[s].text for s in STAGES} == {s: plain[s].text for s in STAGES}
+    few_shot = plain["summary"].reused_tokens
+    assert reused["summary"].reused_tokens > few_shot and plain["summary"].prefilled_tokens > 4 * reused[
+        "summary"].prefilled_tokens
+
+
+def test_cached_stages_equal_a_cold_cache_under_per_stage_plans(tiny_long: LoadedModel) -> None:
+    llm = ChatLiteStage(model=tiny_long, stage_profile=PLANS)
+    tiny_long.context_cache.clear()
+    warm = _run_nodes(llm, OTHER)
+    assert warm["summary"].skipped == PLANS["summary"] and warm["summary"].reused_tokens > 0
+    for stage in ("analysis", "summary"):
+        tiny_long.context_cache.clear()
+        cold = stage_node(llm, stage, max_tokens=SHORT[stage], context="shared").invoke(warm)
+        assert cold.reused_tokens == 0 and cold.text == warm[stage].text
+
+
+def test_batches_equal_single_questions(tiny_long: LoadedModel) -> None:
+    chain = build_reasoning_chain(tiny_long, plans=PLANS, max_tokens=SHORT, fallback=False, context="shared")
+    questions = [QUESTION, OTHER, YESNO]
+    tiny_long.context_cache.clear()
+    batched = run_batch(chain, questions, batch_size=3)
+    tiny_long.context_cache.clear()
+    alone = [chain.invoke(q) for q in questions]
+    assert [_texts(r) for r in batched] == [_texts(r) for r in alone]
+    assert all(r.stages["summary"].reused_tokens > 0 for r in batched)
+
+
+def test_shared_stage_nodes_in_a_langgraph_graph_match_the_chain(tiny_long: LoadedModel) -> None:
+    from stage_graph import run_stage_graph
+
+    llm = ChatLiteStage(model=tiny_long, stage_profile=PLANS)
+    out = run_stage_graph(llm, QUESTION, SHORT, context="shared")
+    chained = build_reasoning_chain(llm, max_tokens=SHORT, fallback=False, context="shared").invoke(QUESTION)
+    assert _texts(out) == _texts(chained)
+    assert out.stages["summary"].reused_tokens > 0 and out.stages["summary"].skipped == PLANS["summary"]
+
+
+def test_summary_text_keeps_the_answer_line_and_fallback_runs_in_shared_form(tiny_long: LoadedModel) -> None:
+    chain = build_reasoning_chain(tiny_long, plans=PLANS, max_tokens=SHORT, context="shared")
+    result = chain.invoke(QUESTION)
+    assert result.stages["summary"].text.startswith("So the answer is option")
+    if result.fallback_used:  # a random model rarely writes a readable label
+        assert result.fallback.skipped == SkipPlan() and result.fallback.text.startswith("So the answer is option")
+
+
+def test_unknown_context_and_bad_continuations_are_rejected(tiny_long: LoadedModel) -> None:
+    with pytest.raises(InvalidInputError, match="context format"):
+        build_reasoning_chain(tiny_long, context="joint")
+    with pytest.raises(InvalidInputError, match="context format"):
+        stage_node(tiny_long, "recall", context="")
+    llm = ChatLiteStage(model=tiny_long, max_tokens=2)
+    broken = AIMessage("abc", additional_kwargs={"litestage_segments": [{"text": "ab", "skipped": None}]})
+    with pytest.raises(InvalidInputError, match="concatenation"):
+        llm.invoke([HumanMessage("hi"), broken])
+    with pytest.raises(InvalidInputError, match="litestage_segments"):
+        llm.invoke([HumanMessage("hi"), AIMessage("x", additional_kwargs={"litestage_segments": [{"txt": "x"}]})])
+    with pytest.raises(InvalidInputError, match="last token"):  # the stage's own header must be under its plan
+        llm.invoke([HumanMessage("hi"), continuation_message([("K:", SkipPlan(mlp=[0]))])], reuse_context=True)
+
+
+def test_chat_model_continues_a_turn_and_reports_reuse(tiny_long: LoadedModel) -> None:
+    llm = ChatLiteStage(model=tiny_long, max_tokens=3, reuse_context=True)
+    tiny_long.context_cache.clear()
+    first = llm.invoke([HumanMessage("Name a fruit.")])
+    follow = [HumanMessage("Name a fruit."), continuation_message([("Sure: ", None)])]
+    second = llm.invoke(follow)
+    meta = second.response_metadata
+    assert meta["reused_tokens"] > 0 and meta["reused_tokens"] + meta["prefilled_tokens"] == second.usage_metadata[
+        "input_tokens"]
+    assert first.response_metadata["reused_tokens"] == 0
+
+
+def test_a_batch_mixing_continued_and_plain_prompts_matches_single_calls(tiny_long: LoadedModel) -> None:
+    llm = ChatLiteStage(model=tiny_long, max_tokens=3, reuse_context=True)
+    inputs = [[HumanMessage("Name a fruit.")], [HumanMessage("Name a fruit."), continuation_message([("Sure: ", None)])]]
+    tiny_long.context_cache.clear()
+    batched = [m.content for m in llm.batch(inputs)]
+    tiny_long.context_cache.clear()
+    assert batched == [llm.invoke(i).content for i in inputs]
