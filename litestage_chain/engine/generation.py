@@ -41,7 +41,7 @@ class GenerationConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     max_new_tokens: int = Field(256, ge=1, description="Most tokens to generate per prompt.")
-    temperature: float = Field(0.0, ge=0.0, description="0 is greedy decoding.")
+    temperature: float = Field(0.0, ge=0.0, allow_inf_nan=False, description="0 is greedy decoding.")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass (with temperature > 0).")
     top_k: Optional[int] = Field(None, ge=1, description="Sample among the k likeliest tokens only (None: all).")
     seed: Optional[int] = Field(None, description="Seed for sampling; same seed, same output.")
