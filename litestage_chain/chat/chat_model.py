@@ -87,6 +87,7 @@ from litestage_chain.engine.generation import (
 )
 from litestage_chain.engine.loading import LoadedModel, load_model
 from litestage_chain.engine.prefix_cache import PrefixCache
+from litestage_chain.engine.quant.formats import kernel_path
 from litestage_chain.engine.skip_plan import SkipPlan
 from litestage_chain.engine.sources import DEFAULT_MODEL
 from litestage_chain.errors import GenerationCancelled, InvalidInputError, LiteStageError
@@ -975,6 +976,8 @@ def _response_metadata(call: PreparedCall, result: GenerationResult) -> dict[str
     return {
         "model_name": call.model_name,
         "model_provider": "litestage",
+        "weights": call.loaded.weights,
+        "kernel": kernel_path(call.loaded.weights),
         "stage": call.stage,
         "skipped": {"attention": list(result.plan.attention), "mlp": list(result.plan.mlp)},
         "num_skipped": result.plan.num_skipped,

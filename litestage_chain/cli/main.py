@@ -24,6 +24,7 @@ from litestage_chain.cli.demo import add_demo_parser
 from litestage_chain.cli.output import StagePrinter, answer_line, timing_table
 from litestage_chain.cli.profile import add_profile_parser, normalise_profile_argv
 from litestage_chain.data.types import Question
+from litestage_chain.engine.quant.formats import kernel_path
 from litestage_chain.engine.weight_formats import WEIGHT_CHOICES
 from litestage_chain.reasoning.shared_context import add_context_argument
 from litestage_chain.errors import InvalidInputError, LiteStageError
@@ -159,7 +160,11 @@ def run_ask(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out.write(f"Answer: {answer_line(result)}\n\n")
     loaded = model.loaded_model()
     profile_note = f", profile {args.profile}" if args.profile else ""
-    out.write(f"model {loaded.name}, {loaded.weights} weights{profile_note}\n")
+    kernel = kernel_path(loaded.weights)
+    kernel_note = {"aten": "", "float32 fallback": " (no fast kernel on this CPU: float32 speed)"}.get(
+        kernel, f" ({kernel} kernels)"
+    )
+    out.write(f"model {loaded.name}, {loaded.weights} weights{kernel_note}{profile_note}\n")
     out.write(timing_table(result))
     out.flush()
     if args.json:

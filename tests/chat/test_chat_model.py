@@ -73,6 +73,7 @@ def test_invoke_usage_and_metadata(llm: ChatLiteStage, tiny_llama: LoadedModel) 
     assert meta["skipped"] == {"attention": [], "mlp": []} and meta["early_exit"] is False
     assert meta["prefill_seconds"] > 0 and meta["decode_seconds"] >= 0
     assert meta["finish_reason"] in {"eos", "length", "stop"}
+    assert meta["weights"] == tiny_llama.weights == "float32" and meta["kernel"] == "aten"
 
 
 def test_stream_matches_invoke(llm: ChatLiteStage) -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from litestage_chain.budgets.stage_budgets import StageBudgets
 from litestage_chain.cli.main import build_parser, load_plans, main
+from litestage_chain.engine.quant import formats
 from litestage_chain.errors import InvalidInputError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -98,6 +99,21 @@ def test_ask_no_stream_and_json(tiny_dir: Path, capsys: pytest.CaptureFixture[st
     assert set(result["stages"]) == {"recall", "analysis", "summary"}
     # A random model never writes a readable answer, so the fallback ran and is shown.
     assert result["fallback_used"] is True and "[summary (full model)]" in out and "summary*" in out
+
+
+def test_ask_names_the_kernel_path_next_to_the_weight_format(
+    tiny_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user must see whether int8 runs on a fast kernel path here or falls back to float32 speed."""
+    argv = ["ask", "Can cats fly?", "--model", str(tiny_dir), "--max-tokens", "2", "--no-stream", "--no-fallback",
+            "--weights", "int8"]
+    assert main(argv) == 0
+    kernel = formats.kernel_path("int8")
+    expected = " (no fast kernel on this CPU: float32 speed)" if kernel == "float32 fallback" else f" ({kernel} kernels)"
+    assert f", int8 weights{expected}" in capsys.readouterr().out
+    monkeypatch.setattr(formats, "_fast_kernels", lambda: None)
+    assert main(argv) == 0
+    assert ", int8 weights (no fast kernel on this CPU: float32 speed)" in capsys.readouterr().out
 
 
 def test_ask_shared_context_reports_prefilled_and_reused_tokens(tiny_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:

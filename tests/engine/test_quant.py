@@ -40,19 +40,21 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
-@pytest.fixture(params=["avx512_vnni", "portable"])
+@pytest.fixture(params=["avx512_vnni", "avx2", "neon", "portable"])
 def kernel_module(request: pytest.FixtureRequest) -> Iterator[object]:
+    """The compiled module with every call forced through one path (each path the CPU can run, in turn)."""
     module = kernels.get_kernels()
     if module is None:
         pytest.fail(f"kernels failed to build: {kernels.kernels_status()}")
-    if request.param == "avx512_vnni" and module.kernel_isa() != "avx512_vnni":
-        pytest.skip("CPU has no AVX-512 VNNI; the portable path is covered by the other case")
-    module.force_portable(request.param == "portable")
+    if request.param not in module.supported_isas():
+        pytest.skip(f"this CPU cannot run the {request.param} path (it runs {module.supported_isas()})")
+    module.force_isa(request.param)
     formats._fast.clear()
     try:
+        assert module.kernel_isa() == request.param
         yield module
     finally:
-        module.force_portable(False)
+        module.force_isa("")
         formats._fast.clear()
 
 
@@ -142,9 +144,29 @@ def test_module_close_to_float_linear(
     rel = (out - ref).norm() / ref.norm()
     assert rel < tol, f"{fmt}: relative error {rel:.4f}"
     if fmt != "bfloat16":  # the activation rounding is the only difference from its own weights
-        xr = round_activations_like_kernel(x.reshape(-1, 64)).reshape(x.shape) if use_kernels else x
+        # The int8 activation rounding happens only on the compiled fast path; where the kernels build but
+        # have no fast path for this CPU, the modules dequantise and multiply the float activations.
+        rounded = use_kernels and formats.compiled_kernels_available()
+        xr = round_activations_like_kernel(x.reshape(-1, 64)).reshape(x.shape) if rounded else x
         deq = torch.nn.functional.linear(xr, module.dequantize(), lin.bias)
         torch.testing.assert_close(out, deq, rtol=1e-4, atol=1e-4)
+
+
+def test_kernel_path_names_what_computes_each_format(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert formats.kernel_path("float32") == formats.kernel_path("bfloat16") == "aten"
+    module = formats._fast_kernels()
+    assert formats.kernel_path("int4") == (module.kernel_isa() if module is not None else "float32 fallback")
+    monkeypatch.setattr(formats, "_fast_kernels", lambda: None)
+    assert formats.kernel_path("int8") == "float32 fallback"
+
+
+@needs_kernels
+def test_force_isa_rejects_a_path_this_cpu_cannot_run() -> None:
+    module = kernels.get_kernels()
+    assert module.kernel_isa() == module.supported_isas()[0] and "portable" in module.supported_isas()
+    with pytest.raises(ValueError, match="not supported by this CPU"):
+        module.force_isa("sse9")
+    assert module.kernel_isa() == module.supported_isas()[0]
 
 
 def test_bfloat16_input_dtype_is_preserved() -> None:

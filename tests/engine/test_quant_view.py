@@ -11,8 +11,8 @@ from torch import nn
 
 from litestage_chain import GenerationConfig, LoadedModel, SkipPlan, generate
 from litestage_chain.engine.forward import all_logits
-from litestage_chain.engine.quant import Int4Linear, Int8Linear, get_kernels
-from litestage_chain.engine.quant.formats import round_activations_like_kernel
+from litestage_chain.engine.quant import Int4Linear, Int8Linear
+from litestage_chain.engine.quant.formats import compiled_kernels_available, round_activations_like_kernel
 from litestage_chain.engine.quant.view import (
     quantize_decoder_view,
     replace_view_modules,
@@ -45,7 +45,7 @@ class _Emulated(nn.Module):
 
 def _dequantised(lm: LoadedModel) -> LoadedModel:
     """The same low-bit weights run as float matmuls: the exact reference for the kernels."""
-    round_x = get_kernels() is not None and get_kernels().kernel_isa() == "avx512_vnni"
+    round_x = compiled_kernels_available()
     modules = {name: _Emulated(m, round_x) for name, m in view_linears(lm.view).items()}
     clone = copy.copy(lm)
     clone.view = replace_view_modules(lm.view, modules)

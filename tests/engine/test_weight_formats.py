@@ -138,7 +138,7 @@ def test_auto_weights_pick_the_recommended_format_per_model(tmp_path, monkeypatc
     from tiny_models import save_tiny_long_context_llama
 
     from litestage_chain.chat.chat_model import ChatLiteStage
-    from litestage_chain.engine import sources
+    from litestage_chain.engine import loading, sources
     from litestage_chain.engine.quant import formats
 
     monkeypatch.setenv("LITESTAGE_CACHE", str(tmp_path / "cache"))
@@ -147,7 +147,7 @@ def test_auto_weights_pick_the_recommended_format_per_model(tmp_path, monkeypatc
     monkeypatch.setitem(sources.RECOMMENDED_WEIGHTS, directory, "int8")
     if formats.compiled_kernels_available():
         assert load_model(directory, weights="auto").weights == "int8"
-    monkeypatch.setattr(formats, "compiled_kernels_available", lambda: False)
+    monkeypatch.setattr(loading, "compiled_kernels_available", lambda: False)  # the name loading calls
     assert load_model(directory, weights="auto").weights == "float32"
     assert ChatLiteStage().weights == "auto"
     model, tokenizer = tiny_llama()

@@ -5,15 +5,15 @@ takes ``[..., in_features]`` and returns ``[..., out_features]`` in the dtype of
 ``in_features`` / ``out_features`` attributes exist. Weights are buffers, not parameters,
 because they are inference-only and must not be touched by optimisers.
 
-Two paths: with the compiled AVX-512 VNNI kernels (see kernels.py) every call, decode or
-prefill, runs on the low-bit weights directly; it quantises the activation rows to int8 in
-groups of 32 (as GGUF Q8_0 does). Measured on this project's CPU, that beats both float32
-matmul and dequantise-then-matmul at every row count tried (1-256, benchmarks/README.md).
-Without the kernels (no compiler, no VNNI), the module dequantises once, keeps the float32
+Two paths: with the compiled kernels (see kernels.py; AVX-512 VNNI, AVX2 or NEON) every call,
+decode or prefill, runs on the low-bit weights directly; it quantises the activation rows to
+int8 in groups of 32 (as GGUF Q8_0 does). Measured on this project's CPUs, that beats both
+float32 matmul and dequantise-then-matmul at every row count tried (1-256, benchmarks/README.md).
+Without the kernels (no compiler, no SIMD path), the module dequantises once, keeps the float32
 weight and calls ATen: the numbers are those of the rounded weights at float32 speed and
 size, so the format still works everywhere but only pays where the kernels run.
 
-The weights are stored in the kernel's blocked layout (see csrc/cpu_gemv.cpp): rows padded to
+The weights are stored in the kernels' blocked layout (see csrc/gemv_common.h): rows padded to
 a multiple of 16 and inputs to a multiple of 32 with zeros, 16 rows interleaved per block.
 """
 
@@ -38,17 +38,33 @@ def _round_up(value: int, multiple: int) -> int:
 _fast: list[object] = []  # memo of _fast_kernels(): it sits on the per-token path
 
 
+#: Kernel paths that beat float32 matmul (benchmarks/README.md); the others leave the modules on the fallback.
+FAST_ISAS = ("avx512_vnni", "avx2", "neon")
+
+
 def _fast_kernels():  # noqa: ANN202 - the compiled module has no static type
-    """The compiled module if its VNNI path runs on this CPU, else ``None`` (use the fallback)."""
+    """The compiled module if a fast SIMD path of it runs on this CPU, else ``None`` (use the fallback)."""
     if not _fast:
         kernels = get_kernels()
-        _fast.append(kernels if kernels is not None and kernels.kernel_isa() == "avx512_vnni" else None)
+        _fast.append(kernels if kernels is not None and kernels.kernel_isa() in FAST_ISAS else None)
     return _fast[0]
 
 
 def compiled_kernels_available() -> bool:
     """Whether int8/int4 run on the compiled kernels here (otherwise they dequantise to float32: no faster)."""
     return _fast_kernels() is not None
+
+
+def kernel_path(fmt: str) -> str:
+    """What computes the projections of a model in format `fmt` here, for tables and response metadata.
+
+    int8/int4: the compiled kernel path (``"avx2"``, ``"avx512_vnni"``, ``"neon"``) or ``"float32 fallback"``
+    where none is fast here (a user who sees that knows the small format saves no time); else ``"aten"``.
+    """
+    if fmt not in ("int8", "int4"):
+        return "aten"
+    kernels = _fast_kernels()
+    return kernels.kernel_isa() if kernels is not None else "float32 fallback"
 
 
 def round_activations_like_kernel(x2: torch.Tensor) -> torch.Tensor:

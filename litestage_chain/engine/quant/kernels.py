@@ -4,7 +4,8 @@ Why a compiled kernel: for batch-1 decode the stock PyTorch CPU paths for int8 w
 slower than plain float32 (see benchmarks/README.md), so the int8/int4 formats only pay off
 with a GEMV that dequantises in registers. The extension is compiled on first use with the
 machine's C++ compiler through ``torch.utils.cpp_extension`` (which needs ``ninja``) and
-cached under the litestage cache dir keyed by a hash of the source, the torch version and the
+cached under the litestage cache dir keyed by a hash of the sources (``cpu_gemv.cpp`` and the
+``gemv_*`` headers it includes), the torch version and the
 Python version, so later processes just load the shared object.
 
 If anything about the build fails (no compiler, no ninja, a non-x86 host with a broken
@@ -94,8 +95,14 @@ def kernels_status() -> str:
     return f"compiled ({module.kernel_isa()})" if module is not None else f"fallback ({_failed})"
 
 
+def _source_bytes() -> bytes:
+    """The extension source and the kernel headers it includes: a change to any of them means a new build."""
+    headers = sorted(SOURCE.parent.glob("*.h")) + sorted(SOURCE.parent.glob("*.inc"))
+    return b"".join(path.read_bytes() for path in [SOURCE, *headers])
+
+
 def _build() -> ModuleType:
-    key = _build_key(SOURCE.read_bytes())
+    key = _build_key(_source_bytes())
     return build_extension(SOURCE, f"litestage_cpu_gemv_{key}", cache_root() / "cpp_ext" / f"cpu_gemv_{key}")
 
 
