@@ -29,3 +29,7 @@ class ProfileError(LiteStageError):
 
 class ProfileMismatchError(ProfileError, InvalidInputError):
     """The profile was made for different weights than the model it is being applied to."""
+
+
+class GenerationCancelled(LiteStageError):
+    """A generation was stopped before it finished because its caller cancelled it (a cancelled async task)."""

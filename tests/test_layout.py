@@ -11,7 +11,10 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "litestage_chain"
 # Lowest first. A module may import from its own layer and the layers before it in this list.
-LAYERS = ["errors", "append_store", "data", "engine", "budgets", "chat", "reasoning", "offline", "bench", "cluster", "cli"]
+LAYERS = [
+    "errors", "cache_files", "append_store", "data", "engine", "budgets", "chat", "reasoning", "offline", "bench",
+    "cluster", "cli",
+]
 # Function-local imports of the package's own modules that a real cycle forces, with the reason.
 ALLOWED_LOCAL = {
     ("litestage_chain.chat.chat_model", "litestage_chain.chat.structured"),  # structured output wraps the chat model

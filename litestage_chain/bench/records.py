@@ -6,8 +6,8 @@ so a results folder can be shared without redistributing a dataset.
 
 A record's key hashes the point (its plans and early-exit rules), the executor's identity (model weights,
 prompts, token budgets) and the question's content: a re-run reuses exactly the records it would recompute,
-and anything that changes the result changes the key. Lines are flushed and fsynced one by one; a crash can
-leave at most a partial last line, which is dropped (with a warning) when the file is opened again.
+and anything that changes the result changes the key. Appends are locked and fsynced, and a damaged file is
+repaired when opened (`append_store`).
 """
 
 from __future__ import annotations

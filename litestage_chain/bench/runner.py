@@ -11,6 +11,7 @@ keeps the loop testable with a stub and the measurement in one place.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
@@ -25,7 +26,7 @@ from litestage_chain.bench.records import (
     record_key,
 )
 from litestage_chain.data.types import Question
-from litestage_chain.errors import InvalidInputError
+from litestage_chain.errors import InvalidInputError, LiteStageError
 
 
 @runtime_checkable
@@ -142,21 +143,60 @@ def run_points(
     *,
     interleave: int = 4,
     progress: bool = True,
+    failures: dict[str, str] | None = None,
 ) -> list[QuestionRecord]:
     """Every (point, question) record, measuring only those missing from `store`; returns them point-major.
+
+    A question the executor fails on (a `LiteStageError`) is skipped for every point, named in a warning and, with
+    `failures`, reported there by id; the run goes on with the other questions.
 
     Raises `InvalidInputError` for an empty question or point list, duplicate question ids or point labels, or
     `interleave` < 1.
     """
     check_run(points, questions, interleave)
     identity = executor.identity
+    failed: dict[str, str] = {}
     keys = {(p.label, q.id): record_key(p.key(), identity, q) for p in points for q in questions}
     todo = sum(1 for key in keys.values() if key not in store)
     with tqdm(total=todo, desc="benchmark", unit="run", disable=not progress or todo == 0) as bar:
         for round_index, start in enumerate(range(0, len(questions), interleave)):
             batch = list(questions[start : start + interleave])
             for point, missing in round_work(points, keys, store, round_index, batch):
+                missing = [q for q in missing if q.id not in failed]
+                if not missing:
+                    continue
                 bar.set_postfix_str(point.label)
-                store.add(records_of(point, identity, missing, executor.run(point, missing)))
+                done = _run_each_failure_apart(executor, point, missing, failed)
+                store.add(to_record(point, identity, q, o) for q, o in done)
                 bar.update(len(missing))
-    return [store.get(keys[(p.label, q.id)]) for p in points for q in questions]  # type: ignore[misc]
+    if failures is not None:
+        failures.update(failed)
+    found = (store.get(keys[(p.label, q.id)]) for p in points for q in questions if q.id not in failed)
+    return [record for record in found if record is not None]
+
+
+def _run_each_failure_apart(
+    executor: Executor, point: MethodPoint, questions: list[Question], failed: dict[str, str]
+) -> list[tuple[Question, Outcome]]:
+    """Run `point` on `questions`; if the batch fails, run them one by one, so one bad question fails only itself.
+
+    A question that fails is named in a warning and added to `failed`: it is left out of every other point too, so
+    all methods are still compared on the same questions."""
+    try:
+        return list(zip(questions, _checked_run(executor, point, questions), strict=True))
+    except LiteStageError as error:
+        if len(questions) == 1:
+            failed[questions[0].id] = str(error)
+            warnings.warn(f"question {questions[0].id} skipped: {point.label} failed on it: {error}", stacklevel=3)
+            return []
+    done: list[tuple[Question, Outcome]] = []
+    for question in questions:
+        done.extend(_run_each_failure_apart(executor, point, [question], failed))
+    return done
+
+
+def _checked_run(executor: Executor, point: MethodPoint, questions: list[Question]) -> list[Outcome]:
+    outcomes = executor.run(point, questions)
+    if len(outcomes) != len(questions):
+        raise RuntimeError(f"executor returned {len(outcomes)} outcomes for {len(questions)} questions ({point.label})")
+    return outcomes

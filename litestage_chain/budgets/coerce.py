@@ -51,7 +51,7 @@ def _from_file_or_name(source: str | os.PathLike[str], model: str | None = None)
             raise
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # bad JSON, bad UTF-8, nesting too deep: the profile's error says which
             raise profile_error from None
         if not isinstance(data, dict) or not data or not set(data) <= set(STAGES):
             raise profile_error from None

@@ -227,6 +227,8 @@ class Profile(BaseModel):
             raise ProfileError(
                 f"{source} is not valid JSON: {error.msg} at line {error.lineno} column {error.colno}"
             ) from error
+        except RecursionError:
+            raise ProfileError(f"{source} is nested too deeply to be a profile") from None
         if not isinstance(data, dict):
             raise ProfileError(f"{source} must hold a JSON object, found a {type(data).__name__}")
         try:
@@ -246,7 +248,11 @@ class Profile(BaseModel):
         """
         path = Path(path_or_name)
         if path.is_file():
-            return cls.from_json(path.read_text(encoding="utf-8"), source=str(path))
+            try:
+                text = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError as error:
+                raise ProfileError(f"{path} is not UTF-8 text (byte {error.start}): not a profile") from None
+            return cls.from_json(text, source=str(path))
         name = str(path_or_name)
         is_bare_name = path.suffix == "" and len(path.parts) == 1
         folder = shipped_folder(model)

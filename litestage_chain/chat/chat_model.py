@@ -34,7 +34,14 @@ from langchain_core.language_models import (
     ModelProfile,
 )
 from langchain_core.language_models.base import LangSmithParams
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ToolMessage, convert_to_messages
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    BaseMessage,
+    HumanMessage,
+    ToolMessage,
+    convert_to_messages,
+)
 from langchain_core.messages.ai import InputTokenDetails, UsageMetadata
 from langchain_core.outputs import (
     ChatGeneration,
@@ -83,7 +90,7 @@ from litestage_chain.engine.prefix_cache import PrefixCache
 from litestage_chain.engine.quant.formats import kernel_path
 from litestage_chain.engine.skip_plan import SkipPlan
 from litestage_chain.engine.sources import DEFAULT_MODEL
-from litestage_chain.errors import InvalidInputError
+from litestage_chain.errors import GenerationCancelled, InvalidInputError, LiteStageError
 
 # Keyword arguments a call (invoke/stream/batch, or .bind) may pass; anything else is a typo worth an error.
 # Aliases (`max_new_tokens`, `num_predict`, `max_completion_tokens`) are renamed first, see `call_options`.
@@ -158,7 +165,7 @@ class ChatLiteStage(BaseChatModel):
     float32 otherwise."""
     max_tokens: int = Field(256, ge=1)
     """Most tokens to generate per call."""
-    temperature: float = Field(0.0, ge=0.0)
+    temperature: float = Field(0.0, ge=0.0, allow_inf_nan=False)
     """Sampling temperature; 0 is greedy (deterministic)."""
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int | None = Field(None, ge=1)
@@ -380,6 +387,7 @@ class ChatLiteStage(BaseChatModel):
             )
         except ValueError as exc:
             raise InvalidInputError(f"invalid generation settings: {exc}") from exc
+        _check_last_message(messages)
         conversation = build_conversation(loaded, messages, specs, forced, answering=answering)
         chat, instructions, template_tools = conversation.chat, conversation.instructions, conversation.template_tools
         prompt = loaded.render_chat(chat, tools=template_tools)
@@ -440,6 +448,7 @@ class ChatLiteStage(BaseChatModel):
             # The engine reuses a prefix only when every row starts with it; mixed prefixes prefill in full.
             shared_prefix=first.shared_prefix if all(c.shared_prefix == first.shared_prefix for c in calls) else None,
             **reuse,
+            **_cancel_kwargs(),
         )
 
     def _run_tools_auto(self, call: PreparedCall) -> GenerationResult:
@@ -454,7 +463,10 @@ class ChatLiteStage(BaseChatModel):
             update = {"stop": (*call.config.stop, TOOL_CALL_OPEN, "{"),
                       "max_new_tokens": min(call.config.max_new_tokens, _DECIDE_TOKENS)}
         config = call.config.model_copy(update=update)
-        first = generate(call.loaded, [call.prompt], plan=call.plan, config=config, shared_prefix=call.shared_prefix)[0]
+        first = generate(
+            call.loaded, [call.prompt], plan=call.plan, config=config, shared_prefix=call.shared_prefix,
+            **_cancel_kwargs(),
+        )[0]
         opened = first.finish_reason == "stop" and TOOL_CALL_OPEN in call.loaded.decode(first.token_ids)
         if not opened and call.schema is not None:
             answer = self._run_guided(replace(call, tools=()))
@@ -481,7 +493,7 @@ class ChatLiteStage(BaseChatModel):
             config = call.config.model_copy(update={"max_new_tokens": max(1, max_new), "stop": tuple(stops)})
             return generate(
                 call.loaded, [call.prompt + continuation], plan=call.plan, config=config, shared_prefix=call.prompt,
-                prefix_cache=own_prompt,
+                prefix_cache=own_prompt, **_cancel_kwargs(),
             )[0]
 
         def choose(continuation: str, options: Sequence[str]) -> int:
@@ -549,14 +561,12 @@ class ChatLiteStage(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         # Decoding is CPU-bound torch work: run it on a worker thread so the event loop stays responsive; tokens
-        # reach the async callbacks through the loop, in order.
+        # reach the async callbacks through the loop, in order. Cancelling the task stops the decode in that thread.
         loop = asyncio.get_running_loop()
         sync_manager = None
         if run_manager is not None and run_manager.handlers:
             sync_manager = _LoopTokenRelay(run_manager, loop)
-        context = contextvars.copy_context()
-        func = functools.partial(context.run, self._generate, messages, stop, cast(Any, sync_manager), **kwargs)
-        return await loop.run_in_executor(None, func)
+        return await _cancellable(functools.partial(self._generate, messages, stop, cast(Any, sync_manager), **kwargs))
 
     def _stream(
         self,
@@ -587,6 +597,7 @@ class ChatLiteStage(BaseChatModel):
                     raise value
         finally:
             worker.cancel()
+            worker.join()  # it stops at its next token; none of its work outlives the stream
 
     async def _astream(
         self,
@@ -674,11 +685,9 @@ class ChatLiteStage(BaseChatModel):
         **kwargs: Any,
     ) -> list[AIMessage]:
         """`batch` on a worker thread, so one batched decode does not block the event loop."""
-        context = contextvars.copy_context()
-        func = functools.partial(
-            context.run, self.batch, inputs, config, return_exceptions=return_exceptions, **kwargs
+        return await _cancellable(
+            functools.partial(self.batch, inputs, config, return_exceptions=return_exceptions, **kwargs)
         )
-        return await asyncio.get_running_loop().run_in_executor(None, func)
 
     def _batch_generate(
         self,
@@ -735,12 +744,20 @@ class ChatLiteStage(BaseChatModel):
                 run_managers[members[row][0]].on_llm_new_token(piece, chunk=chunk)
 
             try:
-                results = self._run([call for _, call in members], on_token=on_token)
+                results: list[GenerationResult | Exception] = list(
+                    self._run([call for _, call in members], on_token=on_token)
+                )
+            except LiteStageError as exc:
+                if len(members) == 1 or isinstance(exc, GenerationCancelled):
+                    results = [exc] * len(members)
+                else:  # one input's error (say, too long for the context) must not fail the others with it
+                    results = [self._run_alone(call, run_managers[index]) for index, call in members]
             except Exception as exc:  # noqa: BLE001 - the whole group failed together
-                for index, _ in members:
-                    outcomes[index] = exc
-                continue
+                results = [exc] * len(members)
             for (index, call), result in zip(members, results, strict=True):
+                if isinstance(result, Exception):
+                    outcomes[index] = result
+                    continue
                 message = self._message(call, result)
                 message.id = f"lc_run--{run_managers[index].run_id}"
                 outcomes[index] = message
@@ -754,6 +771,17 @@ class ChatLiteStage(BaseChatModel):
                 if isinstance(outcome, Exception):
                     raise outcome
         return cast(list[AIMessage | Exception], outcomes)
+
+    def _run_alone(self, call: PreparedCall, run_manager: CallbackManagerForLLMRun) -> GenerationResult | Exception:
+        """One input of a failed batch, generated by itself: its result, or the error that is its own."""
+
+        def on_token(_row: int, piece: str) -> None:
+            run_manager.on_llm_new_token(piece, chunk=ChatGenerationChunk(message=AIMessageChunk(content=piece)))
+
+        try:
+            return self._run([call], on_token=on_token)[0]
+        except Exception as exc:  # noqa: BLE001 - reported on this input's run, raised or returned by the caller
+            return exc
 
     # ------------------------------------------------------------------ tools and structured output
 
@@ -839,13 +867,18 @@ class _StreamWorker:
         self._call = call
         self._put = put
         self._cancelled = threading.Event()
-        self._thread = threading.Thread(target=contextvars.copy_context().run, args=(self._work,), daemon=True)
+        context = contextvars.copy_context()
+        context.run(_CANCEL.set, self._cancelled)  # the engine stops at its next step, even between printed pieces
+        self._thread = threading.Thread(target=context.run, args=(self._work,), daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
     def cancel(self) -> None:
         self._cancelled.set()
+
+    def join(self) -> None:
+        self._thread.join()
 
     def _on_token(self, row: int, piece: str) -> None:
         if self._cancelled.is_set():
@@ -855,7 +888,7 @@ class _StreamWorker:
     def _work(self) -> None:
         try:
             result = self._model._run([self._call], on_token=self._on_token)[0]
-        except _Cancelled:
+        except (_Cancelled, GenerationCancelled):
             return
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread, which re-raises it
             self._put(("error", exc))
@@ -865,6 +898,41 @@ class _StreamWorker:
 
 class _Cancelled(Exception):
     """Raised inside the decode loop to stop a stream whose consumer went away."""
+
+
+_CANCEL: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("litestage_cancel", default=None)
+"""Set in the context an async call's worker thread runs in: `_run` hands it to `generate`, which stops at its
+next step once the event is set."""
+
+
+def _cancel_kwargs() -> dict[str, threading.Event]:
+    """`generate`'s `cancel` argument when this call can be cancelled (async calls and streams), else nothing."""
+    cancel = _CANCEL.get()
+    return {"cancel": cancel} if cancel is not None else {}
+
+
+async def _cancellable(work: Any) -> Any:
+    """Run `work()` on a worker thread; cancelling the awaiting task also stops the generation in that thread.
+
+    `run_in_executor` alone cannot stop a running thread, so a cancelled `ainvoke` would keep decoding to the end
+    for nobody; here the task's cancellation sets the event the engine checks before every decoding step."""
+    cancel = threading.Event()
+    context = contextvars.copy_context()
+    context.run(_CANCEL.set, cancel)
+    future = asyncio.get_running_loop().run_in_executor(None, context.run, work)
+    try:
+        return await future
+    except asyncio.CancelledError:
+        cancel.set()
+        raise
+
+
+def _check_last_message(messages: Sequence[BaseMessage]) -> None:
+    """An empty last user message is refused, as `generate` refuses an empty prompt: the model would only be
+    answering its chat template."""
+    last = messages[-1] if messages else None
+    if isinstance(last, HumanMessage) and isinstance(last.content, str) and not last.content.strip():
+        raise InvalidInputError(f"message {len(messages) - 1} (HumanMessage) is empty: there is nothing to answer")
 
 
 def _as_plan(value: Any) -> SkipPlan:

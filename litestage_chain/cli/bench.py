@@ -42,6 +42,7 @@ from litestage_chain.engine.loading import load_model
 from litestage_chain.engine.weight_formats import WEIGHT_CHOICES
 from litestage_chain.reasoning.shared_context import add_context_argument
 from litestage_chain.errors import InvalidInputError
+from litestage_chain.offline.question_fit import fitting_questions
 from litestage_chain.reasoning.chain import DEFAULT_MAX_TOKENS
 
 RANKED = ("uniform", "uniform-exit", "stage-only")
@@ -225,9 +226,16 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
                     batch_size=args.batch_size, reuse_outputs=not args.no_reuse, progress=False,
                     context=args.context)  # one bar: the runner's
     executor = ChainExecutor(model, **settings)
+    fitting, skipped = fitting_questions(executor.base, questions.questions)
+    for qid, reason in skipped.items():
+        out.write(f"skipping question {qid}: {reason}\n")
+    if not fitting:
+        raise InvalidInputError(f"none of the {len(questions)} questions fits the model's context")
+    questions = questions.model_copy(update={"questions": tuple(fitting)})
     needs_ranking = profile is None and any(m in RANKED for m in methods)
     wants_adaskip = any(m.startswith("adaskip") for m in methods)
     calibration = _calibration_questions(args) if needs_ranking or wants_adaskip else ()
+    calibration = tuple(fitting_questions(executor.base, calibration)[0]) if calibration else ()
     ranking = (
         litestage_ranking(executor.base, calibration, profile=profile, benchmarked=questions.questions,
                           progress=progress)
@@ -262,14 +270,18 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out.write(f"{len(points)} method points x {len(questions)} questions; {done} of {len(points) * len(questions)}"
               f" runs already recorded in {args.out}{kept}\n")
     out.flush()
+    failures: dict[str, str] = {}
     with maybe_pool(cluster, args.model, model.weights) as pool:
         if pool is None:
-            run_points(executor, points, questions.questions, store, interleave=args.interleave, progress=progress)
+            run_points(executor, points, questions.questions, store, interleave=args.interleave, progress=progress,
+                       failures=failures)
         else:
             out.write(describe_pool(pool) + "\n")
             out.flush()
             run_points_on_workers(pool, settings, executor.identity, points, questions.questions, store,
                                   interleave=args.interleave, progress=progress)
+    for qid, reason in failures.items():
+        out.write(f"skipped question {qid}: {reason}\n")
     rows, files = rebuild_report(args.out, plots=not args.no_plots)
     _print_done(out, rows, files)
     return 0

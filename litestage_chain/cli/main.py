@@ -8,6 +8,9 @@ model or profile) print one `litestage: error: ...` line and exit with status 2,
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
@@ -36,14 +39,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help(sys.stderr)
         return 1
+    if sys.stdout is None:  # started with standard output closed (`litestage ... >&-`)
+        return fail("standard output is closed; redirect it to a file or /dev/null")
     try:
         return int(args.handler(args) or 0)
     except LiteStageError as exc:
-        print(f"litestage: error: {exc}", file=sys.stderr)
-        return 2
+        return fail(str(exc))
     except KeyboardInterrupt:
         print("litestage: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return quiet_broken_pipe()
+    except OSError as exc:  # a path the user gave: missing, a folder, not writable, disk full, closed output
+        where = f": {exc.filename}" if exc.filename else ""
+        return fail(f"{exc.strerror or type(exc).__name__}{where}")
+    except RecursionError:
+        return fail("an input file is nested too deeply to be read")
+
+
+def fail(message: str) -> int:
+    """Print the one `litestage: error:` line of a failure the user can fix; the exit status is 2."""
+    print(f"litestage: error: {message}", file=sys.stderr)
+    return 2
+
+
+def quiet_broken_pipe() -> int:
+    """The reader of standard output went away (`litestage ask ... | head -1`): stop without a traceback.
+
+    Standard output is pointed at /dev/null so that the interpreter's final flush does not fail again; the exit
+    status is the shell's for a process ended by SIGPIPE."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return 141
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,6 +147,7 @@ def run_ask(args: argparse.Namespace, out: TextIO | None = None) -> int:
         out.write(f"  {choice.label}. {choice.text}\n")
     out.flush()
     printer = StagePrinter(out)
+    logging.getLogger("langchain_core.callbacks.manager").addFilter(printer.quiet_own_errors)
     result = chain.invoke(question, config={"callbacks": [printer]} if not args.no_stream else None)
     if args.no_stream:
         for stage in STAGES:

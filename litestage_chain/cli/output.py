@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, TextIO
 from uuid import UUID
 
@@ -47,10 +48,17 @@ def timing_table(result: Any) -> str:
 class StagePrinter(BaseCallbackHandler):
     """Prints a header when a stage's model call starts and each decoded piece as it arrives."""
 
+    raise_error = True
+    """A failed write (the reader of a pipe went away) stops the run instead of being logged once per token."""
+
     def __init__(self, out: TextIO) -> None:
         super().__init__()
         self.out = out
         self._printed_any = False
+
+    def quiet_own_errors(self, record: logging.LogRecord) -> bool:
+        """LangChain logs a handler's error before raising it; the CLI reports a closed output itself."""
+        return f"{type(self).__name__}." not in record.getMessage()
 
     def header(self, title: str) -> None:
         self.out.write(("\n\n" if self._printed_any else "\n") + f"[{title}]\n")

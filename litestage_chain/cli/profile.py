@@ -28,6 +28,7 @@ from litestage_chain.cluster.cli import add_cluster_arguments, cluster_options, 
 from litestage_chain.cluster.search import DistributedEvaluator
 from litestage_chain.data import search_questions
 from litestage_chain.data.rows import describe_validation_error
+from litestage_chain.data.types import question_fingerprint
 from litestage_chain.engine.early_exit import EarlyExitConfig
 from litestage_chain.engine.loading import load_model
 from litestage_chain.engine.weight_formats import WEIGHT_CHOICES
@@ -41,6 +42,7 @@ from litestage_chain.cli.profile_cost import (
 )
 from litestage_chain.offline.evaluator import ChainEvaluator
 from litestage_chain.offline.pipeline import search_profile
+from litestage_chain.offline.question_fit import fitting_questions
 from litestage_chain.offline.search import SearchConfig
 from litestage_chain.offline.speed_check import check_speed
 
@@ -277,16 +279,9 @@ def run_profile_check(args: argparse.Namespace, out: TextIO | None = None) -> in
     searched = profile.questions
     questions = search_questions(searched.benchmark, searched.size, seed=searched.seed or 0, data_dir=args.data,
                                  require_answer=profile.metric == "accuracy")
-    if searched.fingerprint is not None and questions.fingerprint != searched.fingerprint:
-        raise InvalidInputError(
-            f"the questions drawn now ({searched.benchmark} train, {searched.size} with seed {searched.seed}) are not "
-            "the ones the profile was searched on: the data file changed, or the search used another slice"
-        )
     cluster = cluster_options(args, args.threads)
-    if getattr(args, "limit", None) is not None:
-        if args.limit < 1:
-            raise InvalidInputError(f"--limit must be >= 1, got {args.limit}")
-        questions = questions.model_copy(update={"questions": questions.questions[: args.limit]})
+    if getattr(args, "limit", None) is not None and args.limit < 1:
+        raise InvalidInputError(f"--limit must be >= 1, got {args.limit}")
     model = load_model(args.model or profile.model.name, weights=getattr(args, "weights", None) or profile.model.weights)
     profile.check_model(model)
     target = Path(args.out or args.profile)
@@ -317,9 +312,10 @@ def _check_and_save(
                     max_tokens=parse_max_tokens(args.max_tokens), num_shots=args.shots, fallback=not args.no_fallback,
                     batch_size=args.batch_size, reuse_outputs=False, progress=not args.no_progress and pool is None,
                     context=args.context)
-    evaluator: Any = ChainEvaluator(model, **settings)
+    base = ChainEvaluator(model, **settings)
+    evaluator: Any = base
     if pool is not None:  # every side's evaluation split over the workers, the same shards for both sides
-        evaluator = DistributedEvaluator(evaluator, pool, settings)
+        evaluator = DistributedEvaluator(base, pool, settings)
     out.write(f"timing the plans against the full model side by side ({rounds} evaluations each)\n")
     out.flush()
 
@@ -331,7 +327,17 @@ def _check_and_save(
         out.flush()
 
     plans = {stage: profile.plan_for(stage) for stage in profile.stages}
-    check = check_speed(evaluator, plans, questions.questions, rounds=rounds, on_evaluation=report)
+    fitting, _ = fitting_questions(base, questions.questions)  # the ones the search skipped, skipped again
+    searched = profile.questions.fingerprint
+    if searched is not None and question_fingerprint(fitting) != searched:
+        raise InvalidInputError(
+            f"the questions drawn now ({profile.questions.benchmark} train, {profile.questions.size} with seed "
+            f"{profile.questions.seed}) are not the ones the profile was searched on: the data file changed, or the "
+            "search used another slice or other token budgets"
+        )
+    if getattr(args, "limit", None) is not None:
+        fitting = fitting[: args.limit]
+    check = check_speed(evaluator, plans, fitting, rounds=rounds, on_evaluation=report)
     if getattr(args, "predict", False):
         predicted_against_measured(model, plans, results, args.batch_size, rounds, out)
     checked = profile.model_copy(update={"speed_check": check})

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 from litestage_chain.cluster.pool import WorkerPool, worker_pool
 from litestage_chain.cluster.runtime import ClusterOptions, import_ray

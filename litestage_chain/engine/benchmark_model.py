@@ -17,6 +17,7 @@ import importlib.util
 import os
 from pathlib import Path
 
+from litestage_chain.cache_files import file_sha256
 from litestage_chain.engine.cache_dir import cache_root
 from litestage_chain.engine.progress import first_run_step
 from litestage_chain.errors import ModelLoadError
@@ -62,14 +63,6 @@ def qwen_part_paths() -> list[Path]:
     return paths
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _is_verified(path: Path) -> bool:
     """True if ``path`` holds the expected GGUF; a sidecar stamp avoids re-hashing 1.1 GB."""
     if not path.is_file() or path.stat().st_size != QWEN_GGUF_SIZE:
@@ -79,7 +72,7 @@ def _is_verified(path: Path) -> bool:
     expected_stamp = f"{QWEN_GGUF_SHA256} {stat.st_size} {stat.st_mtime_ns}"
     if stamp.is_file() and stamp.read_text().strip() == expected_stamp:
         return True
-    if _file_sha256(path) != QWEN_GGUF_SHA256:
+    if file_sha256(path) != QWEN_GGUF_SHA256:
         return False
     stamp.write_text(expected_stamp + "\n")
     return True

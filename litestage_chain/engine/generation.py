@@ -7,7 +7,9 @@ once, so a long answer does not make short ones pay for its extra tokens.
 
 from __future__ import annotations
 
+import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Sequence, Union
 
@@ -23,7 +25,7 @@ from litestage_chain.engine.prefix_cache import PrefixCache, load_prefix
 from litestage_chain.engine.sampling import choose_next, confidence
 from litestage_chain.engine.skip_plan import SkipPlan
 from litestage_chain.engine.stopping import find_stop, safe_length
-from litestage_chain.errors import InvalidInputError
+from litestage_chain.errors import GenerationCancelled, InvalidInputError
 
 if TYPE_CHECKING:
     from litestage_chain.engine.loading import LoadedModel
@@ -39,7 +41,7 @@ class GenerationConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     max_new_tokens: int = Field(256, ge=1, description="Most tokens to generate per prompt.")
-    temperature: float = Field(0.0, ge=0.0, description="0 is greedy decoding.")
+    temperature: float = Field(0.0, ge=0.0, allow_inf_nan=False, description="0 is greedy decoding.")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass (with temperature > 0).")
     top_k: Optional[int] = Field(None, ge=1, description="Sample among the k likeliest tokens only (None: all).")
     seed: Optional[int] = Field(None, description="Seed for sampling; same seed, same output.")
@@ -159,6 +161,7 @@ def generate(
     prefix_cache: Optional[PrefixCache] = None,
     context_cache: Optional[ContextCache] = None,
     prompt_plans: Optional[Sequence[context_prefill.PromptPlans]] = None,
+    cancel: Optional[threading.Event] = None,
 ) -> list[GenerationResult]:
     """Generate a continuation for each prompt under one skip plan; results come back in prompt order.
 
@@ -175,6 +178,8 @@ def generate(
     later calls (see `context_cache.py`). `prompt_plans[i]` then lists runs of `(token count, SkipPlan)` from prompt
     i's first token: the plans those tokens are computed under (an earlier stage's segment); the rest of the prompt
     runs under `plan`. The result depends on the tokens and their plans only, never on what was cached.
+
+    Setting `cancel` (from any thread) stops the call before its next decoding step with `GenerationCancelled`.
     """
     plan = plan or SkipPlan()
     config = config or GenerationConfig()
@@ -185,8 +190,14 @@ def generate(
     longest = max(len(r) for r in encoded)
     room = model.max_positions - longest
     if room < 1:
-        raise InvalidInputError(
-            f"prompt of {longest} tokens does not fit the model's context of {model.max_positions} tokens"
+        number = max(range(len(encoded)), key=lambda i: len(encoded[i]))
+        which = f"prompt {number} ({longest} tokens)" if len(encoded) > 1 else f"prompt of {longest} tokens"
+        raise InvalidInputError(f"{which} does not fit the model's context of {model.max_positions} tokens")
+    if room < config.max_new_tokens:
+        warnings.warn(
+            f"a prompt of {longest} tokens leaves room for {room} of the {config.max_new_tokens} new tokens asked "
+            f"for in the model's context of {model.max_positions}: generation stops there (finish_reason 'length')",
+            stacklevel=2,
         )
     max_new = min(config.max_new_tokens, room)
     generator = None
@@ -196,7 +207,7 @@ def generate(
     view = model.view
     if context_cache is not None:
         return _generate_in_context(
-            model, encoded, plan, config, on_token, context_cache, prompt_plans, len(prefix), max_new, generator
+            model, encoded, plan, config, on_token, context_cache, prompt_plans, len(prefix), max_new, generator, cancel
         )
     if prompt_plans is not None:
         raise InvalidInputError("prompt_plans needs a context_cache (the plans of tokens the call reuses)")
@@ -225,10 +236,12 @@ def generate(
             found = table.lookup(view, plan, prefix)
             prefix_seconds, prefix_computed = found.seconds, found.computed
             load_prefix(cache, found.entry)
+        _stop_if_cancelled(cancel)
         logits = prefill(view, input_ids, positions, key_valid, cache, plan, start=reused)
         prefill_seconds = max(time.perf_counter() - started - prefix_seconds, 0.0)
         decode_started = time.perf_counter()
-        _decode(model, rows, logits, cache, key_valid, next_position, width, plan, config, max_new, generator, on_token)
+        _decode(model, rows, logits, cache, key_valid, next_position, width, plan, config, max_new, generator, on_token,
+                cancel=cancel)
 
     return [
         _result(
@@ -257,6 +270,7 @@ def _decode(
     generator: Optional[torch.Generator],
     on_token: Optional[TokenCallback],
     on_finish: Optional[Callable[[int, _Row], None]] = None,
+    cancel: Optional[threading.Event] = None,
 ) -> None:
     """The decode loop: pick a token per active row, finish rows, drop them from the batch, feed the rest.
 
@@ -264,6 +278,7 @@ def _decode(
     """
     active = list(range(len(rows)))
     for step in range(max_new):
+        _stop_if_cancelled(cancel)
         confidences = confidence(logits).tolist()
         tokens = choose_next(logits, config.temperature, config.top_p, generator, config.top_k)
         token_list = tokens.tolist()
@@ -302,6 +317,7 @@ def _generate_in_context(
     prefix_length: int,
     max_new: int,
     generator: Optional[torch.Generator],
+    cancel: Optional[threading.Event] = None,
 ) -> list[GenerationResult]:
     """`generate` on top of the context cache: the same decode loop, each row stored in the table as it ends."""
     view = model.view
@@ -315,7 +331,7 @@ def _generate_in_context(
             context_prefill.store(setup, table, slot, row.index, row.token_ids)
 
         _decode(model, rows, logits, cache, key_valid, next_position, setup.width, plan, config, max_new, generator,
-                on_token, finished)
+                on_token, finished, cancel=cancel)
     return [
         _result(
             row, plan, setup.prefill_seconds, decode_started,
@@ -343,6 +359,11 @@ def _result(row: _Row, plan: SkipPlan, prefill_seconds: float, decode_started: f
         plan=plan,
         **reuse,
     )
+
+
+def _stop_if_cancelled(cancel: Optional[threading.Event]) -> None:
+    if cancel is not None and cancel.is_set():
+        raise GenerationCancelled("generation was cancelled")
 
 
 def _advance(

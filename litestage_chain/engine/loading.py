@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import shutil
 import tempfile
@@ -23,6 +22,14 @@ from typing import Any, Iterator, Literal, Optional
 
 import torch
 
+from litestage_chain.cache_files import (
+    check_manifest,
+    file_sha256,
+    locked,
+    manifest_of,
+    unusable_cache,
+    write_manifest,
+)
 from litestage_chain.engine.architecture import (
     DecoderView,
     build_decoder_view,
@@ -315,8 +322,9 @@ def _load_without_float_projections(
     )
 
 
-    if default_lm_head_format(weights) == "float32" or not converted_cache_path(digest, weights).is_file():
-        return None
+    cached = converted_cache_path(digest, weights)
+    if default_lm_head_format(weights) == "float32" or check_manifest(manifest_of(cached)) is not None:
+        return None  # no cache, or a damaged one: the ordinary path reports it and converts again
     try:
         config = AutoConfig.from_pretrained(directory)
         check_supported(config)
@@ -391,14 +399,6 @@ def _from_directory(directory: Path) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _directory_digest(directory: Path) -> str:
     """Identity of a model directory: sha256 over its safetensors files, in name order."""
     digest = hashlib.sha256()
@@ -415,21 +415,30 @@ def _converted_gguf(path: Path) -> tuple[Path, str]:
             raise ModelLoadError(f"{path} is not a GGUF file (bad magic bytes): the file is corrupt or of another format")
     digest = file_sha256(path)
     target = cache_root() / "converted" / digest
-    if (target / _COMPLETE_MARKER).is_file():
-        return target, digest
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{digest[:12]}-", dir=target.parent))
     try:
-        with first_run_step(f"converting {path.name} to float32 safetensors"):
-            _convert_gguf(path, staging)
-        (staging / _COMPLETE_MARKER).write_text(json.dumps({"gguf": path.name, "sha256": digest}))
-        if target.exists():  # a concurrent conversion finished first
-            shutil.rmtree(staging)
-        else:
-            staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        with locked(target.with_name(f".{digest}.lock")):  # a concurrent conversion of the same file: wait for it
+            if target.exists():
+                problem = check_manifest(target / _COMPLETE_MARKER)
+                if problem is None:
+                    return target, digest
+                logger.warning("converted weights cache %s is damaged or incomplete (%s); converting %s again",
+                               target, problem, path.name)
+                shutil.rmtree(target)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            for dead in target.parent.glob(f".{digest[:12]}-*"):  # staging left by a conversion that was killed
+                shutil.rmtree(dead, ignore_errors=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".{digest[:12]}-", dir=target.parent))
+            try:
+                with first_run_step(f"converting {path.name} to float32 safetensors"):
+                    _convert_gguf(path, staging)
+                files = [p for p in staging.rglob("*") if p.is_file()]
+                write_manifest(staging / _COMPLETE_MARKER, files, {"gguf": path.name, "sha256": digest})
+                staging.rename(target)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+    except OSError as error:  # a read-only cache, a full disk
+        raise unusable_cache(target.parent, error) from error
     return target, digest
 
 

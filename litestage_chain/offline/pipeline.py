@@ -12,13 +12,14 @@ from litestage_chain.budgets.profile import (
     TraceEntry,
 )
 from litestage_chain.data.benchmarks import Source, search_questions
-from litestage_chain.data.types import QuestionSet
+from litestage_chain.data.types import QuestionSet, question_fingerprint
 from litestage_chain.engine.early_exit import EarlyExitConfig
 from litestage_chain.engine.loading import LoadedModel
 from litestage_chain.errors import InvalidInputError
 from litestage_chain.offline.calibration import calibration_prompts
 from litestage_chain.offline.evaluator import ChainEvaluator
 from litestage_chain.offline.importance import Importance, compute_importance
+from litestage_chain.offline.question_fit import fitting_questions
 from litestage_chain.offline.search import SearchConfig, SearchResult, search_budgets
 from litestage_chain.offline.store import ResultsStore
 
@@ -53,10 +54,17 @@ def search_profile(
     evaluator = evaluator or ChainEvaluator(model, progress=progress)
     if evaluator.model is not model:
         raise InvalidInputError("the evaluator runs a different model than the one being profiled")
-    calibration = calibration_prompts(evaluator, questions.questions[:calibration_size])
+    # A question too long for the context is named and left out: the profile records the size of the slice drawn
+    # and the fingerprint of the questions searched (`profile check` draws the slice and skips the same ones).
+    searched, skipped = fitting_questions(evaluator, questions.questions)
+    if not searched:
+        raise InvalidInputError(f"none of the {len(questions)} questions fits the model's context")
+    if skipped:
+        notes = "\n".join(filter(None, [notes, f"skipped (too long for the context): {', '.join(skipped)}"]))
+    calibration = calibration_prompts(evaluator, searched[:calibration_size])
     importance = compute_importance(model, calibration, cache_dir=importance_cache_dir, progress=progress)
     result = search_budgets(
-        evaluator, questions.questions, importance.ranking, config,
+        evaluator, searched, importance.ranking, config,
         store=ResultsStore(store_path), on_candidate=on_candidate,
     )
     early_exit: Mapping[str, EarlyExitConfig | None] = {stage: evaluator.early_exit_for(stage) for stage in result.plans}
@@ -64,7 +72,7 @@ def search_profile(
         model=ModelIdentity(name=model.name, weights_sha256=model.weights_sha256, weights=model.weights),
         questions=SearchedQuestions(
             benchmark=questions.benchmark, split=questions.split, size=len(questions), seed=seed,
-            fingerprint=questions.fingerprint,
+            fingerprint=question_fingerprint(searched),
         ),
         early_exit=early_exit,
         notes=notes,

@@ -3,8 +3,7 @@
 Each line records one evaluation: the plan of every stage, the fingerprint of the question set, the
 evaluator's identity (model weights, generation settings, prompts) and the result. A result is reused
 only when all three match, so changing the model, the settings or the questions never serves a stale
-number. Lines are flushed and fsynced as they are written; a crash can at worst leave a partial last
-line, which is reported and cut off when the log is next opened.
+number. Appends are locked and fsynced, and a damaged log is repaired when opened (`append_store`).
 """
 
 from __future__ import annotations

@@ -162,3 +162,20 @@ def test_benchmark_entry_points_use_train_for_search_and_dev_for_report(tmp_path
     monkeypatch.delenv("LITESTAGE_DATA_DIR")
     with pytest.raises(DataError, match="LITESTAGE_DATA_DIR"):
         load_benchmark("obqa", "dev")
+
+
+def test_an_invalid_utf8_byte_refuses_only_its_row_with_its_line(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "dev.jsonl", [row("q1"), row("q2"), row("q3")])
+    path.write_bytes(path.read_bytes().replace(b"Question q2?", b"Question q2\xff?"))
+    with pytest.warns(UserWarning):
+        questions = load_jsonl(path, benchmark="csqa")
+    assert [q.id for q in questions] == ["q1", "q3"]
+    (issue,) = questions.report.issues
+    assert issue.line == 2 and "invalid UTF-8 at byte" in issue.problem
+
+
+def test_a_utf8_byte_order_mark_is_not_a_malformed_first_row(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "dev.jsonl", [row("q1"), row("q2")])
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    questions = load_jsonl(path, benchmark="csqa")
+    assert [q.id for q in questions] == ["q1", "q2"] and questions.report.ok

@@ -12,7 +12,8 @@ from litestage_chain import InvalidInputError, SkipPlan
 from litestage_chain.budgets.profile import ModelIdentity, Profile, SearchedQuestions
 from litestage_chain.data.types import Question
 from litestage_chain.offline.search import SearchConfig, search_budgets
-from litestage_chain.offline.store import EvalResult, ResultsStore, StoreError
+from litestage_chain.append_store import damaged_path
+from litestage_chain.offline.store import EvalResult, ResultsStore
 
 RANKING = [(layer, kind) for layer in (5, 2, 7, 1, 4, 0, 6, 3) for kind in ("attention", "mlp")]
 QUESTIONS = [
@@ -201,7 +202,7 @@ def test_stored_results_are_not_reused_for_other_questions_or_evaluators(tmp_pat
     assert renamed.calls, "a different evaluator identity is evaluated afresh"
 
 
-def test_partial_last_line_is_dropped_and_damaged_lines_are_errors(tmp_path: Path) -> None:
+def test_partial_last_line_is_dropped_and_damaged_lines_are_set_aside(tmp_path: Path) -> None:
     log = tmp_path / "search.jsonl"
     search_budgets(TableEvaluator(), QUESTIONS, RANKING, CONFIG, store=ResultsStore(log))
     complete = log.read_text()
@@ -213,8 +214,10 @@ def test_partial_last_line_is_dropped_and_damaged_lines_are_errors(tmp_path: Pat
     lines = complete.splitlines()
     lines[3] = lines[3][:40]
     log.write_text("\n".join(lines) + "\n")
-    with pytest.raises(StoreError, match="line 4 is not a valid result record"):
-        ResultsStore(log)
+    with pytest.warns(UserWarning, match=r"1 unreadable result record\(s\) \(line 4;"):
+        repaired = ResultsStore(log)
+    assert len(repaired) == count - 1
+    assert damaged_path(log).read_text() == lines[3] + "\n", "the damaged line is set aside, not lost"
     record = json.loads(complete.splitlines()[0])
     assert set(record) >= {"key", "plans", "questions", "evaluator", "result"}
 

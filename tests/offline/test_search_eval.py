@@ -18,7 +18,7 @@ from litestage_chain import (
 )
 from litestage_chain.budgets.profile import Profile
 from litestage_chain.data import load_jsonl
-from litestage_chain.data.types import Question
+from litestage_chain.data.types import Question, question_fingerprint
 from litestage_chain.offline.calibration import calibration_prompts
 from litestage_chain.offline.evaluator import ChainEvaluator
 from litestage_chain.offline.importance import plan_for_count
@@ -233,3 +233,21 @@ def test_shared_context_evaluator_reruns_later_stages_when_an_earlier_plan_chang
     assert dict(ev.generated) == {"recall": 6, "analysis": 6, "summary": 6}
     assert ev.identity != evaluator(lm, fallback=False).identity
     assert "Key information:" in ev.render_prompt("analysis", ev.run_stages(FULL, qs)[0])
+
+
+def test_a_question_too_long_for_the_context_is_skipped_by_the_search_and_named(lm, tmp_path: Path) -> None:
+    path = write_questions(tmp_path / "train.jsonl", 3)
+    rows = path.read_text().splitlines()
+    long = json.loads(rows[1])
+    long["question"] = "word " * 900  # over the tiny model's 4096 byte tokens
+    path.write_text("\n".join([rows[0], json.dumps(long), rows[2]]) + "\n")
+    qs = load_jsonl(path, benchmark="csqa")
+    with pytest.warns(UserWarning, match=r"skipping 1 of 3 question\(s\).*q1: its recall prompt"):
+        profile, result, _ = search_profile(
+            lm, qs, config=SearchConfig(epsilon=0.34, max_skip=1, metric="accuracy"), evaluator=evaluator(lm),
+            calibration_size=2, store_path=tmp_path / "search.jsonl", importance_cache_dir=tmp_path / "imp",
+        )
+    assert set(result.full.answers) == {"q0", "q2"}
+    assert "skipped (too long for the context): q1" in profile.notes
+    kept = [q for q in qs.questions if q.id != "q1"]
+    assert profile.questions.size == 3 and profile.questions.fingerprint == question_fingerprint(kept)

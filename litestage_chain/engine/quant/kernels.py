@@ -26,6 +26,7 @@ from types import ModuleType
 
 import torch
 
+from litestage_chain.cache_files import CacheError, check_manifest, locked, manifest_of, write_manifest
 from litestage_chain.engine.cache_dir import cache_root
 from litestage_chain.engine.progress import first_run_step
 
@@ -80,6 +81,8 @@ def get_kernels() -> ModuleType | None:
             return None
         try:
             _loaded = _build()
+        except CacheError:  # no usable cache at all: nothing else will work either, so say so once, clearly
+            raise
         except Exception as exc:  # any build or load failure means: use the fallback
             _failed = f"{type(exc).__name__}: {exc}"
             logger.warning("low-bit CPU kernels failed to build (%s); using dequantise+matmul", _failed)
@@ -106,17 +109,35 @@ def _build() -> ModuleType:
 def build_extension(source: Path, name: str, build_dir: Path) -> ModuleType:
     """Compile (or load the cached build of) a version of the kernel source as module `name`.
 
-    Also what a benchmark uses to load an earlier version beside the current one, under its own name."""
+    Also what a benchmark uses to load an earlier version beside the current one, under its own name.
+
+    The build runs under a lock that dies with its owner (`cache_files.locked`), so a process killed while
+    compiling never leaves later ones waiting: whoever holds it may remove torch's own `lock` file, which only a
+    dead builder can have left. The shared object is used only if it has the size and sha256 recorded when it was
+    built; a truncated or damaged one (which would crash the process when mapped) is deleted and rebuilt."""
     from torch.utils.cpp_extension import load
 
-    build_dir.mkdir(parents=True, exist_ok=True)
-    # A cached build loads in a second; compiling takes a minute or more: say so only when it is taking that long.
-    with first_run_step(f"compiling the low-bit CPU kernels ({source.name})", after=3.0):
-        return load(
-            name=name,
-            sources=[str(source)],
-            extra_cflags=["-O3", "-fopenmp"],
-            extra_ldflags=["-fopenmp"],
-            build_directory=str(build_dir),
-            verbose=False,
-        )
+    with locked(build_dir.with_name(build_dir.name + ".lock")):
+        built = build_dir / f"{name}.so"
+        if build_dir.exists():
+            problem = check_manifest(manifest_of(built)) if built.exists() else "no finished build"
+            if problem is not None:  # also a build a killed process left half done: its objects may be torn
+                logger.warning("compiled kernel cache %s is incomplete or damaged (%s); rebuilding it", build_dir,
+                               problem)
+                shutil.rmtree(build_dir)
+            else:
+                (build_dir / "lock").unlink(missing_ok=True)  # left by a loader that died
+        build_dir.mkdir(parents=True, exist_ok=True)
+        # A cached build loads in a second; compiling takes a minute or more: say so only when it is taking that long.
+        with first_run_step(f"compiling the low-bit CPU kernels ({source.name})", after=3.0):
+            module = load(
+                name=name,
+                sources=[str(source)],
+                extra_cflags=["-O3", "-fopenmp"],
+                extra_ldflags=["-fopenmp"],
+                build_directory=str(build_dir),
+                verbose=False,
+            )
+        if built.is_file() and check_manifest(manifest_of(built)) is not None:
+            write_manifest(manifest_of(built), [built])
+        return module

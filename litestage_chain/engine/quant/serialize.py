@@ -8,7 +8,9 @@ settings live in the file's JSON metadata, so loading needs no class registry in
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from litestage_chain.engine.cache_dir import cache_root
+from litestage_chain.cache_files import check_manifest, locked, manifest_of, write_manifest
 from litestage_chain.engine.quant.convert import (
     _replace,
     quantize_model_linears,
@@ -33,6 +36,8 @@ from litestage_chain.engine.quant.formats import (
 #: Bump when a format's layout or rounding changes so stale caches are not reused.
 FORMAT_VERSION = 3
 _META_KEY = "litestage_quant"
+
+logger = logging.getLogger(__name__)
 
 _KINDS: dict[type[nn.Module], str] = {Int8Linear: "int8", Int4Linear: "int4", BFloat16Linear: "bfloat16"}
 
@@ -70,12 +75,41 @@ def save_converted(
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-    try:
-        save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with locked(_lock_of(target)):
+        try:
+            save_file(tensors, str(tmp), metadata=meta)
+            os.replace(tmp, target)
+            write_manifest(manifest_of(target), [target])
+        finally:
+            tmp.unlink(missing_ok=True)
     return target
+
+
+def _lock_of(path: Path) -> Path:
+    return path.with_name(f".{path.name}.lock")
+
+
+def load_cached_converted(path: Path) -> dict[str, nn.Module] | None:
+    """The converted modules cached at `path`, or ``None`` when there is no usable cache there.
+
+    The file is used only if it has the size and sha256 recorded when it was written (`cache_files`): random
+    bytes in a cached weight would otherwise give gibberish answers. A damaged, truncated or unreadable cache is
+    reported, deleted and left for the caller to convert again.
+    """
+    if not path.exists():
+        return None
+    with locked(_lock_of(path)):  # a writer still renaming or recording it finishes first
+        problem = check_manifest(manifest_of(path))
+        if problem is None:
+            try:
+                return load_converted(path)
+            except Exception as error:  # noqa: BLE001 - safetensors raises its own types for torn files
+                problem = f"{type(error).__name__}: {error}"
+        logger.warning("converted weights cache %s is damaged or incomplete (%s); converting again", path, problem)
+        for stale in (path, manifest_of(path)):
+            with contextlib.suppress(OSError):
+                stale.unlink()
+    return None
 
 
 def load_converted(path: str | os.PathLike[str]) -> dict[str, nn.Module]:
@@ -126,15 +160,23 @@ def quantize_model_linears_cached(
     if fmt == "float32":
         return model
     path = converted_cache_path(weights_id, fmt, cache_dir)
-    if path.is_file():
-        try:
-            modules = load_converted(path)
-        except (ValueError, OSError, KeyError, json.JSONDecodeError):
-            modules = {}
-        if modules and set(modules) == set(target_linear_names(model)):
-            for name, module in modules.items():
-                _replace(model, name, module)
-            return model
+    modules = load_cached_converted(path) or {}
+    if modules and set(modules) == set(target_linear_names(model)):
+        for name, module in modules.items():
+            _replace(model, name, module)
+        return model
     quantize_model_linears(model, fmt)
-    save_converted(model, path, {"weights_id": weights_id, "format": fmt})
+    save_converted_or_warn(model, path, {"weights_id": weights_id, "format": fmt})
     return model
+
+
+def save_converted_or_warn(
+    source: nn.Module | Mapping[str, nn.Module], path: Path, metadata: Mapping[str, str]
+) -> None:
+    """`save_converted`, but a cache that cannot be written (read-only, full disk) only costs the next load a
+    conversion: the weights just converted are in memory and the call goes on."""
+    try:
+        save_converted(source, path, metadata)
+    except OSError as error:
+        logger.warning("could not cache converted weights at %s (%s); they will be converted again next time",
+                       path, error.strerror or error)

@@ -19,8 +19,8 @@ from litestage_chain.engine.quant.convert import quantize_model_linears
 from litestage_chain.engine.quant.formats import WeightFormat, default_lm_head_format
 from litestage_chain.engine.quant.serialize import (
     converted_cache_path,
-    load_converted,
-    save_converted,
+    load_cached_converted,
+    save_converted_or_warn,
 )
 
 
@@ -74,11 +74,8 @@ def quantize_decoder_view(
     label = fmt if head_fmt == default_lm_head_format(fmt) else f"{fmt}-head-{head_fmt}"
     path = converted_cache_path(weights_id, label, cache_dir) if weights_id else None  # type: ignore[arg-type]
     converted: dict[str, nn.Module] | None = None
-    if path is not None and path.is_file():
-        try:
-            cached = load_converted(path)
-        except (ValueError, OSError, KeyError):
-            cached = {}
+    if path is not None:
+        cached = load_cached_converted(path) or {}
         if set(cached) == expected:
             converted = cached
     if converted is None:
@@ -86,5 +83,5 @@ def quantize_decoder_view(
             every = quantize_model_linears(linears, fmt, lm_head_fmt=head_fmt)
         converted = {name: every[name] for name in expected}
         if path is not None:
-            save_converted(converted, path, {"weights_id": weights_id or "", "format": label})
+            save_converted_or_warn(converted, path, {"weights_id": weights_id or "", "format": label})
     return replace_view_modules(view, {**current, **converted})
