@@ -66,7 +66,9 @@ def ray_runtime(options: ClusterOptions) -> Iterator[ModuleType]:
     if options.address is None:
         settings.update(num_cpus=(options.workers or 1) * options.threads, include_dashboard=False)
     try:
-        ray.init(address=options.address, **settings)
+        # "local" starts a runtime of our own even when another Ray cluster runs on this machine (address=None would
+        # join it, and refuse our CPU count).
+        ray.init(address=options.address or "local", **settings)
     except (ConnectionError, RuntimeError, ValueError) as error:
         where = f"join the Ray cluster at {options.address!r}" if options.address else "start a local Ray runtime"
         raise ClusterError(f"could not {where}: {error}") from error

@@ -256,3 +256,12 @@ def test_bad_cluster_options_are_clear_errors() -> None:
     with pytest.raises(InvalidInputError, match="--ray-address is empty"):
         cluster_options(argparse.Namespace(workers=None, ray_address=" "), 1)
     assert cluster_options(argparse.Namespace(workers=3, ray_address=None), 0).threads == 1
+
+
+def test_workers_start_their_own_runtime_beside_another_cluster(bench_setup: dict[str, Path], two_nodes: str) -> None:
+    """Another Ray cluster running on the machine (here the simulated one) is not joined without --ray-address:
+    joining it would also refuse the local runtime's CPU count."""
+    base = ["bench", "--benchmark", "toy", "--data", str(bench_setup["data"]), "--model", str(bench_setup["model"]),
+            "--profile", str(bench_setup["profile"]), *BENCH, "--limit", "1"]
+    text = _bench([*base, "--out", str(bench_setup["out"]), "--workers", "2", "--threads", "1"])
+    assert "2 workers: w0" in text and ray.is_initialized() is False
