@@ -162,11 +162,8 @@ def run_points(
         for round_index, start in enumerate(range(0, len(questions), interleave)):
             batch = list(questions[start : start + interleave])
             for point, missing in round_work(points, keys, store, round_index, batch):
-                missing = [q for q in missing if q.id not in failed]
-                if not missing:
-                    continue
                 bar.set_postfix_str(point.label)
-                done = _run_each_failure_apart(executor, point, missing, failed)
+                done = run_unless_failed(executor, point, missing, failed)
                 store.add(to_record(point, identity, q, o) for q, o in done)
                 bar.update(len(missing))
     if failures is not None:
@@ -175,7 +172,18 @@ def run_points(
     return [record for record in found if record is not None]
 
 
-def _run_each_failure_apart(
+def run_unless_failed(
+    executor: Executor, point: MethodPoint, questions: Sequence[Question], failed: dict[str, str]
+) -> list[tuple[Question, Outcome]]:
+    """Run `point` on those of `questions` not already in `failed` (failures are added to it); the pairs that ran.
+
+    One round's loop body, shared by the single-process loop and the workers of a distributed run, so both skip a
+    failing question the same way."""
+    missing = [q for q in questions if q.id not in failed]
+    return run_each_failure_apart(executor, point, missing, failed) if missing else []
+
+
+def run_each_failure_apart(
     executor: Executor, point: MethodPoint, questions: list[Question], failed: dict[str, str]
 ) -> list[tuple[Question, Outcome]]:
     """Run `point` on `questions`; if the batch fails, run them one by one, so one bad question fails only itself.
@@ -191,7 +199,7 @@ def _run_each_failure_apart(
             return []
     done: list[tuple[Question, Outcome]] = []
     for question in questions:
-        done.extend(_run_each_failure_apart(executor, point, [question], failed))
+        done.extend(run_each_failure_apart(executor, point, [question], failed))
     return done
 
 

@@ -279,7 +279,7 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
             out.write(describe_pool(pool) + "\n")
             out.flush()
             run_points_on_workers(pool, settings, executor.identity, points, questions.questions, store,
-                                  interleave=args.interleave, progress=progress)
+                                  interleave=args.interleave, progress=progress, failures=failures)
     for qid, reason in failures.items():
         out.write(f"skipped question {qid}: {reason}\n")
     rows, files = rebuild_report(args.out, plots=not args.no_plots)

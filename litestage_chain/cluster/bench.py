@@ -11,16 +11,17 @@ round is simply run again elsewhere (nothing of it was recorded).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from litestage_chain.bench.methods import MethodPoint
-from litestage_chain.bench.records import Outcome, QuestionRecord, RecordStore, record_key
+from litestage_chain.bench.records import QuestionRecord, RecordStore, record_key
 from litestage_chain.bench.runner import check_run, records_of, round_work
 from litestage_chain.cluster.pool import WorkerPool
-from litestage_chain.cluster.worker import WorkerInfo
+from litestage_chain.cluster.worker import RoundResult, WorkerInfo
 from litestage_chain.data.types import Question
 
 Round = list[tuple[MethodPoint, list[Question]]]
@@ -37,11 +38,14 @@ def run_points_on_workers(
     interleave: int = 4,
     progress: bool = True,
     on_round: Callable[[WorkerInfo], None] | None = None,
+    failures: dict[str, str] | None = None,
 ) -> list[QuestionRecord]:
     """Every (point, question) record, measuring only those missing from `store`; returns them point-major.
 
     `settings` are the `ChainExecutor` keyword arguments every worker builds its executor from; `identity` is the
     driver's executor identity, which every worker's must equal. `on_round` is called after each recorded round.
+    As in `bench.runner.run_points`, a question a point fails on is skipped by every point of its round, named in a
+    warning and, with `failures`, reported there; it is left out of the returned records.
     """
     check_run(points, questions, interleave)
     settings = dict(settings)
@@ -53,18 +57,26 @@ def run_points_on_workers(
         if work:
             rounds.append(work)
     todo = sum(len(missing) for work in rounds for _, missing in work)
+    failed: dict[str, str] = {}
 
     with tqdm(total=todo, desc=f"benchmark ({len(pool.alive)} workers)", unit="run",
               disable=not progress or todo == 0) as bar:
 
-        def record(work: Round, outcomes: list[list[Outcome]], info: WorkerInfo) -> None:
-            measured = [records_of(point, identity, missing, found, worker=f"{info.name}/{info.pid}", host=info.host)
-                        for (point, missing), found in zip(work, outcomes, strict=True)]
-            for records in measured:
-                store.add(records)
-                bar.update(len(records))
+        def record(work: Round, result: RoundResult, info: WorkerInfo) -> None:
+            for (point, missing), done in zip(work, result.done, strict=True):
+                by_id = {q.id: q for q in missing}
+                ran = [by_id[qid] for qid, _ in done]
+                store.add(records_of(point, identity, ran, [o for _, o in done], worker=f"{info.name}/{info.pid}",
+                                     host=info.host))
+                bar.update(len(missing))
+            for qid, reason in result.failed.items():
+                warnings.warn(f"question {qid} skipped: {reason}", stacklevel=2)
+            failed.update(result.failed)
             if on_round is not None:
                 on_round(info)
 
         pool.farm(rounds, lambda actor, work: actor.run_round.remote(settings, work), record)
-    return [store.get(keys[(p.label, q.id)]) for p in points for q in questions]  # type: ignore[misc]
+    if failures is not None:
+        failures.update(failed)
+    found = (store.get(keys[(p.label, q.id)]) for p in points for q in questions if q.id not in failed)
+    return [record for record in found if record is not None]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -18,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from litestage_chain.bench.executor import ChainExecutor
 from litestage_chain.bench.methods import MethodPoint
 from litestage_chain.bench.records import Outcome
+from litestage_chain.bench.runner import run_unless_failed
 from litestage_chain.data.types import Question
 from litestage_chain.engine.loading import load_model
 from litestage_chain.engine.skip_plan import SkipPlan
@@ -44,6 +46,14 @@ class WorkerInfo(BaseModel):
     host: str
     pid: int
     node: str = ""
+
+
+class RoundResult(BaseModel):
+    """What a worker measured in one round: per work item the (question id, outcome) pairs that ran, and the
+    questions that failed, with the error."""
+
+    done: list[list[tuple[str, Outcome]]]
+    failed: dict[str, str] = {}
 
 
 def settings_key(kind: str, settings: Mapping[str, Any]) -> str:
@@ -92,10 +102,18 @@ class ModelWorker:
 
     def run_round(
         self, settings: Mapping[str, Any], work: Sequence[tuple[MethodPoint, Sequence[Question]]]
-    ) -> list[list[Outcome]]:
-        """Run each (point, questions) in the order given (the driver's rotated round order)."""
+    ) -> RoundResult:
+        """Run each (point, questions) in the order given (the driver's rotated round order).
+
+        A question a point fails on (a `LiteStageError`) is left out of the round's later points, as in one process;
+        the driver reports it and records the rest."""
         executor = self._executor(settings)
-        return [executor.run(point, list(questions)) for point, questions in work]
+        failed: dict[str, str] = {}
+        with warnings.catch_warnings():  # the driver warns of each skipped question once, not every worker too
+            warnings.filterwarnings("ignore", message="question .* skipped")
+            done = [[(q.id, o) for q, o in run_unless_failed(executor, point, questions, failed)]
+                    for point, questions in work]
+        return RoundResult(done=done, failed=failed)
 
     def evaluate(
         self, settings: Mapping[str, Any], plans: Mapping[str, SkipPlan], questions: Sequence[Question]

@@ -191,6 +191,29 @@ def test_a_lost_worker_is_replaced_and_nothing_is_recorded_twice(
     assert all(str(killed[0]) not in (w or "") for w in survivors)
 
 
+def test_a_question_that_fails_on_a_worker_is_skipped_as_in_one_process(
+    bench_setup: dict[str, Path], tmp_path: Path
+) -> None:
+    model = load_model(str(bench_setup["model"]))
+    executor = ChainExecutor(model, **SETTINGS)
+    questions, points = _questions(4), _points()
+    too_long = questions[1].model_copy(update={"question": "why " * 5000})  # beyond the 4096-token context
+    questions[1] = too_long
+    local_failures: dict[str, str] = {}
+    with pytest.warns(UserWarning, match="question q1 skipped"):
+        local = run_points(executor, points, questions, RecordStore(), interleave=2, progress=False,
+                           failures=local_failures)
+    failures: dict[str, str] = {}
+    store = RecordStore(tmp_path / RECORDS_FILE)
+    with worker_pool(ClusterOptions(workers=2), WorkerSpec(model=str(bench_setup["model"]))) as pool:
+        with pytest.warns(UserWarning, match="question q1 skipped"):
+            records = run_points_on_workers(pool, SETTINGS, executor.identity, points, questions, store,
+                                            interleave=2, progress=False, failures=failures)
+    assert set(failures) == set(local_failures) == {"q1"} and "context" in failures["q1"]
+    assert {(r.point, r.question_id): r.answer for r in records} == {(r.point, r.question_id): r.answer for r in local}
+    assert len(records) == 3 * 3 and len(keys_in_file(tmp_path / RECORDS_FILE)) == 9, "the others all recorded"
+
+
 def test_search_on_a_simulated_two_node_cluster_measures_what_one_process_does(
     two_nodes: str, bench_setup: dict[str, Path], tmp_path: Path
 ) -> None:
