@@ -158,7 +158,7 @@ def main() -> None:
     warmup, questions = pool[:1], pool[1:]
     plan_sets: dict[str, tuple[dict[str, SkipPlan], Any]] = {"full": ({s: SkipPlan() for s in STAGES}, None)}
     if args.profile:
-        profile = Profile.load(args.profile)
+        profile = Profile.load(args.profile, model=args.model)
         profile.check_model(model)
         plan_sets["litestage"] = (
             {s: profile.plan_for(s) for s in STAGES}, {s: profile.early_exit_for(s) for s in STAGES}

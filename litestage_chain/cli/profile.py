@@ -187,8 +187,6 @@ def run_profile_search(args: argparse.Namespace, out: TextIO | None = None) -> i
     if args.check_rounds < 0:
         raise InvalidInputError(f"--check-rounds must be >= 0, got {args.check_rounds}")
     if getattr(args, "search", "sweep") == "cost-aware":
-        if args.workers is not None or args.ray_address is not None:
-            raise InvalidInputError("--workers / --ray-address run the sweep search; --search cost-aware runs in one process")
         profile, caveats, model, questions, target = run_cost_aware_search(args, out)
         return finish_search(profile, caveats, model, questions, args, target, out)
     try:

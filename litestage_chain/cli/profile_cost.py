@@ -16,6 +16,8 @@ from pydantic import ValidationError
 
 from litestage_chain.budgets.profile import Profile
 from litestage_chain.cli.bench import parse_max_tokens
+from litestage_chain.cluster.cli import cluster_options, describe_pool, maybe_pool
+from litestage_chain.cluster.search import DistributedEvaluator
 from litestage_chain.data import search_questions
 from litestage_chain.data.rows import describe_validation_error
 from litestage_chain.data.types import QuestionSet
@@ -88,11 +90,28 @@ def run_cost_aware_search(
     cost_log = log.with_name(log.name.replace(".search.jsonl", "") + ".costs.jsonl")
     questions = search_questions(args.benchmark, args.size, seed=args.seed, data_dir=args.data,
                                  require_answer=args.metric == "accuracy")
+    cluster = cluster_options(args, args.threads)
     model = load_model(args.model, weights=args.weights)
-    evaluator = ChainEvaluator(
-        model, early_exit=None, max_tokens=parse_max_tokens(args.max_tokens), num_shots=args.shots,
-        fallback=not args.no_fallback, batch_size=args.batch_size, progress=not args.no_progress,
-    )
+    settings = dict(early_exit=None, max_tokens=parse_max_tokens(args.max_tokens), num_shots=args.shots,
+                    fallback=not args.no_fallback, batch_size=args.batch_size,
+                    progress=not args.no_progress and cluster is None, context=args.context)
+    with maybe_pool(cluster, args.model, model.weights) as pool:
+        evaluator: Any = ChainEvaluator(model, **settings)
+        if pool is not None:  # chunk evaluations split over the workers; the costs are timed here, between them
+            evaluator = DistributedEvaluator(evaluator, pool, settings)
+            out.write(describe_pool(pool) + "\n")
+        profile, result = _cost_aware(args, model, questions, evaluator, config, log, cost_log, out)
+    profile.save(target)
+    out.write(f"chosen: {result.resolution()}; predicted {result.full.predicted_seconds:.2f} s -> "
+              f"{result.chosen.predicted_seconds:.2f} s per question at batch {config.batch_size} "
+              f"({result.predicted_speedup:.2f}x); {result.evaluations} new chunk evaluations\n")
+    return profile, result.caveats, model, questions, target
+
+
+def _cost_aware(
+    args: argparse.Namespace, model: LoadedModel, questions: QuestionSet, evaluator: Any, config: CostSearchConfig,
+    log: Path, cost_log: Path, out: TextIO,
+) -> tuple[Profile, Any]:
     rule = config.rule()
     out.write(f"cost-aware search of {model.name} on {questions.benchmark}/{questions.split} ({len(questions)} "
               f"questions); log: {log}; costs: {cost_log}\n{rule.describe()}; resolution on this slice at zero loss: "
@@ -104,15 +123,10 @@ def run_cost_aware_search(
         out.write(describe_candidate(candidate, args.metric) + "\n")
         out.flush()
 
-    profile, result = search_profile_cost_aware(
+    return search_profile_cost_aware(
         model, questions, evaluator, config, calibration_size=args.calibration_size, seed=args.seed, store_path=log,
         cost_path=cost_log, cost_rounds=args.cost_rounds, on_candidate=report, progress=not args.no_progress,
     )
-    profile.save(target)
-    out.write(f"chosen: {result.resolution()}; predicted {result.full.predicted_seconds:.2f} s -> "
-              f"{result.chosen.predicted_seconds:.2f} s per question at batch {config.batch_size} "
-              f"({result.predicted_speedup:.2f}x); {result.evaluations} new chunk evaluations\n")
-    return profile, result.caveats, model, questions, target
 
 
 def add_predict_option(check: Any) -> None:

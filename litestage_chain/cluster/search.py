@@ -21,7 +21,8 @@ from litestage_chain.cluster.worker import WorkerInfo
 from litestage_chain.data.types import Question
 from litestage_chain.errors import InvalidInputError
 from litestage_chain.offline.evaluator import ChainEvaluator
-from litestage_chain.offline.store import EvalResult
+from litestage_chain.offline.store import EvalResult, merge_results
+from litestage_chain.engine.early_exit import EarlyExitConfig
 from litestage_chain.engine.skip_plan import SkipPlan
 
 
@@ -30,27 +31,6 @@ def shards(questions: Sequence[Question], parts: int, batch_size: int) -> list[l
     batches = [list(questions[i : i + batch_size]) for i in range(0, len(questions), batch_size)]
     per = -(-len(batches) // max(1, parts))
     return [sum(batches[i : i + per], []) for i in range(0, len(batches), per)]
-
-
-def merge_results(parts: Sequence[tuple[Sequence[Question], EvalResult]]) -> EvalResult:
-    """One evaluation's result from its shards' results: per-question means weighted by shard size."""
-    sizes = [len(questions) for questions, _ in parts]
-    total = sum(sizes)
-
-    def mean(values: Sequence[float]) -> float:
-        return sum(v * n for v, n in zip(values, sizes, strict=True)) / total
-
-    results = [result for _, result in parts]
-    accuracies = [r.accuracy for r in results]
-    return EvalResult(
-        accuracy=None if any(a is None for a in accuracies) else mean([a for a in accuracies if a is not None]),
-        mean_latency_seconds=mean([r.mean_latency_seconds for r in results]),
-        stage_latency_seconds={s: mean([r.stage_latency_seconds[s] for r in results])
-                               for s in results[0].stage_latency_seconds},
-        generated_tokens_per_stage={s: mean([r.generated_tokens_per_stage[s] for r in results])
-                                    for s in results[0].generated_tokens_per_stage},
-        answers={qid: answer for r in results for qid, answer in r.answers.items()},
-    )
 
 
 class DistributedEvaluator:
@@ -71,19 +51,26 @@ class DistributedEvaluator:
     def __getattr__(self, name: str) -> Any:  # model, identity, reuse_outputs, early_exit_for, run_stages, ...
         return getattr(self.local, name)
 
-    def evaluate(self, plans: Mapping[str, SkipPlan], questions: Sequence[Question]) -> EvalResult:
+    def evaluate(
+        self,
+        plans: Mapping[str, SkipPlan],
+        questions: Sequence[Question],
+        early_exit: Mapping[str, EarlyExitConfig | None] | None = None,
+    ) -> EvalResult:
+        """`ChainEvaluator.evaluate`, each shard on its worker; the shards' results merged in question order."""
         if not questions:
             raise InvalidInputError("no questions to evaluate")
         parts = shards(questions, len(self.pool), self.local.batch_size)
         found: dict[int, tuple[EvalResult, WorkerInfo]] = {}
         plans = dict(plans)
+        rules = dict(early_exit) if early_exit is not None else None
 
         def done(index: int, result: EvalResult, info: WorkerInfo) -> None:
             found[index] = (result, info)
 
         self.pool.farm(
             list(range(len(parts))),
-            lambda actor, index: actor.evaluate.remote(self.settings, plans, parts[index]),
+            lambda actor, index: actor.evaluate.remote(self.settings, plans, parts[index], rules),
             done,
             affinity=lambda index: index,
         )
@@ -91,4 +78,4 @@ class DistributedEvaluator:
             {"worker": f"{found[i][1].name}/{found[i][1].pid}", "host": found[i][1].host,
              "questions": [q.id for q in parts[i]]} for i in range(len(parts))
         ]}
-        return merge_results([(parts[i], found[i][0]) for i in range(len(parts))])
+        return merge_results([found[i][0] for i in range(len(parts))])

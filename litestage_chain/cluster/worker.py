@@ -21,6 +21,7 @@ from litestage_chain.bench.methods import MethodPoint
 from litestage_chain.bench.records import Outcome
 from litestage_chain.bench.runner import run_unless_failed
 from litestage_chain.data.types import Question
+from litestage_chain.engine.early_exit import EarlyExitConfig
 from litestage_chain.engine.loading import load_model
 from litestage_chain.engine.skip_plan import SkipPlan
 from litestage_chain.offline.evaluator import ChainEvaluator
@@ -116,6 +117,10 @@ class ModelWorker:
         return RoundResult(done=done, failed=failed)
 
     def evaluate(
-        self, settings: Mapping[str, Any], plans: Mapping[str, SkipPlan], questions: Sequence[Question]
+        self,
+        settings: Mapping[str, Any],
+        plans: Mapping[str, SkipPlan],
+        questions: Sequence[Question],
+        early_exit: Mapping[str, EarlyExitConfig | None] | None = None,
     ) -> EvalResult:
-        return self._evaluator(settings).evaluate(dict(plans), list(questions))
+        return self._evaluator(settings).evaluate(dict(plans), list(questions), early_exit)

@@ -43,7 +43,7 @@ from litestage_chain.offline.importance import SubLayer, plan_for_count
 from litestage_chain.offline.paired_decision import DecisionRule, PairedComparison, Verdict, compare_answers
 from litestage_chain.budgets.profile import MetricName, ModelIdentity, Profile, SearchedQuestions, StageBudget, TraceEntry
 from litestage_chain.offline.search import accuracy_signal_caveat
-from litestage_chain.offline.store import EvalResult, ResultsStore
+from litestage_chain.offline.store import EvalResult, ResultsStore, merge_results
 from litestage_chain.engine.skip_plan import SkipPlan, SubLayerKind
 
 logger = logging.getLogger(__name__)
@@ -202,30 +202,6 @@ def _trace_entry(candidate: Candidate, metric: MetricName, reference: Mapping[st
     )
 
 
-def merge_results(parts: Sequence[EvalResult]) -> EvalResult:
-    """One result for the questions of several chunks (means weighted by the chunks' sizes)."""
-    if not parts:
-        raise InvalidInputError("nothing to merge")
-    sizes = [len(p.answers) for p in parts]
-    total = sum(sizes)
-
-    def mean(values: Sequence[float]) -> float:
-        return sum(v * n for v, n in zip(values, sizes, strict=True)) / total
-
-    accuracy = None if any(p.accuracy is None for p in parts) else mean([p.accuracy or 0.0 for p in parts])
-    stage_keys = parts[0].stage_latency_seconds.keys()
-    token_keys = parts[0].generated_tokens_per_stage.keys()
-    calls = parts[0].tokens.keys()
-    return EvalResult(
-        accuracy=accuracy,
-        mean_latency_seconds=mean([p.mean_latency_seconds for p in parts]),
-        stage_latency_seconds={k: mean([p.stage_latency_seconds[k] for p in parts]) for k in stage_keys},
-        generated_tokens_per_stage={k: mean([p.generated_tokens_per_stage[k] for p in parts]) for k in token_keys},
-        answers={qid: answer for p in parts for qid, answer in p.answers.items()},
-        tokens={call: [row for p in parts for row in p.tokens.get(call, [])] for call in calls},
-    )
-
-
 def _has_contexts(result: EvalResult) -> bool:
     """Whether a stored result has every call's token counts with the prompt length (older records lack it)."""
     return bool(result.tokens) and all(len(row) > 2 for rows in result.tokens.values() for row in rows if row)
@@ -266,7 +242,8 @@ class _Runner:
         if not result.tokens:
             raise InvalidInputError("the evaluator reported no token counts; the cost model needs them")
         self.evaluations += 1
-        self.store.put(plans, self.fingerprints[index], identity, result)
+        provenance = getattr(self.evaluator, "provenance", None) or {}  # who measured it, on distributed runs
+        self.store.put(plans, self.fingerprints[index], identity, result, **provenance)
         return result
 
     def predict(self, plans: Mapping[str, SkipPlan], result: EvalResult) -> float:

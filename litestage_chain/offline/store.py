@@ -9,7 +9,7 @@ number. Appends are locked and fsynced, and a damaged log is repaired when opene
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from litestage_chain.append_store import AppendStore, content_key
 from litestage_chain.engine.skip_plan import SkipPlan
-from litestage_chain.errors import LiteStageError
+from litestage_chain.errors import InvalidInputError, LiteStageError
 
 
 class StoreError(LiteStageError):
@@ -44,6 +44,31 @@ class EvalResult(BaseModel):
         description="per call (stage, or the fallback re-run) and question in order: (tokens prefilled by the call, "
         "tokens generated, prompt tokens with the shared prefix), None where the call did not run; what the cost "
         "model prices",
+    )
+
+
+def merge_results(parts: Sequence[EvalResult]) -> EvalResult:
+    """One result for the questions of several parts (search chunks, or a distributed evaluation's shards), in
+    order: means weighted by the parts' question counts, answers and per-question token rows concatenated."""
+    if not parts:
+        raise InvalidInputError("nothing to merge")
+    sizes = [len(p.answers) for p in parts]
+    total = sum(sizes)
+
+    def mean(values: Sequence[float]) -> float:
+        return sum(v * n for v, n in zip(values, sizes, strict=True)) / total
+
+    accuracy = None if any(p.accuracy is None for p in parts) else mean([p.accuracy or 0.0 for p in parts])
+    stage_keys = parts[0].stage_latency_seconds.keys()
+    token_keys = parts[0].generated_tokens_per_stage.keys()
+    calls = parts[0].tokens.keys()
+    return EvalResult(
+        accuracy=accuracy,
+        mean_latency_seconds=mean([p.mean_latency_seconds for p in parts]),
+        stage_latency_seconds={k: mean([p.stage_latency_seconds[k] for p in parts]) for k in stage_keys},
+        generated_tokens_per_stage={k: mean([p.generated_tokens_per_stage[k] for p in parts]) for k in token_keys},
+        answers={qid: answer for p in parts for qid, answer in p.answers.items()},
+        tokens={call: [row for p in parts for row in p.tokens.get(call, [])] for call in calls},
     )
 
 

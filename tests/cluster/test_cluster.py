@@ -36,7 +36,8 @@ ray = pytest.importorskip("ray", reason="the ray extra is not installed")
 from litestage_chain.cluster.bench import run_points_on_workers  # noqa: E402
 from litestage_chain.cluster.pool import worker_pool  # noqa: E402
 from litestage_chain.cluster.runtime import ClusterError, ClusterOptions  # noqa: E402
-from litestage_chain.cluster.search import DistributedEvaluator, merge_results, shards  # noqa: E402
+from litestage_chain.cluster.search import DistributedEvaluator, shards  # noqa: E402
+from litestage_chain.offline.store import EvalResult, merge_results  # noqa: E402
 from litestage_chain.cluster.worker import WorkerSpec  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -248,6 +249,39 @@ def test_search_on_a_simulated_two_node_cluster_measures_what_one_process_does(
         assert line["result"]["accuracy"] == pytest.approx(here.accuracy)
 
 
+def test_cost_aware_search_on_two_workers_chooses_what_one_process_does(
+    bench_setup: dict[str, Path], tmp_path: Path
+) -> None:
+    """The chunk evaluations run on the workers; the per-plan costs are timed by the driver. With the costs of the
+    single-process run reused (timings are noise), the distributed search evaluates the same candidates with the
+    same greedy answers and chooses the same plans."""
+    def search(folder: str, *extra: str) -> tuple[Profile, list[dict], str]:
+        target = tmp_path / folder / "csqa.json"
+        argv = ["profile", "search", "--search", "cost-aware", "--benchmark", "csqa", "--data", str(bench_setup["root"]),
+                "--size", "4", "--model", str(bench_setup["model"]), "--out", str(target), "--counts", "1,2",
+                "--exit-grid", "none;4,0.5,2", "--epsilon", "1.0", "--tolerance", "100", "--chunk-size", "2",
+                "--calibration-size", "1", "--cost-rounds", "1", "--metric", "agreement", "--batch-size", "1",
+                "--max-tokens", "recall=3,analysis=3,summary=2", "--shots", "0", "--no-progress", "--threads", "1",
+                "--check-rounds", "0", *extra]
+        args, out = build_parser().parse_args(argv), io.StringIO()
+        assert args.handler(args, out) == 0
+        log = target.with_name("csqa.json.search.jsonl")
+        return Profile.load(target), [json.loads(line) for line in log.read_text().splitlines()], out.getvalue()
+
+    alone, alone_log, _ = search("one")
+    (tmp_path / "two").mkdir()
+    costs = "csqa.json.costs.jsonl"
+    (tmp_path / "two" / costs).write_bytes((tmp_path / "one" / costs).read_bytes())
+    spread, spread_log, text = search("two", "--workers", "2")
+    assert "2 workers: w0" in text and "chosen:" in text
+    assert {s: spread.plan_for(s) for s in STAGES} == {s: alone.plan_for(s) for s in STAGES}
+    assert {s: spread.early_exit_for(s) for s in STAGES} == {s: alone.early_exit_for(s) for s in STAGES}
+    assert [line["result"]["answers"] for line in spread_log] == [line["result"]["answers"] for line in alone_log]
+    assert all(len({part["worker"] for part in line["measured_by"]}) == 2 for line in spread_log), (
+        "each 2-question chunk is split over both workers, one decoding batch each")
+    assert not ray.is_initialized()
+
+
 def test_a_model_a_worker_cannot_load_is_a_clear_error(two_nodes: str, tmp_path: Path) -> None:
     with pytest.raises(ClusterError, match="a worker could not load .*no-model"):
         with worker_pool(ClusterOptions(address=two_nodes, workers=1), WorkerSpec(model=str(tmp_path / "no-model"))):
@@ -260,13 +294,11 @@ def test_shards_follow_the_decoding_batches_and_merge_back() -> None:
     parts = shards(questions, 2, 2)
     assert [[q.id for q in part] for part in parts] == [["q0", "q1", "q2", "q3"], ["q4", "q5", "q6"]]
     assert shards(questions, 5, 4) == [questions[:4], questions[4:]], "never more shards than batches"
-    from litestage_chain.offline.store import EvalResult
-
     merged = merge_results([
-        (parts[0], EvalResult(accuracy=0.5, mean_latency_seconds=1.0, stage_latency_seconds={"recall": 1.0},
-                              generated_tokens_per_stage={"recall": 2.0}, answers={q.id: "A" for q in parts[0]})),
-        (parts[1], EvalResult(accuracy=1.0, mean_latency_seconds=8.0, stage_latency_seconds={"recall": 8.0},
-                              generated_tokens_per_stage={"recall": 9.0}, answers={q.id: "B" for q in parts[1]})),
+        EvalResult(accuracy=0.5, mean_latency_seconds=1.0, stage_latency_seconds={"recall": 1.0},
+                   generated_tokens_per_stage={"recall": 2.0}, answers={q.id: "A" for q in parts[0]}),
+        EvalResult(accuracy=1.0, mean_latency_seconds=8.0, stage_latency_seconds={"recall": 8.0},
+                   generated_tokens_per_stage={"recall": 9.0}, answers={q.id: "B" for q in parts[1]}),
     ])
     assert merged.accuracy == pytest.approx(5 / 7) and merged.mean_latency_seconds == pytest.approx(4.0)
     assert merged.generated_tokens_per_stage["recall"] == pytest.approx(5.0) and len(merged.answers) == 7

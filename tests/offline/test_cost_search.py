@@ -10,7 +10,8 @@ import torch
 
 from litestage_chain import EarlyExitConfig, InvalidInputError, SkipPlan
 from litestage_chain.offline.cost_model import CostModel, PlanCosts
-from litestage_chain.offline.cost_search import CostSearchConfig, cost_aware_ranking, merge_results, search_cost_aware
+from litestage_chain.offline.cost_search import CostSearchConfig, cost_aware_ranking, search_cost_aware
+from litestage_chain.offline.store import merge_results
 from litestage_chain.data.types import Question
 from litestage_chain.budgets.profile import ModelIdentity, Profile, SearchedQuestions
 from litestage_chain.offline.store import EvalResult, ResultsStore
