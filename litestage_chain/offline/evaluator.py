@@ -44,6 +44,7 @@ from litestage_chain.reasoning.chain import (
 from litestage_chain.reasoning.prompts import PromptSet, prompt_values
 from litestage_chain.reasoning.stage_output import StageOutput, State
 from litestage_chain.reasoning.shared_context import (
+    DEFAULT_CONTEXT,
     SHARED_STOPS,
     SUMMARY_LEAD,
     ContextFormat,
@@ -141,7 +142,7 @@ class ChainEvaluator:
         batch_size: int = 1,
         reuse_outputs: bool = True,
         progress: bool = False,
-        context: ContextFormat = "separate",
+        context: ContextFormat = DEFAULT_CONTEXT,
     ) -> None:
         if batch_size < 1:
             raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}")

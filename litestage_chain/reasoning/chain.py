@@ -37,6 +37,7 @@ from litestage_chain.reasoning.answer import extract, extract_correct_option
 from litestage_chain.reasoning.prompts import PromptSet, prompt_values
 from litestage_chain.reasoning.stage_output import StageOutput, State
 from litestage_chain.reasoning.shared_context import (
+    DEFAULT_CONTEXT,
     SHARED_STOPS,
     SUMMARY_LEAD,
     ContextFormat,
@@ -102,7 +103,7 @@ def build_reasoning_chain(
     prompts_dir: str | None = None,
     num_shots: int = 2,
     fallback: bool = True,
-    context: ContextFormat = "separate",
+    context: ContextFormat = DEFAULT_CONTEXT,
 ) -> Runnable[Any, ReasoningResult]:
     """Build the recall -> analysis -> summary chain.
 
@@ -153,7 +154,7 @@ def stage_node(
     num_shots: int = 2,
     max_tokens: int | None = None,
     name: str | None = None,
-    context: ContextFormat = "separate",
+    context: ContextFormat = DEFAULT_CONTEXT,
     **budget: Any,
 ) -> Runnable[State, StageOutput]:
     """One stage as a runnable: the stage prompt | the model bound to the stage's budget | a `StageOutput` parser.
@@ -215,7 +216,7 @@ def answer_node(
     num_shots: int = 2,
     max_tokens: int | None = None,
     fallback: bool = True,
-    context: ContextFormat = "separate",
+    context: ContextFormat = DEFAULT_CONTEXT,
 ) -> Runnable[State, ReasoningResult]:
     """The chain's last step as a runnable: reads the answer off a state holding the three stages' outputs.
 

@@ -30,6 +30,9 @@ from litestage_chain.reasoning.stage_output import StageOutput
 
 ContextFormat = Literal["shared", "separate"]
 CONTEXT_FORMATS: tuple[ContextFormat, ...] = ("shared", "separate")
+DEFAULT_CONTEXT: ContextFormat = "separate"
+"""The format the chain, the evaluator, the benchmarks and the CLI use unless told: one constant, because which one
+it is follows a measurement (the paired accuracy of the two formats on the benchmark model, benchmarks/README.md)."""
 
 HEADERS: dict[Stage, str] = {"recall": "Key information:", "analysis": "\nAnalysis:\n", "summary": "\n"}
 """What precedes each stage's output in the shared turn (the summary's "So the answer is option" is its reply
@@ -53,9 +56,9 @@ def check_context(context: object) -> ContextFormat:
 def add_context_argument(parser: Any) -> None:
     """`--context shared|separate` for the commands that run the chain."""
     parser.add_argument(
-        "--context", choices=CONTEXT_FORMATS, default="separate",
+        "--context", choices=CONTEXT_FORMATS, default=DEFAULT_CONTEXT,
         help="reasoning format: 'separate' gives each stage its own prompt (the paper's); 'shared' makes the stages "
-        "one sequence whose KV entries each stage reuses (default separate)",
+        f"one sequence whose KV entries each stage reuses (default {DEFAULT_CONTEXT})",
     )
 
 
