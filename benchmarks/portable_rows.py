@@ -5,8 +5,10 @@ kernel, which reads 4-6x fewer bytes than float32 but does more arithmetic per w
 batches) reading the weights dominates and the kernel wins; with many rows (prefill) ATen's float32 GEMM reuses
 each weight for many rows and wins. This times, for each row count, the projections the engine runs per layer
 (fused q/k/v, o, fused gate/up, down) of several layers (so the weights come from memory, as in decode, not from
-cache) three ways: float32 ``F.linear``; the kernel on the forced path; and dequantise-on-the-fly then
-``F.linear`` (what the modules do above their row limit, ``formats.PORTABLE_MAX_ROWS``). Rounds are interleaved
+cache) five ways: float32 ``F.linear``; the kernel on the forced path; the weight dequantised on the fly a
+cache-sized tile at a time, each tile through ATen's GEMM (what the modules do above their row limit,
+``formats.PORTABLE_MAX_ROWS``); the whole weight dequantised by the same compiled loop, then ``F.linear``; and the
+torch-op ``dequantize()`` then ``F.linear`` (why the loop is compiled and tiled). Rounds are interleaved
 across methods and row counts; medians of thread CPU time (the machine is shared: wall time would mostly measure
 the other processes).
 
@@ -57,7 +59,7 @@ def timed(run: Callable[[torch.Tensor, int], None], widths: list[int]) -> Callab
 
 
 def methods_for(fmt: str, path: str, linears: list[torch.nn.Linear]) -> dict[str, Callable[[int], float]]:
-    """float32, the kernel on `path`, and dequantise-then-``F.linear`` over the same projections."""
+    """float32, the kernel on `path`, and dequantise-then-``F.linear`` (compiled, torch ops) on the same projections."""
     module = kernels.get_kernels()
     converted = [convert_linear(linear, fmt) for linear in linears]  # type: ignore[arg-type]
     widths = [linear.in_features for linear in linears]
@@ -76,12 +78,18 @@ def methods_for(fmt: str, path: str, linears: list[torch.nn.Linear]) -> dict[str
         finally:
             module.force_isa("")
 
+    def tiled(x: torch.Tensor, i: int) -> None:
+        converted[i]._tiled_linear(module, x)
+
     def dequantised(x: torch.Tensor, i: int) -> None:
+        F.linear(x, converted[i]._dequantize_compiled(module))
+
+    def torch_dequantised(x: torch.Tensor, i: int) -> None:
         F.linear(x, converted[i].dequantize())
 
-    with torch.no_grad():
-        return {"float32": timed(float32, widths), f"{fmt} {path}": timed(kernel, widths),
-                f"{fmt} dequantise+aten": timed(dequantised, widths)}
+    return {"float32": timed(float32, widths), f"{fmt} {path}": timed(kernel, widths),
+            f"{fmt} tiles+aten": timed(tiled, widths), f"{fmt} dequantise+aten": timed(dequantised, widths),
+            f"{fmt} torch dequantise+aten": timed(torch_dequantised, widths)}
 
 
 def main() -> None:

@@ -186,12 +186,12 @@ def _kernel_call(kernel_module, module: nn.Module, x: torch.Tensor) -> torch.Ten
 @pytest.mark.parametrize("fmt", ["int8", "int4"])
 def test_portable_path_runs_the_kernel_for_few_rows_and_aten_above(portable_route, fmt: str) -> None:
     """Up to PORTABLE_MAX_ROWS rows: the kernel (int8-rounded activations); above: F.linear on the float rows."""
-    module = convert_linear(nn.Linear(96, 40, bias=False), fmt)  # type: ignore[arg-type]
+    module = convert_linear(nn.Linear(96, 300, bias=False), fmt)  # type: ignore[arg-type]
     limit = formats.PORTABLE_MAX_ROWS
     assert formats._kernel_max_rows() == limit and formats.kernel_path(fmt) == "portable"
     assert formats.compiled_kernels_available()
     with torch.no_grad():
-        for rows in sorted({1, limit, limit + 1, 40}):
+        for rows in sorted({1, 2, limit, limit + 1, 40}):
             x = torch.randn(rows, 96)
             out, plain = module(x), torch.nn.functional.linear(x, module.dequantize())
             if rows <= limit:
@@ -200,9 +200,23 @@ def test_portable_path_runs_the_kernel_for_few_rows_and_aten_above(portable_rout
                 ref = round_activations_like_kernel(x).double() @ module.dequantize().double().T
                 torch.testing.assert_close(out.double(), ref, rtol=1e-4, atol=1e-4)
                 assert not torch.equal(out, plain)  # the rounding shows: this was not the float path
-            else:
+            else:  # the same float32 weight, multiplied a tile of rows at a time: equal up to summation order
                 assert not formats.uses_kernel(rows)
-                assert torch.equal(out, plain), f"{rows} rows"
+                torch.testing.assert_close(out, plain, rtol=1e-5, atol=1e-5)
+                assert not torch.allclose(out, _kernel_call(portable_route, module, x), rtol=1e-5, atol=1e-5)
+
+
+@needs_kernels
+@pytest.mark.parametrize("n, k", [(13, 32), (16, 64), (40, 96), (21, 40), (5, 70), (300, 1536)])
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+def test_compiled_dequantise_equals_dequantize(fmt: str, n: int, k: int) -> None:
+    """The loop the tiled product dequantises with gives dequantize()'s float32 values exactly (odd shapes padded)."""
+    module = convert_linear(nn.Linear(k, n, bias=False), fmt)  # type: ignore[arg-type]
+    compiled = module._dequantize_compiled(kernels.get_kernels())
+    assert compiled.shape == (n, k) and torch.equal(compiled, module.dequantize())
+    x = torch.randn(37, k)
+    torch.testing.assert_close(module._tiled_linear(kernels.get_kernels(), x),
+                               torch.nn.functional.linear(x, module.dequantize()), rtol=1e-5, atol=1e-5)
 
 
 @needs_kernels

@@ -48,14 +48,17 @@ FAST_ISAS = ("avx512_vnni", "avx2", "neon")
 #: The path compiled for the baseline ISA, on CPUs with none of ``FAST_ISAS``.
 PORTABLE_ISA = "portable"
 
-PORTABLE_MAX_ROWS = 1
-"""Most rows a call sends through the portable kernel; larger calls dequantise on the fly and call ATen.
+PORTABLE_MAX_ROWS = 4
+"""Most rows a call sends through the portable kernel; larger calls multiply the float32 weight, dequantised on the
+fly a tile at a time, with ATen's GEMM.
 
-Why 1: the portable kernel is compute-bound (its cost grows with the rows almost linearly, 3 ms per row for four
-SmolLM2 layers' projections), while float32 GEMM is bound by reading the weights at one row and reuses them across
-rows. Measured with ``benchmarks/portable_rows.py`` (benchmarks/README.md section 4): at one row the kernel takes
-0.75x float32's time, at two rows it is already slower than float32, and dequantise-then-ATen is the faster of the
-two for every larger call. One row is exactly single-prompt decode, the case the small formats are for."""
+Why 4: the portable kernel is compute-bound, its time grows with the rows almost linearly (about 3 ms a row for four
+SmolLM2 layers' projections, one thread), while dequantising costs about 10 ms once per call and ATen's GEMM then
+adds little per row. ``benchmarks/portable_rows.py`` (benchmarks/README.md section 4) puts the crossing at 3-6 rows:
+kernel / tiles+ATen 13.5 / 15.9 ms at 3 rows, 14.4 / 13.8 at 4, 27.1 / 17.7 at 6 (int8; int4 alike). One row
+(single-prompt decode) is where the small format pays: the kernel took 0.55-0.65x float32's time there. From 2 rows
+up neither way matches float32 GEMM on a CPU that has SIMD units ATen uses; prefill-sized calls come within
+0.83-0.96x of it."""
 
 
 def _route() -> list[object]:
@@ -159,6 +162,16 @@ class _BlockedLinear(nn.Module):
     def _kernel(self, kernels, x2: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
         raise NotImplementedError
 
+    def _dequantize_compiled(self, kernels) -> torch.Tensor:  # noqa: ANN001
+        """``dequantize()``'s values from one compiled pass (the torch ops take several passes, ~10x the time)."""
+        raise NotImplementedError
+
+    def _tiled_linear(self, kernels, x2: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        """``F.linear(x2, dequantize())`` (up to summation order) with the weight dequantised a cache-sized tile of
+        rows at a time into a reused buffer: a whole float32 weight per call would be written to memory and faulted
+        in each time, which costs more than the GEMM saves at prefill sizes (benchmarks/portable_rows.py)."""
+        raise NotImplementedError
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"expected last dim {self.in_features}, got shape {tuple(x.shape)}")
@@ -170,8 +183,8 @@ class _BlockedLinear(nn.Module):
             pad = self.padded_in_features - self.in_features
             x2 = F.pad(x2, (0, pad)) if pad else x2.contiguous()
             y = self._kernel(kernels, x2)
-        else:  # many rows on the portable path: ATen's GEMM, on a float32 weight made for this call only
-            y = F.linear(x2, self.dequantize())
+        else:  # many rows on the portable path: ATen's GEMM on the weight dequantised tile by tile, nothing kept
+            y = self._tiled_linear(kernels, x2.contiguous())
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
@@ -245,6 +258,12 @@ class Int8Linear(_BlockedLinear):
     def _kernel(self, kernels, x2: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
         return kernels.int8_blocked_gemv(x2, self.qweight, self.scales, self.out_features)
 
+    def _dequantize_compiled(self, kernels) -> torch.Tensor:  # noqa: ANN001
+        return kernels.int8_blocked_dequantize(self.qweight, self.scales, self.out_features, self.in_features)
+
+    def _tiled_linear(self, kernels, x2: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        return kernels.int8_blocked_linear(x2, self.qweight, self.scales, self.out_features)
+
 
 def quantize_int4_groups(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Asymmetric int4 per group of 32 inputs: ``w ~= scale * q + min``, q in [0, 15].
@@ -305,6 +324,12 @@ class Int4Linear(_BlockedLinear):
 
     def _kernel(self, kernels, x2: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
         return kernels.int4_blocked_gemv(x2, self.qweight, self.params, self.out_features)
+
+    def _dequantize_compiled(self, kernels) -> torch.Tensor:  # noqa: ANN001
+        return kernels.int4_blocked_dequantize(self.qweight, self.params, self.out_features, self.in_features)
+
+    def _tiled_linear(self, kernels, x2: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        return kernels.int4_blocked_linear(x2, self.qweight, self.params, self.out_features)
 
 
 class BFloat16Linear(nn.Module):
