@@ -11,8 +11,9 @@ int8 in groups of 32 (as GGUF Q8_0 does). Measured on this project's CPUs, that 
 float32 matmul and dequantise-then-matmul at every row count tried (1-256, benchmarks/README.md).
 On a CPU with none of those, the compiled portable path (plain C++ at the baseline ISA) runs calls
 of at most ``PORTABLE_MAX_ROWS`` rows (decode), where reading fewer bytes pays; larger calls
-(prefill) dequantise the weight on the fly and call ATen, whose float32 GEMM reuses each weight
-across the rows better than the portable kernel; no float32 copy is kept either way. Without
+(prefill) dequantise the weight on the fly, a cache-sized tile of rows at a time, and multiply
+each tile with ATen's GEMM, which reuses each weight across the rows better than the portable
+kernel (csrc/gemv_dequant.h); no float32 copy of the weight is made whole or kept. Without
 any compiled kernels (no compiler), the module dequantises once, keeps the float32 weight and
 calls ATen: the numbers are those of the rounded weights at float32 speed and size, so the
 format still works everywhere but only pays where the kernels run.

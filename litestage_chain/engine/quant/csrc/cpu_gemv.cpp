@@ -136,16 +136,15 @@ torch::Tensor tiled_linear(const torch::Tensor& x, int64_t n, int64_t k_in, int6
   const int64_t tile_blocks = std::max<int64_t>(1, kTileBytes / (16 * k_in * static_cast<int64_t>(sizeof(float))));
   thread_local std::vector<float> buffer;
   buffer.resize(static_cast<size_t>(std::min(n, tile_blocks * 16) * k_in));
-  auto y_t = torch::empty({n, x.size(0)}, x.options());  // y transposed: a tile's rows are contiguous in it
-  const auto x_t = x.t();
+  auto y = torch::empty({x.size(0), n}, x.options());
   for (int64_t b0 = 0; b0 < nblocks; b0 += tile_blocks) {
     const int64_t b1 = std::min(nblocks, b0 + tile_blocks), r0 = b0 * 16, rows = std::min(n, b1 * 16) - r0;
     at::parallel_for(b0, b1, 1, [&](int64_t s, int64_t e) { dequant(buffer.data(), r0, s, e); });
     const auto tile = torch::from_blob(buffer.data(), {rows, k_in}, x.options());
-    auto out = y_t.narrow(0, r0, rows);
-    at::mm_out(out, tile, x_t);
+    auto out = y.narrow(1, r0, rows);  // columns of y: a strided matrix BLAS writes in place
+    at::mm_out(out, x, tile.t());
   }
-  return y_t.t();
+  return y;
 }
 
 }  // namespace
