@@ -54,12 +54,12 @@ PORTABLE_MAX_ROWS = 4
 fly a tile at a time, with ATen's GEMM.
 
 Why 4: the portable kernel is compute-bound, its time grows with the rows almost linearly (about 3 ms a row for four
-SmolLM2 layers' projections, one thread), while dequantising costs about 10 ms once per call and ATen's GEMM then
+SmolLM2 layers' projections, one thread), while dequantising costs about 8-10 ms once per call and ATen's GEMM then
 adds little per row. ``benchmarks/portable_rows.py`` (benchmarks/README.md section 4) puts the crossing at 3-6 rows:
-kernel / tiles+ATen 13.5 / 15.9 ms at 3 rows, 14.4 / 13.8 at 4, 27.1 / 17.7 at 6 (int8; int4 alike). One row
-(single-prompt decode) is where the small format pays: the kernel took 0.55-0.65x float32's time there. From 2 rows
-up neither way matches float32 GEMM on a CPU that has SIMD units ATen uses; prefill-sized calls come within
-0.83-0.96x of it."""
+kernel / tiles+ATen 13.0 / 13.1 ms at 3 rows, 14.4 / 13.8 at 4, 25.0 / 14.7 at 6 (int8; int4 12.6 / 15.7,
+13.1 / 15.5, 24.0 / 17.2). One row (single-prompt decode) is where the small format pays: the kernel took 0.56-0.58x
+float32's time there. From 2 rows up neither way matches float32 GEMM on a CPU whose SIMD units ATen uses (0.65-0.87x
+at 2-4 rows); prefill-sized calls (64-512 rows) come within 0.80-0.96x of it."""
 
 
 def _route() -> list[object]:
