@@ -13,6 +13,8 @@ Every format's result is written to ``OUT/<format>.json`` as soon as it is done;
 
     python benchmarks/format_guard.py --source smollm2-135m --data ../shared/data --n 100 --out DIR
     python benchmarks/format_guard.py --source qwen2.5-coder-1.5b --formats float32,int8,int4 --out DIR
+    # as a CPU with only the portable kernel path would run it (float32 results can be copied from a normal run)
+    python benchmarks/format_guard.py --source smollm2-135m --formats int8,int4 --kernel-path portable --out DIR
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from litestage_chain import GenerationConfig, SkipPlan, generate, load_model  # 
 from litestage_chain.budgets.stages import STAGES  # noqa: E402
 from litestage_chain.data import report_questions  # noqa: E402
 from litestage_chain.engine import loading  # noqa: E402
-from litestage_chain.engine.quant.kernels import kernels_status  # noqa: E402
+from litestage_chain.engine.quant import formats  # noqa: E402
+from litestage_chain.engine.quant.kernels import get_kernels, kernels_status  # noqa: E402
 from litestage_chain.offline.evaluator import ChainEvaluator  # noqa: E402
 
 PROMPTS = [
@@ -131,8 +134,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--kernel-path", default="", help="force a kernel path (e.g. portable); the modules then "
+                        "route calls as on a CPU whose best path it is")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.kernel_path:
+        kernels = get_kernels()
+        if kernels is None:
+            sys.exit(f"the compiled kernels are not available: {kernels_status()}")
+        kernels.force_isa(args.kernel_path)
+        formats._fast.clear()
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict] = {}
     for fmt in args.formats.split(","):

@@ -60,7 +60,7 @@ def main() -> None:
         outputs: dict[str, list[list[int]]] = {}
         for run in range(args.runs + 1):  # run 0 warms both up and is not counted
             for name, module in builds.items():
-                formats._fast[:] = [module]
+                formats._fast[:] = [module, None]  # this build at every row count
                 results = generate(model, prompts, config=config)
                 if run:
                     decode[name].append(max(r.decode_seconds for r in results))

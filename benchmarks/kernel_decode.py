@@ -6,10 +6,15 @@ method once on the same chat prompt (greedy, exactly `--tokens` new tokens), in 
 count; medians over rounds after a warm-up round. Two clocks: wall time (what a user waits) and CPU time
 of the process (on a machine shared with other work, wall time mostly measures the other processes; CPU
 time still counts memory stalls, so it is not contention-free either). Decode CPU time is the CPU time of
-the `--tokens` run minus that of a 1-token run (the prefill).
+the `--tokens` run minus that of a 1-token run (the prefill). With `--prefill-tokens N` every method also
+prefills one prompt of exactly N tokens (a 1-token generation; wall: its prefill time, CPU: the whole call).
+
+A path is forced with `force_isa` and the modules then route calls as they would on a CPU whose best path that
+is: on `portable`, calls of more than `formats.PORTABLE_MAX_ROWS` rows (prefill) go through the tiled
+dequantise-then-ATen product, not the kernel.
 
     python benchmarks/kernel_decode.py --source smollm2-135m --threads 1 --tokens 64 --rounds 5 \\
-        [--paths avx2,portable] [--json out.json]
+        [--paths avx2,portable] [--prefill-tokens 300] [--json out.json]
 """
 
 from __future__ import annotations
@@ -53,6 +58,41 @@ def decode_rates(lm, ids: list[int], tokens: int) -> tuple[float, float]:  # noq
     return result.generated_tokens / result.decode_seconds, result.generated_tokens / max(decode_cpu, 1e-9)
 
 
+def prefill_rates(lm, ids: list[int]) -> tuple[float, float]:  # noqa: ANN001
+    """(wall prompt tok/s of the prefill, prompt tok per CPU-second of the whole 1-token call) for one prompt."""
+    start = time.process_time()
+    result = generate(lm, [ids], plan=SkipPlan(), config=GenerationConfig(max_new_tokens=1, ignore_eos=True))[0]
+    cpu = time.process_time() - start
+    if result.reused_tokens:
+        raise RuntimeError("the prefill reused cached tokens: it would not measure the projections")
+    return len(ids) / result.prefill_seconds, len(ids) / max(cpu, 1e-9)
+
+
+def long_prompt(lm, tokens: int) -> list[int]:  # noqa: ANN001
+    """A chat prompt of exactly `tokens` tokens (the benchmark prompt repeated, cut to length)."""
+    text = " ".join([PROMPT] * (tokens // 8 + 1))
+    ids = lm.encode(lm.render_chat([{"role": "user", "content": text}]))
+    if len(ids) < tokens:
+        raise ValueError(f"could not build a {tokens}-token prompt")
+    return ids[:tokens]
+
+
+def print_table(title: str, samples: dict[str, list[tuple[float, float]]]) -> None:
+    """One markdown table of wall and CPU rates per method, with medians of per-round ratios to float32."""
+    base = samples["engine, float32"]
+    print(title)
+    print("| method | tok/s wall (median) | runs | vs float32 wall (median of per-round ratios) "
+          "| tok per CPU-s (median) | vs float32 CPU |")
+    print("|---|---:|---|---:|---:|---:|")
+    for name, values in samples.items():
+        wall = [v[0] for v in values]
+        cpu = [v[1] for v in values]
+        ratio_wall = statistics.median(w / b[0] for w, b in zip(wall, base))
+        ratio_cpu = statistics.median(c / b[1] for c, b in zip(cpu, base))
+        print(f"| {name} | {statistics.median(wall):.1f} | {[round(v, 1) for v in wall]} | {ratio_wall:.2f}x "
+              f"| {statistics.median(cpu):.1f} | {ratio_cpu:.2f}x |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", default="smollm2-135m")
@@ -61,6 +101,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--prefill-tokens", type=int, default=0, help="also time a prefill of this many tokens")
     parser.add_argument("--json", type=Path, help="also write the samples here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -71,19 +112,23 @@ def main() -> None:
 
     reference = load_model(args.source)
     ids = reference.encode(reference.render_chat([{"role": "user", "content": PROMPT}]))
-    methods: dict[str, Callable[[], tuple[float, float]]] = {
-        "engine, float32": lambda: decode_rates(reference, ids, args.tokens)
-    }
+    long_ids = long_prompt(reference, args.prefill_tokens) if args.prefill_tokens else []
+
+    def measure(lm) -> tuple[float, ...]:  # noqa: ANN001
+        prefill = prefill_rates(lm, long_ids) if long_ids else ()
+        return (*decode_rates(lm, ids, args.tokens), *prefill)
+
+    methods: dict[str, Callable[[], tuple[float, ...]]] = {"engine, float32": lambda: measure(reference)}
     for fmt in args.formats.split(","):
         lm = load_model(args.source, weights=fmt)
         gc.collect()
         for path in paths:
 
-            def run(lm=lm, path=path) -> tuple[float, float]:  # noqa: ANN001
+            def run(lm=lm, path=path) -> tuple[float, ...]:  # noqa: ANN001
                 kernels.force_isa(path)
-                formats._fast[:] = [kernels]  # the modules call the kernels even on a path not in FAST_ISAS
+                formats._fast.clear()  # the modules route calls as on a CPU whose best path this is
                 try:
-                    return decode_rates(lm, ids, args.tokens)
+                    return measure(lm)
                 finally:
                     kernels.force_isa("")
                     formats._fast.clear()
@@ -91,23 +136,17 @@ def main() -> None:
             methods[f"engine, {fmt} ({path})"] = run
     for method in methods.values():  # warm-up round
         method()
-    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in methods}
+    samples: dict[str, list[tuple[float, ...]]] = {name: [] for name in methods}
     for _ in range(args.rounds):
         for name, method in methods.items():
             samples[name].append(method())
-    base = samples["engine, float32"]
     print(f"model {args.source}; cpu {_cpu_name()}; {args.tokens} new tokens, greedy; threads {args.threads}; "
-          f"{args.rounds} rounds after a warm-up; kernels {kernels_status()}")
-    print("| method | decode tok/s wall (median) | runs | vs float32 wall (median of per-round ratios) "
-          "| tok per CPU-s (median) | vs float32 CPU |")
-    print("|---|---:|---|---:|---:|---:|")
-    for name, values in samples.items():
-        wall = [v[0] for v in values]
-        cpu = [v[1] for v in values]
-        ratio_wall = statistics.median(w / b[0] for w, b in zip(wall, base))
-        ratio_cpu = statistics.median(c / b[1] for c, b in zip(cpu, base))
-        print(f"| {name} | {statistics.median(wall):.1f} | {[round(v, 1) for v in wall]} | {ratio_wall:.2f}x "
-              f"| {statistics.median(cpu):.1f} | {ratio_cpu:.2f}x |")
+          f"{args.rounds} rounds after a warm-up; kernels {kernels_status()}; "
+          f"portable path: kernel up to {formats.PORTABLE_MAX_ROWS} rows")
+    print_table("decode", {name: [v[:2] for v in values] for name, values in samples.items()})
+    if long_ids:
+        print_table(f"prefill of {len(long_ids)} tokens (prompt tok/s)",
+                    {name: [v[2:] for v in values] for name, values in samples.items()})
     if args.json:
         args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "samples": samples}, indent=1))
 

@@ -252,10 +252,10 @@ def _resolve_weights(source: Optional[str], weights: str) -> str:
     """The concrete format for `weights` ("auto" -> the source's recommended one), or a clear error."""
     if weights == AUTO:
         weights = recommended_weights(source) if isinstance(source, str) else "float32"
-        if weights in ("int8", "int4"):
-
-            if not compiled_kernels_available():  # the fallback would be float32 speed at float32 size
-                weights = "float32"
+        # Any compiled path, the portable one included (it runs decode, prefill dequantises on the fly): the
+        # no-kernel fallback would be float32 speed at float32 size.
+        if weights in ("int8", "int4") and not compiled_kernels_available():
+            weights = "float32"
     if weights not in WEIGHT_FORMATS:
         raise ModelLoadError(f"unknown weight format {weights!r}; supported: {AUTO}, {', '.join(WEIGHT_FORMATS)}")
     return weights

@@ -144,9 +144,9 @@ def test_module_close_to_float_linear(
     rel = (out - ref).norm() / ref.norm()
     assert rel < tol, f"{fmt}: relative error {rel:.4f}"
     if fmt != "bfloat16":  # the activation rounding is the only difference from its own weights
-        # The int8 activation rounding happens only on the compiled fast path; where the kernels build but
-        # have no fast path for this CPU, the modules dequantise and multiply the float activations.
-        rounded = use_kernels and formats.compiled_kernels_available()
+        # The int8 activation rounding happens only where a call runs on the compiled kernels; without them, or
+        # above the portable path's row limit, the modules dequantise and multiply the float activations.
+        rounded = use_kernels and formats.uses_kernel(rows)
         xr = round_activations_like_kernel(x.reshape(-1, 64)).reshape(x.shape) if rounded else x
         deq = torch.nn.functional.linear(xr, module.dequantize(), lin.bias)
         torch.testing.assert_close(out, deq, rtol=1e-4, atol=1e-4)
@@ -158,6 +158,96 @@ def test_kernel_path_names_what_computes_each_format(monkeypatch: pytest.MonkeyP
     assert formats.kernel_path("int4") == (module.kernel_isa() if module is not None else "float32 fallback")
     monkeypatch.setattr(formats, "_fast_kernels", lambda: None)
     assert formats.kernel_path("int8") == "float32 fallback"
+
+
+@pytest.fixture
+def portable_route() -> Iterator[object]:
+    """The compiled module forced onto the portable path, with the modules' route chosen afresh for it."""
+    module = kernels.get_kernels()
+    if module is None:
+        pytest.fail(f"kernels failed to build: {kernels.kernels_status()}")
+    module.force_isa("portable")
+    formats._fast.clear()
+    try:
+        yield module
+    finally:
+        module.force_isa("")
+        formats._fast.clear()
+
+
+def _kernel_call(kernel_module, module: nn.Module, x: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+    """The module's own kernel called directly on `x` (in_features a multiple of 32: no padding)."""
+    if isinstance(module, Int8Linear):
+        return kernel_module.int8_blocked_gemv(x, module.qweight, module.scales, module.out_features)
+    return kernel_module.int4_blocked_gemv(x, module.qweight, module.params, module.out_features)
+
+
+@needs_kernels
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+def test_portable_path_runs_the_kernel_for_few_rows_and_aten_above(portable_route, fmt: str) -> None:
+    """Up to PORTABLE_MAX_ROWS rows: the kernel (int8-rounded activations); above: F.linear on the float rows."""
+    module = convert_linear(nn.Linear(96, 300, bias=False), fmt)  # type: ignore[arg-type]
+    limit = formats.PORTABLE_MAX_ROWS
+    assert formats._kernel_max_rows() == limit and formats.kernel_path(fmt) == "portable"
+    assert formats.compiled_kernels_available()
+    with torch.no_grad():
+        for rows in sorted({1, 2, limit, limit + 1, 40}):
+            x = torch.randn(rows, 96)
+            out, plain = module(x), torch.nn.functional.linear(x, module.dequantize())
+            if rows <= limit:
+                assert formats.uses_kernel(rows)
+                assert torch.equal(out, _kernel_call(portable_route, module, x)), f"{rows} rows"
+                ref = round_activations_like_kernel(x).double() @ module.dequantize().double().T
+                torch.testing.assert_close(out.double(), ref, rtol=1e-4, atol=1e-4)
+                assert not torch.equal(out, plain)  # the rounding shows: this was not the float path
+            else:  # the same float32 weight, multiplied a tile of rows at a time: equal up to summation order
+                assert not formats.uses_kernel(rows)
+                torch.testing.assert_close(out, plain, rtol=1e-5, atol=1e-5)
+                assert not torch.allclose(out, _kernel_call(portable_route, module, x), rtol=1e-5, atol=1e-5)
+
+
+@needs_kernels
+@pytest.mark.parametrize("n, k", [(13, 32), (16, 64), (40, 96), (21, 40), (5, 70), (300, 1536)])
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+def test_compiled_dequantise_equals_dequantize(fmt: str, n: int, k: int) -> None:
+    """The loop the tiled product dequantises with gives dequantize()'s float32 values exactly (odd shapes padded)."""
+    module = convert_linear(nn.Linear(k, n, bias=False), fmt)  # type: ignore[arg-type]
+    compiled = module._dequantize_compiled(kernels.get_kernels())
+    assert compiled.shape == (n, k) and torch.equal(compiled, module.dequantize())
+    x = torch.randn(37, k)
+    torch.testing.assert_close(module._tiled_linear(kernels.get_kernels(), x),
+                               torch.nn.functional.linear(x, module.dequantize()), rtol=1e-5, atol=1e-5)
+
+
+@needs_kernels
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+def test_portable_path_keeps_no_float32_copy(portable_route, fmt: str) -> None:
+    """The small format is also about memory: prefill-sized calls make the float32 weight per call, not once."""
+    module = convert_linear(nn.Linear(64, 48, bias=True), fmt)  # type: ignore[arg-type]
+    buffers = {name: b.clone() for name, b in module.named_buffers()}
+    with torch.no_grad():
+        module(torch.randn(3, formats.PORTABLE_MAX_ROWS + 5, 64))
+        module(torch.randn(1, 64))
+    assert module._dense is None
+    assert {name: b for name, b in module.named_buffers()}.keys() == buffers.keys()
+    assert all(torch.equal(b, buffers[name]) for name, b in module.named_buffers())
+    assert not any(t.dtype == torch.float32 and t.numel() >= 48 * 64 for t in vars(module).values()
+                   if isinstance(t, torch.Tensor))
+
+
+@needs_kernels
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+def test_simd_path_runs_the_kernel_at_every_row_count(kernel_module, fmt: str) -> None:
+    """AVX-512 VNNI, AVX2 and NEON have no row limit: prefill stays on the kernel."""
+    if kernel_module.kernel_isa() not in formats.FAST_ISAS:
+        pytest.skip("the portable path has its own test")
+    module = convert_linear(nn.Linear(96, 40, bias=False), fmt)  # type: ignore[arg-type]
+    assert formats._kernel_max_rows() is None and formats.kernel_path(fmt) == kernel_module.kernel_isa()
+    with torch.no_grad():
+        for rows in (1, 2, 40, 300):
+            x = torch.randn(rows, 96)
+            assert formats.uses_kernel(rows)
+            assert torch.equal(module(x), _kernel_call(kernel_module, module, x)), f"{rows} rows"
 
 
 @needs_kernels

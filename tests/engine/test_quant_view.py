@@ -12,7 +12,7 @@ from torch import nn
 from litestage_chain import GenerationConfig, LoadedModel, SkipPlan, generate
 from litestage_chain.engine.forward import all_logits
 from litestage_chain.engine.quant import Int4Linear, Int8Linear
-from litestage_chain.engine.quant.formats import compiled_kernels_available, round_activations_like_kernel
+from litestage_chain.engine.quant.formats import round_activations_like_kernel, uses_kernel
 from litestage_chain.engine.quant.view import (
     quantize_decoder_view,
     replace_view_modules,
@@ -27,26 +27,24 @@ def _with_view(lm: LoadedModel, fmt: str, **kwargs: object) -> LoadedModel:
 
 
 class _Emulated(nn.Module):
-    """Float reference for a converted module: its dequantised weight, and (where the compiled
-    path runs) the same activation rounding."""
+    """Float reference for a converted module: its dequantised weight, and (for calls the compiled
+    kernels run) the same activation rounding."""
 
-    def __init__(self, module: nn.Module, round_x: bool) -> None:
+    def __init__(self, module: nn.Module) -> None:
         super().__init__()
         self.weight = module.dequantize()
         self.bias = module.bias
-        self.round_x = round_x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, x.shape[-1])
-        if self.round_x:
+        if uses_kernel(x2.shape[0]):
             x2 = round_activations_like_kernel(x2)
         return torch.nn.functional.linear(x2, self.weight, self.bias).reshape(*x.shape[:-1], -1)
 
 
 def _dequantised(lm: LoadedModel) -> LoadedModel:
     """The same low-bit weights run as float matmuls: the exact reference for the kernels."""
-    round_x = compiled_kernels_available()
-    modules = {name: _Emulated(m, round_x) for name, m in view_linears(lm.view).items()}
+    modules = {name: _Emulated(m) for name, m in view_linears(lm.view).items()}
     clone = copy.copy(lm)
     clone.view = replace_view_modules(lm.view, modules)
     return clone

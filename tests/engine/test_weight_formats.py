@@ -154,3 +154,30 @@ def test_auto_weights_pick_the_recommended_format_per_model(tmp_path, monkeypatc
     assert from_pretrained_objects(model, tokenizer, weights="auto").weights == "float32"
     with pytest.raises(ModelLoadError, match="supported: auto, float32"):
         load_model(directory, weights="int3")
+
+
+def test_auto_weights_pick_the_small_format_on_the_portable_path(tmp_path, monkeypatch) -> None:
+    """On a CPU with only the portable kernel path, "auto" still gives the recommended format (decode runs the
+    kernel, prefill dequantises on the fly), and the metadata says "portable"."""
+    from tiny_models import save_tiny_long_context_llama
+
+    from litestage_chain.engine import sources
+    from litestage_chain.engine.quant import formats, kernels
+
+    module = kernels.get_kernels()
+    if module is None:
+        pytest.skip(f"C++ kernels cannot be built here: {kernels.kernels_status()}")
+    monkeypatch.setenv("LITESTAGE_CACHE", str(tmp_path / "cache"))
+    directory = str(save_tiny_long_context_llama(tmp_path / "tiny", seed=7))
+    monkeypatch.setitem(sources.RECOMMENDED_WEIGHTS, directory, "int8")
+    module.force_isa("portable")
+    formats._fast.clear()
+    try:
+        lm = load_model(directory, weights="auto")
+        assert lm.weights == "int8" and formats.kernel_path(lm.weights) == "portable"
+        ids = lm.encode("the portable path decodes")
+        result = generate(lm, [ids], config=GenerationConfig(max_new_tokens=4, ignore_eos=True))[0]
+        assert result.generated_tokens == 4
+    finally:
+        module.force_isa("")
+        formats._fast.clear()

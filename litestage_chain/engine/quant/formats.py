@@ -5,13 +5,18 @@ takes ``[..., in_features]`` and returns ``[..., out_features]`` in the dtype of
 ``in_features`` / ``out_features`` attributes exist. Weights are buffers, not parameters,
 because they are inference-only and must not be touched by optimisers.
 
-Two paths: with the compiled kernels (see kernels.py; AVX-512 VNNI, AVX2 or NEON) every call,
+Three paths. With a SIMD kernel path (see kernels.py; AVX-512 VNNI, AVX2 or NEON) every call,
 decode or prefill, runs on the low-bit weights directly; it quantises the activation rows to
 int8 in groups of 32 (as GGUF Q8_0 does). Measured on this project's CPUs, that beats both
 float32 matmul and dequantise-then-matmul at every row count tried (1-256, benchmarks/README.md).
-Without the kernels (no compiler, no SIMD path), the module dequantises once, keeps the float32
-weight and calls ATen: the numbers are those of the rounded weights at float32 speed and
-size, so the format still works everywhere but only pays where the kernels run.
+On a CPU with none of those, the compiled portable path (plain C++ at the baseline ISA) runs calls
+of at most ``PORTABLE_MAX_ROWS`` rows (decode), where reading fewer bytes pays; larger calls
+(prefill) dequantise the weight on the fly, a cache-sized tile of rows at a time, and multiply
+each tile with ATen's GEMM, which reuses each weight across the rows better than the portable
+kernel (csrc/gemv_dequant.h); no float32 copy of the weight is made whole or kept. Without
+any compiled kernels (no compiler), the module dequantises once, keeps the float32 weight and
+calls ATen: the numbers are those of the rounded weights at float32 speed and size, so the
+format still works everywhere but only pays where the kernels run.
 
 The weights are stored in the kernels' blocked layout (see csrc/gemv_common.h): rows padded to
 a multiple of 16 and inputs to a multiple of 32 with zeros, 16 rows interleaved per block.
@@ -35,31 +40,73 @@ def _round_up(value: int, multiple: int) -> int:
     return (value + multiple - 1) // multiple * multiple
 
 
-_fast: list[object] = []  # memo of _fast_kernels(): it sits on the per-token path
+_fast: list[object] = []  # memo of _fast_kernels() and _kernel_max_rows(): they sit on the per-token path
 
 
-#: Kernel paths that beat float32 matmul (benchmarks/README.md); the others leave the modules on the fallback.
+#: Kernel paths that beat float32 matmul at every row count (benchmarks/README.md): the modules use them for every call.
 FAST_ISAS = ("avx512_vnni", "avx2", "neon")
+
+#: The path compiled for the baseline ISA, on CPUs with none of ``FAST_ISAS``.
+PORTABLE_ISA = "portable"
+
+PORTABLE_MAX_ROWS = 4
+"""Most rows a call sends through the portable kernel; larger calls multiply the float32 weight, dequantised on the
+fly a tile at a time, with ATen's GEMM.
+
+Why 4: the portable kernel is compute-bound, its time grows with the rows almost linearly (about 3 ms a row for four
+SmolLM2 layers' projections, one thread), while dequantising costs about 8-10 ms once per call and ATen's GEMM then
+adds little per row. ``benchmarks/portable_rows.py`` (benchmarks/README.md section 4) puts the crossing at 3-6 rows:
+kernel / tiles+ATen 13.0 / 13.1 ms at 3 rows, 14.4 / 13.8 at 4, 25.0 / 14.7 at 6 (int8; int4 12.6 / 15.7,
+13.1 / 15.5, 24.0 / 17.2). One row (single-prompt decode) is where the small format pays: the kernel took 0.56-0.58x
+float32's time there. From 2 rows up neither way matches float32 GEMM on a CPU whose SIMD units ATen uses (0.65-0.87x
+at 2-4 rows); prefill-sized calls (64-512 rows) come within 0.80-0.96x of it."""
+
+
+def _route() -> list[object]:
+    """``[module or None, row limit or None]``: what runs int8/int4 here, memoised until ``_fast.clear()``."""
+    if not _fast:
+        kernels = get_kernels()
+        isa = kernels.kernel_isa() if kernels is not None else None
+        if isa in FAST_ISAS:
+            _fast[:] = [kernels, None]
+        elif isa == PORTABLE_ISA:
+            _fast[:] = [kernels, PORTABLE_MAX_ROWS]
+        else:
+            _fast[:] = [None, None]
+    return _fast
 
 
 def _fast_kernels():  # noqa: ANN202 - the compiled module has no static type
-    """The compiled module if a fast SIMD path of it runs on this CPU, else ``None`` (use the fallback)."""
-    if not _fast:
-        kernels = get_kernels()
-        _fast.append(kernels if kernels is not None and kernels.kernel_isa() in FAST_ISAS else None)
-    return _fast[0]
+    """The compiled module if a path of it that the modules use runs on this CPU, else ``None`` (the fallback)."""
+    return _route()[0]
+
+
+def _kernel_max_rows() -> int | None:
+    """Most rows per call the kernels take here (``None``: every call), when ``_fast_kernels()`` is not ``None``."""
+    return _route()[1]  # type: ignore[return-value]
 
 
 def compiled_kernels_available() -> bool:
-    """Whether int8/int4 run on the compiled kernels here (otherwise they dequantise to float32: no faster)."""
+    """Whether int8/int4 decode runs on the compiled kernels here (otherwise they dequantise to float32: no faster)."""
     return _fast_kernels() is not None
+
+
+def uses_kernel(rows: int) -> bool:
+    """Whether a call of `rows` activation rows runs on the compiled kernels here (and so rounds them to int8).
+
+    Else it computes ``F.linear(x, dequantize())`` on the float activations."""
+    if _fast_kernels() is None:
+        return False
+    limit = _kernel_max_rows()
+    return limit is None or rows <= limit
 
 
 def kernel_path(fmt: str) -> str:
     """What computes the projections of a model in format `fmt` here, for tables and response metadata.
 
-    int8/int4: the compiled kernel path (``"avx2"``, ``"avx512_vnni"``, ``"neon"``) or ``"float32 fallback"``
-    where none is fast here (a user who sees that knows the small format saves no time); else ``"aten"``.
+    int8/int4: the compiled kernel path (``"avx2"``, ``"avx512_vnni"``, ``"neon"``, or ``"portable"``, which runs
+    decode while prefill dequantises on the fly, see ``PORTABLE_MAX_ROWS``) or ``"float32 fallback"`` where none was
+    built (a user who sees that knows the small format saves no time); else ``"aten"``.
     """
     if fmt not in ("int8", "int4"):
         return "aten"
@@ -116,22 +163,38 @@ class _BlockedLinear(nn.Module):
     def _kernel(self, kernels, x2: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
         raise NotImplementedError
 
+    def _dequantize_compiled(self, kernels) -> torch.Tensor:  # noqa: ANN001
+        """``dequantize()``'s values from one compiled pass (the torch ops take several passes, ~10x the time)."""
+        raise NotImplementedError
+
+    def _tiled_linear(self, kernels, x2: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        """``F.linear(x2, dequantize())`` (up to summation order) with the weight dequantised a cache-sized tile of
+        rows at a time into a reused buffer: a whole float32 weight per call would be written to memory and faulted
+        in each time, which costs more than the GEMM saves at prefill sizes (benchmarks/portable_rows.py)."""
+        raise NotImplementedError
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"expected last dim {self.in_features}, got shape {tuple(x.shape)}")
         x2 = x.reshape(-1, self.in_features).to(torch.float32)
         kernels = _fast_kernels()
-        if kernels is not None:
+        if kernels is None:
+            y = F.linear(x2, self._dense_copy())
+        elif uses_kernel(x2.shape[0]):
             pad = self.padded_in_features - self.in_features
             x2 = F.pad(x2, (0, pad)) if pad else x2.contiguous()
             y = self._kernel(kernels, x2)
-        else:
-            if self._dense is None:
-                self._dense = self.dequantize().contiguous()
-            y = F.linear(x2, self._dense)
+        else:  # many rows on the portable path: ATen's GEMM on the weight dequantised tile by tile, nothing kept
+            y = self._tiled_linear(kernels, x2.contiguous())
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+
+    def _dense_copy(self) -> torch.Tensor:
+        """The kept float32 weight of the no-kernel fallback, made on first use."""
+        if self._dense is None:
+            self._dense = self.dequantize().contiguous()
+        return self._dense
 
     def weight_bytes(self) -> int:
         """Bytes read per full pass over the weights (what decode speed is bound by)."""
@@ -196,6 +259,12 @@ class Int8Linear(_BlockedLinear):
     def _kernel(self, kernels, x2: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
         return kernels.int8_blocked_gemv(x2, self.qweight, self.scales, self.out_features)
 
+    def _dequantize_compiled(self, kernels) -> torch.Tensor:  # noqa: ANN001
+        return kernels.int8_blocked_dequantize(self.qweight, self.scales, self.out_features, self.in_features)
+
+    def _tiled_linear(self, kernels, x2: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        return kernels.int8_blocked_linear(x2, self.qweight, self.scales, self.out_features)
+
 
 def quantize_int4_groups(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Asymmetric int4 per group of 32 inputs: ``w ~= scale * q + min``, q in [0, 15].
@@ -256,6 +325,12 @@ class Int4Linear(_BlockedLinear):
 
     def _kernel(self, kernels, x2: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
         return kernels.int4_blocked_gemv(x2, self.qweight, self.params, self.out_features)
+
+    def _dequantize_compiled(self, kernels) -> torch.Tensor:  # noqa: ANN001
+        return kernels.int4_blocked_dequantize(self.qweight, self.params, self.out_features, self.in_features)
+
+    def _tiled_linear(self, kernels, x2: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        return kernels.int4_blocked_linear(x2, self.qweight, self.params, self.out_features)
 
 
 class BFloat16Linear(nn.Module):
