@@ -207,6 +207,23 @@ def test_portable_path_runs_the_kernel_for_few_rows_and_aten_above(portable_rout
 
 
 @needs_kernels
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+def test_portable_tiled_product_with_several_threads(portable_route, fmt: str) -> None:
+    """The tiled product dequantises a tile's blocks on every torch thread into one shared buffer: with two threads
+    (one thread hides a buffer that is per thread), the result still equals F.linear on the dequantised weight."""
+    module = convert_linear(nn.Linear(1536, 600, bias=False), fmt)  # type: ignore[arg-type]  # several tiles
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.no_grad():
+            x = torch.randn(formats.PORTABLE_MAX_ROWS + 20, 1536)
+            torch.testing.assert_close(module(x), torch.nn.functional.linear(x, module.dequantize()),
+                                       rtol=1e-5, atol=1e-4)
+    finally:
+        torch.set_num_threads(before)
+
+
+@needs_kernels
 @pytest.mark.parametrize("n, k", [(13, 32), (16, 64), (40, 96), (21, 40), (5, 70), (300, 1536)])
 @pytest.mark.parametrize("fmt", ["int8", "int4"])
 def test_compiled_dequantise_equals_dequantize(fmt: str, n: int, k: int) -> None:

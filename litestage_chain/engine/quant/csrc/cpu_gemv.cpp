@@ -136,11 +136,13 @@ torch::Tensor tiled_linear(const torch::Tensor& x, int64_t n, int64_t k_in, int6
   const int64_t tile_blocks = std::max<int64_t>(1, kTileBytes / (16 * k_in * static_cast<int64_t>(sizeof(float))));
   thread_local std::vector<float> buffer;
   buffer.resize(static_cast<size_t>(std::min(n, tile_blocks * 16) * k_in));
+  // The pointer, not the name: inside the lambda `buffer` would be each OpenMP thread's own (empty) thread_local.
+  float* const tile_data = buffer.data();
   auto y = torch::empty({x.size(0), n}, x.options());
   for (int64_t b0 = 0; b0 < nblocks; b0 += tile_blocks) {
     const int64_t b1 = std::min(nblocks, b0 + tile_blocks), r0 = b0 * 16, rows = std::min(n, b1 * 16) - r0;
-    at::parallel_for(b0, b1, 1, [&](int64_t s, int64_t e) { dequant(buffer.data(), r0, s, e); });
-    const auto tile = torch::from_blob(buffer.data(), {rows, k_in}, x.options());
+    at::parallel_for(b0, b1, 1, [&](int64_t s, int64_t e) { dequant(tile_data, r0, s, e); });
+    const auto tile = torch::from_blob(tile_data, {rows, k_in}, x.options());
     auto out = y.narrow(1, r0, rows);  // columns of y: a strided matrix BLAS writes in place
     at::mm_out(out, x, tile.t());
   }
