@@ -66,11 +66,14 @@ def layer_call(module: ModuleType, fmt: str, projections: list[torch.nn.Module])
 def build_baseline(source: Path) -> ModuleType:
     """Compile another version of the kernel source as a module of its own name (both can be loaded at once)."""
     key = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
-    build = Path(tempfile.gettempdir()) / f"litestage_kernel_baseline_{key}"
-    build.mkdir(exist_ok=True)
-    copy = build / "cpu_gemv.cpp"  # the build names its object after the source file: keep a copy beside it
+    root = Path(tempfile.gettempdir())
+    # The build names its object after the source file, so the copy keeps the name; it lives outside the build
+    # directory, which `build_extension` deletes and recreates when it holds no finished build.
+    sources = root / f"litestage_kernel_baseline_{key}_src"
+    sources.mkdir(exist_ok=True)
+    copy = sources / "cpu_gemv.cpp"
     copy.write_bytes(source.read_bytes())
-    return kernels.build_extension(copy, f"litestage_kernel_baseline_{key}", build)
+    return kernels.build_extension(copy, f"litestage_kernel_baseline_{key}", root / f"litestage_kernel_baseline_{key}")
 
 
 def main() -> None:
