@@ -177,10 +177,10 @@ class _BlockedLinear(nn.Module):
         if x.shape[-1] != self.in_features:
             raise ValueError(f"expected last dim {self.in_features}, got shape {tuple(x.shape)}")
         x2 = x.reshape(-1, self.in_features).to(torch.float32)
-        kernels = _fast_kernels()
+        kernels, max_rows = _route()  # one lookup per call: this runs for every projection of every token
         if kernels is None:
             y = F.linear(x2, self._dense_copy())
-        elif uses_kernel(x2.shape[0]):
+        elif max_rows is None or x2.shape[0] <= max_rows:  # what `uses_kernel` says, without looking it up again
             pad = self.padded_in_features - self.in_features
             x2 = F.pad(x2, (0, pad)) if pad else x2.contiguous()
             y = self._kernel(kernels, x2)
