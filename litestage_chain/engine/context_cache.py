@@ -56,10 +56,17 @@ class _Node:
 
 @dataclass(frozen=True)
 class ContextMatch:
-    """The longest cached prefix of a query: its length and its entries `[layers, 2, kv_heads, length, head_dim]`."""
+    """The longest cached prefix of a query: its length and its entries, as the tree's pieces in order (each
+    `[layers, 2, kv_heads, tokens, head_dim]`; read-only views: a node's entries are replaced, never written)."""
 
     length: int
-    kv: Optional[torch.Tensor]
+    pieces: tuple[torch.Tensor, ...] = ()
+
+    @property
+    def kv(self) -> Optional[torch.Tensor]:
+        """The entries as one tensor `[layers, 2, kv_heads, length, head_dim]` (a copy), or None if nothing matched.
+        Loading into a cache should write the pieces instead: it saves copying them twice."""
+        return torch.cat(self.pieces, dim=3) if self.pieces else None
 
 
 class ContextCache:
@@ -82,7 +89,7 @@ class ContextCache:
             return self._plans.setdefault(plan, len(self._plans))
 
     def match(self, keys: Sequence[Key], limit: Optional[int] = None) -> ContextMatch:
-        """The longest cached prefix of `keys` (at most `limit` tokens), with a copy of its entries."""
+        """The longest cached prefix of `keys` (at most `limit` tokens), with its entries (`ContextMatch.pieces`)."""
         limit = len(keys) if limit is None else min(limit, len(keys))
         with self._lock:
             node, length, pieces = self._root, 0, []
@@ -101,8 +108,7 @@ class ContextCache:
             if length:
                 self.hits += 1
                 self.reused_tokens += length
-            kv = torch.cat(pieces, dim=3) if pieces else None
-        return ContextMatch(length, kv)
+        return ContextMatch(length, tuple(pieces))
 
     def peek(self, keys: Sequence[Key], limit: Optional[int] = None) -> int:
         """The length `match` would return, without copying entries or counting a hit."""

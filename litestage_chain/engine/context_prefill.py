@@ -94,8 +94,7 @@ def extend(view: DecoderView, table: ContextCache, keys: Sequence[Key], plans: d
     if found.length == len(keys):
         return
     cache = new_cache(view, SkipPlan(), 1, len(keys), torch.device("cpu"), every_layer=True)
-    if found.kv is not None:
-        _load(cache, 0, 0, found.kv)
+    _load(cache, 0, 0, found.pieces)
     start = found.length
     while start < len(keys):
         tag = keys[start][1]
@@ -106,6 +105,39 @@ def extend(view: DecoderView, table: ContextCache, keys: Sequence[Key], plans: d
         run_layers(view, view.embed(ids), torch.arange(start, end)[None, :], cache, start, None, plans[tag])
         start = end
     table.insert(keys, row_entries(cache, 0, 0, len(keys)))
+
+
+def _last_run_start(keys: Sequence[Key], plan_key: int) -> int:
+    """Where the last run of `keys` (the tokens under the call's own plan) starts."""
+    start = len(keys) - 1
+    while start > 0 and keys[start - 1][1] == plan_key:
+        start -= 1
+    return start
+
+
+@dataclass
+class _Segment:
+    """Rows' uncached tokens of one earlier segment plan, packed for one `prefill_rows`."""
+
+    rows: list[PackedRow]
+    ids: list[int]
+    positions: list[int]
+
+
+def _earlier_segments(
+    keys: Sequence[Sequence[Key]], last_runs: Sequence[int], starts: Sequence[int], pads: Sequence[int]
+) -> dict[int, _Segment]:
+    """Per plan id, the rows whose tokens `[start, last_run)` are not cached (one plan each, see `prepare`)."""
+    segments: dict[int, _Segment] = {}
+    for index, (row_keys, last_run, start) in enumerate(zip(keys, last_runs, starts)):
+        if start >= last_run:
+            continue
+        segment = segments.setdefault(row_keys[start][1], _Segment([], [], []))
+        lo = len(segment.ids)
+        segment.rows.append(PackedRow(index, lo, lo + last_run - start, pads[index] + start, pads[index] + last_run))
+        segment.ids.extend(token for token, _ in row_keys[start:last_run])
+        segment.positions.extend(range(start, last_run))
+    return segments
 
 
 def prepare(
@@ -132,13 +164,11 @@ def prepare(
             extend(view, table, keys[0][:prefix_length], plans)
             prefix_seconds, prefix_computed = time.perf_counter() - started, True
     started = time.perf_counter()
-    for row_keys in keys:
-        # the tokens before the last run (the call's own plan) belong to other segments: compute them one row at a
-        # time under their plans, so that the batched prefill below runs one plan
-        last_run = len(row_keys) - 1
-        while last_run > 0 and row_keys[last_run - 1][1] == plan_key:
-            last_run -= 1
-        if table.peek(row_keys, last_run) < last_run:
+    last_runs = [_last_run_start(row_keys, plan_key) for row_keys in keys]
+    for row_keys, last_run in zip(keys, last_runs):
+        # the tokens before the last run (the call's own plan) belong to other segments and run under their plans;
+        # a row missing more than one such segment (a cold cache) is computed alone first
+        if len({tag for _, tag in row_keys[table.peek(row_keys, last_run) : last_run]}) > 1:
             extend(view, table, row_keys[:last_run], plans)
     matches = [table.match(k, len(k) - 1) for k in keys]  # the last token always runs: it gives the first logits
     width = max(len(r) for r in rows)
@@ -146,17 +176,24 @@ def prepare(
     cache = new_cache(view, plan, batch, width + max_new, torch.device("cpu"), every_layer=True)
     pads = [width - len(r) for r in rows]
     key_valid = torch.ones((batch, width + max_new), dtype=torch.bool)
-    packed, ids, positions, lo = [], [], [], 0
-    for index, (tokens, found) in enumerate(zip(rows, matches)):
+    for index, found in enumerate(matches):
         key_valid[index, : pads[index]] = False
         for layer in cache.keys:
             cache.clear_row(layer, index, 0, pads[index])
-        if found.kv is not None:
-            _load(cache, index, pads[index], found.kv)
-        rest = len(tokens) - found.length
-        packed.append(PackedRow(index, lo, lo + rest, pads[index] + found.length, width))
-        ids.extend(tokens[found.length :])
-        positions.extend(range(found.length, len(tokens)))
+        _load(cache, index, pads[index], found.pieces)
+    # What each row misses of an earlier segment (after a stage of a batch: the previous stage's last generated
+    # token and its stop text), prefilled in this call's cache under that segment's plan, the rows side by side.
+    starts = [found.length for found in matches]
+    for tag, segment in _earlier_segments(keys, last_runs, starts, pads).items():
+        prefill_rows(view, torch.tensor(segment.ids), torch.tensor(segment.positions), segment.rows, key_valid, cache,
+                     plans[tag], pad_start=None)
+    starts = [max(start, last_run) for start, last_run in zip(starts, last_runs)]
+    packed, ids, positions, lo = [], [], [], 0
+    for index, (tokens, start) in enumerate(zip(rows, starts)):
+        rest = len(tokens) - start
+        packed.append(PackedRow(index, lo, lo + rest, pads[index] + start, width))
+        ids.extend(tokens[start:])
+        positions.extend(range(start, len(tokens)))
         lo += rest
     logits = prefill_rows(
         view, torch.tensor(ids), torch.tensor(positions), packed, key_valid, cache, plan, pad_start=None
@@ -197,11 +234,14 @@ def row_entries(cache: KVCache, slot: int, start: int, end: int) -> torch.Tensor
     )
 
 
-def _load(cache: KVCache, row: int, start: int, kv: torch.Tensor) -> None:
-    length = kv.shape[3]
-    for layer in sorted(cache.keys):
-        cache.keys[layer][row, :, start : start + length] = kv[layer, 0]
-        cache.values[layer][row, :, start : start + length] = kv[layer, 1]
+def _load(cache: KVCache, row: int, start: int, pieces: Sequence[torch.Tensor]) -> None:
+    """Write a match's entries into `row` of `cache` from column `start`, piece by piece (no joined copy)."""
+    for kv in pieces:
+        length = kv.shape[3]
+        for layer in sorted(cache.keys):
+            cache.keys[layer][row, :, start : start + length] = kv[layer, 0]
+            cache.values[layer][row, :, start : start + length] = kv[layer, 1]
+        start += length
 
 
 def segment_logits(view: DecoderView, input_ids: torch.Tensor, plans: Sequence[SkipPlan]) -> torch.Tensor:

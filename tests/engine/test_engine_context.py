@@ -139,6 +139,42 @@ def test_reuse_never_changes_an_output_against_a_cold_cache(tiny_model: LoadedMo
     assert all(r.reused_tokens > len(tiny_model.encode(PREFIX)) for r in results[2])
 
 
+def test_a_batch_prefills_what_the_previous_stage_left_uncached_together(
+    tiny_model: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a stage, each row misses its last generated token (never fed back), under that stage's plan. Those
+    tokens run in the call's own cache, all rows in one packed prefill per plan, not one forward pass per row."""
+    from litestage_chain.engine import context_prefill
+
+    calls: dict[str, list[int]] = {"extend": [], "prefill_rows": []}
+    extend, prefill_rows = context_prefill.extend, context_prefill.prefill_rows
+
+    def counted_extend(view, table, keys, plans):  # noqa: ANN001, ANN202
+        calls["extend"].append(len(keys))
+        return extend(view, table, keys, plans)
+
+    def counted_prefill_rows(view, ids, positions, rows, *args, **kwargs):  # noqa: ANN001, ANN202
+        calls["prefill_rows"].append(len(rows))
+        return prefill_rows(view, ids, positions, rows, *args, **kwargs)
+
+    monkeypatch.setattr(context_prefill, "extend", counted_extend)
+    monkeypatch.setattr(context_prefill, "prefill_rows", counted_prefill_rows)
+    table = ContextCache()
+    prompts, token_plans, outputs, results = _chain(tiny_model, table, QUESTIONS, PLANS)
+    # the few-shot prefix once; then per stage: one prefill of the earlier segment's leftovers (both rows) after the
+    # first stage, and the call's own prefill
+    assert calls["extend"] == [len(tiny_model.encode(PREFIX))]
+    assert calls["prefill_rows"] == [2, 2, 2, 2, 2]
+    for stage in (1, 2):
+        for result in results[stage]:
+            assert result.prompt_tokens - result.prefix_tokens == len(tiny_model.encode(HEADERS[stage])) + 1
+    with torch.inference_mode():
+        _check_against_reference(
+            tiny_model, prompts, token_plans, outputs, PLANS,
+            lambda seq, per_token: segment_logits(tiny_model.view, torch.tensor(seq), per_token),
+        )
+
+
 def test_tokens_cached_under_another_plan_are_not_reused_for_a_different_segment_plan(tiny_model: LoadedModel) -> None:
     table = ContextCache()
     prompt = tiny_model.encode(PREFIX + QUESTIONS[0])
