@@ -15,7 +15,7 @@ into one sequence and each row written at its own offset (`forward.prefill_rows`
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import torch
@@ -119,25 +119,40 @@ def _last_run_start(keys: Sequence[Key], plan_key: int) -> int:
 class _Segment:
     """Rows' uncached tokens of one earlier segment plan, packed for one `prefill_rows`."""
 
-    rows: list[PackedRow]
-    ids: list[int]
-    positions: list[int]
+    rows: list[PackedRow] = field(default_factory=list)
+    ids: list[int] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
 
 
-def _earlier_segments(
-    keys: Sequence[Sequence[Key]], last_runs: Sequence[int], starts: Sequence[int], pads: Sequence[int]
-) -> dict[int, _Segment]:
-    """Per plan id, the rows whose tokens `[start, last_run)` are not cached (one plan each, see `prepare`)."""
-    segments: dict[int, _Segment] = {}
-    for index, (row_keys, last_run, start) in enumerate(zip(keys, last_runs, starts)):
-        if start >= last_run:
-            continue
-        segment = segments.setdefault(row_keys[start][1], _Segment([], [], []))
-        lo = len(segment.ids)
-        segment.rows.append(PackedRow(index, lo, lo + last_run - start, pads[index] + start, pads[index] + last_run))
-        segment.ids.extend(token for token, _ in row_keys[start:last_run])
-        segment.positions.extend(range(start, last_run))
-    return segments
+def _prefill_earlier_runs(
+    view: DecoderView, cache: KVCache, key_valid: torch.Tensor, keys: Sequence[Sequence[Key]], starts: Sequence[int],
+    last_runs: Sequence[int], pads: Sequence[int], plans: dict[int, SkipPlan],
+) -> None:
+    """Prefill each row's tokens `[start, last_run)` into `cache`, run by run, each run under its own plan.
+
+    Round after round, every row's next run goes into one packed prefill per plan, the rows side by side (after a
+    stage of a batch each row misses one run: the previous stage's last generated token and its stop text)."""
+    starts = list(starts)
+    while True:
+        segments: dict[int, _Segment] = {}
+        for index, (row_keys, last_run) in enumerate(zip(keys, last_runs)):
+            start = end = starts[index]
+            if start >= last_run:
+                continue
+            tag = row_keys[start][1]
+            while end < last_run and row_keys[end][1] == tag:
+                end += 1
+            segment = segments.setdefault(tag, _Segment())
+            lo = len(segment.ids)
+            segment.rows.append(PackedRow(index, lo, lo + end - start, pads[index] + start, pads[index] + end))
+            segment.ids.extend(token for token, _ in row_keys[start:end])
+            segment.positions.extend(range(start, end))
+            starts[index] = end
+        if not segments:
+            return
+        for tag, segment in segments.items():
+            prefill_rows(view, torch.tensor(segment.ids), torch.tensor(segment.positions), segment.rows, key_valid,
+                         cache, plans[tag], pad_start=None)
 
 
 def prepare(
@@ -164,12 +179,6 @@ def prepare(
             extend(view, table, keys[0][:prefix_length], plans)
             prefix_seconds, prefix_computed = time.perf_counter() - started, True
     started = time.perf_counter()
-    last_runs = [_last_run_start(row_keys, plan_key) for row_keys in keys]
-    for row_keys, last_run in zip(keys, last_runs):
-        # the tokens before the last run (the call's own plan) belong to other segments and run under their plans;
-        # a row missing more than one such segment (a cold cache) is computed alone first
-        if len({tag for _, tag in row_keys[table.peek(row_keys, last_run) : last_run]}) > 1:
-            extend(view, table, row_keys[:last_run], plans)
     matches = [table.match(k, len(k) - 1) for k in keys]  # the last token always runs: it gives the first logits
     width = max(len(r) for r in rows)
     batch = len(rows)
@@ -181,12 +190,11 @@ def prepare(
         for layer in cache.keys:
             cache.clear_row(layer, index, 0, pads[index])
         _load(cache, index, pads[index], found.pieces)
-    # What each row misses of an earlier segment (after a stage of a batch: the previous stage's last generated
-    # token and its stop text), prefilled in this call's cache under that segment's plan, the rows side by side.
+    # The tokens before each row's last run (the call's own plan) that are not cached belong to earlier segments
+    # and run under their plans first, so that the batched prefill below runs one plan.
+    last_runs = [_last_run_start(row_keys, plan_key) for row_keys in keys]
     starts = [found.length for found in matches]
-    for tag, segment in _earlier_segments(keys, last_runs, starts, pads).items():
-        prefill_rows(view, torch.tensor(segment.ids), torch.tensor(segment.positions), segment.rows, key_valid, cache,
-                     plans[tag], pad_start=None)
+    _prefill_earlier_runs(view, cache, key_valid, keys, starts, last_runs, pads, plans)
     starts = [max(start, last_run) for start, last_run in zip(starts, last_runs)]
     packed, ids, positions, lo = [], [], [], 0
     for index, (tokens, start) in enumerate(zip(rows, starts)):
