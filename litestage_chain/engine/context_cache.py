@@ -183,10 +183,32 @@ class ContextCache:
         with self._lock:
             return sum(len(n.key) for n in _walk(self._root))
 
-    def clear(self) -> None:
+    def clear(self, keep_tokens: int = 0) -> None:
+        """Drop every entry, or with `keep_tokens` every entry past the first `keep_tokens` tokens of each sequence.
+
+        Keeping a few-shot prefix is what a long-running process looks like to its next question (the prefix stays
+        hot in the table) without letting it reuse anything of an earlier question: what a benchmark needs.
+        """
+        if keep_tokens < 0:
+            raise ValueError(f"keep_tokens must be >= 0, got {keep_tokens}")
         with self._lock:
-            self._root = _Node(key=[], kv=None, parent=None)
-            self._bytes = 0
+            if keep_tokens == 0:
+                self._root = _Node(key=[], kv=None, parent=None)
+                self._bytes = 0
+                return
+            stack = [(self._root, 0)]
+            while stack:
+                node, depth = stack.pop()  # depth: tokens above this node's children
+                for first, child in list(node.children.items()):
+                    if depth >= keep_tokens:
+                        del node.children[first]
+                        continue
+                    room = keep_tokens - depth
+                    if len(child.key) > room:
+                        assert child.kv is not None
+                        child.key, child.kv, child.children = child.key[:room], child.kv[:, :, :, :room].clone(), {}
+                    stack.append((child, depth + len(child.key)))
+            self._bytes = sum(n.nbytes for n in _walk(self._root))
 
 
 def _common_length(a: Sequence[Key], b: Sequence[Key]) -> int:

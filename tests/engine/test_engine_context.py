@@ -243,3 +243,28 @@ def test_insert_past_an_evicted_prefix_stores_nothing() -> None:
     assert table.peek(keys) == 0 and table.stored_bytes() == 0
     with pytest.raises(ValueError, match="entries"):
         table.insert(keys, kv[:, :, :, 1:])
+
+
+def test_clear_can_keep_a_shared_prefix_and_drops_everything_past_it() -> None:
+    """`clear(keep_tokens=n)` keeps each sequence's first n tokens (a few-shot prefix) with their entries and drops
+    the rest, whether n ends inside an edge or at a branch; a kept entry is the one stored, not a neighbour's."""
+    table = ContextCache()
+    kv = torch.arange(2 * 2 * 1 * 9 * 4, dtype=torch.float32).reshape(2, 2, 1, 9, 4)
+    first = [(t, 0) for t in (1, 2, 3, 4, 5, 6)]
+    second = [(t, 0) for t in (1, 2, 3, 4, 7, 8, 9, 10, 11)]
+    other_plan = [(t, 1) for t in (1, 2)]
+    table.insert(first, kv[:, :, :, :6])
+    table.insert(second, kv)  # shares 4 tokens with `first`: stored once
+    table.insert(other_plan, kv[:, :, :, :2])
+    full = table.stored_bytes()
+    table.clear(keep_tokens=3)
+    assert table.peek(first) == 3 and table.peek(second) == 3 and table.peek(other_plan) == 2
+    assert table.stored_tokens() == 3 + 2 and 0 < table.stored_bytes() < full
+    assert torch.equal(table.match(second).kv, kv[:, :, :, :3])
+    table.insert(second, kv)
+    table.clear(keep_tokens=4)  # at the branch: both continuations go
+    assert table.peek(first) == 4 and table.peek(second) == 4
+    table.clear()
+    assert table.stored_tokens() == 0 and table.stored_bytes() == 0
+    with pytest.raises(ValueError, match="keep_tokens"):
+        table.clear(keep_tokens=-1)
