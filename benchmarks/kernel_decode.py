@@ -13,8 +13,12 @@ A path is forced with `force_isa` and the modules then route calls as they would
 is: on `portable`, calls of more than `formats.PORTABLE_MAX_ROWS` rows (prefill) go through the tiled
 dequantise-then-ATen product, not the kernel.
 
+With `--fused both` every format and path runs twice, decoding through the compiled decode step
+(`engine/fused_decode.py`, the default where a model allows it) and through the Python step, and the script says
+whether the two produced the same greedy tokens.
+
     python benchmarks/kernel_decode.py --source smollm2-135m --threads 1 --tokens 64 --rounds 5 \\
-        [--paths avx2,portable] [--prefill-tokens 300] [--json out.json]
+        [--paths avx2,portable] [--prefill-tokens 300] [--fused both] [--json out.json]
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import platform
 import statistics
 import sys
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,6 +40,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from litestage_chain import GenerationConfig, SkipPlan, generate, load_model  # noqa: E402
+from litestage_chain.engine import fused_decode  # noqa: E402
 from litestage_chain.engine.quant import formats, get_kernels, kernels_status  # noqa: E402
 
 PROMPT = "Write a Python function that checks whether a number is prime."
@@ -102,6 +108,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--prefill-tokens", type=int, default=0, help="also time a prefill of this many tokens")
+    parser.add_argument("--fused", choices=("on", "off", "both"), default="on",
+                        help="decode steps through the compiled step (on), the Python one (off), or each in turn")
     parser.add_argument("--json", type=Path, help="also write the samples here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -119,21 +127,40 @@ def main() -> None:
         return (*decode_rates(lm, ids, args.tokens), *prefill)
 
     methods: dict[str, Callable[[], tuple[float, ...]]] = {"engine, float32": lambda: measure(reference)}
+    same: dict[str, list[Callable[[], list[int]]]] = defaultdict(list)
+
+    def greedy(lm, path: str, fused: bool) -> list[int]:  # noqa: ANN001
+        kernels.force_isa(path)
+        formats._fast.clear()
+        fused_decode.set_enabled(fused)
+        try:
+            config = GenerationConfig(max_new_tokens=args.tokens, ignore_eos=True)
+            return generate(lm, [ids], plan=SkipPlan(), config=config)[0].token_ids
+        finally:
+            kernels.force_isa("")
+            formats._fast.clear()
+            fused_decode.set_enabled(True)
     for fmt in args.formats.split(","):
         lm = load_model(args.source, weights=fmt)
         gc.collect()
         for path in paths:
+            for fused in {"on": [True], "off": [False], "both": [True, False]}[args.fused]:
 
-            def run(lm=lm, path=path) -> tuple[float, ...]:  # noqa: ANN001
-                kernels.force_isa(path)
-                formats._fast.clear()  # the modules route calls as on a CPU whose best path this is
-                try:
-                    return measure(lm)
-                finally:
-                    kernels.force_isa("")
-                    formats._fast.clear()
+                def run(lm=lm, path=path, fused=fused) -> tuple[float, ...]:  # noqa: ANN001
+                    kernels.force_isa(path)
+                    formats._fast.clear()  # the modules route calls as on a CPU whose best path this is
+                    fused_decode.set_enabled(fused)
+                    try:
+                        return measure(lm)
+                    finally:
+                        kernels.force_isa("")
+                        formats._fast.clear()
+                        fused_decode.set_enabled(True)
 
-            methods[f"engine, {fmt} ({path})"] = run
+                step = "" if args.fused != "both" else (", compiled step" if fused else ", python step")
+                methods[f"engine, {fmt} ({path}{step})"] = run
+                if args.fused == "both":
+                    same[f"{fmt} ({path})"].append(lambda lm=lm, path=path, fused=fused: greedy(lm, path, fused))
     for method in methods.values():  # warm-up round
         method()
     samples: dict[str, list[tuple[float, ...]]] = {name: [] for name in methods}
@@ -147,8 +174,12 @@ def main() -> None:
     if long_ids:
         print_table(f"prefill of {len(long_ids)} tokens (prompt tok/s)",
                     {name: [v[2:] for v in values] for name, values in samples.items()})
+    agreement = {name: runs[0]() == runs[1]() for name, runs in same.items()}
+    for name, equal in agreement.items():
+        print(f"{name}: compiled and python steps give {'the same' if equal else 'DIFFERENT'} {args.tokens} tokens")
     if args.json:
-        args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "samples": samples}, indent=1))
+        args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "samples": samples,
+                                         "same_tokens": agreement}, indent=1))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from torch import nn
 
 from litestage_chain.engine.architecture import AttentionParts, DecoderView, MlpParts
 from litestage_chain.engine.attention_variants import layer_mask, softcapped_attention
+from litestage_chain.engine.fused_decode import decode_one_fused
 from litestage_chain.engine.kv_cache import KVCache
 from litestage_chain.engine.skip_plan import SkipPlan
 
@@ -427,7 +428,12 @@ def decode_one(
     start: int,
     plan: SkipPlan,
 ) -> torch.Tensor:
-    """Run one new token per row ([B]) at cache offset `start`; return next-token logits [B, V]."""
+    """Run one new token per row ([B]) at cache offset `start`; return next-token logits [B, V].
+
+    One row of a Llama-shaped int8/int4 model goes through the compiled decode step (`fused_decode.py`)."""
+    fused = decode_one_fused(view, tokens, positions, key_valid, cache, start, plan)
+    if fused is not None:
+        return fused
     hidden = view.embed(tokens[:, None])
     hidden = run_layers(view, hidden, positions[:, None], cache, start, key_valid, plan)
     return logits_of_last(view, hidden)

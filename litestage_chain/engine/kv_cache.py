@@ -27,6 +27,15 @@ class KVCache:
         self.capacity = capacity
         self.keys = {layer: torch.empty(shape, dtype=dtype, device=device) for layer in layers}
         self.values = {layer: torch.empty(shape, dtype=dtype, device=device) for layer in layers}
+        self.batch_size = batch_size
+        self.dtype = dtype
+        self.fused_session: object = None
+        """The compiled decode step's binding of these buffers (`fused_decode.py`); dropped when they are replaced."""
+
+    def fused_ok(self) -> bool:
+        """Whether the compiled decode step can use these buffers: one row, float32, on the CPU."""
+        return self.batch_size == 1 and self.dtype == torch.float32 and all(
+            t.device.type == "cpu" for t in self.keys.values())
 
     def write(
         self, layer: int, start: int, keys: torch.Tensor, values: torch.Tensor, row: int | None = None
@@ -54,3 +63,5 @@ class KVCache:
         for store in (self.keys, self.values):
             for layer in store:
                 store[layer] = store[layer].index_select(0, rows)
+        self.batch_size = int(rows.numel())
+        self.fused_session = None

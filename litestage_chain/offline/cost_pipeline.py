@@ -11,6 +11,7 @@ from litestage_chain.budgets.profile import ModelIdentity, Profile, SearchedQues
 from litestage_chain.data.types import QuestionSet
 from litestage_chain.engine.early_exit import EarlyExitConfig
 from litestage_chain.engine.loading import LoadedModel
+from litestage_chain.engine import fused_decode
 from litestage_chain.engine.quant.kernels import kernels_status
 from litestage_chain.errors import InvalidInputError
 from litestage_chain.offline.calibration import calibration_prompts
@@ -38,6 +39,8 @@ def cost_model_for(
     kernel = "torch"
     if model.weights in ("int8", "int4"):  # another kernel build prices tokens differently: never mix their timings
         kernel = kernels_status()
+        if fused_decode.program_for(model.view) is not None:  # batch-1 decode steps run compiled: other costs
+            kernel += "+compiled-step"
     identity = (f"{model.weights_sha256}:{model.weights}:{kernel}:sizes={sizes}:prompt={prompt_tokens}:"
                 f"steps={decode_steps}:context-v2")
     return CostModel(engine_timer(model, sizes, prompt_tokens, decode_steps), identity, rounds=rounds, path=path,

@@ -24,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "decode_step.h"
 #include "gemv_dequant.h"
 #include "gemv_dispatch.h"
 
@@ -217,4 +218,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("supported_isas", &supported_isas, "kernel paths this CPU can run, fastest first");
   m.def("force_isa", &force_isa, "route every call through one path ('' = the fastest; testing and benchmarks)");
   m.def("force_portable", &force_portable, "route every call through the portable C++ path (testing)");
+  py::class_<ls_decode::Program, std::shared_ptr<ls_decode::Program>>(m, "DecodeProgram",
+                                                                       "a model's layers for the compiled decode step")
+      .def(py::init<int64_t, int64_t, int64_t, int64_t, int64_t, double>(), py::arg("hidden"), py::arg("heads"),
+           py::arg("kv_heads"), py::arg("head_dim"), py::arg("intermediate"), py::arg("scaling"))
+      .def("add_layer", &ls_decode::Program::add_layer)
+      .def_property_readonly("num_layers", &ls_decode::Program::num_layers);
+  py::class_<ls_decode::Session>(m, "DecodeSession", "one call's plan and KV cache bound to a DecodeProgram")
+      .def(py::init<std::shared_ptr<ls_decode::Program>, std::vector<c10::optional<torch::Tensor>>,
+                    std::vector<c10::optional<torch::Tensor>>, std::vector<bool>, std::vector<bool>,
+                    std::vector<double>, std::vector<double>>())
+      .def("step", &ls_decode::Session::step, "one token through every layer: hidden is updated in place",
+           py::arg("hidden"), py::arg("cos"), py::arg("sin"), py::arg("column"),
+           py::call_guard<py::gil_scoped_release>());  // as torch's own ops: other Python threads run meanwhile
 }
