@@ -10,6 +10,10 @@ Methods: llama.cpp (GGUF as shipped); transformers `generate` float32; the engin
 integer format with a LiteStage plan that skips 25% of the sub-layers (most redundant first by residual cosine
 similarity on the prompt, measured on float32).
 
+`--kernel-paths avx512_vnni,avx2` runs each integer format on each named kernel path (forced, as on a CPU whose
+best path that is); `--python-step` adds, per integer format and path, the engine with its compiled batch-1 decode
+step switched off (`engine/fused_decode.py`).
+
     python benchmarks/speed_table.py --source smollm2-135m --threads 1 --tokens 100 --rounds 3 \\
         --llamacpp-python /work/llamacpp-venv/bin/python
 """
@@ -35,6 +39,8 @@ sys.path.insert(0, str(HERE))
 from engine import engine_rate, hf_rate, ranked_sublayers  # noqa: E402
 
 from litestage_chain import SkipPlan, load_model  # noqa: E402
+from litestage_chain.engine import fused_decode  # noqa: E402
+from litestage_chain.engine.quant import formats, get_kernels  # noqa: E402
 from litestage_chain.engine.sources import resolve_source  # noqa: E402
 
 PROMPT = "Write a Python function that checks whether a number is prime."
@@ -51,6 +57,22 @@ def llamacpp_rate(python: str, gguf: str, threads: int, tokens: int) -> float:
         return float(json.loads(Path(out.name).read_text())[0]["decode_tok_s_median"])
 
 
+def _on_path(path: str, fused: bool, run: Callable[[], float]) -> float:
+    """`run()` with the kernels forced onto `path` ("" = the best) and the compiled decode step on or off."""
+    kernels = get_kernels()
+    if path and kernels is not None:
+        kernels.force_isa(path)
+        formats._fast.clear()
+    fused_decode.set_enabled(fused)
+    try:
+        return run()
+    finally:
+        fused_decode.set_enabled(True)
+        if path and kernels is not None:
+            kernels.force_isa("")
+            formats._fast.clear()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", default="smollm2-135m")
@@ -63,6 +85,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the samples here")
     parser.add_argument("--no-transformers", action="store_true",
                         help="leave out transformers float32 (slow on the 1.5B model; engine vs llama.cpp only)")
+    parser.add_argument("--kernel-paths", default="", help="kernel paths for the integer formats (default: the best)")
+    parser.add_argument("--python-step", action="store_true",
+                        help="also run the integer formats without the compiled decode step")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -80,11 +105,20 @@ def main() -> None:
     for fmt in args.formats.split(","):
         lm = reference if fmt == "float32" else load_model(args.source, weights=fmt)
         gc.collect()
-        methods[f"engine, {fmt}"] = lambda lm=lm: engine_rate(lm, prompt, SkipPlan(), args.tokens)
-        if fmt in args.skip_formats.split(","):
-            methods[f"engine, {fmt} + skip 25% ({quarter.num_skipped} sub-layers)"] = (
-                lambda lm=lm: engine_rate(lm, prompt, quarter, args.tokens)
-            )
+        if fmt not in ("int8", "int4") or not args.kernel_paths:
+            variants = [("", "", True)] + ([("", ", python step", False)] if args.python_step and fmt in ("int8", "int4")
+                                           else [])
+        else:
+            variants = [(path, f" ({path}{step})", fused) for path in args.kernel_paths.split(",")
+                        for step, fused in [("", True)] + ([(", python step", False)] if args.python_step else [])]
+        for path, label, fused in variants:
+            methods[f"engine, {fmt}{label}"] = lambda lm=lm, path=path, fused=fused: _on_path(
+                path, fused, lambda: engine_rate(lm, prompt, SkipPlan(), args.tokens))
+            if fmt in args.skip_formats.split(","):
+                methods[f"engine, {fmt}{label} + skip 25% ({quarter.num_skipped} sub-layers)"] = (
+                    lambda lm=lm, path=path, fused=fused: _on_path(
+                        path, fused, lambda: engine_rate(lm, prompt, quarter, args.tokens))
+                )
     for method in methods.values():  # warm-up round
         method()
     samples: dict[str, list[float]] = {name: [] for name in methods}
