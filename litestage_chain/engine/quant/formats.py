@@ -49,17 +49,16 @@ FAST_ISAS = ("avx512_vnni", "avx2", "neon")
 #: The path compiled for the baseline ISA, on CPUs with none of ``FAST_ISAS``.
 PORTABLE_ISA = "portable"
 
-PORTABLE_MAX_ROWS = 4
+PORTABLE_MAX_ROWS = 8
 """Most rows a call sends through the portable kernel; larger calls multiply the float32 weight, dequantised on the
 fly a tile at a time, with ATen's GEMM.
 
-Why 4: the portable kernel is compute-bound, its time grows with the rows almost linearly (about 3 ms a row for four
-SmolLM2 layers' projections, one thread), while dequantising costs about 8-10 ms once per call and ATen's GEMM then
-adds little per row. ``benchmarks/portable_rows.py`` (benchmarks/README.md section 4) puts the crossing at 3-6 rows:
-kernel / tiles+ATen 13.0 / 13.1 ms at 3 rows, 14.4 / 13.8 at 4, 25.0 / 14.7 at 6 (int8; int4 12.6 / 15.7,
-13.1 / 15.5, 24.0 / 17.2). One row (single-prompt decode) is where the small format pays: the kernel took 0.56-0.58x
-float32's time there. From 2 rows up neither way matches float32 GEMM on a CPU whose SIMD units ATen uses (0.65-0.87x
-at 2-4 rows); prefill-sized calls (64-512 rows) come within 0.80-0.96x of it."""
+Why 8: the portable kernel (SSE2 on x86-64, plain C++ elsewhere) reads each weight once per call and multiplies it
+into the rows from L1, so its time grows with the rows (about 0.5 ms a row for four SmolLM2 layers' projections after
+the first 2.9 ms, one thread), while float32 GEMM reads four times the bytes once for all rows. ``benchmarks/
+portable_rows.py`` (benchmarks/README.md section 4), with ATen using AVX-512 beside it: the kernel is 1.3-1.8x
+float32 from 1 to 8 rows (int8 and int4), 1.0-1.14x at 12 and 0.7-0.8x at 16, where tiles + ATen are as fast (0.7-0.8x)
+and pull ahead at prefill sizes (0.94-0.96x float32 at 300 tokens)."""
 
 
 def _route() -> list[object]:

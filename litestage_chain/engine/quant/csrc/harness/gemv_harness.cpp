@@ -48,6 +48,10 @@ struct Path {
 std::vector<Path> paths() {
   std::vector<Path> out;
   out.push_back({"portable", quantize_x_rows_ref, i8b_blocks_portable, i4b_blocks_portable});
+#if defined(__SSE2__)
+  // on x86-64 "portable" runs the SSE2 kernels: check the plain C++ ones (what other CPUs run) as well
+  out.push_back({"portable_generic", quantize_x_rows_ref, i8b_blocks_generic, i4b_blocks_generic});
+#endif
 #if defined(__x86_64__) || defined(_M_X64)
   for (Isa isa : supported_isas()) {
     if (isa == Isa::Avx2) out.push_back({"avx2", quantize_x_rows_avx2, i8b_blocks_avx2, i4b_blocks_avx2});
@@ -162,6 +166,7 @@ int main(int argc, char** argv) {
     std::vector<float> ref8(c.m * c.n16), ref4(c.m * c.n16);
     i8b_blocks_ref(w8.data(), s8.data(), c.k, ref_q.view(), c.m, ref8.data(), c.n16, 0, nblocks);
     i4b_blocks_ref(w4.data(), p4.data(), c.k, ref_q.view(), c.m, ref4.data(), c.n16, 0, nblocks);
+    std::vector<std::vector<float>> outputs;  // per path: int8 then int4 results
     for (const Path& p : all) {
       char what[160];
       const Quantised q = quantise(p.quantize, x, c.m, c.k);
@@ -179,7 +184,18 @@ int main(int argc, char** argv) {
       std::snprintf(what, sizeof what, "%s int4 m=%lld n16=%lld k=%lld", p.name.c_str(), (long long)c.m,
                     (long long)c.n16, (long long)c.k);
       failures += !close(y4, ref4, what);
+      y8.insert(y8.end(), y4.begin(), y4.end());
+      outputs.push_back(std::move(y8));
     }
+    // The portable path's SIMD kernels promise the plain C++ kernels' bits, not only closeness to the reference.
+    for (size_t a = 0; a < all.size(); ++a)
+      for (size_t b = 0; b < all.size(); ++b)
+        if (all[a].name == "portable" && all[b].name == "portable_generic" &&
+            std::memcmp(outputs[a].data(), outputs[b].data(), outputs[a].size() * sizeof(float)) != 0) {
+          std::printf("  FAIL portable vs portable_generic m=%lld k=%lld: not the same bits\n", (long long)c.m,
+                      (long long)c.k);
+          ++failures;
+        }
   }
   std::printf("paths checked:");
   for (const Path& p : all) std::printf(" %s", p.name.c_str());
