@@ -17,17 +17,20 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from litestage_chain.budgets.coerce import as_stage_budgets
+from litestage_chain.budgets.profile import Profile
 from litestage_chain.budgets.stages import STAGES
 from litestage_chain.chat.chat_model import ChatLiteStage
 from litestage_chain.cli.output import StagePrinter, answer_line, timing_table
 from litestage_chain.data.types import Question
 from litestage_chain.engine.weight_formats import WEIGHT_CHOICES
-from litestage_chain.errors import InvalidInputError
+from litestage_chain.errors import InvalidInputError, LiteStageError
 from litestage_chain.reasoning.chain import build_reasoning_chain
 
 DEMO_MODEL = "qwen2.5-coder-1.5b"
-DEMO_PROFILE = "benchmarks/results/profiles/obqa-qwen.json"
-"""The benchmark model's OpenBookQA profile: the one whose side-by-side check kept the full model's accuracy."""
+DEMO_PROFILE = "obqa"
+"""The model's shipped OpenBookQA profile (for the benchmark model: `profiles/qwen2.5-coder-1.5b/obqa.json`, from
+the cost-aware search on 200 train questions). The earlier 48-question profile skipped 23 attention sub-layers in
+the analysis stage, which on this demo question turned its analysis into unrelated text."""
 DEMO_QUESTION = "Where would you put a plate after washing it?"
 DEMO_CHOICES = ("in the oven", "in the cupboard", "on the floor", "in the garden")
 
@@ -46,7 +49,8 @@ def add_demo_parser(subparsers: Any) -> None:
     demo.add_argument("--weights", choices=WEIGHT_CHOICES, default="auto",
                       help="weight format (default auto: the format the profile was searched in)")
     demo.add_argument("--profile", "-p", default=DEMO_PROFILE, metavar="FILE",
-                      help=f"the model's LiteStage profile (default {DEMO_PROFILE})")
+                      help=f"the model's LiteStage profile: a shipped name or a file (default {DEMO_PROFILE!r}, "
+                      "the model's own shipped profile of that name)")
     demo.add_argument("--rounds", type=int, default=1, metavar="N",
                       help="time LiteStage and the full model N times each, alternating (default 1)")
     demo.set_defaults(handler=run_demo)
@@ -62,7 +66,8 @@ def run_demo(args: argparse.Namespace, out: TextIO | None = None) -> int:
     question = Question.coerce({"question": args.question, "choices": args.choice or list(DEMO_CHOICES)})
     if not Path(args.profile).is_file() and "/" in args.profile:
         raise InvalidInputError(f"no profile file {args.profile!r}: run the demo from the repository root")
-    profile = as_stage_budgets(args.profile)  # a searched profile file (or shipped name), or stage -> plan JSON
+    # A searched profile file, the model's shipped profile of that name, or stage -> plan JSON.
+    profile = as_stage_budgets(args.profile, model=args.model)
     out.write(f"Loading {args.model} (the first run assembles, converts and compiles once; progress on stderr)\n")
     out.flush()
     weights = args.weights
@@ -70,9 +75,11 @@ def run_demo(args: argparse.Namespace, out: TextIO | None = None) -> int:
         weights = profile.model.weights  # the format the profile's plans were searched and timed in
     model = ChatLiteStage(model=args.model, weights=weights)
     loaded = model.loaded_model()
-    out.write(f"model {loaded.name}, {loaded.weights} weights, LiteStage profile {args.profile}\n")
-    if getattr(profile, "speed_check", None) is not None:
-        out.write(f"  the profile's own side-by-side check: {profile.speed_check.describe()}\n")
+    searched = _searched_profile(args.profile, args.model)
+    shipped = "" if Path(args.profile).is_file() else f" (shipped for {args.model})"
+    out.write(f"model {loaded.name}, {loaded.weights} weights, LiteStage profile {args.profile}{shipped}\n")
+    if searched is not None and searched.speed_check is not None:
+        out.write(f"  the profile's own side-by-side check: {searched.speed_check.describe()}\n")
     out.write(f"\nQuestion: {question.question}\n")
     for choice in question.choices:
         out.write(f"  {choice.label}. {choice.text}\n")
@@ -101,6 +108,15 @@ def run_demo(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out.write(speed_summary(runs["litestage"], runs["full"]))
     out.flush()
     return 0
+
+
+def _searched_profile(source: str, model: str) -> Profile | None:
+    """`source` as a searched profile (a file or `model`'s shipped name), or None for a plain plans file, which
+    records neither where it came from nor a side-by-side check."""
+    try:
+        return Profile.load(source, model=model)
+    except LiteStageError:
+        return None
 
 
 def speed_summary(litestage: list[Any], full: list[Any]) -> str:

@@ -95,3 +95,18 @@ def test_first_run_steps_say_what_they_do() -> None:
     with first_run_step("compiling", stream=slow, after=0.01):
         time.sleep(0.1)
     assert slow.getvalue().startswith("litestage: compiling (first run only) ...\n") and "compiling: done" in slow.getvalue()
+
+
+def test_the_default_profile_is_the_demo_models_own_shipped_one() -> None:
+    """The demo resolves its default profile name among the benchmark model's shipped profiles (searched on that
+    model), not the default model's profile of the same name nor an older file in the repository."""
+    from litestage_chain.budgets.coerce import as_stage_budgets
+    from litestage_chain.budgets.profile import Profile, shipped_folder
+    from litestage_chain.cli.demo import DEMO_MODEL, DEMO_PROFILE
+
+    own = shipped_folder(DEMO_MODEL).joinpath(f"{DEMO_PROFILE}.json")
+    assert own.is_file(), f"{DEMO_MODEL} ships no {DEMO_PROFILE!r} profile"
+    resolved = as_stage_budgets(DEMO_PROFILE, model=DEMO_MODEL)
+    expected = Profile.from_json(own.read_text(encoding="utf-8")).budgets()
+    assert resolved == expected
+    assert resolved != as_stage_budgets(DEMO_PROFILE), "the default model's profile of that name was used"
