@@ -8,7 +8,8 @@ tries skipping an MLP, which holds most of a layer's weights. This search change
 * **Which candidates.** Sub-layers are ranked by importance lost per second saved (`cost_aware_ranking`): one minus
   the residual cosine similarity, over the sub-layer's share of the weights a decode step reads. Both kinds compete.
   Skip counts step finely near zero (1, 2, 4, 6, 8, 12, ...), and each count is tried with each early-exit rule of a
-  small grid (window, threshold, minimum tokens), so a stage's exit rule is searched together with its skips.
+  small grid (window, threshold, minimum tokens), so a stage's exit rule is searched together with its skips; each
+  rule is also tried with nothing skipped (count 0), for stages that tolerate no skip.
 * **Is it accurate enough.** Every candidate is compared with the full model question by question
   (`paired_decision`), evaluated in chunks and dropped at the first chunk where it is clearly worse; it is accepted
   only when, on the whole slice, its loss bound allows it. An undecided candidate is not accepted, and the search
@@ -330,6 +331,17 @@ def search_cost_aware(
     candidates = [full]
     for stage in order:
         options = [current]
+        # Early exit alone first: the stage keeps every sub-layer and only stops when its confidence collapses. Where
+        # a stage tolerates no skip at all (the benchmark model's analysis stage), this is the only way to shorten it.
+        for rule_option in config.exit_grid:
+            if rule_option is None or rule_option == rules[stage]:
+                continue
+            candidate = runner.candidate(stage, 0, {**plans, stage: plan_for_count(ranking, 0)},
+                                         {**rules, stage: rule_option}, full)
+            candidates.append(candidate)
+            report(candidate)
+            if candidate.verdict == "accept":
+                options.append(candidate)
         rejected_in_a_row = 0
         for count in sorted(set(config.counts)):
             plan = plan_for_count(ranking, count)

@@ -153,3 +153,19 @@ def test_merge_results_concatenates_chunks_in_order() -> None:
     merged = merge_results(parts)
     assert list(merged.answers) == ["q0", "q1", "q2", "q3"] and len(merged.tokens["recall"]) == 4
     assert merged.accuracy == pytest.approx(1.0)
+
+
+def test_early_exit_alone_is_tried_where_a_stage_tolerates_no_skip(monkeypatch: pytest.MonkeyPatch) -> None:
+    # analysis loses 30 points with any skip, but its exit rule is free: the search must find "skip 0 + exit"
+    monkeypatch.setitem(DROP, "analysis", {0: 0, 1: 0.3, 2: 0.3, 4: 0.3, 8: 0.3})
+    result = search_cost_aware(StubChain(), QUESTIONS, RANKING, CostModel(timer, "t", rounds=1), CONFIG)
+    chosen = result.chosen
+    assert chosen.plans["analysis"].is_empty and chosen.early_exit["analysis"] == EXIT
+    exit_only = [c for c in result.candidates if c.stage == "analysis" and c.count == 0]
+    assert [c.early_exit["analysis"] for c in exit_only] == [EXIT], "each exit rule once, not the no-exit duplicate"
+    assert exit_only[0].verdict == "accept"
+    assert result.predicted_speedup > 1.0
+    # recall's exit rule costs 20 points: alone it is rejected, and it does not end recall's sweep of skip counts
+    recall_exit_only = [c for c in result.candidates if c.stage == "recall" and c.count == 0]
+    assert [c.verdict for c in recall_exit_only] == ["reject"]
+    assert chosen.plans["recall"].num_skipped == 2
