@@ -63,11 +63,11 @@ def _on_path(path: str, fused: bool, run: Callable[[], float]) -> float:
     if path and kernels is not None:
         kernels.force_isa(path)
         formats._fast.clear()
-    fused_decode.set_enabled(fused)
+    previous = fused_decode.set_enabled(fused)
     try:
         return run()
     finally:
-        fused_decode.set_enabled(True)
+        fused_decode.set_enabled(previous)
         if path and kernels is not None:
             kernels.force_isa("")
             formats._fast.clear()

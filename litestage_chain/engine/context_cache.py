@@ -189,8 +189,9 @@ class ContextCache:
         Keeping a few-shot prefix is what a long-running process looks like to its next question (the prefix stays
         hot in the table) without letting it reuse anything of an earlier question: what a benchmark needs.
         """
-        if keep_tokens < 0:
-            raise ValueError(f"keep_tokens must be >= 0, got {keep_tokens}")
+        if isinstance(keep_tokens, bool) or not isinstance(keep_tokens, int) or keep_tokens < 0:
+            # checked before the walk: a bad value must not leave the table half truncated
+            raise ValueError(f"keep_tokens must be an int >= 0, got {keep_tokens!r}")
         with self._lock:
             if keep_tokens == 0:
                 self._root = _Node(key=[], kv=None, parent=None)

@@ -38,9 +38,12 @@ _programs: dict[int, tuple["weakref.ref[DecoderView]", Any]] = {}
 key): its compiled program, or False when the model is not eligible. An entry goes when its view does."""
 
 
-def set_enabled(enabled: bool) -> None:
-    """Use the compiled decode step where eligible (the default) or never."""
+def set_enabled(enabled: bool) -> bool:
+    """Use the compiled decode step where eligible (the default) or never; returns the previous setting, so that a
+    caller can restore it (and not turn the step back on under `LITESTAGE_FUSED_DECODE=0`)."""
+    previous = _enabled[0]
     _enabled[0] = bool(enabled)
+    return previous
 
 
 def enabled() -> bool:
@@ -100,9 +103,15 @@ def _build(view: DecoderView, kernels: Any) -> Any:
     return program if program is not None else False
 
 
+def _low_bit(view: DecoderView) -> bool:
+    """Whether the model's projections are int8/int4. Checked before anything touches the kernels: a float model
+    never needs them, so it must not build them (a compiler, ~40 s, and a cache directory it may not have)."""
+    return type(view.attention[0].qkv) in (Int4Linear, Int8Linear)
+
+
 def program_for(view: DecoderView) -> Any:
     """The model's compiled program, or None where the fused step cannot run it (made once per model)."""
-    if not _enabled[0]:
+    if not _enabled[0] or not _low_bit(view):
         return None
     kernels = _route()[0]
     if kernels is None or not hasattr(kernels, "DecodeProgram"):

@@ -268,3 +268,7 @@ def test_clear_can_keep_a_shared_prefix_and_drops_everything_past_it() -> None:
     assert table.stored_tokens() == 0 and table.stored_bytes() == 0
     with pytest.raises(ValueError, match="keep_tokens"):
         table.clear(keep_tokens=-1)
+    kept = table.stored_tokens()
+    with pytest.raises(ValueError, match="keep_tokens"):
+        table.clear(keep_tokens=2.5)  # type: ignore[arg-type]
+    assert table.stored_tokens() == kept, "a rejected value left the table as it was"

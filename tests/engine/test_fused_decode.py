@@ -66,7 +66,7 @@ def kernel_path(request: pytest.FixtureRequest) -> Iterator[str]:
 
 def _decode(lm: LoadedModel, ids: list[int], plan: SkipPlan, steps: int, fused: bool, every_layer: bool):
     """Prefill `ids`, then decode `steps` greedy tokens one at a time: (tokens, logits per step, the cache)."""
-    fused_decode.set_enabled(fused)
+    previous = fused_decode.set_enabled(fused)
     try:
         view = lm.view
         cache = new_cache(view, plan, 1, len(ids) + steps + 1, torch.device("cpu"), every_layer=every_layer)
@@ -82,7 +82,7 @@ def _decode(lm: LoadedModel, ids: list[int], plan: SkipPlan, steps: int, fused: 
                 history.append(logits)
         return tokens, torch.cat(history), cache
     finally:
-        fused_decode.set_enabled(True)
+        fused_decode.set_enabled(previous)
 
 
 @pytest.mark.parametrize("family", ELIGIBLE)
@@ -123,13 +123,69 @@ def test_generate_gives_the_same_answers_with_and_without_it(tiny_llama: LoadedM
     config = GenerationConfig(max_new_tokens=12, temperature=0.0)
     results = {}
     for fused in (True, False):
-        fused_decode.set_enabled(fused)
+        previous = fused_decode.set_enabled(fused)
         try:
             results[fused] = [r.token_ids for r in generate(lm, [prompt], plan=PLANS[1], config=config)] + [
                 r.token_ids for r in generate(lm, [prompt, prompt + " and more"], plan=PLANS[1], config=config)]
         finally:
-            fused_decode.set_enabled(True)
+            fused_decode.set_enabled(previous)
     assert results[True] == results[False]
+
+
+def test_a_batch_that_shrinks_to_one_row_continues_on_the_compiled_step(
+    tiny_llama: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two prompts of one length (no padding): when a stop string ends one row, the other goes on alone through the
+    compiled step, and both rows' tokens equal the Python path's."""
+    from litestage_chain.engine import forward
+
+    lm = _quantised(tiny_llama, "int4")
+    prompts: dict[int, list[str]] = {}
+    for word in ("hello", "world", "apple", "house", "green", "river", "stone", "cloud"):
+        prompt = lm.render_chat([{"role": "user", "content": word}])
+        prompts.setdefault(len(lm.encode(prompt)), []).append(prompt)
+    pair = next(group[:2] for group in prompts.values() if len(group) >= 2)
+    config = GenerationConfig(max_new_tokens=16, temperature=0.0, ignore_eos=True)
+    texts = [r.text for r in generate(lm, pair, plan=PLANS[1], config=config)]
+    # a piece of the first row's first half that the second row never writes: it ends the first row early
+    # (printable ASCII: a random model's text has partial UTF-8 sequences, decoded as U+FFFD in both rows)
+    pieces = list(texts[0][: 2 * len(texts[0]) // 3])
+    stop = next(p for p in pieces if p.strip() and all(c.isascii() and c.isprintable() for c in p)
+                and p not in texts[1])
+    config = config.model_copy(update={"stop": (stop,)})
+    compiled_steps = []
+    step = forward.decode_one_fused
+
+    def counting(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        logits = step(*args, **kwargs)
+        compiled_steps.append(logits is not None)
+        return logits
+
+    monkeypatch.setattr(forward, "decode_one_fused", counting)
+    results = {}
+    for fused in (True, False):
+        previous = fused_decode.set_enabled(fused)
+        try:
+            results[fused] = generate(lm, pair, plan=PLANS[1], config=config)
+        finally:
+            fused_decode.set_enabled(previous)
+    assert results[True][0].finish_reason == "stop" and results[True][1].finish_reason == "length"
+    assert sum(compiled_steps) > 0, "the remaining row should have run on the compiled step"
+    assert [r.token_ids for r in results[True]] == [r.token_ids for r in results[False]]
+
+
+def test_a_float_model_never_builds_the_kernels(tiny_llama: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiled step is for int8/int4 models: a float32 model's batch-1 decode must not reach the kernels (their
+    first use compiles them, which needs a compiler and a writable cache)."""
+
+    def no_kernels() -> None:
+        raise AssertionError("a float32 model asked for the low-bit kernels")
+
+    monkeypatch.setattr(fused_decode, "_route", no_kernels)
+    config = GenerationConfig(max_new_tokens=4, temperature=0.0)
+    prompt = tiny_llama.render_chat([{"role": "user", "content": "hello"}])
+    assert len(generate(tiny_llama, [prompt], config=config)[0].token_ids) > 0
+    assert fused_decode.program_for(tiny_llama.view) is None
 
 
 @pytest.mark.parametrize("family", ["qwen3", "mistral", "phi3", "gemma2", "gemma3"])
