@@ -66,8 +66,10 @@ def run_demo(args: argparse.Namespace, out: TextIO | None = None) -> int:
     question = Question.coerce({"question": args.question, "choices": args.choice or list(DEMO_CHOICES)})
     if not Path(args.profile).is_file() and "/" in args.profile:
         raise InvalidInputError(f"no profile file {args.profile!r}: run the demo from the repository root")
-    # A searched profile file, the model's shipped profile of that name, or stage -> plan JSON.
-    profile = as_stage_budgets(args.profile, model=args.model)
+    # A searched profile file or the model's shipped profile of that name (loaded once: its budgets and its
+    # side-by-side check), else a JSON file of plain stage -> plan settings.
+    searched = _searched_profile(args.profile, args.model)
+    profile = as_stage_budgets(searched if searched is not None else args.profile, model=args.model)
     out.write(f"Loading {args.model} (the first run assembles, converts and compiles once; progress on stderr)\n")
     out.flush()
     weights = args.weights
@@ -75,7 +77,6 @@ def run_demo(args: argparse.Namespace, out: TextIO | None = None) -> int:
         weights = profile.model.weights  # the format the profile's plans were searched and timed in
     model = ChatLiteStage(model=args.model, weights=weights)
     loaded = model.loaded_model()
-    searched = _searched_profile(args.profile, args.model)
     shipped = "" if Path(args.profile).is_file() else f" (shipped for {args.model})"
     out.write(f"model {loaded.name}, {loaded.weights} weights, LiteStage profile {args.profile}{shipped}\n")
     if searched is not None and searched.speed_check is not None:

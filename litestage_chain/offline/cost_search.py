@@ -331,28 +331,23 @@ def search_cost_aware(
     candidates = [full]
     for stage in order:
         options = [current]
-        # Early exit alone first: the stage keeps every sub-layer and only stops when its confidence collapses. Where
-        # a stage tolerates no skip at all (the benchmark model's analysis stage), this is the only way to shorten it.
-        for rule_option in config.exit_grid:
-            if rule_option is None or rule_option == rules[stage]:
-                continue
-            candidate = runner.candidate(stage, 0, {**plans, stage: plan_for_count(ranking, 0)},
-                                         {**rules, stage: rule_option}, full)
-            candidates.append(candidate)
-            report(candidate)
-            if candidate.verdict == "accept":
-                options.append(candidate)
         rejected_in_a_row = 0
-        for count in sorted(set(config.counts)):
+        # Count 0 first: early exit alone, every sub-layer kept. Where a stage tolerates no skip at all (the benchmark
+        # model's analysis stage), it is the only way to shorten it; its rejections say nothing about skipping, so
+        # they do not count towards the patience that ends the sweep.
+        for count in (0, *sorted(set(config.counts))):
             plan = plan_for_count(ranking, count)
             outcomes = []
-            for rule_option in config.exit_grid:
+            exit_rules = config.exit_grid if count else [r for r in config.exit_grid if r not in (None, rules[stage])]
+            for rule_option in exit_rules:
                 candidate = runner.candidate(stage, count, {**plans, stage: plan}, {**rules, stage: rule_option}, full)
                 candidates.append(candidate)
                 outcomes.append(candidate.verdict)
                 report(candidate)
                 if candidate.verdict == "accept":
                     options.append(candidate)
+            if count == 0:
+                continue
             rejected_in_a_row = rejected_in_a_row + 1 if all(v == "reject" for v in outcomes) else 0
             if rejected_in_a_row >= config.patience:
                 logger.info("stage=%s: every exit rule rejected for %d counts; sweep stopped at %d", stage,
