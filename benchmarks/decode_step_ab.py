@@ -106,11 +106,8 @@ def main() -> None:
         for arm in order:
             if (arm, question.id) in done:
                 continue
-            previous = fused_decode.set_enabled(arm == "compiled")
-            try:
+            with fused_decode.enabled_as(arm == "compiled"):
                 state = evaluators[arm].run_stages(plans, [question])[0]
-            finally:
-                fused_decode.set_enabled(previous)
             answer = extract(state["summary"].text, question).label
             row = {"arm": arm, "id": question.id, "benchmark": args.benchmark, "answer": answer,
                    "correct": answer == question.answer, "seconds": unit_seconds([state]),

@@ -132,14 +132,13 @@ def main() -> None:
     def greedy(lm, path: str, fused: bool) -> list[int]:  # noqa: ANN001
         kernels.force_isa(path)
         formats._fast.clear()
-        previous = fused_decode.set_enabled(fused)
         try:
-            config = GenerationConfig(max_new_tokens=args.tokens, ignore_eos=True)
-            return generate(lm, [ids], plan=SkipPlan(), config=config)[0].token_ids
+            with fused_decode.enabled_as(fused):
+                config = GenerationConfig(max_new_tokens=args.tokens, ignore_eos=True)
+                return generate(lm, [ids], plan=SkipPlan(), config=config)[0].token_ids
         finally:
             kernels.force_isa("")
             formats._fast.clear()
-            fused_decode.set_enabled(previous)
     for fmt in args.formats.split(","):
         lm = load_model(args.source, weights=fmt)
         gc.collect()
@@ -149,13 +148,12 @@ def main() -> None:
                 def run(lm=lm, path=path, fused=fused) -> tuple[float, ...]:  # noqa: ANN001
                     kernels.force_isa(path)
                     formats._fast.clear()  # the modules route calls as on a CPU whose best path this is
-                    previous = fused_decode.set_enabled(fused)
                     try:
-                        return measure(lm)
+                        with fused_decode.enabled_as(fused):
+                            return measure(lm)
                     finally:
                         kernels.force_isa("")
                         formats._fast.clear()
-                        fused_decode.set_enabled(previous)
 
                 step = "" if args.fused != "both" else (", compiled step" if fused else ", python step")
                 methods[f"engine, {fmt} ({path}{step})"] = run

@@ -63,11 +63,10 @@ def _on_path(path: str, fused: bool, run: Callable[[], float]) -> float:
     if path and kernels is not None:
         kernels.force_isa(path)
         formats._fast.clear()
-    previous = fused_decode.set_enabled(fused)
     try:
-        return run()
+        with fused_decode.enabled_as(fused):
+            return run()
     finally:
-        fused_decode.set_enabled(previous)
         if path and kernels is not None:
             kernels.force_isa("")
             formats._fast.clear()

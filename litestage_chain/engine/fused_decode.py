@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import os
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Optional
 
 import torch
@@ -44,6 +46,16 @@ def set_enabled(enabled: bool) -> bool:
     previous = _enabled[0]
     _enabled[0] = bool(enabled)
     return previous
+
+
+@contextmanager
+def enabled_as(enabled: bool) -> Iterator[None]:
+    """The compiled step on or off for a block, then back to what it was (A/B runs and tests)."""
+    previous = set_enabled(enabled)
+    try:
+        yield
+    finally:
+        set_enabled(previous)
 
 
 def enabled() -> bool:

@@ -66,8 +66,7 @@ def kernel_path(request: pytest.FixtureRequest) -> Iterator[str]:
 
 def _decode(lm: LoadedModel, ids: list[int], plan: SkipPlan, steps: int, fused: bool, every_layer: bool):
     """Prefill `ids`, then decode `steps` greedy tokens one at a time: (tokens, logits per step, the cache)."""
-    previous = fused_decode.set_enabled(fused)
-    try:
+    with fused_decode.enabled_as(fused):
         view = lm.view
         cache = new_cache(view, plan, 1, len(ids) + steps + 1, torch.device("cpu"), every_layer=every_layer)
         positions = torch.arange(len(ids))[None, :]
@@ -81,8 +80,6 @@ def _decode(lm: LoadedModel, ids: list[int], plan: SkipPlan, steps: int, fused: 
                 logits = decode_one(view, torch.tensor([token]), torch.tensor([column]), None, cache, column, plan)
                 history.append(logits)
         return tokens, torch.cat(history), cache
-    finally:
-        fused_decode.set_enabled(previous)
 
 
 @pytest.mark.parametrize("family", ELIGIBLE)
@@ -123,12 +120,9 @@ def test_generate_gives_the_same_answers_with_and_without_it(tiny_llama: LoadedM
     config = GenerationConfig(max_new_tokens=12, temperature=0.0)
     results = {}
     for fused in (True, False):
-        previous = fused_decode.set_enabled(fused)
-        try:
+        with fused_decode.enabled_as(fused):
             results[fused] = [r.token_ids for r in generate(lm, [prompt], plan=PLANS[1], config=config)] + [
                 r.token_ids for r in generate(lm, [prompt, prompt + " and more"], plan=PLANS[1], config=config)]
-        finally:
-            fused_decode.set_enabled(previous)
     assert results[True] == results[False]
 
 
@@ -164,11 +158,8 @@ def test_a_batch_that_shrinks_to_one_row_continues_on_the_compiled_step(
     monkeypatch.setattr(forward, "decode_one_fused", counting)
     results = {}
     for fused in (True, False):
-        previous = fused_decode.set_enabled(fused)
-        try:
+        with fused_decode.enabled_as(fused):
             results[fused] = generate(lm, pair, plan=PLANS[1], config=config)
-        finally:
-            fused_decode.set_enabled(previous)
     assert results[True][0].finish_reason == "stop" and results[True][1].finish_reason == "length"
     assert sum(compiled_steps) > 0, "the remaining row should have run on the compiled step"
     assert [r.token_ids for r in results[True]] == [r.token_ids for r in results[False]]
@@ -223,3 +214,14 @@ def test_concurrent_calls_each_get_their_own_answer(tiny_qwen2: LoadedModel) -> 
     with ThreadPoolExecutor(3) as pool:
         together = list(pool.map(lambda p: generate(lm, [p], plan=PLANS[1], config=config)[0].token_ids, prompts * 2))
     assert together == alone * 2
+
+
+def test_enabled_as_restores_the_setting_it_found() -> None:
+    """Under LITESTAGE_FUSED_DECODE=0 an A/B block must leave the step off afterwards, not turn it back on."""
+    previous = fused_decode.set_enabled(False)
+    try:
+        with fused_decode.enabled_as(True):
+            assert fused_decode.enabled()
+        assert not fused_decode.enabled()
+    finally:
+        fused_decode.set_enabled(previous)
