@@ -123,17 +123,14 @@ def _low_bit(view: DecoderView) -> bool:
 
 def program_for(view: DecoderView) -> Any:
     """The model's compiled program, or None where the fused step cannot run it (made once per model)."""
-    if not _enabled[0]:
+    if not _enabled[0] or not _low_bit(view):
         return None
-    found = _programs.get(id(view))  # every batch-1 step asks: the memo comes first
-    if found is not None and found[0]() is view:
-        return found[1] or None
-    if not _low_bit(view):
-        _remember(view, False)
-        return None
-    kernels = _route()[0]
+    kernels = _route()[0]  # before the memo: the route can change (a CPU without kernels is simulated by tests)
     if kernels is None or not hasattr(kernels, "DecodeProgram"):
         return None
+    found = _programs.get(id(view))
+    if found is not None and found[0]() is view:
+        return found[1] or None
     _remember(view, _build(view, kernels))
     return _programs[id(view)][1] or None
 
