@@ -130,15 +130,9 @@ def main() -> None:
     same: dict[str, list[Callable[[], list[int]]]] = defaultdict(list)
 
     def greedy(lm, path: str, fused: bool) -> list[int]:  # noqa: ANN001
-        kernels.force_isa(path)
-        formats._fast.clear()
-        try:
-            with fused_decode.enabled_as(fused):
-                config = GenerationConfig(max_new_tokens=args.tokens, ignore_eos=True)
-                return generate(lm, [ids], plan=SkipPlan(), config=config)[0].token_ids
-        finally:
-            kernels.force_isa("")
-            formats._fast.clear()
+        with formats.forced_path(path), fused_decode.enabled_as(fused):
+            config = GenerationConfig(max_new_tokens=args.tokens, ignore_eos=True)
+            return generate(lm, [ids], plan=SkipPlan(), config=config)[0].token_ids
     for fmt in args.formats.split(","):
         lm = load_model(args.source, weights=fmt)
         gc.collect()
@@ -146,14 +140,9 @@ def main() -> None:
             for fused in {"on": [True], "off": [False], "both": [True, False]}[args.fused]:
 
                 def run(lm=lm, path=path, fused=fused) -> tuple[float, ...]:  # noqa: ANN001
-                    kernels.force_isa(path)
-                    formats._fast.clear()  # the modules route calls as on a CPU whose best path this is
-                    try:
-                        with fused_decode.enabled_as(fused):
-                            return measure(lm)
-                    finally:
-                        kernels.force_isa("")
-                        formats._fast.clear()
+                    # the modules route calls as on a CPU whose best path this is
+                    with formats.forced_path(path), fused_decode.enabled_as(fused):
+                        return measure(lm)
 
                 step = "" if args.fused != "both" else (", compiled step" if fused else ", python step")
                 methods[f"engine, {fmt} ({path}{step})"] = run

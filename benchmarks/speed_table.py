@@ -59,17 +59,11 @@ def llamacpp_rate(python: str, gguf: str, threads: int, tokens: int) -> float:
 
 def _on_path(path: str, fused: bool, run: Callable[[], float]) -> float:
     """`run()` with the kernels forced onto `path` ("" = the best) and the compiled decode step on or off."""
-    kernels = get_kernels()
-    if path and kernels is not None:
-        kernels.force_isa(path)
-        formats._fast.clear()
-    try:
+    if not path or get_kernels() is None:
         with fused_decode.enabled_as(fused):
             return run()
-    finally:
-        if path and kernels is not None:
-            kernels.force_isa("")
-            formats._fast.clear()
+    with formats.forced_path(path), fused_decode.enabled_as(fused):
+        return run()
 
 
 def main() -> None:

@@ -55,13 +55,8 @@ def kernel_path(request: pytest.FixtureRequest) -> Iterator[str]:
     assert module is not None, kernels.kernels_status()
     if request.param not in module.supported_isas():
         pytest.skip(f"this CPU cannot run the {request.param} path")
-    module.force_isa(request.param)
-    formats._fast.clear()
-    try:
+    with formats.forced_path(request.param):
         yield request.param
-    finally:
-        module.force_isa("")
-        formats._fast.clear()
 
 
 def _decode(lm: LoadedModel, ids: list[int], plan: SkipPlan, steps: int, fused: bool, every_layer: bool):

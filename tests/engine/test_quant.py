@@ -48,14 +48,9 @@ def kernel_module(request: pytest.FixtureRequest) -> Iterator[object]:
         pytest.fail(f"kernels failed to build: {kernels.kernels_status()}")
     if request.param not in module.supported_isas():
         pytest.skip(f"this CPU cannot run the {request.param} path (it runs {module.supported_isas()})")
-    module.force_isa(request.param)
-    formats._fast.clear()
-    try:
+    with formats.forced_path(request.param):
         assert module.kernel_isa() == request.param
         yield module
-    finally:
-        module.force_isa("")
-        formats._fast.clear()
 
 
 def test_int8_groups_roundtrip_error_is_half_a_step() -> None:
@@ -166,13 +161,8 @@ def portable_route() -> Iterator[object]:
     module = kernels.get_kernels()
     if module is None:
         pytest.fail(f"kernels failed to build: {kernels.kernels_status()}")
-    module.force_isa("portable")
-    formats._fast.clear()
-    try:
+    with formats.forced_path("portable"):
         yield module
-    finally:
-        module.force_isa("")
-        formats._fast.clear()
 
 
 def _kernel_call(kernel_module, module: nn.Module, x: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
@@ -265,6 +255,24 @@ def test_simd_path_runs_the_kernel_at_every_row_count(kernel_module, fmt: str) -
             x = torch.randn(rows, 96)
             assert formats.uses_kernel(rows)
             assert torch.equal(module(x), _kernel_call(kernel_module, module, x)), f"{rows} rows"
+
+
+@needs_kernels
+def test_forced_path_nests_and_restores_the_route() -> None:
+    module = kernels.get_kernels()
+    best = module.supported_isas()[0]
+    assert formats.kernel_path("int8") == best
+    with formats.forced_path("portable"):
+        assert module.kernel_isa() == "portable" and formats.kernel_path("int8") == "portable"
+        assert not formats.uses_kernel(64), "the memoised route was chosen afresh for the portable path"
+        with formats.forced_path(""):
+            assert formats.kernel_path("int8") == best and formats.uses_kernel(64)
+        assert formats.kernel_path("int8") == "portable", "leaving the inner block restores the outer one's path"
+        with pytest.raises(ValueError, match="not supported by this CPU"):
+            with formats.forced_path("sse9"):
+                pass
+        assert formats.kernel_path("int4") == "portable", "a rejected path leaves the route as it was"
+    assert module.kernel_isa() == best and formats.kernel_path("int8") == best and formats.uses_kernel(64)
 
 
 @needs_kernels

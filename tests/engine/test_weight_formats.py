@@ -170,14 +170,9 @@ def test_auto_weights_pick_the_small_format_on_the_portable_path(tmp_path, monke
     monkeypatch.setenv("LITESTAGE_CACHE", str(tmp_path / "cache"))
     directory = str(save_tiny_long_context_llama(tmp_path / "tiny", seed=7))
     monkeypatch.setitem(sources.RECOMMENDED_WEIGHTS, directory, "int8")
-    module.force_isa("portable")
-    formats._fast.clear()
-    try:
+    with formats.forced_path("portable"):
         lm = load_model(directory, weights="auto")
         assert lm.weights == "int8" and formats.kernel_path(lm.weights) == "portable"
         ids = lm.encode("the portable path decodes")
         result = generate(lm, [ids], config=GenerationConfig(max_new_tokens=4, ignore_eos=True))[0]
         assert result.generated_tokens == 4
-    finally:
-        module.force_isa("")
-        formats._fast.clear()

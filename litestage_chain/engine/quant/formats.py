@@ -24,6 +24,9 @@ a multiple of 16 and inputs to a multiple of 32 with zeros, 16 rows interleaved 
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -73,6 +76,33 @@ def _route() -> list[object]:
         else:
             _fast[:] = [None, None]
     return _fast
+
+
+_forced = [""]  # the path forced by the innermost open `forced_path` block ("" = none: this CPU's best)
+
+
+@contextmanager
+def forced_path(path: str) -> Iterator[object]:
+    """Run int8/int4 calls in this block as on a CPU whose best kernel path is `path`, then as before.
+
+    Tests and benchmarks compare paths on one machine; forcing the compiled module alone is not enough, because the
+    modules memoise their route (`_route`), so the memo is dropped on the way in and out. Yields the compiled module.
+    `path` "" means this CPU's own best path. Blocks nest: leaving one restores the enclosing block's path. Raises
+    `RuntimeError` without the compiled kernels and `ValueError` (from the module) for a path this CPU cannot run.
+    """
+    module = get_kernels()
+    if module is None:
+        raise RuntimeError("no compiled kernels here: a kernel path cannot be forced")
+    before = _forced[0]
+    module.force_isa(path)
+    _forced[0] = path
+    _fast.clear()
+    try:
+        yield module
+    finally:
+        module.force_isa(before)
+        _forced[0] = before
+        _fast.clear()
 
 
 def _fast_kernels():  # noqa: ANN202 - the compiled module has no static type
