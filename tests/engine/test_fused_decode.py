@@ -220,3 +220,36 @@ def test_enabled_as_restores_the_setting_it_found() -> None:
         assert not fused_decode.enabled()
     finally:
         fused_decode.set_enabled(previous)
+
+
+def _layer(bits: int, hidden: int = 64, heads: int = 2, kv_heads: int = 1, head_dim: int = 32, inter: int = 96) -> list:
+    """`DecodeProgram.add_layer`'s arguments for one random layer in the blocked int8/int4 layout."""
+    make = formats.Int8Linear if bits == 8 else formats.Int4Linear
+    projections = [((heads + 2 * kv_heads) * head_dim, hidden), (hidden, heads * head_dim), (2 * inter, hidden),
+                   (hidden, inter)]
+    linears = [fused_decode._linear_args(make.from_linear(torch.nn.Linear(k, n, bias=False))) for n, k in projections]
+    norm = torch.ones(hidden)
+    return [norm, 1e-6, *linears[0], *linears[1], norm, 1e-6, *linears[2], *linears[3]]
+
+
+def test_the_program_rejects_a_mismatched_layout_and_layers_added_after_a_session() -> None:
+    module = kernels.get_kernels()
+    program = module.DecodeProgram(64, 2, 1, 32, 96, 32 ** -0.5)
+    int4 = _layer(4)
+    wrong = _layer(8)
+    wrong[4] = int4[4]  # the qkv projection's int4 (scale, min) beside its int8 codes
+    with pytest.raises(RuntimeError, match="parameters must be"):
+        program.add_layer(*wrong)
+    truncated = _layer(8)
+    truncated[3] = truncated[3][:, :, :8].contiguous()  # half a block of rows
+    with pytest.raises(RuntimeError, match="blocked weights must be"):
+        program.add_layer(*truncated)
+    assert program.num_layers == 0, "a rejected layer is not kept"
+    with pytest.raises(RuntimeError, match="no layers"):
+        module.DecodeSession(program, [], [], [], [], [], [])
+    program.add_layer(*int4)
+    cache = torch.zeros(1, 1, 8, 32)
+    module.DecodeSession(program, [cache], [cache.clone()], [False], [False], [1.0], [1.0])
+    with pytest.raises(RuntimeError, match="after a DecodeSession"):
+        program.add_layer(*_layer(8))
+    assert program.num_layers == 1

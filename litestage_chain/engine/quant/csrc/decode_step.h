@@ -161,8 +161,16 @@ class Program {
     TORCH_CHECK(w.scalar_type() == torch::kUInt8 && w.dim() == 4 && w.is_contiguous() &&
                     params.scalar_type() == torch::kFloat16 && params.is_contiguous(),
                 "blocked weights must be contiguous uint8 codes and float16 parameters");
+    TORCH_CHECK(w.size(2) == 16 && w.size(3) == 4, "blocked weights must be [n16 / 16, k / ", bits == 8 ? 4 : 8,
+                ", 16, 4], got ", w.sizes());
     const int64_t k = w.size(1) * (bits == 8 ? 4 : 8), n16 = w.size(0) * 16;
+    TORCH_CHECK(k % ls::kXGroup == 0, "the blocked inputs (", k, ") must be a multiple of ", ls::kXGroup);
     TORCH_CHECK(n <= n16 && n > n16 - 16 && k_in <= k && k_in > k - ls::kXGroup, "n and k_in do not match the layout");
+    // int8: one scale per row and group [n16 / 16, k / 32, 16]; int4: (scale, min) [n16 / 16, k / 32, 2, 16].
+    const std::vector<int64_t> want = bits == 8 ? std::vector<int64_t>{n16 / 16, k / ls::kXGroup, 16}
+                                                : std::vector<int64_t>{n16 / 16, k / ls::kXGroup, 2, 16};
+    TORCH_CHECK(params.sizes() == c10::IntArrayRef(want), "int", bits, " parameters must be ", c10::IntArrayRef(want),
+                " for these weights, got ", params.sizes());
     Linear lin{bits, w, params, torch::Tensor(), n, n16, k, k_in};
     if (bias.has_value() && bias->defined()) {
       TORCH_CHECK(bias->scalar_type() == torch::kFloat32 && bias->numel() == n && bias->is_contiguous(),
@@ -177,6 +185,8 @@ class Program {
                  torch::Tensor o_p, c10::optional<torch::Tensor> o_bias, torch::Tensor mlp_norm, double mlp_eps,
                  int64_t gu_bits, torch::Tensor gu_w, torch::Tensor gu_p, c10::optional<torch::Tensor> gu_bias,
                  int64_t down_bits, torch::Tensor down_w, torch::Tensor down_p, c10::optional<torch::Tensor> down_bias) {
+    TORCH_CHECK(!sealed_, "add_layer after a DecodeSession was made on this program: a session binds one cache buffer "
+                "per layer it saw, so the program's layers are fixed from then on");
     auto norm_ok = [&](const torch::Tensor& t) {
       return t.scalar_type() == torch::kFloat32 && t.is_contiguous() && t.numel() == hidden_;
     };
@@ -192,6 +202,9 @@ class Program {
 
   int64_t num_layers() const { return static_cast<int64_t>(layers_.size()); }
 
+  // Called by the first Session: from then on the layers are fixed (see add_layer).
+  void seal() { sealed_ = true; }
+
   const std::vector<Layer>& layers() const { return layers_; }
   int64_t hidden() const { return hidden_; }
   int64_t heads() const { return heads_; }
@@ -204,6 +217,7 @@ class Program {
   int64_t hidden_, heads_, kv_heads_, head_dim_, inter_;
   float scaling_;
   std::vector<Layer> layers_;
+  bool sealed_ = false;
 };
 
 // One call's plan and KV cache bound to a program: `step` runs one token. Made once per call (per cache), so the
@@ -215,6 +229,8 @@ class Session {
           std::vector<bool> skip_mlp, std::vector<double> attention_scale, std::vector<double> mlp_scale)
       : program_(std::move(program)), skip_attn_(std::move(skip_attention)), skip_mlp_(std::move(skip_mlp)),
         attn_scale_(attention_scale.begin(), attention_scale.end()), mlp_scale_(mlp_scale.begin(), mlp_scale.end()) {
+    TORCH_CHECK(program_ != nullptr && program_->num_layers() > 0, "the program has no layers");
+    program_->seal();
     const int64_t layers = program_->num_layers();
     TORCH_CHECK(static_cast<int64_t>(keys.size()) == layers && static_cast<int64_t>(values.size()) == layers &&
                     static_cast<int64_t>(skip_attn_.size()) == layers && static_cast<int64_t>(skip_mlp_.size()) == layers &&
