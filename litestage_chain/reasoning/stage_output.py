@@ -28,10 +28,16 @@ class StageOutput(BaseModel):
     skipped: SkipPlan
     early_exited: bool
     finish_reason: str
-    reused_tokens: int = Field(0, description="prompt tokens whose KV entries an earlier call had computed")
+    # Two counts of "tokens not prefilled here" that differ on purpose. `prefix_tokens` is about the *time* reported:
+    # the shared few-shot prefix is loaded from a table and its cost (if this call computed it first) is kept out of
+    # `prefill_seconds`, so the cost model charges only the rest. `reused_tokens` is about the *work* saved: it
+    # counts only entries an earlier call computed, so a call that fills the table itself reports 0 there.
+    reused_tokens: int = Field(0, description="prompt tokens whose KV entries an earlier call had computed (work this "
+                               "call did not do); prompt_tokens - reused_tokens = prefilled_tokens")
     prefilled_tokens: int = Field(0, description="prompt tokens this stage's call prefilled")
     prefix_tokens: int = Field(0, ge=0, description="prompt tokens whose KV entries came from the shared-prefix table "
-                               "instead of this call's prefill (the cost model charges only the rest)")
+                               "instead of this call's prefill seconds, whoever computed them (the cost model charges "
+                               "only the rest); equals reused_tokens except on the call that first fills the table")
 
     @classmethod
     def from_message(cls, stage: Stage, message: Any) -> StageOutput:
