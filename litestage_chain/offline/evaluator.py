@@ -29,6 +29,7 @@ from litestage_chain.append_store import content_key
 from litestage_chain.budgets.stages import STAGES, Stage, check_stage
 from litestage_chain.chat.chat_model import ChatLiteStage
 from litestage_chain.data.types import Question
+from litestage_chain.engine import fused_decode
 from litestage_chain.engine.early_exit import EarlyExitConfig
 from litestage_chain.engine.loading import LoadedModel
 from litestage_chain.engine.skip_plan import SkipPlan
@@ -174,8 +175,13 @@ class ChainEvaluator:
         # v3: a left-padded batch's prefill no longer computes the padding (forward.prefill_packed), so stage seconds
         # measured under v2 are slower than the same stages now and must not be compared with v3 ones.
         shared = {"context": "shared", "shared_stops": SHARED_STOPS} if self.context == "shared" else {}
+        # An int8/int4 model decodes batch-1 steps (and a batch's last row) on the compiled step, which sums in another
+        # order than the Python step, so a near-tie token can differ: results made with it switched off are kept
+        # apart. Switched on (the default) keeps the key every stored result has.
+        step = {"decode_step": "python"} if self.model.weights in ("int8", "int4") and not fused_decode.enabled() else {}
         return "chain-v3:" + content_key({
             **shared,
+            **step,
             "weights": weights,
             "max_tokens": self.max_tokens,
             "early_exit": {s: (e.model_dump() if e else None) for s, e in self.early_exit.items()},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from litestage_chain import (
     from_pretrained_objects,
 )
 from litestage_chain.budgets.profile import Profile
+from litestage_chain.engine import fused_decode
 from litestage_chain.data import load_jsonl
 from litestage_chain.data.types import Question, question_fingerprint
 from litestage_chain.offline.calibration import calibration_prompts
@@ -115,6 +117,18 @@ def test_identity_tracks_what_changes_results(lm) -> None:
     assert ChainEvaluator(lm, num_shots=1, max_tokens=TOKENS).identity != base
     ev = evaluator(lm, early_exit={"analysis": EarlyExitConfig(threshold=0.3)})
     assert ev.early_exit_for("analysis") == EarlyExitConfig(threshold=0.3) and ev.early_exit_for("recall") is None
+
+
+def test_identity_names_the_python_decode_step_of_a_low_bit_model(lm) -> None:
+    low_bit = copy.copy(lm)
+    low_bit.weights = "int8"
+    on = evaluator(low_bit).identity
+    with fused_decode.enabled_as(False):
+        assert evaluator(low_bit).identity != on, "the compiled step's results are kept apart from the Python step's"
+        assert evaluator(lm).identity == evaluator(lm).identity
+        float_off = evaluator(lm).identity
+    assert evaluator(lm).identity == float_off, "a float32 model never runs the compiled step: one key"
+    assert evaluator(low_bit).identity == on
 
 
 def test_bad_evaluator_input(lm) -> None:
