@@ -95,6 +95,8 @@ class SpeedCheck(BaseModel):
     speedup: float = Field(gt=0.0, description="median full-model seconds over median seconds with the plans")
     full_accuracy: float | None = Field(None, ge=0.0, le=1.0)
     plan_accuracy: float | None = Field(None, ge=0.0, le=1.0)
+    questions: int | None = Field(None, ge=1, description="questions each evaluation ran (None: a check recorded "
+                                  "before the count was kept, which timed every searched question)")
     measured_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
     @model_validator(mode="after")
@@ -105,7 +107,8 @@ class SpeedCheck(BaseModel):
         return self
 
     def describe(self) -> str:
-        return (f"side by side ({self.rounds} alternating evaluations each, {self.measured_at}): full model "
+        on = f" of {self.questions} questions" if self.questions is not None else ""
+        return (f"side by side ({self.rounds} alternating evaluations{on} each, {self.measured_at}): full model "
                 f"{median(self.full_seconds):.2f} s, plans {median(self.plan_seconds):.2f} s per question, "
                 f"{self.speedup:.2f}x")
 

@@ -133,6 +133,9 @@ def add_profile_parser(subparsers: Any) -> None:
     search.add_argument("--check-rounds", type=int, default=2, metavar="N",
                         help="after the search, time the chosen plans and the full model side by side, N "
                         "alternating evaluations each, and store the speedup in the profile (default 2; 0 skips)")
+    search.add_argument("--check-limit", type=int, metavar="N",
+                        help="time the check on the first N searched questions only (default: all of them; the "
+                        "check runs 2 x --check-rounds evaluations, hours on a 1.5B model)")
     add_cluster_arguments(search)
     add_cost_aware_options(search)
     search.set_defaults(handler=run_profile_search)
@@ -186,6 +189,8 @@ def run_profile_search(args: argparse.Namespace, out: TextIO | None = None) -> i
     _set_threads(args.threads)
     if args.check_rounds < 0:
         raise InvalidInputError(f"--check-rounds must be >= 0, got {args.check_rounds}")
+    if args.check_limit is not None and args.check_limit < 1:
+        raise InvalidInputError(f"--check-limit must be >= 1, got {args.check_limit}")
     if getattr(args, "search", "sweep") == "cost-aware":
         profile, caveats, model, questions, target = run_cost_aware_search(args, out)
         return finish_search(profile, caveats, model, questions, args, target, out)
@@ -333,8 +338,9 @@ def _check_and_save(
             f"{profile.questions.seed}) are not the ones the profile was searched on: the data file changed, or the "
             "search used another slice or other token budgets"
         )
-    if getattr(args, "limit", None) is not None:
-        fitting = fitting[: args.limit]
+    limit = getattr(args, "limit", None) or getattr(args, "check_limit", None)  # `check --limit`, `search --check-limit`
+    if limit is not None:
+        fitting = fitting[:limit]
     check = check_speed(evaluator, plans, fitting, rounds=rounds, on_evaluation=report)
     if getattr(args, "predict", False):
         predicted_against_measured(model, plans, results, args.batch_size, rounds, out)

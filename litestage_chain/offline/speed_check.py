@@ -63,4 +63,5 @@ def check_speed(
         speedup=median(full_seconds) / median(plan_seconds),
         full_accuracy=results["full"][0].accuracy,
         plan_accuracy=results["plans"][0].accuracy,
+        questions=len(questions),
     )

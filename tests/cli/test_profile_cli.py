@@ -51,7 +51,8 @@ def test_search_writes_a_profile_resumes_and_shows(model_dir: Path, tmp_path: Pa
     target = tmp_path / "profiles" / "csqa.json"
     argv = ["profile", "search", "--benchmark", "csqa", "--data", str(data), "--size", "2", "--model", str(model_dir),
             "--out", str(target), "--max-skip", "1", "--epsilon", "1.0", "--calibration-size", "1",
-            "--max-tokens", "recall=3,analysis=3,summary=2", "--shots", "0", "--no-progress", "--threads", "1"]
+            "--max-tokens", "recall=3,analysis=3,summary=2", "--shots", "0", "--no-progress", "--threads", "1",
+            "--check-limit", "1"]
     out = io.StringIO()
     args = parse(argv)
     assert args.handler(args, out=out) == 0
@@ -67,6 +68,7 @@ def test_search_writes_a_profile_resumes_and_shows(model_dir: Path, tmp_path: Pa
     assert len(log.read_text().splitlines()) == 4
     check = profile.speed_check
     assert check is not None and check.rounds == 2 and len(check.full_seconds) == len(check.plan_seconds) == 2
+    assert check.questions == 1, "--check-limit 1 times the first searched question only"
     assert "side by side" in text and sum("s/question" in line for line in text.splitlines()) == 7 + 2 * 2
     assert "caveat: the full model's accuracy on the 2 searched questions" in text  # 2 questions cannot show skill
 
@@ -103,7 +105,7 @@ def test_check_times_an_existing_profile_side_by_side(model_dir: Path, tmp_path:
     profile = Profile.load(checked)
     assert profile.speed_check is not None and profile.speed_check.rounds == 3
     assert profile.model_copy(update={"speed_check": None}) == Profile.load(searched)
-    assert "side by side (3 alternating evaluations each" in out.getvalue()
+    assert "side by side (3 alternating evaluations of 2 questions each" in out.getvalue()
 
     predicted = io.StringIO()
     args = parse(["profile", "check", str(searched), "--data", str(data), "--model", str(model_dir), "--out",
@@ -112,7 +114,7 @@ def test_check_times_an_existing_profile_side_by_side(model_dir: Path, tmp_path:
     assert args.handler(args, out=predicted) == 0
     text = predicted.getvalue()
     assert "full: predicted" in text and "plans: predicted" in text and "speedup: predicted" in text
-    assert Profile.load(checked).speed_check is not None
+    assert Profile.load(checked).speed_check.questions == 1
     args = parse(["profile", "check", str(searched), "--data", str(data), "--limit", "0"])
     with pytest.raises(InvalidInputError, match="--limit must be >= 1"):
         args.handler(args, out=io.StringIO())
@@ -138,6 +140,9 @@ def test_bad_settings_are_clear_errors(tmp_path: Path) -> None:
         parse(base + ["--epsilon", "200"])
     args = parse(base + ["--size", "9"])
     with pytest.raises(InvalidInputError, match="asked for 9 questions but csqa/train has only 4"):
+        args.handler(args, out=io.StringIO())
+    args = parse(base + ["--check-limit", "0"])
+    with pytest.raises(InvalidInputError, match="--check-limit must be >= 1, got 0"):
         args.handler(args, out=io.StringIO())
     args = parse(base + ["--threads", "0"])
     with pytest.raises(InvalidInputError, match="--threads"):
