@@ -175,7 +175,8 @@ def _kernel_call(kernel_module, module: nn.Module, x: torch.Tensor) -> torch.Ten
 @needs_kernels
 @pytest.mark.parametrize("fmt", ["int8", "int4"])
 def test_portable_path_runs_the_kernel_for_few_rows_and_aten_above(portable_route, fmt: str) -> None:
-    """Up to PORTABLE_MAX_ROWS rows: the kernel (int8-rounded activations); above: F.linear on the float rows."""
+    """Up to PORTABLE_MAX_ROWS rows: the kernel; above: ATen's GEMM on the rows rounded as the kernel rounds them, so
+    both compute one function up to summation order (a prompt's entries do not depend on how it was split)."""
     module = convert_linear(nn.Linear(96, 300, bias=False), fmt)  # type: ignore[arg-type]
     limit = formats.PORTABLE_MAX_ROWS
     assert formats._kernel_max_rows() == limit and formats.kernel_path(fmt) == "portable"
@@ -192,8 +193,24 @@ def test_portable_path_runs_the_kernel_for_few_rows_and_aten_above(portable_rout
                 assert not torch.equal(out, plain)  # the rounding shows: this was not the float path
             else:  # the same float32 weight, multiplied a tile of rows at a time: equal up to summation order
                 assert not formats.uses_kernel(rows)
-                torch.testing.assert_close(out, plain, rtol=1e-5, atol=1e-5)
-                assert not torch.allclose(out, _kernel_call(portable_route, module, x), rtol=1e-5, atol=1e-5)
+                rounded = torch.nn.functional.linear(round_activations_like_kernel(x), module.dequantize())
+                torch.testing.assert_close(out, rounded, rtol=1e-5, atol=1e-5)
+                torch.testing.assert_close(out, _kernel_call(portable_route, module, x), rtol=1e-5, atol=1e-4)
+                assert not torch.allclose(out, plain, rtol=1e-5, atol=1e-5)  # the rounding shows here too
+
+
+@needs_kernels
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+def test_portable_rows_do_not_depend_on_how_a_prompt_is_split(portable_route, fmt: str) -> None:
+    """A prompt prefilled in one call (GEMM path) or token by token (kernel path) gets the same projections up to
+    summation order, odd widths included: what lets the context cache reuse entries on a CPU without SIMD."""
+    module = convert_linear(nn.Linear(70, 40, bias=True), fmt)  # type: ignore[arg-type]  # 70: padded to 96
+    x = torch.randn(formats.PORTABLE_MAX_ROWS + 3, 70)
+    with torch.no_grad():
+        whole = module(x)
+        split = torch.cat([module(x[:3]), *(module(x[i : i + 1]) for i in range(3, len(x)))])
+    assert not formats.uses_kernel(len(x)) and formats.uses_kernel(3)
+    torch.testing.assert_close(whole, split, rtol=1e-5, atol=1e-4)
 
 
 @needs_kernels
@@ -207,7 +224,8 @@ def test_portable_tiled_product_with_several_threads(portable_route, fmt: str) -
     try:
         with torch.no_grad():
             x = torch.randn(formats.PORTABLE_MAX_ROWS + 20, 1536)
-            torch.testing.assert_close(module(x), torch.nn.functional.linear(x, module.dequantize()),
+            rounded = round_activations_like_kernel(x)
+            torch.testing.assert_close(module(x), torch.nn.functional.linear(rounded, module.dequantize()),
                                        rtol=1e-5, atol=1e-4)
     finally:
         torch.set_num_threads(before)

@@ -13,7 +13,9 @@ On a CPU with none of those, the compiled portable path (plain C++ at the baseli
 of at most ``PORTABLE_MAX_ROWS`` rows (decode), where reading fewer bytes pays; larger calls
 (prefill) dequantise the weight on the fly, a cache-sized tile of rows at a time, and multiply
 each tile with ATen's GEMM, which reuses each weight across the rows better than the portable
-kernel (csrc/gemv_dequant.h); no float32 copy of the weight is made whole or kept. Without
+kernel (csrc/gemv_dequant.h); no float32 copy of the weight is made whole or kept. Those calls
+round their activations as the kernels do first, so every compiled path computes one function
+(up to summation order) whatever the row count. Without
 any compiled kernels (no compiler), the module dequantises once, keeps the float32 weight and
 calls ATen: the numbers are those of the rounded weights at float32 speed and size, so the
 format still works everywhere but only pays where the kernels run.
@@ -214,10 +216,23 @@ class _BlockedLinear(nn.Module):
             x2 = F.pad(x2, (0, pad)) if pad else x2.contiguous()
             y = self._kernel(kernels, x2)
         else:  # many rows on the portable path: ATen's GEMM on the weight dequantised tile by tile, nothing kept
-            y = self._tiled_linear(kernels, x2.contiguous())
+            y = self._tiled_linear(kernels, self._rounded_like_kernel(x2))
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+
+    def _rounded_like_kernel(self, x2: torch.Tensor) -> torch.Tensor:
+        """`x2` with the kernel's int8 activation rounding, for the portable path's GEMM above its row limit.
+
+        Why: every SIMD path rounds the activations of every call, and the portable kernel rounds those of small
+        calls, so without this a prompt's entries on a portable CPU would depend on how many tokens each call carried
+        (a prefill of 8 tokens rounded, one of 9 not): a context-cache call that prefills a few tokens would differ
+        from a cold prefill of the same prompt, and the portable path would compute another function than the SIMD
+        paths. With it every path computes ``dequantize() @ round_activations_like_kernel(x)``, up to summation order.
+        """
+        pad = self.padded_in_features - self.in_features
+        rounded = round_activations_like_kernel(F.pad(x2, (0, pad)) if pad else x2)
+        return (rounded[:, : self.in_features] if pad else rounded).contiguous()
 
     def _dense_copy(self) -> torch.Tensor:
         """The kept float32 weight of the no-kernel fallback, made on first use."""
