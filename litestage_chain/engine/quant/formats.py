@@ -123,9 +123,10 @@ def compiled_kernels_available() -> bool:
 
 
 def uses_kernel(rows: int) -> bool:
-    """Whether a call of `rows` activation rows runs on the compiled kernels here (and so rounds them to int8).
+    """Whether a call of `rows` activation rows runs on the compiled kernels here.
 
-    Else it computes ``F.linear(x, dequantize())`` on the float activations."""
+    Else: without kernels, ``F.linear(x, dequantize())`` on the float activations; on the portable path above its row
+    limit, the same GEMM on the activations rounded as the kernels round them (see `_rounded_like_kernel`)."""
     if _fast_kernels() is None:
         return False
     limit = _kernel_max_rows()
