@@ -37,6 +37,7 @@ class StubChain:
 
     def __init__(self) -> None:
         self.calls: list[tuple[dict[str, int], int]] = []
+        self.rules: list[dict[str, EarlyExitConfig | None]] = []  # each call's exit rules
 
     def evaluate(
         self, plans: Mapping[str, SkipPlan], questions: Sequence[Question],
@@ -45,6 +46,7 @@ class StubChain:
         counts = {stage: plan.num_skipped for stage, plan in plans.items()}
         rules = dict(early_exit or {})
         self.calls.append((counts, len(questions)))
+        self.rules.append(rules)
         drop = sum(DROP[s][c] + (EXIT_DROP[s] if rules.get(s) else 0.0) for s, c in counts.items())
         answers = {}
         for question in questions:
@@ -169,3 +171,30 @@ def test_early_exit_alone_is_tried_where_a_stage_tolerates_no_skip(monkeypatch: 
     recall_exit_only = [c for c in result.candidates if c.stage == "recall" and c.count == 0]
     assert [c.verdict for c in recall_exit_only] == ["reject"]
     assert chosen.plans["recall"].num_skipped == 2
+
+
+def test_an_exit_rule_that_cannot_fire_reuses_the_evaluation_without_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # every summary ends after 5 tokens, before EXIT's first check (8): its rule cannot stop a row, so a summary
+    # candidate with it is the candidate without it, and is taken from the store instead of evaluated again
+    monkeypatch.setitem(TOKENS, "summary", 5)
+    store = ResultsStore(tmp_path / "search.jsonl")
+    chain = StubChain()
+    result = search_cost_aware(chain, QUESTIONS, RANKING, CostModel(timer, "t", rounds=1), CONFIG, store=store)
+    summary_calls = [(counts, rules) for counts, rules in zip(chain.calls, chain.rules) if rules.get("summary")]
+    assert summary_calls == [], "no evaluation with the summary's rule on: each was the one without it"
+    with_rule = [c for c in result.candidates if c.stage == "summary" and c.early_exit["summary"] == EXIT]
+    assert with_rule and any(c.count == 0 for c in with_rule) and any(c.count > 0 for c in with_rule)
+    for candidate in with_rule:  # its twin: the same plans and rules, the summary's rule off
+        twin = next(c for c in result.candidates if c.plans == candidate.plans
+                    and c.early_exit == {**candidate.early_exit, "summary": None})
+        assert candidate.result == twin.result and candidate.verdict == twin.verdict
+    reused = [line for line in (tmp_path / "search.jsonl").read_text().splitlines() if '"same_as"' in line]
+    assert len(reused) == sum(1 for c in with_rule for _ in range(c.comparison.questions // CONFIG.chunk_size))
+
+    # at 8 tokens the rule can fire at the last one: evaluated as before
+    monkeypatch.setitem(TOKENS, "summary", 8)
+    chain = StubChain()
+    search_cost_aware(chain, QUESTIONS, RANKING, CostModel(timer, "t", rounds=1), CONFIG)
+    assert any(rules.get("summary") for rules in chain.rules)
