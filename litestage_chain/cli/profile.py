@@ -135,7 +135,7 @@ def add_profile_parser(subparsers: Any) -> None:
                         "alternating evaluations each, and store the speedup in the profile (default 2; 0 skips)")
     search.add_argument("--check-limit", type=int, metavar="N",
                         help="time the check on the first N searched questions only (default: all of them; the "
-                        "check runs 2 x --check-rounds evaluations, hours on a 1.5B model)")
+                        "check runs 2 x --check-rounds evaluations of them)")
     add_cluster_arguments(search)
     add_cost_aware_options(search)
     search.set_defaults(handler=run_profile_search)
