@@ -277,8 +277,10 @@ def test_cost_aware_search_on_two_workers_chooses_what_one_process_does(
     assert {s: spread.plan_for(s) for s in STAGES} == {s: alone.plan_for(s) for s in STAGES}
     assert {s: spread.early_exit_for(s) for s in STAGES} == {s: alone.early_exit_for(s) for s in STAGES}
     assert [line["result"]["answers"] for line in spread_log] == [line["result"]["answers"] for line in alone_log]
-    assert all(len({part["worker"] for part in line["measured_by"]}) == 2 for line in spread_log), (
+    measured = [line for line in spread_log if "same_as" not in line]  # the rest: exit rules that cannot fire
+    assert measured and all(len({part["worker"] for part in line["measured_by"]}) == 2 for line in measured), (
         "each 2-question chunk is split over both workers, one decoding batch each")
+    assert all("measured_by" not in line for line in spread_log if "same_as" in line), "a reused chunk ran nowhere"
     assert not ray.is_initialized()
 
 
