@@ -127,11 +127,15 @@ def test_engine_timer_predicts_a_real_generation(tiny_qwen2) -> None:
     model = CostModel(timer, "tiny", rounds=3)
     plan = SkipPlan(mlp=[0])
     prompts = [[5 + i for i in range(12)], [9 + i for i in range(8)]]
-    results = generate(tiny_qwen2, prompts, plan=plan, config=GenerationConfig(max_new_tokens=6, ignore_eos=True))
+    config = GenerationConfig(max_new_tokens=6, ignore_eos=True)
+    # the fastest of three runs per row: a millisecond-long generation on a busy machine can lose a whole time slice,
+    # as the timer's medians of three rounds do not
+    runs = [generate(tiny_qwen2, prompts, plan=plan, config=config) for _ in range(3)]
+    results = runs[0]
     rows = [RowTokens(prefilled=r.prompt_tokens, generated=r.generated_tokens) for r in results]
     predicted = batch_seconds(model.costs(plan), rows)
-    measured = [r.prefill_seconds + r.decode_seconds for r in results]
-    assert all(m / 20 < p < m * 20 for p, m in zip(predicted, measured))
+    measured = [min(run[i].prefill_seconds + run[i].decode_seconds for run in runs) for i in range(len(prompts))]
+    assert all(m / 20 < p < m * 20 for p, m in zip(predicted, measured)), (predicted, measured)
     with pytest.raises(InvalidInputError):
         engine_timer(tiny_qwen2, [0])
 
