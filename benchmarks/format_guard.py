@@ -25,6 +25,7 @@ import json
 import math
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -138,12 +139,9 @@ def main() -> None:
                         "route calls as on a CPU whose best path it is")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if not args.kernel_path:
-        measure_formats(args)
-        return
-    if get_kernels() is None:
+    if args.kernel_path and get_kernels() is None:
         sys.exit(f"the compiled kernels are not available: {kernels_status()}")
-    with formats.forced_path(args.kernel_path):
+    with formats.forced_path(args.kernel_path) if args.kernel_path else nullcontext():
         measure_formats(args)
 
 

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -59,10 +60,8 @@ def llamacpp_rate(python: str, gguf: str, threads: int, tokens: int) -> float:
 
 def _on_path(path: str, fused: bool, run: Callable[[], float]) -> float:
     """`run()` with the kernels forced onto `path` ("" = the best) and the compiled decode step on or off."""
-    if not path or get_kernels() is None:
-        with fused_decode.enabled_as(fused):
-            return run()
-    with formats.forced_path(path), fused_decode.enabled_as(fused):
+    forced = formats.forced_path(path) if path and get_kernels() is not None else nullcontext()
+    with forced, fused_decode.enabled_as(fused):
         return run()
 
 

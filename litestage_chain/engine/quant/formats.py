@@ -80,9 +80,6 @@ def _route() -> list[object]:
     return _fast
 
 
-_forced = [""]  # the path forced by the innermost open `forced_path` block ("" = none: this CPU's best)
-
-
 @contextmanager
 def forced_path(path: str) -> Iterator[object]:
     """Run int8/int4 calls in this block as on a CPU whose best kernel path is `path`, then as before.
@@ -95,15 +92,13 @@ def forced_path(path: str) -> Iterator[object]:
     module = get_kernels()
     if module is None:
         raise RuntimeError("no compiled kernels here: a kernel path cannot be forced")
-    before = _forced[0]
+    before = module.kernel_isa()  # the enclosing block's path, or this CPU's best: forcing that changes nothing
     module.force_isa(path)
-    _forced[0] = path
     _fast.clear()
     try:
         yield module
     finally:
         module.force_isa(before)
-        _forced[0] = before
         _fast.clear()
 
 
@@ -126,7 +121,7 @@ def uses_kernel(rows: int) -> bool:
     """Whether a call of `rows` activation rows runs on the compiled kernels here.
 
     Else: without kernels, ``F.linear(x, dequantize())`` on the float activations; on the portable path above its row
-    limit, the same GEMM on the activations rounded as the kernels round them (see `_rounded_like_kernel`)."""
+    limit, the same GEMM on the activations rounded as the kernels round them (see `forward`)."""
     if _fast_kernels() is None:
         return False
     limit = _kernel_max_rows()
@@ -212,28 +207,21 @@ class _BlockedLinear(nn.Module):
         kernels, max_rows = _route()  # one lookup per call: this runs for every projection of every token
         if kernels is None:
             y = F.linear(x2, self._dense_copy())
-        elif max_rows is None or x2.shape[0] <= max_rows:  # what `uses_kernel` says, without looking it up again
+        else:
             pad = self.padded_in_features - self.in_features
             x2 = F.pad(x2, (0, pad)) if pad else x2.contiguous()
-            y = self._kernel(kernels, x2)
-        else:  # many rows on the portable path: ATen's GEMM on the weight dequantised tile by tile, nothing kept
-            y = self._tiled_linear(kernels, self._rounded_like_kernel(x2))
+            if max_rows is None or x2.shape[0] <= max_rows:  # what `uses_kernel` says, without looking it up again
+                y = self._kernel(kernels, x2)
+            else:  # many rows on the portable path: ATen's GEMM on the weight dequantised tile by tile, nothing kept.
+                # The rows are rounded as the kernels round them first: every SIMD path rounds every call's rows and
+                # the portable kernel its small calls', so without this a prompt's entries on a portable CPU would
+                # depend on how many tokens each call carried (a context-cache call prefilling a few tokens would
+                # differ from a cold prefill), and this path would compute another function than the SIMD ones.
+                rounded = round_activations_like_kernel(x2)
+                y = self._tiled_linear(kernels, rounded[:, : self.in_features].contiguous() if pad else rounded)
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
-
-    def _rounded_like_kernel(self, x2: torch.Tensor) -> torch.Tensor:
-        """`x2` with the kernel's int8 activation rounding, for the portable path's GEMM above its row limit.
-
-        Why: every SIMD path rounds the activations of every call, and the portable kernel rounds those of small
-        calls, so without this a prompt's entries on a portable CPU would depend on how many tokens each call carried
-        (a prefill of 8 tokens rounded, one of 9 not): a context-cache call that prefills a few tokens would differ
-        from a cold prefill of the same prompt, and the portable path would compute another function than the SIMD
-        paths. With it every path computes ``dequantize() @ round_activations_like_kernel(x)``, up to summation order.
-        """
-        pad = self.padded_in_features - self.in_features
-        rounded = round_activations_like_kernel(F.pad(x2, (0, pad)) if pad else x2)
-        return (rounded[:, : self.in_features] if pad else rounded).contiguous()
 
     def _dense_copy(self) -> torch.Tensor:
         """The kept float32 weight of the no-kernel fallback, made on first use."""
