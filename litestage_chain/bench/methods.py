@@ -9,6 +9,8 @@ Methods (the names the command line accepts):
 * ``full``: no skipping, no early exit. Every speedup is measured against it.
 * ``litestage`` / ``litestage-noexit``: the searched profile's per-stage plans, with and without generation
   early exit (the ablation that shows what early exit adds on top of stage-wise budgets).
+* ``litestage-noskip``: the profile's per-stage early-exit rules with nothing skipped, the other ablation: what the
+  skipped sub-layers add on top of the searched exits (``full-exit`` uses one fixed rule in every stage instead).
 * ``uniform``: the same number of skipped sub-layers in every stage, taken from LiteStage's accumulated importance
   ranking.
 * ``adaskip``: AdaSkip as its reference code does it (`adaskip.py`: one joint ranking of raw prefill similarities,
@@ -41,11 +43,11 @@ from litestage_chain.offline.importance import SubLayer, plan_for_count
 from litestage_chain.reasoning.chain import DEFAULT_MAX_TOKENS
 
 MethodName = Literal[
-    "full", "litestage", "litestage-noexit", "uniform", "uniform-exit", "adaskip", "adaskip-exit", "unified",
+    "full", "litestage", "litestage-noexit", "litestage-noskip", "uniform", "uniform-exit", "adaskip", "adaskip-exit", "unified",
     "unified-exit", "exit-depth", "exit-depth-exit", "capped", "full-exit", "stage-only"
 ]
 METHODS: tuple[MethodName, ...] = (
-    "full", "litestage", "litestage-noexit", "uniform", "uniform-exit", "adaskip", "adaskip-exit", "unified",
+    "full", "litestage", "litestage-noexit", "litestage-noskip", "uniform", "uniform-exit", "adaskip", "adaskip-exit", "unified",
     "unified-exit", "exit-depth", "exit-depth-exit", "capped", "full-exit", "stage-only"
 )
 SWEPT: tuple[MethodName, ...] = (
@@ -54,7 +56,7 @@ SWEPT: tuple[MethodName, ...] = (
 )
 """Methods with a count to sweep (sub-layers for the ranked ones, whole layers for unified / exit-depth, the percent
 of every stage's token budget for ``capped``)."""
-NEEDS_PROFILE: tuple[MethodName, ...] = ("litestage", "litestage-noexit")
+NEEDS_PROFILE: tuple[MethodName, ...] = ("litestage", "litestage-noexit", "litestage-noskip")
 LAYER_COUNTED: tuple[MethodName, ...] = ("unified", "unified-exit", "exit-depth", "exit-depth-exit")
 WITH_EXIT: tuple[MethodName, ...] = ("uniform-exit", "adaskip-exit", "unified-exit", "exit-depth-exit", "full-exit")
 """The early-exit variants: the same plans as the method without ``-exit``, every stage exiting early."""
@@ -204,10 +206,12 @@ def method_points(method: str, context: MethodContext, counts: Sequence[int] | N
         plans = {stage: profile.plan_for(stage) for stage in stages}
         for stage, plan in plans.items():
             plan.check(context.num_layers)
+        if method == "litestage-noskip":
+            plans = {stage: SkipPlan() for stage in stages}
         rules = (
-            {stage: profile.early_exit_for(stage) or context.early_exit for stage in stages}
-            if method == "litestage"
-            else {stage: None for stage in stages}
+            {stage: None for stage in stages}
+            if method == "litestage-noexit"
+            else {stage: profile.early_exit_for(stage) or context.early_exit for stage in stages}
         )
         total = sum(plan.num_skipped for plan in plans.values())
         return [MethodPoint(method=name, count=total, plans=plans, early_exit=rules)]

@@ -15,7 +15,7 @@ from litestage_chain.errors import InvalidInputError
 
 STAGE_NAMES = ("recall", "analysis", "summary")
 CURVE_METHODS = ("uniform", "uniform-exit", "adaskip", "unified", "exit-depth")
-SINGLE_METHODS = ("litestage", "litestage-noexit")
+SINGLE_METHODS = ("litestage", "litestage-noexit", "litestage-noskip")
 ACCURACY_VS_SPEEDUP = "accuracy_vs_speedup.png"
 STAGE_SENSITIVITY = "stage_sensitivity.png"
 TOKENS_VS_SKIPPED = "tokens_vs_skipped.png"
@@ -67,7 +67,7 @@ def plot_accuracy_vs_speedup(rows: Sequence[PointSummary], path: Path, title: st
             marker="o", markersize=4, capsize=2, linewidth=1.2, label=method,
         )
         drawn = True
-    for method, marker in zip(SINGLE_METHODS, ("*", "P"), strict=True):
+    for method, marker in zip(SINGLE_METHODS, ("*", "P", "X"), strict=True):
         for row in (r for r in rows if r.method == method):
             axes.errorbar(
                 [row.speedup], [_percent(row.accuracy)], yerr=[[_error(row)[0]], [_error(row)[1]]],

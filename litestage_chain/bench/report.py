@@ -3,6 +3,10 @@
 Speedup is always against the full model *of the same run*, over the *same questions*: a point's speedup is
 mean(full seconds) / mean(point seconds) over the questions both have (the "median speedup" uses medians).
 Comparing with a full-model time from another run would fold machine load into the speedup.
+
+Accuracy is reported twice: each point's own accuracy with its Wilson interval, and its paired loss against the
+full model on the questions both answered (lost and gained questions, `offline.paired_decision`). The paired loss
+is the number the accuracy target is judged by: it is several times tighter, since most questions cancel out.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from litestage_chain.bench.records import QuestionRecord
 from litestage_chain.errors import InvalidInputError
+from litestage_chain.bench.pruning import DropRule, paired_loss
+from litestage_chain.offline.paired_decision import PairedComparison
 from litestage_chain.offline.stats import wilson_interval
 
 RESULTS_JSON = "results.json"
@@ -54,6 +60,12 @@ class PointSummary(BaseModel):
     stage_seconds: dict[str, float] = Field(description="mean engine seconds per question, per stage and fallback")
     fallback_rate: float
     unanswered_rate: float
+    lost: int | None = Field(None, description="questions the full model got right and this point wrong (paired)")
+    gained: int | None = Field(None, description="questions this point got right and the full model wrong (paired)")
+    paired_questions: int | None = Field(None, description="labelled questions both this point and the full model ran")
+    loss: float | None = Field(None, description="(lost - gained) / paired_questions: the accuracy lost, a fraction")
+    loss_half_width: float | None = Field(None, description="half-width of the loss's 95% paired interval")
+    dropped: bool = Field(False, description="stopped before the end: clearly worse than the full model (--drop-worse)")
 
 
 def _by_point(records: Sequence[QuestionRecord]) -> dict[str, list[QuestionRecord]]:
@@ -63,8 +75,13 @@ def _by_point(records: Sequence[QuestionRecord]) -> dict[str, list[QuestionRecor
     return grouped
 
 
-def summarise(records: Sequence[QuestionRecord], full_point: str = "full") -> list[PointSummary]:
-    """One `PointSummary` per point, in first-seen order; raises if the full model's records are missing."""
+def summarise(
+    records: Sequence[QuestionRecord], full_point: str = "full", drop: DropRule | None = None
+) -> list[PointSummary]:
+    """One `PointSummary` per point, in first-seen order; raises if the full model's records are missing.
+
+    With the run's `drop` rule, a point recorded on fewer questions than the full model that the rule drops is
+    marked `dropped` (it stopped there, rather than the run being cut short)."""
     grouped = _by_point(records)
     if full_point not in grouped:
         raise InvalidInputError(
@@ -86,6 +103,7 @@ def summarise(records: Sequence[QuestionRecord], full_point: str = "full") -> li
         correct = sum(1 for r in labelled if r.correct) if labelled else None
         low, high = wilson_interval(correct, len(labelled)) if labelled and correct is not None else (None, None)
         columns = sorted({name for r in group for name in r.stages} | set(TOKEN_COLUMNS[:3]), key=_column_order)
+        paired = paired_loss(grouped[full_point], group) if label != full_point else None
         rows.append(PointSummary(
             point=label,
             method=first.method,
@@ -107,8 +125,15 @@ def summarise(records: Sequence[QuestionRecord], full_point: str = "full") -> li
             stage_seconds={c: fmean(r.stages[c].seconds if c in r.stages else 0.0 for r in group) for c in columns},
             fallback_rate=fmean(1.0 if r.fallback_used else 0.0 for r in group),
             unanswered_rate=fmean(1.0 if r.answer is None else 0.0 for r in group),
+            **(_paired_fields(paired) if paired is not None else {}),
+            dropped=drop is not None and len(group) < len(full_seconds) and drop.drops(paired),
         ))
     return rows
+
+
+def _paired_fields(paired: PairedComparison) -> dict[str, Any]:
+    return dict(lost=paired.lost, gained=paired.gained, paired_questions=paired.questions, loss=paired.loss,
+                loss_half_width=paired.half_width)
 
 
 def _column_order(name: str) -> tuple[int, str]:
@@ -148,7 +173,8 @@ def speedup_interval(
 def markdown_table(rows: Sequence[PointSummary]) -> str:
     """The results table in GitHub markdown; accuracy as a percentage with its 95% Wilson interval."""
     header = (
-        "| method | point | skipped sub-layers (R/A/S) | early exit | n | accuracy % [95% CI] | mean s/question "
+        "| method | point | skipped sub-layers (R/A/S) | early exit | n | accuracy % [95% CI] "
+        "| loss vs full, paired (lost/gained) | mean s/question "
         "| median s | speedup (mean) [95% CI] | speedup (median) | tokens R/A/S/fallback |"
     )
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
@@ -161,11 +187,22 @@ def markdown_table(rows: Sequence[PointSummary]) -> str:
         )
         tokens = "/".join(f"{row.tokens.get(c, 0.0):.1f}" for c in TOKEN_COLUMNS)
         lines.append(
-            f"| {row.method} | {row.point} | {skipped} | {'yes' if row.early_exit else 'no'} | {row.questions} "
-            f"| {accuracy} | {row.mean_seconds:.2f} | {row.median_seconds:.2f} | {row.speedup:.2f}x{_interval(row)} "
+            f"| {row.method} | {row.point} | {skipped} | {'yes' if row.early_exit else 'no'} | {row.questions}"
+            f"{' (dropped)' if row.dropped else ''} "
+            f"| {accuracy} | {_loss(row)} | {row.mean_seconds:.2f} | {row.median_seconds:.2f} | {row.speedup:.2f}x{_interval(row)} "
             f"| {row.median_speedup:.2f}x | {tokens} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _loss(row: PointSummary) -> str:
+    """E.g. '+0.5 +- 1.9 (2/1)': points lost (negative: gained) with the 95% half-width; 'reference' for the full
+    model, '' for unlabelled questions."""
+    if row.method == "full":
+        return "reference"
+    if row.loss is None or row.loss_half_width is None:
+        return ""
+    return f"{100 * row.loss:+.1f} +- {100 * row.loss_half_width:.1f} ({row.lost}/{row.gained})"
 
 
 def _interval(row: PointSummary) -> str:
@@ -197,12 +234,14 @@ def write_report(
     json_path.write_text(json.dumps(document, indent=2, allow_nan=True) + "\n", encoding="utf-8")
     title = intro if intro is not None else (
         f"# Benchmark: {meta.get('benchmark', '?')} ({meta.get('questions', '?')} questions, "
-        f"model {meta.get('model', '?')})\n\n" + partial_run_note(rows, meta.get("questions"))
+        f"model {meta.get('model', '?')})\n\n" + partial_run_note(rows, meta.get("questions"), drop_rule(meta))
     )
     notes = (
         "Speedup: mean (or median) engine seconds per question of the full model divided by the point's, over "
         "the same questions in the same run; its interval is a 95% paired bootstrap over questions. Accuracy "
-        "interval: 95% Wilson score interval. Tokens: mean generated "
+        "interval: 95% Wilson score interval. Loss vs full: accuracy points lost against the full model on the "
+        "questions both answered, with the half-width of its 95% paired (Agresti-Min) interval and the questions "
+        "lost / gained. Tokens: mean generated "
         "tokens per question in the recall / analysis / summary stages and the full-model summary re-run.\n\n"
     )
     md_path = folder / RESULTS_MD
@@ -210,17 +249,30 @@ def write_report(
     return json_path, md_path
 
 
-def partial_run_note(rows: Sequence[PointSummary], planned: Any) -> str:
-    """A warning paragraph when points were recorded on fewer or different numbers of questions than planned.
+def drop_rule(meta: Mapping[str, Any]) -> DropRule | None:
+    """The run's `--drop-worse` rule as its run.json records it (None: every point ran to the end)."""
+    recorded = meta.get("drop_worse")
+    return DropRule.model_validate(recorded) if recorded else None
+
+
+def partial_run_note(rows: Sequence[PointSummary], planned: Any, drop: DropRule | None = None) -> str:
+    """A warning paragraph when points were recorded on fewer or different numbers of questions than planned, and
+    a note naming the points the run's `drop` rule stopped early.
 
     A stopped run's points can stand at different counts (a round in progress); their accuracies are then over
     different questions, which the title's planned count would hide."""
-    counts = sorted({row.questions for row in rows})
+    note = ""
+    stopped = [row.point for row in rows if row.dropped]
+    if stopped:
+        note = (f"**Dropped early** ({drop.describe() if drop else 'clearly worse than the full model'}): "
+                f"{', '.join(stopped)}; their n is where they stopped, their loss and speedup are over those "
+                "questions.\n\n")
+    counts = sorted({row.questions for row in rows if not row.dropped})
     if not counts or counts == [planned]:
-        return ""
+        return note
     if len(counts) == 1:
-        return f"**Partial run:** {planned} questions planned, every point recorded on the same {counts[0]}.\n\n"
-    return (
+        return note + f"**Partial run:** {planned} questions planned, every point recorded on the same {counts[0]}.\n\n"
+    return note + (
         f"**Partial run:** {planned} questions planned, points recorded on {counts[0]}-{counts[-1]} (column n). "
         "Accuracies of points with different n are over different questions; each speedup is over the questions "
         "a point shares with the full model.\n\n"

@@ -12,12 +12,13 @@ keeps the loop testable with a stub and the measurement in one place.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Protocol, runtime_checkable
 
 from tqdm.auto import tqdm
 
 from litestage_chain.bench.methods import MethodPoint
+from litestage_chain.bench.pruning import DropRule, dropped_points, full_label
 from litestage_chain.bench.records import (
     Outcome,
     QuestionRecord,
@@ -27,6 +28,7 @@ from litestage_chain.bench.records import (
 )
 from litestage_chain.data.types import Question
 from litestage_chain.errors import InvalidInputError, LiteStageError
+from litestage_chain.offline.paired_decision import PairedComparison
 
 
 @runtime_checkable
@@ -103,9 +105,12 @@ def recorded_count(
     return sum(record_key(p.key(), identity, q) in store for p in points for q in questions)
 
 
-def check_run(points: Sequence[MethodPoint], questions: Sequence[Question], interleave: int) -> None:
-    """Raise `InvalidInputError` for an empty question or point list, duplicate question ids or point labels, or
-    `interleave` < 1 (shared by the single-process loop and the distributed one, `litestage_chain.cluster.bench`)."""
+def check_run(
+    points: Sequence[MethodPoint], questions: Sequence[Question], interleave: int, drop: DropRule | None = None
+) -> None:
+    """Raise `InvalidInputError` for an empty question or point list, duplicate question ids or point labels,
+    `interleave` < 1, or a drop rule without the full model to compare with (shared by the single-process loop and
+    the distributed one, `litestage_chain.cluster.bench`)."""
     if not questions:
         raise InvalidInputError("no questions to benchmark")
     if not points:
@@ -120,19 +125,48 @@ def check_run(points: Sequence[MethodPoint], questions: Sequence[Question], inte
     repeated = sorted({label for label in labels if labels.count(label) > 1})
     if repeated:
         raise InvalidInputError(f"duplicate method points: {repeated}")
+    if drop is not None:
+        full_label(points)
 
 
 def round_work(
     points: Sequence[MethodPoint], keys: dict[tuple[str, str], str], store: RecordStore, round_index: int,
-    batch: Sequence[Question],
+    batch: Sequence[Question], skip: Collection[str] = (),
 ) -> list[tuple[MethodPoint, list[Question]]]:
-    """One round's runs in order: every point (rotated by the round) with the batch's questions it has no record for."""
+    """One round's runs in order: every point (rotated by the round) with the batch's questions it has no record for,
+    leaving out the points labelled in `skip` (dropped ones). The rotation is over all points, so dropping one does
+    not shift where the others run in a round."""
     work = []
     for point in rotated(points, round_index):
+        if point.label in skip:
+            continue
         missing = [q for q in batch if keys[(point.label, q.id)] not in store]
         if missing:
             work.append((point, missing))
     return work
+
+
+class Pruner:
+    """Which points a drop rule has stopped, recomputed from the records (`None` rule: none ever)."""
+
+    def __init__(
+        self, rule: DropRule | None, points: Sequence[MethodPoint], questions: Sequence[Question],
+        keys: dict[tuple[str, str], str], store: RecordStore,
+    ) -> None:
+        self.rule, self.points, self.questions, self.keys, self.store = rule, points, questions, keys, store
+        self.dropped: dict[str, PairedComparison] = {}
+
+    def update(self, bar: tqdm | None = None) -> dict[str, PairedComparison]:
+        """The dropped points now (a point once dropped stays dropped: its records only grow in flight). A newly
+        dropped point's unrecorded runs are taken off `bar`'s total, so the bar still ends at 100%."""
+        if self.rule is not None:
+            now = dropped_points(self.rule, self.points, self.questions, self.keys, self.store)
+            new = [label for label in now if label not in self.dropped]
+            self.dropped = {**self.dropped, **{label: now[label] for label in new}}
+            if bar is not None and new and bar.total:
+                bar.total -= sum(self.keys[(label, q.id)] not in self.store for label in new for q in self.questions)
+                bar.refresh()
+        return self.dropped
 
 
 def run_points(
@@ -144,30 +178,37 @@ def run_points(
     interleave: int = 4,
     progress: bool = True,
     failures: dict[str, str] | None = None,
+    drop: DropRule | None = None,
+    dropped: dict[str, PairedComparison] | None = None,
 ) -> list[QuestionRecord]:
     """Every (point, question) record, measuring only those missing from `store`; returns them point-major.
 
     A question the executor fails on (a `LiteStageError`) is skipped for every point, named in a warning and, with
-    `failures`, reported there by id; the run goes on with the other questions.
+    `failures`, reported there by id; the run goes on with the other questions. With `drop`, a point clearly worse
+    than the full model is not run in later rounds (`pruning.py`); with `dropped`, those points are reported there
+    with the comparison that dropped them. A dropped point's records cover the questions it ran on.
 
-    Raises `InvalidInputError` for an empty question or point list, duplicate question ids or point labels, or
-    `interleave` < 1.
+    Raises `InvalidInputError` for an empty question or point list, duplicate question ids or point labels,
+    `interleave` < 1, or `drop` without the full model among the points.
     """
-    check_run(points, questions, interleave)
+    check_run(points, questions, interleave, drop)
     identity = executor.identity
     failed: dict[str, str] = {}
     keys = {(p.label, q.id): record_key(p.key(), identity, q) for p in points for q in questions}
     todo = sum(1 for key in keys.values() if key not in store)
+    pruner = Pruner(drop, points, questions, keys, store)
     with tqdm(total=todo, desc="benchmark", unit="run", disable=not progress or todo == 0) as bar:
         for round_index, start in enumerate(range(0, len(questions), interleave)):
             batch = list(questions[start : start + interleave])
-            for point, missing in round_work(points, keys, store, round_index, batch):
+            for point, missing in round_work(points, keys, store, round_index, batch, pruner.update(bar)):
                 bar.set_postfix_str(point.label)
                 done = run_unless_failed(executor, point, missing, failed)
                 store.add(to_record(point, identity, q, o) for q, o in done)
                 bar.update(len(missing))
     if failures is not None:
         failures.update(failed)
+    if dropped is not None:
+        dropped.update(pruner.update())
     found = (store.get(keys[(p.label, q.id)]) for p in points for q in questions if q.id not in failed)
     return [record for record in found if record is not None]
 

@@ -26,6 +26,7 @@ from litestage_chain.bench.methods import (
     all_points,
     parse_sweep,
 )
+from litestage_chain.bench.pruning import DropRule
 from litestage_chain.bench.rankings import adaskip_order, litestage_ranking
 from litestage_chain.bench.records import RECORDS_FILE, RecordStore
 from litestage_chain.bench.report import markdown_table
@@ -42,6 +43,7 @@ from litestage_chain.engine.loading import load_model
 from litestage_chain.engine.weight_formats import WEIGHT_CHOICES
 from litestage_chain.reasoning.shared_context import add_context_argument
 from litestage_chain.errors import InvalidInputError
+from litestage_chain.offline.paired_decision import PairedComparison
 from litestage_chain.offline.question_fit import fitting_questions
 from litestage_chain.reasoning.chain import DEFAULT_MAX_TOKENS
 
@@ -108,6 +110,11 @@ def add_bench_subcommand(subparsers: Any) -> None:
         "--no-reuse", action="store_true",
         help="time every stage afresh for every method point instead of reusing identical stage runs "
         "(slower; shared stages are then not timed once under one moment's machine load)",
+    )
+    bench.add_argument(
+        "--drop-worse", type=float, metavar="POINTS",
+        help="stop running a point once the lower end of its 95%% paired loss interval against the full model is "
+             "above POINTS accuracy points (after 16 questions); default: every point runs to the end",
     )
     bench.add_argument("--no-progress", action="store_true", help="no progress bars")
     bench.add_argument("--no-plots", action="store_true", help="write the table only")
@@ -192,6 +199,17 @@ def _chosen_methods(args: argparse.Namespace, out: TextIO) -> list[str]:
     return methods
 
 
+def _drop_rule(points: float | None, methods: Sequence[str]) -> DropRule | None:
+    """`--drop-worse POINTS` as a rule (None when not given), checked before anything loads."""
+    if points is None:
+        return None
+    if not 0 <= points <= 100:
+        raise InvalidInputError(f"--drop-worse takes accuracy points from 0 to 100, got {points}")
+    if "full" not in methods:
+        raise InvalidInputError("--drop-worse compares every point with the full model: add 'full' to --methods")
+    return DropRule(margin=points / 100)
+
+
 def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Load model, questions and rankings, run every point (resuming), then write the report and plots."""
 
@@ -207,6 +225,7 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
         if value < low:
             raise InvalidInputError(f"{name} must be >= {low}, got {value}")
     methods = _chosen_methods(args, out)
+    drop = _drop_rule(args.drop_worse, methods)
     cluster = cluster_options(args, args.threads)  # checked before the model loads: a bad option fails at once
     questions = _load_questions(args)
 
@@ -256,7 +275,7 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
         "weights_sha256": model.weights_sha256, "weights": model.weights, "profile": args.profile, "methods": methods,
         "max_tokens": executor.base.max_tokens, "shots": args.shots, "fallback": not args.no_fallback,
         "batch_size": args.batch_size, "interleave": args.interleave, "threads": args.threads, "reuse_outputs": not args.no_reuse,
-        "early_exit": early_exit.model_dump(),
+        "early_exit": early_exit.model_dump(), "drop_worse": drop.model_dump() if drop else None,
         "workers": cluster.workers if cluster else None, "ray_address": cluster.address if cluster else None,
         "calibration_ids": [q.id for q in calibration], "ranking": [list(s) for s in ranking],
         "adaskip_ranking": [list(s) for s in adaskip] if adaskip else None,
@@ -271,17 +290,21 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
               f" runs already recorded in {args.out}{kept}\n")
     out.flush()
     failures: dict[str, str] = {}
+    dropped: dict[str, PairedComparison] = {}
     with maybe_pool(cluster, args.model, model.weights) as pool:
         if pool is None:
             run_points(executor, points, questions.questions, store, interleave=args.interleave, progress=progress,
-                       failures=failures)
+                       failures=failures, drop=drop, dropped=dropped)
         else:
             out.write(describe_pool(pool) + "\n")
             out.flush()
             run_points_on_workers(pool, settings, executor.identity, points, questions.questions, store,
-                                  interleave=args.interleave, progress=progress, failures=failures)
+                                  interleave=args.interleave, progress=progress, failures=failures, drop=drop,
+                                  dropped=dropped)
     for qid, reason in failures.items():
         out.write(f"skipped question {qid}: {reason}\n")
+    for label, comparison in dropped.items():
+        out.write(f"dropped {label} after {comparison.questions} questions: {comparison.describe()}\n")
     rows, files = rebuild_report(args.out, plots=not args.no_plots)
     _print_done(out, rows, files)
     return 0

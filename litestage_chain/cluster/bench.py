@@ -19,10 +19,12 @@ from tqdm.auto import tqdm
 
 from litestage_chain.bench.methods import MethodPoint
 from litestage_chain.bench.records import QuestionRecord, RecordStore, record_key
-from litestage_chain.bench.runner import check_run, records_of, round_work
+from litestage_chain.bench.pruning import DropRule
+from litestage_chain.bench.runner import Pruner, check_run, records_of, round_work
 from litestage_chain.cluster.pool import WorkerPool
 from litestage_chain.cluster.worker import RoundResult, WorkerInfo
 from litestage_chain.data.types import Question
+from litestage_chain.offline.paired_decision import PairedComparison
 
 Round = list[tuple[MethodPoint, list[Question]]]
 
@@ -39,15 +41,19 @@ def run_points_on_workers(
     progress: bool = True,
     on_round: Callable[[WorkerInfo], None] | None = None,
     failures: dict[str, str] | None = None,
+    drop: DropRule | None = None,
+    dropped: dict[str, PairedComparison] | None = None,
 ) -> list[QuestionRecord]:
     """Every (point, question) record, measuring only those missing from `store`; returns them point-major.
 
     `settings` are the `ChainExecutor` keyword arguments every worker builds its executor from; `identity` is the
     driver's executor identity, which every worker's must equal. `on_round` is called after each recorded round.
     As in `bench.runner.run_points`, a question a point fails on is skipped by every point of its round, named in a
-    warning and, with `failures`, reported there; it is left out of the returned records.
+    warning and, with `failures`, reported there; it is left out of the returned records. `drop` and `dropped` are
+    as there too: the rule is applied as each round is handed out, to the records written so far (rounds still
+    running elsewhere may record a few more questions of a point that has just been dropped).
     """
-    check_run(points, questions, interleave)
+    check_run(points, questions, interleave, drop)
     settings = dict(settings)
     pool.check_identity("bench", settings, identity)
     keys = {(p.label, q.id): record_key(p.key(), identity, q) for p in points for q in questions}
@@ -58,6 +64,7 @@ def run_points_on_workers(
             rounds.append(work)
     todo = sum(len(missing) for work in rounds for _, missing in work)
     failed: dict[str, str] = {}
+    pruner = Pruner(drop, points, questions, keys, store)
 
     with tqdm(total=todo, desc=f"benchmark ({len(pool.alive)} workers)", unit="run",
               disable=not progress or todo == 0) as bar:
@@ -75,8 +82,15 @@ def run_points_on_workers(
             if on_round is not None:
                 on_round(info)
 
-        pool.farm(rounds, lambda actor, work: actor.run_round.remote(settings, work), record)
+        def dispatch(actor: Any, work: Round) -> Any:
+            gone = pruner.update(bar)
+            work[:] = [(point, missing) for point, missing in work if point.label not in gone]  # `record` zips it
+            return actor.run_round.remote(settings, work)
+
+        pool.farm(rounds, dispatch, record)
     if failures is not None:
         failures.update(failed)
+    if dropped is not None:
+        dropped.update(pruner.update())
     found = (store.get(keys[(p.label, q.id)]) for p in points for q in questions if q.id not in failed)
     return [record for record in found if record is not None]

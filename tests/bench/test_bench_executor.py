@@ -127,7 +127,7 @@ def test_bench_command_runs_every_method_writes_the_report_and_resumes(bench_set
     out = bench_setup["out"]
     results = json.loads((out / RESULTS_JSON).read_text())
     labels = [row["point"] for row in results["summary"]]
-    assert labels == ["full", "litestage", "litestage-noexit", "uniform@1", "uniform-exit@1", "adaskip@2",
+    assert labels == ["full", "litestage", "litestage-noexit", "litestage-noskip", "uniform@1", "uniform-exit@1", "adaskip@2",
                       "adaskip-exit@2", "unified@1", "unified-exit@1", "exit-depth@1", "exit-depth-exit@1",
                       "capped@50", "full-exit", "stage-only/recall@2", "stage-only/analysis@2",
                       "stage-only/summary@2"]
@@ -146,7 +146,7 @@ def test_bench_command_runs_every_method_writes_the_report_and_resumes(bench_set
     stored = (out / RECORDS_FILE).read_text()
     assert "Which option" not in stored, "records hold ids and measurements, not question text"
     before = len(RecordStore(out / RECORDS_FILE))
-    assert before == 16 * 2
+    assert before == 17 * 2
     again = _bench(argv)
-    assert "32 of 32 runs already recorded" in again and "other records" not in again
+    assert "34 of 34 runs already recorded" in again and "other records" not in again
     assert (out / RECORDS_FILE).read_text() == stored, "a resumed, finished run appends nothing"

@@ -86,8 +86,8 @@ def test_markdown_table_has_one_row_per_point_with_ci_speedup_and_tokens() -> No
     table = markdown_table(summarise(records))
     lines = table.strip().splitlines()
     assert len(lines) == 4 and lines[1].count("---") == lines[0].count("|") - 1
-    assert "| full | full | 0/0/0 | no | 2 | 50.0 [9.5, 90.5] | 10.00 | 10.00 | 1.00x | 1.00x | 10.0/20.0/5.0/0.0 |" in table
-    assert "| uniform | uniform@4 | 4/4/4 | no | 2 | 100.0 [34.2, 100.0] | 5.00 | 5.00 | 2.00x [2.00, 2.00] | 2.00x |" in table
+    assert "| full | full | 0/0/0 | no | 2 | 50.0 [9.5, 90.5] | reference | 10.00 | 10.00 | 1.00x | 1.00x | 10.0/20.0/5.0/0.0 |" in table
+    assert "| uniform | uniform@4 | 4/4/4 | no | 2 | 100.0 [34.2, 100.0] | -50.0 +- 64.8 (0/1) | 5.00 | 5.00 | 2.00x [2.00, 2.00] | 2.00x |" in table
 
 
 def test_speedup_interval_is_a_paired_bootstrap_around_the_mean_ratio() -> None:

@@ -13,6 +13,7 @@ import torch
 
 from litestage_chain import InvalidInputError
 from litestage_chain.bench.methods import MethodContext, MethodPoint, all_points
+from litestage_chain.bench.pruning import DropRule
 from litestage_chain.bench.plots import (
     ACCURACY_VS_SPEEDUP,
     STAGE_SENSITIVITY,
@@ -37,6 +38,7 @@ from litestage_chain.bench.runner import recorded_count, run_points
 from litestage_chain.cli.bench import add_bench_subcommand, parse_max_tokens
 from litestage_chain.data.types import Question
 from litestage_chain.offline.importance import rank_sublayers
+from litestage_chain.offline.paired_decision import PairedComparison
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -231,3 +233,72 @@ def test_max_tokens_caps_or_sets_per_stage_budgets() -> None:
     assert parse_max_tokens(None) is None
     assert parse_max_tokens("32") == {"recall": 32, "analysis": 32, "summary": 24}
     assert parse_max_tokens("recall=8,summary=4") == {"recall": 8, "summary": 4}
+
+
+def test_a_clearly_worse_point_is_dropped_and_a_resume_drops_it_again(tmp_path: Path) -> None:
+    path = tmp_path / RECORDS_FILE
+    pts = [p for p in points() if p.label in ("full", "uniform@1", "uniform@4")]  # uniform@4: always wrong
+    rule = DropRule(margin=0.05)
+    stub, dropped = StubExecutor(), {}
+    records = run_points(stub, pts, questions(40), RecordStore(path), interleave=4, progress=False, drop=rule,
+                         dropped=dropped)
+    ran = {label: sum(len(ids) for name, ids in stub.calls if name == label) for label, _ in stub.calls}
+    assert ran["full"] == ran["uniform@1"] == 40, "the reference and a point as good as it run to the end"
+    assert 16 <= ran["uniform@4"] < 40, ran
+    assert set(dropped) == {"uniform@4"} and dropped["uniform@4"].interval[0] > 0.05
+    assert dropped["uniform@4"].questions == ran["uniform@4"] and dropped["uniform@4"].lost == ran["uniform@4"]
+    assert len(records) == 80 + ran["uniform@4"]
+    # the smallest number of wrong answers that already bounds the loss above 5 points: no round later
+    first = next(n for n in range(16, 41, 4) if rule.drops(paired(n)))
+    assert ran["uniform@4"] == first
+    again = StubExecutor()
+    run_points(again, pts, questions(40), RecordStore(path), interleave=4, progress=False, drop=rule)
+    assert again.calls == [], "a resumed run drops the same point from its records alone"
+    loose = StubExecutor()
+    run_points(loose, pts, questions(40), RecordStore(path), interleave=4, progress=False)
+    assert {label for label, _ in loose.calls} == {"uniform@4"}, "without the rule the point is finished"
+
+
+def paired(n: int) -> PairedComparison:
+    return PairedComparison(questions=n, lost=n, gained=0, confidence=0.95)
+
+
+def test_a_point_within_the_margin_is_never_dropped() -> None:
+    rule = DropRule(margin=0.05)
+    assert not rule.drops(None) and not rule.drops(paired(15)), "never on fewer than 16 questions"
+    assert rule.drops(paired(16))
+    assert not rule.drops(PairedComparison(questions=200, lost=20, gained=14, confidence=0.95)), "3 points: kept"
+    assert rule.drops(PairedComparison(questions=200, lost=40, gained=10, confidence=0.95)), "15 points: dropped"
+
+
+def test_dropping_needs_the_full_model() -> None:
+    with pytest.raises(InvalidInputError, match="needs the full model"):
+        run_points(StubExecutor(), points()[1:3], questions(2), RecordStore(), progress=False,
+                   drop=DropRule(margin=0.05))
+
+
+def test_the_report_marks_dropped_points_and_shows_the_paired_loss(tmp_path: Path) -> None:
+    pts = [p for p in points() if p.label in ("full", "uniform@1", "uniform@4")]
+    qs = questions(40)
+    meta = {"benchmark": "toy", "questions": 40, "model": "stub", "drop_worse": DropRule(margin=0.05).model_dump()}
+    write_run(tmp_path, meta, pts, "stub-v1", [q.id for q in qs])
+    run_points(StubExecutor(), pts, qs, RecordStore(tmp_path / RECORDS_FILE), interleave=4, progress=False,
+               drop=DropRule(margin=0.05))
+    rows = {row.point: row for row in rebuild_report(tmp_path, plots=False)[0]}
+    assert rows["uniform@4"].dropped and not rows["uniform@1"].dropped and not rows["full"].dropped
+    assert rows["uniform@4"].loss == 1.0 and rows["uniform@4"].lost == rows["uniform@4"].questions < 40
+    assert rows["uniform@1"].loss == 0.0 and rows["uniform@1"].paired_questions == 40
+    text = (tmp_path / RESULTS_MD).read_text()
+    assert "**Dropped early**" in text and "Partial run" not in text, "a dropped point is not a cut-short run"
+    assert f"| {rows['uniform@4'].questions} (dropped) |" in text and "+100.0 +- " in text
+
+
+def test_command_refuses_a_bad_drop_margin(tmp_path: Path) -> None:
+    data = tmp_path / "dev.jsonl"
+    data.write_text("")
+    base = ["bench", "--benchmark", "csqa", "--data", str(data), "--out", str(tmp_path / "o")]
+    for extra, message in ((["--drop-worse", "120"], "from 0 to 100"),
+                           (["--drop-worse", "5", "--methods", "uniform"], "add 'full'")):
+        args = _parse([*base, *extra])
+        with pytest.raises(InvalidInputError, match=message):
+            args.handler(args, io.StringIO())

@@ -22,14 +22,16 @@ from tiny_models import save_tiny_long_context_llama
 from litestage_chain import EarlyExitConfig, SkipPlan, load_model
 from litestage_chain.bench.executor import ChainExecutor
 from litestage_chain.bench.methods import MethodPoint
-from litestage_chain.bench.records import RECORDS_FILE, RecordStore
-from litestage_chain.bench.runner import run_points
+from litestage_chain.bench.pruning import DropRule
+from litestage_chain.bench.records import RECORDS_FILE, Outcome, RecordStore
+from litestage_chain.bench.runner import run_points, to_record
 from litestage_chain.budgets.profile import ModelIdentity, Profile, SearchedQuestions, StageBudget
 from litestage_chain.cli.main import build_parser
 from litestage_chain.cluster.cli import cluster_options
 from litestage_chain.data import search_questions
 from litestage_chain.data.types import Question
 from litestage_chain.errors import InvalidInputError
+from litestage_chain.offline.paired_decision import PairedComparison
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed")
 
@@ -213,6 +215,26 @@ def test_a_question_that_fails_on_a_worker_is_skipped_as_in_one_process(
     assert set(failures) == set(local_failures) == {"q1"} and "context" in failures["q1"]
     assert {(r.point, r.question_id): r.answer for r in records} == {(r.point, r.question_id): r.answer for r in local}
     assert len(records) == 3 * 3 and len(keys_in_file(tmp_path / RECORDS_FILE)) == 9, "the others all recorded"
+
+
+def test_workers_do_not_run_a_point_the_records_already_drop(bench_setup: dict[str, Path], tmp_path: Path) -> None:
+    model = load_model(str(bench_setup["model"]))
+    executor = ChainExecutor(model, **SETTINGS)
+    questions, points = _questions(22), _points()[:2]
+    store = RecordStore(tmp_path / RECORDS_FILE)
+    wrong = {"A": "B", "B": "A"}
+    for point in points:  # 20 questions already recorded: the full model right, uniform always wrong
+        answers = [q.answer if point.method == "full" else wrong[q.answer] for q in questions[:20]]
+        store.add(to_record(point, executor.identity, q, Outcome(question_id=q.id, answer=a, stages={}, seconds=1.0))
+                  for q, a in zip(questions[:20], answers, strict=True))
+    dropped: dict[str, PairedComparison] = {}
+    with worker_pool(ClusterOptions(workers=2), WorkerSpec(model=str(bench_setup["model"]))) as pool:
+        records = run_points_on_workers(pool, SETTINGS, executor.identity, points, questions, store, interleave=1,
+                                        progress=False, drop=DropRule(margin=0.05), dropped=dropped)
+    ran = [r for r in RecordStore(tmp_path / RECORDS_FILE)][40:]
+    assert sorted((r.point, r.question_id) for r in ran) == [("full", "q20"), ("full", "q21")], "uniform not run"
+    assert set(dropped) == {points[1].label} and dropped[points[1].label].lost == 20
+    assert len(records) == 22 + 20
 
 
 def test_search_on_a_simulated_two_node_cluster_measures_what_one_process_does(
