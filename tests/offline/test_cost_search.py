@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 from pathlib import Path
 
 import pytest
@@ -30,14 +31,21 @@ EXIT_DROP = {"analysis": 0.0, "recall": 0.2, "summary": 0.0}
 TOKENS = {"recall": 40, "analysis": 120, "summary": 20}
 
 
+class StubCall(NamedTuple):
+    """One evaluation the stub was asked for: skip counts per stage, how many questions, the exit rules."""
+
+    counts: dict[str, int]
+    questions: int
+    rules: dict[str, EarlyExitConfig | None]
+
+
 class StubChain:
     """Answers follow DROP; tokens shrink with an exit rule; every chunk evaluated is recorded."""
 
     identity = "stub-chain-v1"
 
     def __init__(self) -> None:
-        self.calls: list[tuple[dict[str, int], int]] = []
-        self.rules: list[dict[str, EarlyExitConfig | None]] = []  # each call's exit rules
+        self.calls: list[StubCall] = []
 
     def evaluate(
         self, plans: Mapping[str, SkipPlan], questions: Sequence[Question],
@@ -45,8 +53,7 @@ class StubChain:
     ) -> EvalResult:
         counts = {stage: plan.num_skipped for stage, plan in plans.items()}
         rules = dict(early_exit or {})
-        self.calls.append((counts, len(questions)))
-        self.rules.append(rules)
+        self.calls.append(StubCall(counts, len(questions), rules))
         drop = sum(DROP[s][c] + (EXIT_DROP[s] if rules.get(s) else 0.0) for s, c in counts.items())
         answers = {}
         for question in questions:
@@ -182,7 +189,7 @@ def test_an_exit_rule_that_cannot_fire_reuses_the_evaluation_without_it(
     store = ResultsStore(tmp_path / "search.jsonl")
     chain = StubChain()
     result = search_cost_aware(chain, QUESTIONS, RANKING, CostModel(timer, "t", rounds=1), CONFIG, store=store)
-    summary_calls = [(counts, rules) for counts, rules in zip(chain.calls, chain.rules) if rules.get("summary")]
+    summary_calls = [call for call in chain.calls if call.rules.get("summary")]
     assert summary_calls == [], "no evaluation with the summary's rule on: each was the one without it"
     with_rule = [c for c in result.candidates if c.stage == "summary" and c.early_exit["summary"] == EXIT]
     assert with_rule and any(c.count == 0 for c in with_rule) and any(c.count > 0 for c in with_rule)
@@ -197,4 +204,4 @@ def test_an_exit_rule_that_cannot_fire_reuses_the_evaluation_without_it(
     monkeypatch.setitem(TOKENS, "summary", 8)
     chain = StubChain()
     search_cost_aware(chain, QUESTIONS, RANKING, CostModel(timer, "t", rounds=1), CONFIG)
-    assert any(rules.get("summary") for rules in chain.rules)
+    assert any(call.rules.get("summary") for call in chain.calls)
