@@ -292,14 +292,13 @@ def _decode(
                 if on_finish is not None:
                     on_finish(slot, row)
         if now_finished:
-            keep = [slot for slot in range(len(active)) if slot not in now_finished]
-            if not keep:
+            if len(now_finished) == len(active):
                 break
+            keep = cache.drop_rows(now_finished)  # the kept rows' old slots, in their new order
             keep_index = torch.tensor(keep, dtype=torch.long)
             active = [active[slot] for slot in keep]
             tokens = tokens.index_select(0, keep_index)
             next_position = next_position.index_select(0, keep_index)
-            cache.select_rows(keep_index)
             if key_valid is not None:
                 key_valid = key_valid.index_select(0, keep_index)
         logits = decode_one(model.view, tokens, next_position, key_valid, cache, width + step, plan)
