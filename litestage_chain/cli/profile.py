@@ -311,8 +311,8 @@ def _check_and_save(
 
     if args.batch_size < 1:
         raise InvalidInputError(f"--batch-size must be >= 1, got {args.batch_size}")
-    settings = dict(early_exit={stage: profile.early_exit_for(stage) for stage in profile.stages},
-                    max_tokens=parse_max_tokens(args.max_tokens), num_shots=args.shots, fallback=not args.no_fallback,
+    rules = {stage: profile.early_exit_for(stage) for stage in profile.stages}  # the plans' side only
+    settings = dict(early_exit=None, max_tokens=parse_max_tokens(args.max_tokens), num_shots=args.shots, fallback=not args.no_fallback,
                     batch_size=args.batch_size, reuse_outputs=False, progress=not args.no_progress and pool is None,
                     context=args.context)
     base = ChainEvaluator(model, **settings)
@@ -341,7 +341,7 @@ def _check_and_save(
     limit = getattr(args, "limit", None) or getattr(args, "check_limit", None)  # `check --limit`, `search --check-limit`
     if limit is not None:
         fitting = fitting[:limit]
-    check = check_speed(evaluator, plans, fitting, rounds=rounds, on_evaluation=report)
+    check = check_speed(evaluator, plans, fitting, rounds=rounds, on_evaluation=report, early_exit=rules)
     if getattr(args, "predict", False):
         predicted_against_measured(model, plans, results, args.batch_size, rounds, out)
     checked = profile.model_copy(update={"speed_check": check})

@@ -8,6 +8,7 @@ import pytest
 
 from litestage_chain.budgets.profile import Profile
 from litestage_chain.data.types import Question
+from litestage_chain.engine.early_exit import EarlyExitConfig
 from litestage_chain.engine.skip_plan import SkipPlan
 from litestage_chain.errors import InvalidInputError
 from litestage_chain.offline.speed_check import SpeedCheck, check_speed
@@ -25,10 +26,15 @@ class ScriptedEvaluator:
         self.times = {"full": list(full), "plans": list(plans)}
         self.reuse_outputs = reuse_outputs
         self.order: list[str] = []
+        self.rules: dict[str, list[dict[str, EarlyExitConfig | None]]] = {"full": [], "plans": []}
 
-    def evaluate(self, plans: Mapping[str, SkipPlan], questions: Sequence[Question]) -> EvalResult:
+    def evaluate(
+        self, plans: Mapping[str, SkipPlan], questions: Sequence[Question],
+        early_exit: Mapping[str, EarlyExitConfig | None] | None = None,
+    ) -> EvalResult:
         side = "full" if all(plan == SkipPlan() for plan in plans.values()) else "plans"
         self.order.append(side)
+        self.rules[side].append(dict(early_exit or {}))
         return EvalResult(accuracy=1.0 if side == "full" else 0.0, mean_latency_seconds=self.times[side].pop(0),
                           answers={q.id: "A" for q in questions})
 
@@ -42,6 +48,14 @@ def test_sides_alternate_and_the_speedup_is_the_ratio_of_medians() -> None:
     assert check.speedup == pytest.approx(12.0 / 6.0)  # one slow outlier per side does not move a median
     assert check.full_accuracy == 1.0 and check.plan_accuracy == 0.0
     assert "2.00x" in check.describe()
+
+
+def test_only_the_plans_exit_early_the_full_model_never() -> None:
+    rule = EarlyExitConfig(window=4, threshold=0.5, min_tokens=8)
+    evaluator = ScriptedEvaluator(full=[10.0, 10.0], plans=[8.0, 8.0])
+    check_speed(evaluator, PLANS, QUESTIONS, rounds=2, early_exit={"analysis": rule})
+    assert evaluator.rules["full"] == [{"recall": None, "analysis": None, "summary": None}] * 2
+    assert evaluator.rules["plans"] == [{"recall": None, "analysis": rule, "summary": None}] * 2
 
 
 def test_bad_uses_are_clear_errors() -> None:
