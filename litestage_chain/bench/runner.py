@@ -160,9 +160,9 @@ class Pruner:
         """The dropped points now (a point once dropped stays dropped: its records only grow in flight). A newly
         dropped point's unrecorded runs are taken off `bar`'s total, so the bar still ends at 100%."""
         if self.rule is not None:
-            now = dropped_points(self.rule, self.points, self.questions, self.keys, self.store)
-            new = [label for label in now if label not in self.dropped]
-            self.dropped = {**self.dropped, **{label: now[label] for label in new}}
+            running = [point for point in self.points if point.label not in self.dropped]
+            new = dropped_points(self.rule, running, self.questions, self.keys, self.store)
+            self.dropped.update(new)
             if bar is not None and new and bar.total:
                 bar.total -= sum(self.keys[(label, q.id)] not in self.store for label in new for q in self.questions)
                 bar.refresh()

@@ -142,7 +142,7 @@ def _remember(view: DecoderView, program: Any) -> None:
 
 
 def _session(program: Any, kernels: Any, view: DecoderView, cache: KVCache, plan: SkipPlan) -> Any:
-    """The call's session: its plan and cache buffers bound once (stored on the cache, which select_rows resets)."""
+    """The call's session: its plan and cache buffers bound once (stored on the cache, which drop_rows resets)."""
     found = cache.fused_session
     if found is not None and found[0] == plan:
         return found[1]

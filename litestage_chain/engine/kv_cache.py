@@ -63,7 +63,7 @@ class KVCache:
     def drop_rows(self, finished: Sequence[int]) -> list[int]:
         """Remove the `finished` batch rows; return the old slot of every row kept, in its new order.
 
-        Why not `select_rows`: it copies every kept row's whole buffer, and a row's buffer is large at a few-shot
+        Why not `index_select` on the kept rows: it copies every kept row's whole buffer, and a row's buffer is large at a few-shot
         context (about 90 MB on a 28-layer model with 1,600 columns: 60-250 ms a call on one core, as much as one
         or two decode steps, paid each time a row of the batch finishes). Here each hole below the new end is filled
         by moving one live row from above it, and the buffers are then narrowed, which copies nothing: one row
@@ -88,11 +88,3 @@ class KVCache:
         self.batch_size = kept
         self.fused_session = None
         return order
-
-    def select_rows(self, rows: torch.Tensor) -> None:
-        """Keep only the given batch rows (used to drop finished sequences from a batch)."""
-        for store in (self.keys, self.values):
-            for layer in store:
-                store[layer] = store[layer].index_select(0, rows)
-        self.batch_size = int(rows.numel())
-        self.fused_session = None
