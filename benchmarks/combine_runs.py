@@ -39,6 +39,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "in alternating rounds *within its own run*; all rows are over the same questions; the full model answered "
         "them identically in every run.\n\n"
     )
+    stopped = [row.point for row in rows if row.dropped]
+    if stopped:
+        header += (
+            f"**Dropped early** by their run's `--drop-worse` rule: {', '.join(stopped)}. Their n is where they "
+            "stopped; their loss and speedup are over those questions, against their own run's full model.\n\n"
+        )
     combined_meta = {**meta, "questions": shared, "combined_from": [str(folder) for folder in args.folders]}
     _, md_path = write_report(args.out, rows, combined_meta, intro=header)  # results.json too, for the notebook
     name = str(meta.get("benchmark"))

@@ -7,15 +7,20 @@ model in alternating rounds with its methods, so every speedup stays a ratio mea
 run*; only the rows are put together. All rows are restricted to the questions every point of every run has
 finished, so accuracies compare on the same questions, and the full model's answers must agree across runs (they
 are greedy and batched alike: a difference means the runs do not measure one benchmark).
+
+A point its run's `--drop-worse` rule stopped early is the exception: it never finishes, so counting it would shrink
+the shared questions to where it stopped. It keeps its own row over the questions it ran (marked dropped, its loss
+paired with its own run's full model there) and does not restrict the others.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from litestage_chain.bench.records import QuestionRecord
-from litestage_chain.bench.report import PointSummary, summarise
+from litestage_chain.bench.report import PointSummary, drop_rule, summarise
 from litestage_chain.bench.results import read_run, run_records
 from litestage_chain.errors import InvalidInputError
 
@@ -24,18 +29,27 @@ SAME_SETTINGS = ("benchmark", "model", "weights_sha256", "weights", "fingerprint
 
 
 def common_questions(runs: Sequence[Sequence[QuestionRecord]], labels: Sequence[Sequence[str]]) -> set[str]:
-    """Question ids that every point of every run (as its run.json lists them) has a record for."""
+    """Question ids that every listed point of every run (as its run.json lists them) has a record for."""
     common: set[str] | None = None
     for records, points in zip(runs, labels, strict=True):
         by_point: dict[str, set[str]] = {label: set() for label in points}
         for record in records:
-            by_point.setdefault(record.point, set()).add(record.question_id)
+            if record.point in by_point:
+                by_point[record.point].add(record.question_id)
         empty = [label for label, ids in by_point.items() if not ids]
         if empty:
             raise InvalidInputError(f"point(s) {empty} have no records yet: nothing to compare them on")
         for ids in by_point.values():
             common = set(ids) if common is None else common & ids
     return common or set()
+
+
+def dropped_rows(records: Sequence[QuestionRecord], meta: Mapping[str, Any]) -> dict[str, PointSummary]:
+    """The rows of the points a run's `--drop-worse` rule stopped, over the questions each ran, by label."""
+    rule = drop_rule(meta)
+    if rule is None:
+        return {}
+    return {row.point: row for row in summarise(records, drop=rule) if row.dropped}
 
 
 def check_full_answers_agree(
@@ -78,16 +92,21 @@ def combined_rows(folders: Sequence[Path]) -> tuple[list[PointSummary], int, dic
                     f"point {point['label']!r} of {folder} is not the same point as in an earlier run (other plans "
                     "or settings, e.g. another ranking): rename or drop one"
                 )
-    shared = common_questions(runs, [[p["label"] for p in run["points"]] for run in definitions])
+    dropped = [dropped_rows(records, run["meta"]) for records, run in zip(runs, definitions, strict=True)]
+    finishing = [[p["label"] for p in run["points"] if p["label"] not in stopped]
+                 for run, stopped in zip(definitions, dropped, strict=True)]
+    shared = common_questions(runs, finishing)
     if not shared:
         raise InvalidInputError("the runs share no question that all their points have finished")
     check_full_answers_agree(runs, [str(f) for f in folders], shared)
     rows: list[PointSummary] = []
     seen: set[str] = set()
-    for records in runs:
-        for row in summarise([r for r in records if r.question_id in shared]):
-            if row.point in seen:
+    for records, run, stopped in zip(runs, definitions, dropped, strict=True):
+        kept = [r for r in records if r.question_id in shared and r.point not in stopped]
+        by_label = {row.point: row for row in summarise(kept)} | stopped
+        for label in [p["label"] for p in run["points"]]:
+            if label in seen or label not in by_label:
                 continue  # the full model (its answers agree) or a point two runs both measured: the first run's row
-            seen.add(row.point)
-            rows.append(row)
+            seen.add(label)
+            rows.append(by_label[label])
     return rows, len(shared), dict(first["meta"])

@@ -9,6 +9,7 @@ import pytest
 
 from litestage_chain import InvalidInputError
 from litestage_chain.bench.combine import combined_rows
+from litestage_chain.bench.pruning import DropRule
 from litestage_chain.bench.records import RECORDS_FILE, RecordStore
 from litestage_chain.bench.results import write_run
 from litestage_chain.bench.runner import run_points
@@ -98,3 +99,33 @@ def test_runs_that_are_not_one_benchmark_are_refused(tmp_path: Path) -> None:
     _run(tmp_path / "contrary", {"full"}, n=3, executor=Contrary())
     with pytest.raises(InvalidInputError, match="answered 3 question"):
         combined_rows([tmp_path / "a", tmp_path / "contrary"])
+
+
+def test_a_point_its_run_dropped_keeps_its_own_row_and_does_not_shrink_the_others(tmp_path: Path) -> None:
+    from benchmarks.combine_runs import main
+
+    rule = DropRule(margin=0.05)
+    _run(tmp_path / "a", {"full", "uniform@1"}, n=40)
+    folder = tmp_path / "b"
+    chosen = [p for p in points() if p.label in {"full", "unified@1", "uniform@4"}]  # uniform@4: always wrong
+    write_run(folder, {**META, "drop_worse": rule.model_dump()}, chosen, "stub-v1", [q.id for q in questions(40)])
+    run_points(StubExecutor(), chosen, questions(40), RecordStore(folder / RECORDS_FILE), interleave=4,
+               progress=False, drop=rule)
+    rows, shared, _ = combined_rows([tmp_path / "a", folder])
+    by_point = {row.point: row for row in rows}
+    assert shared == 40, "the dropped point does not restrict the shared questions to where it stopped"
+    assert [row.point for row in rows] == ["full", "uniform@1", "uniform@4", "unified@1"]  # each run in its order
+    assert all(by_point[label].questions == 40 and not by_point[label].dropped
+               for label in ("full", "uniform@1", "unified@1"))
+    worse = by_point["uniform@4"]
+    assert worse.dropped and 16 <= worse.questions < 40 and worse.lost == worse.questions and worse.gained == 0
+    assert main(["--out", str(tmp_path / "both"), str(tmp_path / "a"), str(folder)]) == 0
+    text = (tmp_path / "both" / "results.md").read_text()
+    assert "**Dropped early** by their run's `--drop-worse` rule: uniform@4." in text
+    assert f"| {worse.questions} (dropped) |" in text
+    # without the rule in its run.json the same records are a point cut short: it restricts the shared questions
+    document = json.loads((folder / "run.json").read_text())
+    del document["meta"]["drop_worse"]
+    (folder / "run.json").write_text(json.dumps(document))
+    _, cut_short, _ = combined_rows([tmp_path / "a", folder])
+    assert cut_short == worse.questions
