@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from litestage_chain.bench.records import QuestionRecord
-from litestage_chain.bench.report import PointSummary, drop_rule, summarise
+from litestage_chain.bench.report import PointSummary, run_drops, summarise
 from litestage_chain.bench.results import read_run, run_records
 from litestage_chain.errors import InvalidInputError
 
@@ -44,12 +44,10 @@ def common_questions(runs: Sequence[Sequence[QuestionRecord]], labels: Sequence[
     return common or set()
 
 
-def dropped_rows(records: Sequence[QuestionRecord], meta: Mapping[str, Any]) -> dict[str, PointSummary]:
+def dropped_rows(records: Sequence[QuestionRecord], run: Mapping[str, Any]) -> dict[str, PointSummary]:
     """The rows of the points a run's `--drop-worse` rule stopped, over the questions each ran, by label."""
-    rule = drop_rule(meta)
-    if rule is None:
-        return {}
-    return {row.point: row for row in summarise(records, drop=rule) if row.dropped}
+    stopped = run_drops(run, records)
+    return {row.point: row for row in summarise(records, dropped=stopped) if row.point in stopped}
 
 
 def check_full_answers_agree(
@@ -92,7 +90,7 @@ def combined_rows(folders: Sequence[Path]) -> tuple[list[PointSummary], int, dic
                     f"point {point['label']!r} of {folder} is not the same point as in an earlier run (other plans "
                     "or settings, e.g. another ranking): rename or drop one"
                 )
-    dropped = [dropped_rows(records, run["meta"]) for records, run in zip(runs, definitions, strict=True)]
+    dropped = [dropped_rows(records, run) for records, run in zip(runs, definitions, strict=True)]
     finishing = [[p["label"] for p in run["points"] if p["label"] not in stopped]
                  for run, stopped in zip(definitions, dropped, strict=True)]
     shared = common_questions(runs, finishing)

@@ -8,7 +8,10 @@ Methods (the names the command line accepts):
 
 * ``full``: no skipping, no early exit. Every speedup is measured against it.
 * ``litestage`` / ``litestage-noexit``: the searched profile's per-stage plans, with and without generation
-  early exit (the ablation that shows what early exit adds on top of stage-wise budgets).
+  early exit (the ablation that shows what early exit adds on top of stage-wise budgets). ``litestage`` runs each
+  stage with the profile's own rule, and without one where the profile has none: the cost-aware search picks "no
+  exit" for a stage as one of its choices, so lending that stage the command line's rule would run a plan the
+  search never judged.
 * ``litestage-noskip``: the profile's per-stage early-exit rules with nothing skipped, the other ablation: what the
   skipped sub-layers add on top of the searched exits (``full-exit`` uses one fixed rule in every stage instead).
 * ``uniform``: the same number of skipped sub-layers in every stage, taken from LiteStage's accumulated importance
@@ -211,7 +214,7 @@ def method_points(method: str, context: MethodContext, counts: Sequence[int] | N
         rules = (
             {stage: None for stage in stages}
             if method == "litestage-noexit"
-            else {stage: profile.early_exit_for(stage) or context.early_exit for stage in stages}
+            else {stage: profile.early_exit_for(stage) for stage in stages}  # None: searched as "no exit"
         )
         total = sum(plan.num_skipped for plan in plans.values())
         return [MethodPoint(method=name, count=total, plans=plans, early_exit=rules)]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from statistics import fmean, median
@@ -22,9 +22,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from litestage_chain.bench.pruning import DropRule, dropped_in_records, paired_loss
 from litestage_chain.bench.records import QuestionRecord
 from litestage_chain.errors import InvalidInputError
-from litestage_chain.bench.pruning import DropRule, paired_loss
 from litestage_chain.offline.paired_decision import PairedComparison
 from litestage_chain.offline.stats import wilson_interval
 
@@ -76,12 +76,12 @@ def _by_point(records: Sequence[QuestionRecord]) -> dict[str, list[QuestionRecor
 
 
 def summarise(
-    records: Sequence[QuestionRecord], full_point: str = "full", drop: DropRule | None = None
+    records: Sequence[QuestionRecord], full_point: str = "full", dropped: Collection[str] = ()
 ) -> list[PointSummary]:
     """One `PointSummary` per point, in first-seen order; raises if the full model's records are missing.
 
-    With the run's `drop` rule, a point recorded on fewer questions than the full model that the rule drops is
-    marked `dropped` (it stopped there, rather than the run being cut short)."""
+    The points labelled in `dropped` (the run's drop rule stopped them: `run_drops`) are marked so, rather than
+    looking like a run cut short."""
     grouped = _by_point(records)
     if full_point not in grouped:
         raise InvalidInputError(
@@ -126,7 +126,7 @@ def summarise(
             fallback_rate=fmean(1.0 if r.fallback_used else 0.0 for r in group),
             unanswered_rate=fmean(1.0 if r.answer is None else 0.0 for r in group),
             **(_paired_fields(paired) if paired is not None else {}),
-            dropped=drop is not None and len(group) < len(full_seconds) and drop.drops(paired),
+            dropped=label in dropped,
         ))
     return rows
 
@@ -253,6 +253,16 @@ def drop_rule(meta: Mapping[str, Any]) -> DropRule | None:
     """The run's `--drop-worse` rule as its run.json records it (None: every point ran to the end)."""
     recorded = meta.get("drop_worse")
     return DropRule.model_validate(recorded) if recorded else None
+
+
+def run_drops(run: Mapping[str, Any], records: Sequence[QuestionRecord]) -> set[str]:
+    """The points of a run (its run.json) that its drop rule stopped, replayed from its records as the runner
+    decided them (`pruning.py`): the same answer before and after a resume, and no point that ran to the end."""
+    rule = drop_rule(run["meta"])
+    if rule is None:
+        return set()
+    interleave = int(run["meta"].get("interleave", 4))  # every run with a rule records it; 4 is the CLI's default
+    return set(dropped_in_records(rule, records, run["question_ids"], interleave))
 
 
 def partial_run_note(rows: Sequence[PointSummary], planned: Any, drop: DropRule | None = None) -> str:

@@ -147,24 +147,30 @@ def round_work(
 
 
 class Pruner:
-    """Which points a drop rule has stopped, recomputed from the records (`None` rule: none ever)."""
+    """Which points a drop rule has stopped, replayed from the records at each round boundary (`pruning.py`;
+    `None` rule: none ever)."""
 
     def __init__(
         self, rule: DropRule | None, points: Sequence[MethodPoint], questions: Sequence[Question],
-        keys: dict[tuple[str, str], str], store: RecordStore,
+        keys: dict[tuple[str, str], str], store: RecordStore, interleave: int,
     ) -> None:
         self.rule, self.points, self.questions, self.keys, self.store = rule, points, questions, keys, store
+        self.interleave = interleave
         self.dropped: dict[str, PairedComparison] = {}
 
-    def update(self, bar: tqdm | None = None) -> dict[str, PairedComparison]:
-        """The dropped points now (a point once dropped stays dropped: its records only grow in flight). A newly
-        dropped point's unrecorded runs are taken off `bar`'s total, so the bar still ends at 100%."""
+    def update(self, bar: tqdm | None = None, *, scheduled: int = 0) -> dict[str, PairedComparison]:
+        """The dropped points now (a point once dropped stays dropped: its records only grow in flight).
+
+        A newly dropped point's runs that will not happen are taken off `bar`'s total, so the bar ends at 100%:
+        those of its unrecorded questions from question `scheduled` on (the earlier ones have been handed out and
+        are counted when they finish or fail)."""
         if self.rule is not None:
             running = [point for point in self.points if point.label not in self.dropped]
-            new = dropped_points(self.rule, running, self.questions, self.keys, self.store)
+            new = dropped_points(self.rule, running, self.questions, self.keys, self.store, self.interleave)
             self.dropped.update(new)
             if bar is not None and new and bar.total:
-                bar.total -= sum(self.keys[(label, q.id)] not in self.store for label in new for q in self.questions)
+                later = self.questions[scheduled:]
+                bar.total -= sum(self.keys[(label, q.id)] not in self.store for label in new for q in later)
                 bar.refresh()
         return self.dropped
 
@@ -196,11 +202,12 @@ def run_points(
     failed: dict[str, str] = {}
     keys = {(p.label, q.id): record_key(p.key(), identity, q) for p in points for q in questions}
     todo = sum(1 for key in keys.values() if key not in store)
-    pruner = Pruner(drop, points, questions, keys, store)
+    pruner = Pruner(drop, points, questions, keys, store, interleave)
     with tqdm(total=todo, desc="benchmark", unit="run", disable=not progress or todo == 0) as bar:
         for round_index, start in enumerate(range(0, len(questions), interleave)):
             batch = list(questions[start : start + interleave])
-            for point, missing in round_work(points, keys, store, round_index, batch, pruner.update(bar)):
+            gone = pruner.update(bar, scheduled=start)
+            for point, missing in round_work(points, keys, store, round_index, batch, gone):
                 bar.set_postfix_str(point.label)
                 done = run_unless_failed(executor, point, missing, failed)
                 store.add(to_record(point, identity, q, o) for q, o in done)
@@ -208,7 +215,7 @@ def run_points(
     if failures is not None:
         failures.update(failed)
     if dropped is not None:
-        dropped.update(pruner.update())
+        dropped.update(pruner.dropped)  # no check after the last round: a point that finished was not dropped
     found = (store.get(keys[(p.label, q.id)]) for p in points for q in questions if q.id not in failed)
     return [record for record in found if record is not None]
 

@@ -96,7 +96,9 @@ def add_bench_subcommand(subparsers: Any) -> None:
                        help="questions per round; every method runs each round (default 4)")
     bench.add_argument("--batch-size", type=int, default=1, metavar="N",
                        help="questions decoded together (default 1: single-question latency)")
-    bench.add_argument("--exit-window", type=int, default=4, metavar="N", help="early exit: tokens averaged (default 4)")
+    bench.add_argument("--exit-window", type=int, default=4, metavar="N",
+                       help="early exit of full-exit and the -exit baselines (litestage runs its profile's rules): "
+                       "tokens averaged (default 4)")
     bench.add_argument("--exit-threshold", type=float, default=0.5, metavar="P",
                        help="early exit: mean confidence below which a stage stops (default 0.5)")
     bench.add_argument("--exit-min-tokens", type=int, default=8, metavar="N",

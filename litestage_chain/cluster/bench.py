@@ -18,8 +18,8 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from litestage_chain.bench.methods import MethodPoint
-from litestage_chain.bench.records import QuestionRecord, RecordStore, record_key
 from litestage_chain.bench.pruning import DropRule
+from litestage_chain.bench.records import QuestionRecord, RecordStore, record_key
 from litestage_chain.bench.runner import Pruner, check_run, records_of, round_work
 from litestage_chain.cluster.pool import WorkerPool
 from litestage_chain.cluster.worker import RoundResult, WorkerInfo
@@ -50,8 +50,9 @@ def run_points_on_workers(
     driver's executor identity, which every worker's must equal. `on_round` is called after each recorded round.
     As in `bench.runner.run_points`, a question a point fails on is skipped by every point of its round, named in a
     warning and, with `failures`, reported there; it is left out of the returned records. `drop` and `dropped` are
-    as there too: the rule is applied as each round is handed out, to the records written so far (rounds still
-    running elsewhere may record a few more questions of a point that has just been dropped).
+    as there too: the rule is applied as each round is handed out, to the records written so far. Rounds still
+    running elsewhere may record a few more questions of a point that has just been dropped; if those pull its
+    interval back under the margin, the report and a resumed run (which replay the records) count it as running.
     """
     check_run(points, questions, interleave, drop)
     settings = dict(settings)
@@ -64,7 +65,8 @@ def run_points_on_workers(
             rounds.append(work)
     todo = sum(len(missing) for work in rounds for _, missing in work)
     failed: dict[str, str] = {}
-    pruner = Pruner(drop, points, questions, keys, store)
+    pruner = Pruner(drop, points, questions, keys, store, interleave)
+    position = {q.id: index for index, q in enumerate(questions)}
 
     with tqdm(total=todo, desc=f"benchmark ({len(pool.alive)} workers)", unit="run",
               disable=not progress or todo == 0) as bar:
@@ -83,7 +85,8 @@ def run_points_on_workers(
                 on_round(info)
 
         def dispatch(actor: Any, work: Round) -> Any:
-            gone = pruner.update(bar)
+            first = min((position[q.id] for _, missing in work for q in missing), default=len(questions))
+            gone = pruner.update(bar, scheduled=first)
             work[:] = [(point, missing) for point, missing in work if point.label not in gone]  # `record` zips it
             return actor.run_round.remote(settings, work)
 
@@ -91,6 +94,6 @@ def run_points_on_workers(
     if failures is not None:
         failures.update(failed)
     if dropped is not None:
-        dropped.update(pruner.update())
+        dropped.update(pruner.dropped)  # no check after the last round: a point that finished was not dropped
     found = (store.get(keys[(p.label, q.id)]) for p in points for q in questions if q.id not in failed)
     return [record for record in found if record is not None]

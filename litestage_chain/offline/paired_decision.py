@@ -93,17 +93,22 @@ def compare_answers(
         raise InvalidInputError(f"no answer of both the full model and the candidate for question(s) {missing[:5]}")
     lost = gained = 0
     for qid in ids:
-        if gold is None:
-            lost += candidate[qid] != full[qid]
-            continue
-        if qid not in gold or gold[qid] is None:
+        if gold is not None and (qid not in gold or gold[qid] is None):
             raise InvalidInputError(f"question {qid!r} has no gold label; use the agreement metric")
-        label = str(gold[qid]).upper()
-        right_full = full[qid] is not None and str(full[qid]).upper() == label
-        right_candidate = candidate[qid] is not None and str(candidate[qid]).upper() == label
-        lost += right_full and not right_candidate
-        gained += right_candidate and not right_full
+        lost_one, gained_one = flip(full[qid], candidate[qid], None if gold is None else gold[qid])
+        lost += lost_one
+        gained += gained_one
     return PairedComparison(questions=len(ids), lost=lost, gained=gained, confidence=confidence)
+
+
+def flip(full: str | None, candidate: str | None, gold: str | None) -> tuple[bool, bool]:
+    """(lost, gained) on one question: by correctness against `gold`, or by agreement when there is none."""
+    if gold is None:
+        return candidate != full, False
+    label = str(gold).upper()
+    right_full = full is not None and str(full).upper() == label
+    right_candidate = candidate is not None and str(candidate).upper() == label
+    return right_full and not right_candidate, right_candidate and not right_full
 
 
 class DecisionRule(BaseModel):

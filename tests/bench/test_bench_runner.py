@@ -13,7 +13,7 @@ import torch
 
 from litestage_chain import InvalidInputError
 from litestage_chain.bench.methods import MethodContext, MethodPoint, all_points
-from litestage_chain.bench.pruning import DropRule
+from litestage_chain.bench.pruning import DropRule, first_drop
 from litestage_chain.bench.plots import (
     ACCURACY_VS_SPEEDUP,
     STAGE_SENSITIVITY,
@@ -34,7 +34,7 @@ from litestage_chain.bench.report import (
     write_report,
 )
 from litestage_chain.bench.results import rebuild_report, run_records, write_run
-from litestage_chain.bench.runner import recorded_count, run_points
+from litestage_chain.bench.runner import recorded_count, run_points, to_record
 from litestage_chain.cli.bench import add_bench_subcommand, parse_max_tokens
 from litestage_chain.data.types import Question
 from litestage_chain.offline.importance import rank_sublayers
@@ -280,7 +280,8 @@ def test_dropping_needs_the_full_model() -> None:
 def test_the_report_marks_dropped_points_and_shows_the_paired_loss(tmp_path: Path) -> None:
     pts = [p for p in points() if p.label in ("full", "uniform@1", "uniform@4")]
     qs = questions(40)
-    meta = {"benchmark": "toy", "questions": 40, "model": "stub", "drop_worse": DropRule(margin=0.05).model_dump()}
+    meta = {"benchmark": "toy", "questions": 40, "model": "stub", "interleave": 4,
+            "drop_worse": DropRule(margin=0.05).model_dump()}
     write_run(tmp_path, meta, pts, "stub-v1", [q.id for q in qs])
     run_points(StubExecutor(), pts, qs, RecordStore(tmp_path / RECORDS_FILE), interleave=4, progress=False,
                drop=DropRule(margin=0.05))
@@ -291,6 +292,50 @@ def test_the_report_marks_dropped_points_and_shows_the_paired_loss(tmp_path: Pat
     text = (tmp_path / RESULTS_MD).read_text()
     assert "**Dropped early**" in text and "Partial run" not in text, "a dropped point is not a cut-short run"
     assert f"| {rows['uniform@4'].questions} (dropped) |" in text and "+100.0 +- " in text
+
+
+class LateWrong(StubExecutor):
+    """The stub, but uniform@1 answers the last 8 of 40 questions wrong: its interval crosses a 5-point margin only
+    once the last round is in (8 lost of 40: lower end 6.3 points; 4 of 36 before that round: -0.5)."""
+
+    def run(self, point: MethodPoint, questions: Sequence[Question]) -> list[Outcome]:
+        outcomes = super().run(point, questions)
+        if point.label != "uniform@1":
+            return outcomes
+        return [o.model_copy(update={"answer": "B"}) if int(o.question_id[1:]) >= 32 else o for o in outcomes]
+
+
+def test_a_point_that_crosses_the_margin_only_in_its_last_round_ran_to_the_end_and_is_not_dropped(
+    tmp_path: Path,
+) -> None:
+    pts = [p for p in points() if p.label in ("full", "uniform@1")]
+    qs, rule = questions(40), DropRule(margin=0.05)
+    meta = {"benchmark": "toy", "questions": 40, "model": "stub", "interleave": 4, "drop_worse": rule.model_dump()}
+    write_run(tmp_path, meta, pts, "stub-v1", [q.id for q in qs])
+    dropped: dict[str, PairedComparison] = {}
+    run_points(LateWrong(), pts, qs, RecordStore(tmp_path / RECORDS_FILE), interleave=4, progress=False, drop=rule,
+               dropped=dropped)
+    assert rule.drops(PairedComparison(questions=40, lost=8, gained=0, confidence=0.95)), "the set-up crosses it"
+    assert dropped == {}, "no check after the last round: it finished"
+    rows = {row.point: row for row in rebuild_report(tmp_path, plots=False)[0]}
+    assert rows["uniform@1"].questions == 40 and rows["uniform@1"].lost == 8 and not rows["uniform@1"].dropped
+
+
+def test_the_drop_is_replayed_at_round_boundaries_in_question_order() -> None:
+    rule = DropRule(margin=0.05)
+    order = [q.id for q in questions(48)]
+    wrong = StubExecutor().run(next(p for p in points() if p.label == "uniform@4"), questions(48))
+    right = StubExecutor().run(next(p for p in points() if p.label == "full"), questions(48))
+    full = {q.id: to_record(points()[0], "stub-v1", q, o) for q, o in zip(questions(48), right, strict=True)}
+    point = next(p for p in points() if p.label == "uniform@4")
+    mine = {q.id: to_record(point, "stub-v1", q, o) for q, o in zip(questions(48), wrong, strict=True)}
+    first = first_drop(rule, full, mine, order, interleave=8)
+    assert first is not None and first.questions == 16 and first.lost == 16, "the first boundary with 16 questions"
+    assert first_drop(rule, full, dict(list(mine.items())[:16]), order, interleave=8) == first, "later records or not"
+    assert first_drop(rule, full, dict(list(mine.items())[:15]), order, interleave=8) is None, "never on 15"
+    assert first_drop(rule, full, mine, order[:16], interleave=8) is None, "no check after the last round"
+    with pytest.raises(InvalidInputError, match="interleave"):
+        first_drop(rule, full, mine, order, interleave=0)
 
 
 def test_command_refuses_a_bad_drop_margin(tmp_path: Path) -> None:
