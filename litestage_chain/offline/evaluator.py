@@ -41,6 +41,7 @@ from litestage_chain.reasoning.chain import (
     FinalizeStep,
     ReasoningResult,
     stage_node,
+    stage_template,
 )
 from litestage_chain.reasoning.prompts import PromptSet, prompt_values
 from litestage_chain.reasoning.stage_output import StageOutput, State
@@ -50,6 +51,8 @@ from litestage_chain.reasoning.shared_context import (
     SUMMARY_LEAD,
     ContextFormat,
     check_context,
+    continued_summary_prompt,
+    reads_earlier_kv,
     shared_prompt,
 )
 
@@ -83,8 +86,8 @@ class CachedStage(Runnable[State, StageOutput]):
     def key(self, state: State) -> str:
         question: Question = state["question"]
         payload = {"stage": self.name, "settings": self.settings, "id": question.id, "inputs": prompt_values(state)}
-        if self.settings.get("context") == "shared":
-            # a shared-context stage reads the earlier stages' KV entries, which depend on the plans that wrote them
+        if self.settings.get("reads_earlier_kv"):
+            # a stage that reads the earlier stages' KV entries depends on the plans that wrote them
             payload["earlier_plans"] = [
                 state[stage].skipped.model_dump(mode="json") for stage in STAGES if isinstance(state.get(stage), StageOutput)
             ]
@@ -127,8 +130,8 @@ class ChainEvaluator:
         reuse_outputs: reuse unchanged stages' outputs (and their measured times) across evaluations. Turn
             off to time every stage afresh in every evaluation: slower, but candidates are then never
             compared on times measured under different machine load.
-        context: the reasoning format, "separate" (a prompt per stage) or "shared" (one sequence, see
-            `shared_context.py`).
+        context: the reasoning format, "separate" (a prompt per stage), "shared" (one sequence) or "continued"
+            (separate, the summary continuing the analysis's turn); see `shared_context.py`.
     """
 
     def __init__(
@@ -174,7 +177,11 @@ class ChainEvaluator:
         # results stored under v1 were charged with it by run order and must not be mixed with v2 ones.
         # v3: a left-padded batch's prefill no longer computes the padding (forward.prefill_packed), so stage seconds
         # measured under v2 are slower than the same stages now and must not be compared with v3 ones.
-        shared = {"context": "shared", "shared_stops": SHARED_STOPS} if self.context == "shared" else {}
+        shared: dict[str, Any] = {}
+        if self.context == "shared":
+            shared = {"context": "shared", "shared_stops": SHARED_STOPS}
+        elif self.context == "continued":
+            shared = {"context": "continued", "summary_lead": SUMMARY_LEAD}
         # An int8/int4 model decodes batch-1 steps (and a batch's last row) on the compiled step, which sums in another
         # order than the Python step, so a near-tie token can differ: results made with it switched off are kept
         # apart. Switched on (the default) keeps the key every stored result has.
@@ -203,8 +210,10 @@ class ChainEvaluator:
         )
         settings = {"plan": plan.model_dump(mode="json"), "early_exit": early_exit.model_dump() if early_exit else None,
                     "max_tokens": self.max_tokens[stage]}
-        if self.context == "shared":
-            settings["context"] = "shared"
+        if self.context != "separate":
+            settings["context"] = self.context
+        if reads_earlier_kv(self.context, stage):
+            settings["reads_earlier_kv"] = True
         return CachedStage(name, node, settings, self._cache, self.generated, self.batch_size, self.progress)
 
     def run_stages(
@@ -249,13 +258,13 @@ class ChainEvaluator:
         """The exact prompt text the model sees for `stage` in this chain state (for calibration)."""
         checked = check_stage(stage)
         question: Question = state["question"]
+        template = stage_template(self.prompts, question.kind, checked, self.num_shots, self.context)
+        messages = template.invoke(prompt_values(state)).to_messages()
         if self.context == "shared":
-            template = self.prompts.shared_chat_prompt(question.kind, num_shots=self.num_shots)
-            messages = shared_prompt(template.invoke(prompt_values(state)).to_messages(), checked, state).to_messages()
-        else:
-            template = self.prompts.chat_prompt(question.kind, checked, num_shots=self.num_shots)
-            messages = template.invoke(prompt_values(state)).to_messages()
-        lead = {"response_prefix": SUMMARY_LEAD} if self.context == "shared" and checked == "summary" else {}
+            messages = shared_prompt(messages, checked, state).to_messages()
+        elif self.context == "continued" and checked == "summary":
+            messages = continued_summary_prompt(messages, state).to_messages()
+        lead = {"response_prefix": SUMMARY_LEAD} if self.context != "separate" and checked == "summary" else {}
         return self.chat.prepare(messages, stage=checked, skip_plan=SkipPlan(), **lead).prompt
 
 

@@ -42,6 +42,8 @@ from litestage_chain.reasoning.shared_context import (
     SUMMARY_LEAD,
     ContextFormat,
     check_context,
+    continued_summary_prompt,
+    reuses_context,
     shared_prompt,
 )
 
@@ -118,7 +120,8 @@ def build_reasoning_chain(
         fallback: re-run the summary on the full model when no answer can be read from it.
         context: "separate" gives every stage its own few-shot prompt that repeats the question and the earlier
             outputs (the paper's format); "shared" makes the stages consecutive segments of one sequence, so each
-            stage reuses the KV entries of everything before it and prefills only its header (`shared_context.py`).
+            stage reuses the KV entries of everything before it and prefills only its header (`shared_context.py`);
+            "continued" is "separate" with the summary continuing the analysis's turn, reusing its KV entries.
 
     The chain takes `{"question": str, "choices": [...]}` (a benchmark data row works as is, or a `Question`) and
     returns a `ReasoningResult`. `chain.batch(questions)` runs stage by stage with batched decoding.
@@ -170,29 +173,27 @@ def stage_node(
     (`astream_events`, callbacks) can be told apart by stage.
     `context="shared"` renders the shared-context format (`shared_context.py`): the node continues one assistant
     turn after a shared few-shot prefix and reuses the KV entries of everything the earlier stages read and wrote.
+    `context="continued"` renders recall and analysis as in the separate format and the summary as the analysis's
+    turn continued, reusing the KV entries of the analysis's prompt and output.
     """
     stage = check_stage(stage)
     context = check_context(context)
     model = model if isinstance(model, ChatLiteStage) else ChatLiteStage(model=model)
     prompts = prompts if prompts is not None else PromptSet.load()
     templates: dict[QuestionKind, ChatPromptTemplate] = {
-        kind: (
-            prompts.shared_chat_prompt(kind, num_shots=num_shots) if context == "shared"
-            else prompts.chat_prompt(kind, stage, num_shots=num_shots)
-        )
-        for kind in ("mcq", "yesno")
+        kind: stage_template(prompts, kind, stage, num_shots, context) for kind in ("mcq", "yesno")
     }
 
     def render(state: State) -> PromptValue:
         checked = _checked_state(state, stage)
         prompt = templates[checked["question"].kind].invoke(prompt_values(checked))
-        return shared_prompt(prompt.to_messages(), stage, checked) if context == "shared" else prompt
+        if context == "shared":
+            return shared_prompt(prompt.to_messages(), stage, checked)
+        if context == "continued" and stage == "summary":
+            return continued_summary_prompt(prompt.to_messages(), checked)
+        return prompt
 
-    format_binding: dict[str, Any] = {"stop": STAGE_STOPS[stage]}
-    if context == "shared":
-        format_binding = {"stop": SHARED_STOPS[stage], "reuse_context": True}
-        if stage == "summary":
-            format_binding["response_prefix"] = SUMMARY_LEAD
+    format_binding = stage_format(stage, context)
     bound = model.bind(
         stage=stage, max_tokens=DEFAULT_MAX_TOKENS[stage] if max_tokens is None else max_tokens,
         **{**format_binding, **budget},
@@ -207,6 +208,29 @@ def stage_node(
 
     sequence = RunnableLambda(render, name=f"{stage}_prompt") | bound | RunnableLambda(parse, name=f"{stage}_parse")
     return sequence.with_config(run_name=name or stage)
+
+
+def stage_template(
+    prompts: PromptSet, kind: QuestionKind, stage: Stage, num_shots: int, context: ContextFormat
+) -> ChatPromptTemplate:
+    """The conversation a stage's prompt starts from: the shared one, the analysis's (the continued format's
+    summary continues it), or the stage's own."""
+    if context == "shared":
+        return prompts.shared_chat_prompt(kind, num_shots=num_shots)
+    if context == "continued" and stage == "summary":
+        return prompts.chat_prompt(kind, "analysis", num_shots=num_shots)
+    return prompts.chat_prompt(kind, stage, num_shots=num_shots)
+
+
+def stage_format(stage: Stage, context: ContextFormat) -> dict[str, Any]:
+    """A stage call's format bindings: its stop strings, whether it uses the context cache, and the summary's
+    forced lead where the summary continues a turn."""
+    binding: dict[str, Any] = {"stop": SHARED_STOPS[stage] if context == "shared" else STAGE_STOPS[stage]}
+    if reuses_context(context, stage):
+        binding["reuse_context"] = True
+    if context != "separate" and stage == "summary":
+        binding["response_prefix"] = SUMMARY_LEAD
+    return binding
 
 
 def answer_node(

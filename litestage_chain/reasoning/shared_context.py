@@ -14,6 +14,18 @@ Stage s+1's prompt is exactly stage s's prompt + output + the next header, sent 
 (`continuation.py`), so with the model's context cache each stage prefills only its header and the few tokens where
 the cleaned output and the generated tokens differ. Each piece carries the plan that computed it (the earlier
 stage's `StageOutput.skipped`), which is what keeps a cached answer equal to a cold one.
+
+The shared format costs accuracy on the benchmark model (its analysis, written in the same turn as the recall,
+judges the options differently: benchmarks/README.md). A third format, "continued", keeps the separate format's
+recall and analysis prompts, where that judgement is made, and removes only the summary's re-reading: the summary
+continues the analysis's own turn,
+
+    <analysis prompt, as in the separate format> <analysis>
+    So the answer is option <summary>
+
+so it reuses the KV entries of the analysis's prompt and output and prefills one line. In the separate format that
+re-reading is a third of the full model's time per question at batch 8 (the summary prefills the question, options,
+key information and analysis again for 8 generated tokens).
 """
 
 from __future__ import annotations
@@ -28,8 +40,8 @@ from litestage_chain.errors import InvalidInputError
 from litestage_chain.budgets.stages import Stage
 from litestage_chain.reasoning.stage_output import StageOutput
 
-ContextFormat = Literal["shared", "separate"]
-CONTEXT_FORMATS: tuple[ContextFormat, ...] = ("shared", "separate")
+ContextFormat = Literal["shared", "separate", "continued"]
+CONTEXT_FORMATS: tuple[ContextFormat, ...] = ("shared", "separate", "continued")
 DEFAULT_CONTEXT: ContextFormat = "separate"
 """The format the chain, the evaluator, the benchmarks and the CLI use unless told: one constant, because which one
 it is follows a measurement (the paired accuracy of the two formats on the benchmark model, benchmarks/README.md)."""
@@ -49,7 +61,7 @@ SHARED_STOPS: dict[Stage, list[str]] = {
 def check_context(context: object) -> ContextFormat:
     """`context` as a `ContextFormat`, or `InvalidInputError` naming the two formats."""
     if context not in CONTEXT_FORMATS:
-        raise InvalidInputError(f"unknown context format {context!r}: expected 'shared' or 'separate'")
+        raise InvalidInputError(f"unknown context format {context!r}: expected 'separate', 'shared' or 'continued'")
     return context  # type: ignore[return-value]
 
 
@@ -58,7 +70,8 @@ def add_context_argument(parser: Any) -> None:
     parser.add_argument(
         "--context", choices=CONTEXT_FORMATS, default=DEFAULT_CONTEXT,
         help="reasoning format: 'separate' gives each stage its own prompt (the paper's); 'shared' makes the stages "
-        f"one sequence whose KV entries each stage reuses (default {DEFAULT_CONTEXT})",
+        "one sequence whose KV entries each stage reuses; 'continued' is 'separate' with the summary continuing the "
+        f"analysis's turn, reusing its KV entries (default {DEFAULT_CONTEXT})",
     )
 
 
@@ -78,3 +91,23 @@ def turn_segments(stage: Stage, state: dict[str, Any]) -> list[Segment]:
 def shared_prompt(messages: list[BaseMessage], stage: Stage, state: dict[str, Any]) -> ChatPromptValue:
     """The stage's prompt: the rendered few-shot conversation and question, then the continued turn."""
     return ChatPromptValue(messages=[*messages, continuation_message(turn_segments(stage, state))])
+
+
+def reads_earlier_kv(context: ContextFormat, stage: Stage) -> bool:
+    """Whether `stage` reuses KV entries an earlier stage computed (so its output depends on the plans that did):
+    every stage after the first in the shared format, the summary in the continued one."""
+    return (context == "shared" and stage != "recall") or (context == "continued" and stage == "summary")
+
+
+def reuses_context(context: ContextFormat, stage: Stage) -> bool:
+    """Whether `stage`'s call reads or stores the model's context cache: every stage of the shared format; in the
+    continued format the analysis (it stores what the summary continues) and the summary."""
+    return context == "shared" or (context == "continued" and stage != "recall")
+
+
+def continued_summary_prompt(messages: list[BaseMessage], state: dict[str, Any]) -> ChatPromptValue:
+    """The continued format's summary prompt: the analysis's rendered conversation, then its turn continued (the
+    analysis output, computed under the analysis's plan, and a line break; the reply starts with `SUMMARY_LEAD`)."""
+    analysis: StageOutput = state["analysis"]
+    segments: list[Segment] = [(analysis.text, analysis.skipped), ("\n", None)]
+    return ChatPromptValue(messages=[*messages, continuation_message(segments)])
