@@ -33,7 +33,7 @@ from litestage_chain.budgets.stage_budgets import (
     StageBudget,
     StageBudgets,
 )
-from litestage_chain.budgets.stages import check_stage
+from litestage_chain.budgets.stages import ContextFormat, check_stage
 from litestage_chain.engine.early_exit import EarlyExitConfig
 from litestage_chain.engine.skip_plan import SkipPlan, SubLayer
 from litestage_chain.engine.sources import DEFAULT_MODEL
@@ -128,6 +128,10 @@ class Profile(BaseModel):
     stage_order: list[str] = Field(description="order the stages were searched in (slowest first)")
     full_score: float = Field(ge=0.0, le=1.0, description="the metric of the full model on the searched questions")
     full_latency_seconds: float = Field(ge=0.0)
+    context: ContextFormat = Field(
+        "separate", description="the reasoning format the search evaluated the plans in (profiles written before it "
+        "was recorded were searched in 'separate'); their accuracy is only known in that format",
+    )
     trace: list[TraceEntry] = Field(default_factory=list)
     speed_check: SpeedCheck | None = Field(
         None, description="the plans against the full model timed side by side after the search (`check_speed`); "

@@ -14,6 +14,11 @@ from litestage_chain.errors import InvalidInputError
 Stage = Literal["recall", "analysis", "summary"]
 STAGES: tuple[Stage, ...] = get_args(Stage)
 
+ContextFormat = Literal["shared", "separate", "continued"]
+"""How the stages' prompts are laid out (`reasoning/shared_context.py`): a searched profile records the one it was
+searched in, because a plan's accuracy is measured in that layout."""
+CONTEXT_FORMATS: tuple[ContextFormat, ...] = get_args(ContextFormat)
+
 
 def check_stage(stage: object) -> Stage:
     """Return `stage` as a `Stage`, or raise `InvalidInputError` listing the valid names."""

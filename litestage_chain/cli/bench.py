@@ -33,6 +33,7 @@ from litestage_chain.bench.report import markdown_table
 from litestage_chain.bench.results import rebuild_report, write_run
 from litestage_chain.bench.runner import recorded_count, run_points
 from litestage_chain.budgets.profile import Profile
+from litestage_chain.reasoning.shared_context import format_mismatch
 from litestage_chain.budgets.stages import check_stage
 from litestage_chain.cluster.bench import run_points_on_workers
 from litestage_chain.cluster.cli import add_cluster_arguments, cluster_options, describe_pool, maybe_pool
@@ -242,6 +243,8 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
     model = load_model(args.model, weights=args.weights)
     if profile is not None:
         profile.check_model(model)
+        if profile.context != args.context:
+            out.write(f"warning: {format_mismatch(profile.context, args.context)}\n")
     progress = not args.no_progress
     settings = dict(max_tokens=max_tokens, num_shots=args.shots, fallback=not args.no_fallback,
                     batch_size=args.batch_size, reuse_outputs=not args.no_reuse, progress=False,

@@ -76,7 +76,7 @@ def search_profile(
         ),
         early_exit=early_exit,
         notes=notes,
-    )
+    ).model_copy(update={"context": evaluator.context})
     return profile, result, importance
 
 

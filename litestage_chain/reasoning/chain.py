@@ -14,6 +14,7 @@ LiteStage and shape the design:
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -25,6 +26,7 @@ from langchain_core.runnables.config import get_config_list
 from pydantic import BaseModel, ConfigDict, Field
 
 from litestage_chain.budgets.coerce import as_stage_budgets
+from litestage_chain.budgets.profile import Profile
 from litestage_chain.budgets.stages import STAGES, Stage, check_stage
 from litestage_chain.chat.chat_model import ChatLiteStage
 from litestage_chain.data.types import Question, QuestionKind
@@ -43,6 +45,7 @@ from litestage_chain.reasoning.shared_context import (
     ContextFormat,
     check_context,
     continued_summary_prompt,
+    format_mismatch,
     reuses_context,
     shared_prompt,
 )
@@ -127,6 +130,8 @@ def build_reasoning_chain(
     returns a `ReasoningResult`. `chain.batch(questions)` runs stage by stage with batched decoding.
     """
     context = check_context(context)
+    if isinstance(plans, Profile) and plans.context != context:
+        warnings.warn(format_mismatch(plans.context, context), stacklevel=2)
     chat = _chat_model(model, plans)
     prompts = PromptSet.load(prompts_dir)
     budgets = {**DEFAULT_MAX_TOKENS, **{check_stage(k): v for k, v in (max_tokens or {}).items()}}

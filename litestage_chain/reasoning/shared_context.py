@@ -30,18 +30,16 @@ key information and analysis again for 8 generated tokens).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from langchain_core.messages import BaseMessage
 from langchain_core.prompt_values import ChatPromptValue
 
 from litestage_chain.chat.continuation import Segment, continuation_message
 from litestage_chain.errors import InvalidInputError
-from litestage_chain.budgets.stages import Stage
+from litestage_chain.budgets.stages import CONTEXT_FORMATS, ContextFormat, Stage
 from litestage_chain.reasoning.stage_output import StageOutput
 
-ContextFormat = Literal["shared", "separate", "continued"]
-CONTEXT_FORMATS: tuple[ContextFormat, ...] = ("shared", "separate", "continued")
 DEFAULT_CONTEXT: ContextFormat = "separate"
 """The format the chain, the evaluator, the benchmarks and the CLI use unless told: one constant, because which one
 it is follows a measurement (the paired accuracy of the two formats on the benchmark model, benchmarks/README.md)."""
@@ -56,6 +54,13 @@ SHARED_STOPS: dict[Stage, list[str]] = {
     "summary": ["\n"],
 }
 """Where each stage's segment ends in the shared turn: recall is one line, analysis one line per option."""
+
+
+def format_mismatch(searched: ContextFormat, running: ContextFormat) -> str:
+    """What to tell a user who runs a profile's plans in another format than the one they were searched in."""
+    return (f"the profile was searched in the {searched!r} format and runs here in {running!r}: its plans' accuracy "
+            f"was measured only in {searched!r} (search again with --context {running}, or run with --context "
+            f"{searched})")
 
 
 def check_context(context: object) -> ContextFormat:

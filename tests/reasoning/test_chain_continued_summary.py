@@ -84,3 +84,26 @@ def test_the_evaluator_runs_the_continued_format_and_keeps_its_results_apart(tin
     assert [{s: st[s].text for s in STAGES} for st in states] == [_texts(r) for r in chained]
     prompt = made["continued"].render_prompt("summary", states[0])
     assert prompt.endswith(states[0]["analysis"].text + "\nSo the answer is option")
+
+
+def test_a_profile_records_its_search_format_and_running_it_in_another_warns(tiny_long: LoadedModel,
+                                                                             tmp_path: Path) -> None:
+    from litestage_chain.budgets.profile import ModelIdentity, Profile, SearchedQuestions, StageBudget
+
+    shipped = Profile.load("csqa", model="qwen2.5-coder-1.5b")
+    assert shipped.context == "separate", "a profile written before the field was searched in the separate format"
+    profile = Profile(
+        model=ModelIdentity(name=tiny_long.name, weights_sha256=tiny_long.weights_sha256 or "ab" * 32),
+        stages={stage: StageBudget(plan=plan) for stage, plan in PLANS.items()}, epsilon=0.01, metric="accuracy",
+        questions=SearchedQuestions(benchmark="t", split="train", size=2), importance=[(0, "mlp")],
+        stage_order=list(STAGES), full_score=0.5, full_latency_seconds=1.0, context="continued",
+    )
+    profile.save(tmp_path / "p.json")
+    assert Profile.load(tmp_path / "p.json").context == "continued"
+    with pytest.warns(UserWarning, match="searched in the 'continued' format and runs here in 'separate'"):
+        build_reasoning_chain(tiny_long, plans=profile, max_tokens=SHORT, context="separate")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build_reasoning_chain(tiny_long, plans=profile, max_tokens=SHORT, context="continued")
