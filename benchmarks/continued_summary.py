@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,6 +42,7 @@ from litestage_chain.reasoning.answer import extract, extract_correct_option  # 
 from litestage_chain.reasoning.chain import DEFAULT_MAX_TOKENS, stage_node  # noqa: E402
 from litestage_chain.reasoning.prompts import PromptSet  # noqa: E402
 from litestage_chain.reasoning.stage_output import StageOutput, State  # noqa: E402
+from shared_context import bootstrap_ratio  # noqa: E402
 from shared_context_accuracy import mcnemar_exact  # noqa: E402
 
 FORMATS = ("separate", "continued")
@@ -95,17 +95,6 @@ def run_batch(model: Any, nodes: dict[str, Any], batch: Sequence[Question], inde
     return rows
 
 
-def ratio_interval(separate: Sequence[float], continued: Sequence[float], rounds: int = 2000) -> list[float]:
-    """95% bootstrap interval over batches of median(separate) / median(continued)."""
-    rng = random.Random(0)
-    n, ratios = len(separate), []
-    for _ in range(rounds):
-        pick = [rng.randrange(n) for _ in range(n)]
-        ratios.append(median(separate[i] for i in pick) / median(continued[i] for i in pick))
-    ratios.sort()
-    return [ratios[int(0.025 * rounds)], ratios[int(0.975 * rounds) - 1]]
-
-
 def report(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Paired accuracy and per-batch seconds of the two formats."""
     n = len(rows)
@@ -127,7 +116,7 @@ def report(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "separate_median_s": median(per_batch["separate"][part]),
             "continued_median_s": median(per_batch["continued"][part]),
             "speedup": median(per_batch["separate"][part]) / median(per_batch["continued"][part]),
-            "interval": ratio_interval(per_batch["separate"][part], per_batch["continued"][part]),
+            "interval": list(bootstrap_ratio(per_batch["separate"][part], per_batch["continued"][part])),
         }
         for part in ("summary", "chain")
     }

@@ -33,7 +33,6 @@ from litestage_chain.bench.report import markdown_table
 from litestage_chain.bench.results import rebuild_report, write_run
 from litestage_chain.bench.runner import recorded_count, run_points
 from litestage_chain.budgets.profile import Profile
-from litestage_chain.reasoning.shared_context import format_mismatch
 from litestage_chain.budgets.stages import check_stage
 from litestage_chain.cluster.bench import run_points_on_workers
 from litestage_chain.cluster.cli import add_cluster_arguments, cluster_options, describe_pool, maybe_pool
@@ -42,7 +41,7 @@ from litestage_chain.data.benchmarks import resolve_data_dir
 from litestage_chain.engine.early_exit import EarlyExitConfig
 from litestage_chain.engine.loading import load_model
 from litestage_chain.engine.weight_formats import WEIGHT_CHOICES
-from litestage_chain.reasoning.shared_context import add_context_argument
+from litestage_chain.reasoning.shared_context import add_context_argument, format_mismatch
 from litestage_chain.errors import InvalidInputError
 from litestage_chain.offline.paired_decision import PairedComparison
 from litestage_chain.offline.question_fit import fitting_questions

@@ -40,7 +40,9 @@ from litestage_chain.reasoning.chain import (
     STAGE_STOPS,
     FinalizeStep,
     ReasoningResult,
+    stage_format,
     stage_node,
+    stage_prompt,
     stage_template,
 )
 from litestage_chain.reasoning.prompts import PromptSet, prompt_values
@@ -51,9 +53,7 @@ from litestage_chain.reasoning.shared_context import (
     SUMMARY_LEAD,
     ContextFormat,
     check_context,
-    continued_summary_prompt,
     reads_earlier_kv,
-    shared_prompt,
 )
 
 FALLBACK = "fallback"
@@ -259,12 +259,8 @@ class ChainEvaluator:
         checked = check_stage(stage)
         question: Question = state["question"]
         template = stage_template(self.prompts, question.kind, checked, self.num_shots, self.context)
-        messages = template.invoke(prompt_values(state)).to_messages()
-        if self.context == "shared":
-            messages = shared_prompt(messages, checked, state).to_messages()
-        elif self.context == "continued" and checked == "summary":
-            messages = continued_summary_prompt(messages, state).to_messages()
-        lead = {"response_prefix": SUMMARY_LEAD} if self.context != "separate" and checked == "summary" else {}
+        messages = stage_prompt(template.invoke(prompt_values(state)), checked, state, self.context).to_messages()
+        lead = {k: v for k, v in stage_format(checked, self.context).items() if k == "response_prefix"}
         return self.chat.prepare(messages, stage=checked, skip_plan=SkipPlan(), **lead).prompt
 
 

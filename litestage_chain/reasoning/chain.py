@@ -191,12 +191,7 @@ def stage_node(
 
     def render(state: State) -> PromptValue:
         checked = _checked_state(state, stage)
-        prompt = templates[checked["question"].kind].invoke(prompt_values(checked))
-        if context == "shared":
-            return shared_prompt(prompt.to_messages(), stage, checked)
-        if context == "continued" and stage == "summary":
-            return continued_summary_prompt(prompt.to_messages(), checked)
-        return prompt
+        return stage_prompt(templates[checked["question"].kind].invoke(prompt_values(checked)), stage, checked, context)
 
     format_binding = stage_format(stage, context)
     bound = model.bind(
@@ -225,6 +220,15 @@ def stage_template(
     if context == "continued" and stage == "summary":
         return prompts.chat_prompt(kind, "analysis", num_shots=num_shots)
     return prompts.chat_prompt(kind, stage, num_shots=num_shots)
+
+
+def stage_prompt(prompt: PromptValue, stage: Stage, state: State, context: ContextFormat) -> PromptValue:
+    """A stage's rendered template as the stage sends it: with the turn it continues, where its format has one."""
+    if context == "shared":
+        return shared_prompt(prompt.to_messages(), stage, state)
+    if context == "continued" and stage == "summary":
+        return continued_summary_prompt(prompt.to_messages(), state)
+    return prompt
 
 
 def stage_format(stage: Stage, context: ContextFormat) -> dict[str, Any]:
