@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 
 from litestage_chain.bench.methods import MethodPoint
 from litestage_chain.bench.records import Outcome, StageMeasure
-from litestage_chain.budgets.stages import STAGES
+from litestage_chain.budgets.stages import STAGES, ContextFormat
 from litestage_chain.data.types import Question
 from litestage_chain.engine.early_exit import EarlyExitConfig
 from litestage_chain.engine.loading import LoadedModel
@@ -56,7 +56,8 @@ class ChainExecutor:
 
     Args mirror `ChainEvaluator`: per-stage `max_tokens`, `num_shots`, `prompts_dir`, `fallback` (re-run the
     summary on the full model when no answer can be read), `batch_size` (1 = single-question latency),
-    `reuse_outputs` (see the module docstring) and `context` (the reasoning format, "separate" or "shared").
+    `reuse_outputs` (see the module docstring) and `context` (the reasoning format of every point that names
+    none).
     """
 
     def __init__(
@@ -70,7 +71,7 @@ class ChainExecutor:
         batch_size: int = 1,
         reuse_outputs: bool = True,
         progress: bool = False,
-        context: str = DEFAULT_CONTEXT,
+        context: ContextFormat = DEFAULT_CONTEXT,
     ) -> None:
         self.model = model
         self.reuse_outputs = reuse_outputs
@@ -84,13 +85,18 @@ class ChainExecutor:
         self.identity = "bench-v1:" + self.base.identity
 
     def evaluator(
-        self, early_exit: Mapping[str, EarlyExitConfig | None], max_tokens: Mapping[str, int] | None = None
+        self,
+        early_exit: Mapping[str, EarlyExitConfig | None],
+        max_tokens: Mapping[str, int] | None = None,
+        context: ContextFormat | None = None,
     ) -> ChainEvaluator:
-        """The evaluator (with its stage-output cache) for one per-stage early-exit setting (and token budgets)."""
+        """The evaluator (with its stage-output cache) for one per-stage early-exit setting, token budgets and
+        reasoning format (None: the executor's). Formats never share a cache: a stage's prompt differs by format."""
+        fmt = context or self._settings["context"]
         key = json.dumps({"exit": {s: (r.model_dump() if r else None) for s, r in sorted(early_exit.items())},
-                          "max_tokens": dict(max_tokens) if max_tokens else None}, sort_keys=True)
+                          "max_tokens": dict(max_tokens) if max_tokens else None, "context": fmt}, sort_keys=True)
         if key not in self._evaluators or not self.reuse_outputs:  # a new evaluator starts with an empty cache
-            settings = dict(self._settings)
+            settings = dict(self._settings, context=fmt)
             if max_tokens:
                 settings["max_tokens"] = dict(max_tokens)
             self._evaluators[key] = ChainEvaluator(self.model, early_exit=dict(early_exit), **settings)  # type: ignore[arg-type]
@@ -99,7 +105,7 @@ class ChainExecutor:
     def run(self, point: MethodPoint, questions: Sequence[Question]) -> list[Outcome]:
         if not questions:
             raise InvalidInputError("no questions to run")
-        evaluator = self.evaluator(point.early_exit, point.max_tokens)
+        evaluator = self.evaluator(point.early_exit, point.max_tokens, point.context)
         states = evaluator.run_stages(point.plans, questions)
         fallback = (
             stage_node(

@@ -26,6 +26,12 @@ Methods (the names the command line accepts):
 * ``capped``: the full model with every stage's token budget cut to a percent of the run's budget, the control for
   "is the speedup just shorter stages?".
 * ``stage-only``: the ranking's first k sub-layers skipped in one stage, the others full: per-stage sensitivity.
+
+Any method may name a reasoning format after a colon (``full:separate``, ``litestage:continued``): its points run
+in that format (`reasoning/shared_context.py`) instead of the run's ``--context``. Why: the formats change what a
+stage re-reads, so "how much sooner does a user get the answer" compares a point in one format with the full model
+in another, and only a side-by-side run in one loop measures that ratio fairly. The report adds a table against
+every ``full:<format>`` point (`report.py`).
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from litestage_chain.append_store import content_key
 from litestage_chain.bench.adaskip import AdaSkipCalibration
 from litestage_chain.budgets.profile import Profile
-from litestage_chain.budgets.stages import STAGES
+from litestage_chain.budgets.stages import CONTEXT_FORMATS, STAGES, ContextFormat
 from litestage_chain.engine.early_exit import EarlyExitConfig
 from litestage_chain.engine.skip_plan import SkipPlan
 from litestage_chain.errors import InvalidInputError
@@ -94,12 +100,14 @@ class MethodPoint(BaseModel):
     plans: dict[str, SkipPlan]
     early_exit: dict[str, EarlyExitConfig | None]
     max_tokens: dict[str, int] | None = Field(None, description="per-stage token budgets replacing the run's (capped)")
+    context: ContextFormat | None = Field(None, description="the reasoning format; None: the run's --context")
 
     @property
     def label(self) -> str:
-        """A short unique name, e.g. ``uniform@8``, ``stage-only/recall@4``, ``full``."""
+        """A short unique name, e.g. ``uniform@8``, ``stage-only/recall@4``, ``full``, ``full:separate``."""
         name = self.method + (f"/{self.stage}" if self.stage else "")
-        return name if self.method in ("full", "full-exit", *NEEDS_PROFILE) else f"{name}@{self.count}"
+        name = name if self.method in ("full", "full-exit", *NEEDS_PROFILE) else f"{name}@{self.count}"
+        return name + (f":{self.context}" if self.context else "")
 
     @property
     def skipped_sublayers(self) -> dict[str, int]:
@@ -121,6 +129,8 @@ class MethodPoint(BaseModel):
         }
         if self.max_tokens is not None:  # absent otherwise, so the keys of recorded points stay the same
             payload["max_tokens"] = dict(sorted(self.max_tokens.items()))
+        if self.context is not None:  # likewise
+            payload["context"] = self.context
         return payload
 
     def key(self) -> str:
@@ -191,11 +201,31 @@ def full_point(context: MethodContext) -> MethodPoint:
     return MethodPoint(method="full", plans=plans, early_exit=rules)
 
 
-def method_points(method: str, context: MethodContext, counts: Sequence[int] | None = None) -> list[MethodPoint]:
-    """Every point of `method`: one per swept count (one per stage and count for ``stage-only``)."""
+def parse_method(text: str) -> tuple[MethodName, ContextFormat | None]:
+    """``METHOD`` or ``METHOD:FORMAT`` (the --methods values) as (method, format or None); errors name the problem."""
+    method, sep, fmt = text.strip().partition(":")
     if method not in METHODS:
-        raise InvalidInputError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
-    name = cast(MethodName, method)
+        raise InvalidInputError(f"unknown method {method!r} in {text!r}; known: {', '.join(METHODS)}")
+    if not sep:
+        return cast(MethodName, method), None
+    if fmt not in CONTEXT_FORMATS:
+        raise InvalidInputError(
+            f"unknown reasoning format {fmt!r} in {text!r}: write METHOD:FORMAT with FORMAT one of "
+            f"{', '.join(CONTEXT_FORMATS)}"
+        )
+    return cast(MethodName, method), cast(ContextFormat, fmt)
+
+
+def method_points(method: str, context: MethodContext, counts: Sequence[int] | None = None) -> list[MethodPoint]:
+    """Every point of `method` (``METHOD`` or ``METHOD:FORMAT``): one per swept count (one per stage and count for
+    ``stage-only``)."""
+    name, fmt = parse_method(method)
+    points = _points_of(name, context, counts)
+    return [point.model_copy(update={"context": fmt}) for point in points] if fmt else points
+
+
+def _points_of(name: MethodName, context: MethodContext, counts: Sequence[int] | None) -> list[MethodPoint]:
+    method: str = name
     stages = context.stages
     if name == "full":
         return [full_point(context)]
@@ -278,7 +308,7 @@ def all_points(
     points = [full_point(context)]
     seen = {points[0].label}
     for method in methods:
-        for point in method_points(method, context, sweeps.get(method)):
+        for point in method_points(method, context, sweeps.get(parse_method(method)[0])):
             if point.label not in seen:
                 seen.add(point.label)
                 points.append(point)

@@ -170,11 +170,12 @@ def speedup_interval(
 # ----------------------------------------------------------------------------------------- files
 
 
-def markdown_table(rows: Sequence[PointSummary]) -> str:
-    """The results table in GitHub markdown; accuracy as a percentage with its 95% Wilson interval."""
+def markdown_table(rows: Sequence[PointSummary], reference: str = "full") -> str:
+    """The results table in GitHub markdown; accuracy as a percentage with its 95% Wilson interval; losses and
+    speedups are against the point labelled `reference` (what `summarise` was given as `full_point`)."""
     header = (
         "| method | point | skipped sub-layers (R/A/S) | early exit | n | accuracy % [95% CI] "
-        "| loss vs full, paired (lost/gained) | mean s/question "
+        f"| loss vs {reference}, paired (lost/gained) | mean s/question "
         "| median s | speedup (mean) [95% CI] | speedup (median) | tokens R/A/S/fallback |"
     )
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
@@ -189,24 +190,25 @@ def markdown_table(rows: Sequence[PointSummary]) -> str:
         lines.append(
             f"| {row.method} | {row.point} | {skipped} | {'yes' if row.early_exit else 'no'} | {row.questions}"
             f"{' (dropped)' if row.dropped else ''} "
-            f"| {accuracy} | {_loss(row)} | {row.mean_seconds:.2f} | {row.median_seconds:.2f} | {row.speedup:.2f}x{_interval(row)} "
+            f"| {accuracy} | {_loss(row, reference)} | {row.mean_seconds:.2f} | {row.median_seconds:.2f} "
+            f"| {row.speedup:.2f}x{_interval(row, reference)} "
             f"| {row.median_speedup:.2f}x | {tokens} |"
         )
     return "\n".join(lines) + "\n"
 
 
-def _loss(row: PointSummary) -> str:
-    """E.g. '+0.5 +- 1.9 (2/1)': points lost (negative: gained) with the 95% half-width; 'reference' for the full
-    model, '' for unlabelled questions."""
-    if row.method == "full":
+def _loss(row: PointSummary, reference: str) -> str:
+    """E.g. '+0.5 +- 1.9 (2/1)': points lost (negative: gained) with the 95% half-width; 'reference' for the
+    reference point, '' for unlabelled questions."""
+    if row.point == reference:
         return "reference"
     if row.loss is None or row.loss_half_width is None:
         return ""
     return f"{100 * row.loss:+.1f} +- {100 * row.loss_half_width:.1f} ({row.lost}/{row.gained})"
 
 
-def _interval(row: PointSummary) -> str:
-    if row.method == "full" or row.speedup_ci_low is None or row.speedup_ci_high is None:
+def _interval(row: PointSummary, reference: str) -> str:
+    if row.point == reference or row.speedup_ci_low is None or row.speedup_ci_high is None:
         return ""
     return f" [{row.speedup_ci_low:.2f}, {row.speedup_ci_high:.2f}]"
 
@@ -217,10 +219,13 @@ def write_report(
     meta: Mapping[str, Any],
     points: Sequence[Mapping[str, Any]] = (),
     intro: str | None = None,
+    against: Mapping[str, Sequence[PointSummary]] | None = None,
 ) -> tuple[Path, Path]:
     """Write `results.json` (metadata, point definitions, table rows) and `results.md`; return both paths.
 
-    `intro` replaces the markdown's default title (e.g. for a table combined from several runs)."""
+    `intro` replaces the markdown's default title (e.g. for a table combined from several runs). `against` maps
+    the label of another full-model point (``full:separate``: `reference_points`) to the rows summarised against
+    it; each becomes a table of its own after the main one (and ``against`` in the JSON)."""
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
     document = {
@@ -230,6 +235,10 @@ def write_report(
         "points": list(points),
         "summary": [row.model_dump(mode="json") for row in rows],
     }
+    if against:
+        document["against"] = {
+            label: [row.model_dump(mode="json") for row in table] for label, table in against.items()
+        }
     json_path = folder / RESULTS_JSON
     json_path.write_text(json.dumps(document, indent=2, allow_nan=True) + "\n", encoding="utf-8")
     title = intro if intro is not None else (
@@ -245,8 +254,19 @@ def write_report(
         "tokens per question in the recall / analysis / summary stages and the full-model summary re-run.\n\n"
     )
     md_path = folder / RESULTS_MD
-    md_path.write_text(title + notes + markdown_table(rows), encoding="utf-8")
+    others = "".join(
+        f"\n## Against {label}\n\nThe same records, every loss and speedup taken against `{label}` (the full model "
+        f"in that reasoning format) on the questions a point shares with it.\n\n" + markdown_table(table, label)
+        for label, table in (against or {}).items()
+    )
+    md_path.write_text(title + notes + markdown_table(rows) + others, encoding="utf-8")
     return json_path, md_path
+
+
+def reference_points(records: Sequence[QuestionRecord]) -> list[str]:
+    """The labels of the full model run in a named reasoning format (``full:separate``), in first-seen order: the
+    other references a run's report is summarised against."""
+    return list(dict.fromkeys(r.point for r in records if r.method == "full" and r.point.startswith("full:")))
 
 
 def drop_rule(meta: Mapping[str, Any]) -> DropRule | None:

@@ -21,7 +21,7 @@ from litestage_chain.bench.records import (
     RecordStore,
     identity_hash,
 )
-from litestage_chain.bench.report import PointSummary, run_drops, summarise, write_report
+from litestage_chain.bench.report import PointSummary, reference_points, run_drops, summarise, write_report
 from litestage_chain.errors import InvalidInputError
 
 RUN_FILE = "run.json"
@@ -77,9 +77,11 @@ def rebuild_report(out_dir: str | Path, *, plots: bool = True) -> tuple[list[Poi
     records = run_records(out_dir, run)
     if not records:
         raise InvalidInputError(f"{out_dir} has no records of its run yet")
-    rows = summarise(records, dropped=run_drops(run, records))
+    dropped = run_drops(run, records)
+    rows = summarise(records, dropped=dropped)
+    against = {label: summarise(records, full_point=label, dropped=dropped) for label in reference_points(records)}
     meta = {**run["meta"], "identity": run["identity"], "question_ids": run["question_ids"]}
-    files = list(write_report(out_dir, rows, meta, run["points"]))
+    files = list(write_report(out_dir, rows, meta, run["points"], against=against))
     if plots:
         files += write_plots(rows, out_dir, str(run["meta"].get("benchmark", "benchmark")))
     return rows, files

@@ -24,16 +24,17 @@ from litestage_chain.bench.methods import (
     NEEDS_PROFILE,
     MethodContext,
     all_points,
+    parse_method,
     parse_sweep,
 )
 from litestage_chain.bench.pruning import DropRule
 from litestage_chain.bench.rankings import adaskip_order, litestage_ranking
 from litestage_chain.bench.records import RECORDS_FILE, RecordStore
-from litestage_chain.bench.report import markdown_table
+from litestage_chain.bench.report import load_results, markdown_table, rows_of
 from litestage_chain.bench.results import rebuild_report, write_run
 from litestage_chain.bench.runner import recorded_count, run_points
 from litestage_chain.budgets.profile import Profile
-from litestage_chain.budgets.stages import check_stage
+from litestage_chain.budgets.stages import CONTEXT_FORMATS, check_stage
 from litestage_chain.cluster.bench import run_points_on_workers
 from litestage_chain.cluster.cli import add_cluster_arguments, cluster_options, describe_pool, maybe_pool
 from litestage_chain.data import load_benchmark, load_jsonl, seeded_slice
@@ -67,8 +68,10 @@ def add_bench_subcommand(subparsers: Any) -> None:
     bench.add_argument("--limit", type=int, metavar="N", help="benchmark a seeded slice of N questions")
     bench.add_argument("--seed", type=int, default=0, help="seed of the question slices (default 0)")
     bench.add_argument(
-        "--methods", nargs="+", choices=METHODS, metavar="METHOD",
-        help=f"methods to run (default: all; the full model always runs). Choices: {', '.join(METHODS)}",
+        "--methods", nargs="+", metavar="METHOD[:FORMAT]",
+        help=f"methods to run (default: all; the full model always runs). Choices: {', '.join(METHODS)}. "
+        f"METHOD:FORMAT runs that method in another reasoning format than --context ({', '.join(CONTEXT_FORMATS)}), "
+        "e.g. full:separate beside --context continued; the report adds a table against each full:FORMAT",
     )
     bench.add_argument(
         "--sweep", action="append", default=[], metavar="METHOD=N,N",
@@ -190,7 +193,9 @@ def _calibration_questions(args: argparse.Namespace) -> Any:
 
 def _chosen_methods(args: argparse.Namespace, out: TextIO) -> list[str]:
     if args.methods:
-        missing = [m for m in args.methods if m in NEEDS_PROFILE] if not args.profile else []
+        for text in args.methods:
+            parse_method(text)  # a clear error for an unknown method or format, before anything loads
+        missing = [m for m in args.methods if parse_method(m)[0] in NEEDS_PROFILE] if not args.profile else []
         if missing:
             raise InvalidInputError(f"method(s) {missing} need a searched profile: pass --profile FILE")
         return list(dict.fromkeys(args.methods))
@@ -218,7 +223,7 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     if args.report_only:
         rows, files = rebuild_report(args.out, plots=not args.no_plots)
-        _print_done(out, rows, files)
+        _print_done(out, rows, files, args.out)
         return 0
     sweeps = dict(parse_sweep(text) for text in args.sweep)
     max_tokens = parse_max_tokens(args.max_tokens)
@@ -242,8 +247,9 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
     model = load_model(args.model, weights=args.weights)
     if profile is not None:
         profile.check_model(model)
-        if profile.context != args.context:
-            out.write(f"warning: {format_mismatch(profile.context, args.context)}\n")
+        profiled = (parse_method(m) for m in methods)
+        for fmt in sorted({fmt or args.context for name, fmt in profiled if name in NEEDS_PROFILE} - {profile.context}):
+            out.write(f"warning: {format_mismatch(profile.context, fmt)}\n")
     progress = not args.no_progress
     settings = dict(max_tokens=max_tokens, num_shots=args.shots, fallback=not args.no_fallback,
                     batch_size=args.batch_size, reuse_outputs=not args.no_reuse, progress=False,
@@ -255,8 +261,9 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
     if not fitting:
         raise InvalidInputError(f"none of the {len(questions)} questions fits the model's context")
     questions = questions.model_copy(update={"questions": tuple(fitting)})
-    needs_ranking = profile is None and any(m in RANKED for m in methods)
-    wants_adaskip = any(m.startswith("adaskip") for m in methods)
+    bases = [parse_method(m)[0] for m in methods]
+    needs_ranking = profile is None and any(m in RANKED for m in bases)
+    wants_adaskip = any(m.startswith("adaskip") for m in bases)
     calibration = _calibration_questions(args) if needs_ranking or wants_adaskip else ()
     calibration = tuple(fitting_questions(executor.base, calibration)[0]) if calibration else ()
     ranking = (
@@ -310,13 +317,14 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
     for label, comparison in dropped.items():
         out.write(f"dropped {label} after {comparison.questions} questions: {comparison.describe()}\n")
     rows, files = rebuild_report(args.out, plots=not args.no_plots)
-    _print_done(out, rows, files)
+    _print_done(out, rows, files, args.out)
     return 0
 
 
-def _print_done(out: TextIO, rows: Sequence[Any], files: Sequence[Path]) -> None:
-
+def _print_done(out: TextIO, rows: Sequence[Any], files: Sequence[Path], folder: str | Path) -> None:
     out.write(markdown_table(rows))
+    for label, table in load_results(folder).get("against", {}).items():
+        out.write(f"\nagainst {label}:\n" + markdown_table(rows_of({"summary": table}), label))
     for path in files:
         out.write(f"wrote {path}\n")
     out.flush()

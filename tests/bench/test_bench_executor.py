@@ -150,3 +150,44 @@ def test_bench_command_runs_every_method_writes_the_report_and_resumes(bench_set
     again = _bench(argv)
     assert "34 of 34 runs already recorded" in again and "other records" not in again
     assert (out / RECORDS_FILE).read_text() == stored, "a resumed, finished run appends nothing"
+
+
+def test_bench_runs_a_point_in_another_format_and_reports_against_it(bench_setup: dict[str, Path]) -> None:
+    """`full:separate` beside `--context continued`: the one point runs in its own format (its own evaluator), and
+    the report adds a table with every loss and speedup taken against it."""
+    out = bench_setup["out"]
+    text = _bench([
+        "bench", "--benchmark", "toy", "--data", str(bench_setup["data"]), "--model", str(bench_setup["model"]),
+        "--profile", str(bench_setup["profile"]), "--out", str(out), "--limit", "2", "--shots", "0",
+        "--max-tokens", "recall=3,analysis=3,summary=2", "--no-progress", "--no-plots", "--no-reuse",
+        "--context", "continued", "--methods", "full:separate", "litestage-noskip", "full",
+    ])
+    assert "warning: the profile was searched in the 'separate' format and runs here in 'continued'" in text
+    results = json.loads((out / RESULTS_JSON).read_text())
+    assert [row["point"] for row in results["summary"]] == ["full", "full:separate", "litestage-noskip"]
+    points = {p["label"]: p for p in results["points"]}
+    assert points["full:separate"].get("context") == "separate" and "context" not in points["full"]
+    against = {row["point"]: row for row in results["against"]["full:separate"]}
+    main = {row["point"]: row for row in results["summary"]}
+    assert against["full:separate"]["speedup"] == pytest.approx(1.0)
+    for label in ("full", "litestage-noskip"):
+        assert against[label]["speedup"] == pytest.approx(
+            main["full:separate"]["mean_seconds"] / main[label]["mean_seconds"]), "speedups over full:separate"
+    markdown = (out / RESULTS_MD).read_text()
+    assert "## Against full:separate" in markdown and "| loss vs full:separate, paired (lost/gained) |" in markdown
+    assert "against full:separate:" in text
+
+
+def test_executor_keeps_one_evaluator_per_format() -> None:
+    model, tokenizer = tiny_llama()
+    lm = from_pretrained_objects(model, tokenizer, name="tiny-bench", weights_sha256="7c" * 32)
+    executor = ChainExecutor(lm, max_tokens=TOKENS, num_shots=0, fallback=False, context="continued")
+    rules = {s: None for s in STAGES}
+    assert executor.evaluator(rules).context == "continued"
+    separate = executor.evaluator(rules, None, "separate")
+    assert separate.context == "separate" and separate is not executor.evaluator(rules)
+    assert executor.evaluator(rules, None, "separate") is separate, "a format's evaluator (and cache) is kept"
+    questions = [Question.model_validate({**row, "benchmark": "t"}) for row in rows("q", 2)]
+    ran = executor.run(point("full", SkipPlan()).model_copy(update={"context": "separate"}), questions)
+    assert separate.generated["summary"] > 0 and executor.base.generated["summary"] == 0, "run in its own format"
+    assert [o.question_id for o in ran] == ["q0", "q1"]

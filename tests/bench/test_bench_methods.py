@@ -12,6 +12,7 @@ from litestage_chain.bench.methods import (
     evenly_spaced_layers,
     last_layers_plan,
     method_points,
+    parse_method,
     parse_sweep,
     unified_plan,
 )
@@ -190,3 +191,19 @@ def test_parse_sweep_accepts_counts_and_names_bad_input() -> None:
     for bad, message in (("uniform", "expected METHOD"), ("full=1", "has no sweep"), ("unified=a,b", "integers")):
         with pytest.raises(InvalidInputError, match=message):
             parse_sweep(bad)
+
+
+def test_a_method_can_name_its_reasoning_format() -> None:
+    points = all_points(["full:separate", "uniform:continued", "uniform"], context(), {"uniform": [2]})
+    assert [p.label for p in points] == ["full", "full:separate", "uniform@2:continued", "uniform@2"]
+    full, separate, continued, plain = points
+    assert full.context is None and plain.context is None, "no format named: the run's"
+    assert separate.context == "separate" and separate.plans == full.plans and separate.early_exit == full.early_exit
+    assert continued.plans == plain.plans
+    assert "context" not in full.payload(), "points without a format keep their recorded keys"
+    assert separate.key() != full.key() and continued.key() != plain.key()
+    assert parse_method("litestage:continued") == ("litestage", "continued")
+    for bad, message in (("full:merged", "unknown reasoning format 'merged'"),
+                         ("fast:separate", "unknown method 'fast'")):
+        with pytest.raises(InvalidInputError, match=message):
+            parse_method(bad)

@@ -66,9 +66,11 @@ def long_context() -> LoadedModel:
     return from_pretrained_objects(*tiny_long_context_llama(), name="tiny-long")
 
 
-@pytest.fixture
-def evaluator(long_context: LoadedModel) -> ChainEvaluator:
-    return ChainEvaluator(long_context, max_tokens={"recall": 4, "analysis": 4, "summary": 4}, num_shots=0)
+@pytest.fixture(params=["separate", "continued", "shared"])
+def evaluator(long_context: LoadedModel, request: pytest.FixtureRequest) -> ChainEvaluator:
+    """In every reasoning format: the continued summary's prompt is rendered from the analysis's turn."""
+    return ChainEvaluator(long_context, max_tokens={"recall": 4, "analysis": 4, "summary": 4}, num_shots=0,
+                          context=request.param)
 
 
 def _question(qid: str, text: str) -> Question:
