@@ -280,6 +280,9 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
                             adaskip=adaskip_calibration, profile=profile, early_exit=early_exit,
                             max_tokens=dict(executor.base.max_tokens))
     points = all_points(methods, context, sweeps)
+    if not args.no_reuse and any((p.context or args.context) == "continued" for p in points):
+        out.write("warning: points run in the continued format while stage outputs are reused (no --no-reuse): a "
+                  "summary continuing a reused analysis prefills its turn again, so its seconds are too high\n")
     meta = {
         "benchmark": args.benchmark, "split": questions.split, "questions": len(questions),
         "fingerprint": questions.fingerprint, "seed": args.seed, "model": model.name,

@@ -163,6 +163,7 @@ def test_bench_runs_a_point_in_another_format_and_reports_against_it(bench_setup
         "--context", "continued", "--methods", "full:separate", "litestage-noskip", "full",
     ])
     assert "warning: the profile was searched in the 'separate' format and runs here in 'continued'" in text
+    assert "stage outputs are reused" not in text, "--no-reuse was given"
     results = json.loads((out / RESULTS_JSON).read_text())
     assert [row["point"] for row in results["summary"]] == ["full", "full:separate", "litestage-noskip"]
     points = {p["label"]: p for p in results["points"]}
@@ -176,6 +177,12 @@ def test_bench_runs_a_point_in_another_format_and_reports_against_it(bench_setup
     markdown = (out / RESULTS_MD).read_text()
     assert "## Against full:separate" in markdown and "| loss vs full:separate, paired (lost/gained) |" in markdown
     assert "against full:separate:" in text
+    reused = _bench([
+        "bench", "--benchmark", "toy", "--data", str(bench_setup["data"]), "--model", str(bench_setup["model"]),
+        "--out", str(out.parent / "reused"), "--limit", "1", "--shots", "0", "--max-tokens",
+        "recall=2,analysis=2,summary=2", "--no-progress", "--no-plots", "--methods", "full:continued",
+    ])
+    assert "warning: points run in the continued format while stage outputs are reused" in reused
 
 
 def test_executor_keeps_one_evaluator_per_format() -> None:
