@@ -101,7 +101,6 @@ def run_cost_aware_search(
             evaluator = DistributedEvaluator(evaluator, pool, settings)
             out.write(describe_pool(pool) + "\n")
         profile, result = _cost_aware(args, model, questions, evaluator, config, log, cost_log, out)
-    profile = profile.model_copy(update={"context": args.context})
     profile.save(target)
     out.write(f"chosen: {result.resolution()}; predicted {result.full.predicted_seconds:.2f} s -> "
               f"{result.chosen.predicted_seconds:.2f} s per question at batch {config.batch_size} "

@@ -86,6 +86,7 @@ def search_profile_cost_aware(
         model=ModelIdentity(name=model.name, weights_sha256=model.weights_sha256, weights=model.weights),
         questions=SearchedQuestions(benchmark=questions.benchmark, split=questions.split, size=len(questions),
                                     seed=seed, fingerprint=questions.fingerprint),
+        context=evaluator.context,
         notes=notes,
     )
     return profile, result

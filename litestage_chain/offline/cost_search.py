@@ -43,6 +43,7 @@ from litestage_chain.errors import InvalidInputError
 from litestage_chain.offline.importance import SubLayer, plan_for_count
 from litestage_chain.offline.paired_decision import DecisionRule, PairedComparison, Verdict, compare_answers
 from litestage_chain.budgets.profile import MetricName, ModelIdentity, Profile, SearchedQuestions, StageBudget, TraceEntry
+from litestage_chain.budgets.stages import ContextFormat
 from litestage_chain.offline.search import accuracy_signal_caveat
 from litestage_chain.offline.store import EvalResult, ResultsStore, merge_results
 from litestage_chain.engine.skip_plan import SkipPlan, SubLayerKind
@@ -154,7 +155,11 @@ class CostSearchResult(BaseModel):
             return "the full model was chosen (nothing skipped)"
         return self.chosen.comparison.describe()
 
-    def to_profile(self, *, model: ModelIdentity, questions: SearchedQuestions, notes: str = "") -> Profile:
+    def to_profile(
+        self, *, model: ModelIdentity, questions: SearchedQuestions, context: ContextFormat, notes: str = ""
+    ) -> Profile:
+        """The chosen plans and exit rules as a `Profile`, stamped with the reasoning format they were searched in
+        (required: a plan's accuracy holds only in that format)."""
         full_score = _score(self.full.result, self.config.metric, self.full.result.answers)
         trace = [_trace_entry(c, self.config.metric, self.full.result.answers, c is self.chosen) for c in self.candidates]
         lines = [f"cost-aware search: {self.config.rule().describe()}; chosen: {self.resolution()}; predicted "
@@ -173,6 +178,7 @@ class CostSearchResult(BaseModel):
             full_latency_seconds=self.full.predicted_seconds,
             trace=trace,
             notes="\n".join(t for t in (notes, *lines, *self.caveats) if t),
+            context=context,
         )
 
 

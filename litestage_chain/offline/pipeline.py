@@ -74,9 +74,10 @@ def search_profile(
             benchmark=questions.benchmark, split=questions.split, size=len(questions), seed=seed,
             fingerprint=question_fingerprint(searched),
         ),
+        context=evaluator.context,
         early_exit=early_exit,
         notes=notes,
-    ).model_copy(update={"context": evaluator.context})
+    )
     return profile, result, importance
 
 

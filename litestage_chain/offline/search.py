@@ -40,6 +40,7 @@ from litestage_chain.budgets.profile import (
     StageBudget,
     TraceEntry,
 )
+from litestage_chain.budgets.stages import ContextFormat
 from litestage_chain.data.types import Question, question_fingerprint
 from litestage_chain.engine.early_exit import EarlyExitConfig
 from litestage_chain.engine.skip_plan import SkipPlan
@@ -104,10 +105,12 @@ class SearchResult(BaseModel):
         *,
         model: ModelIdentity,
         questions: SearchedQuestions,
+        context: ContextFormat,
         early_exit: Mapping[str, EarlyExitConfig | None] | None = None,
         notes: str = "",
     ) -> Profile:
-        """A `Profile` holding the chosen plans, the early-exit settings searched with, and the full trace."""
+        """A `Profile` holding the chosen plans, the early-exit settings searched with, the reasoning format searched
+        in (required: a plan's accuracy holds only in that format), and the full trace."""
         early = dict(early_exit or {})
         unknown = sorted(set(early) - set(self.plans))
         if unknown:
@@ -126,6 +129,7 @@ class SearchResult(BaseModel):
             full_latency_seconds=self.full.mean_latency_seconds,
             trace=self.trace,
             notes="\n".join(text for text in (notes, *self.caveats) if text),
+            context=context,
         )
 
 

@@ -138,8 +138,10 @@ def test_profile_keeps_rules_verdicts_and_predictions() -> None:
     profile = result.to_profile(
         model=ModelIdentity(name="stub", weights_sha256="0" * 64),
         questions=SearchedQuestions(benchmark="csqa", split="train", size=len(QUESTIONS)),
+        context="shared",
     )
     again = Profile.from_json(profile.to_json())
+    assert again.context == "shared", "the format searched in is stamped by to_profile"
     assert again.early_exit_for("recall") is None and again.early_exit_for("analysis") == EXIT
     assert [e for e in again.trace if e.chosen][0].verdict == "accept"
     assert any(e.verdict == "reject" for e in again.trace)

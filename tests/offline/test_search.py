@@ -117,8 +117,10 @@ def test_trace_becomes_a_profile() -> None:
     profile = result.to_profile(
         model=ModelIdentity(name="tiny", weights_sha256="ab" * 32),
         questions=SearchedQuestions(benchmark="csqa", split="train[n=10,seed=0]", size=10, seed=0),
+        context="continued",
     )
     again = Profile.from_json(profile.to_json())
+    assert again.context == "continued", "the format searched in is stamped by to_profile"
     assert again.plan_for("recall") == SkipPlan.from_sublayers(RANKING[:3])
     assert again.early_exit_for("recall") is None
     assert again.stage_order == ["analysis", "recall", "summary"]
@@ -278,6 +280,7 @@ def test_a_full_model_at_chance_makes_the_result_carry_a_caveat() -> None:
     profile = result.to_profile(
         model=ModelIdentity(name="m", weights_sha256="a" * 64),
         questions=SearchedQuestions(benchmark="csqa", split="train", size=48), notes="searched by a test",
+        context="separate",
     )
     assert profile.notes.startswith("searched by a test\nthe full model's accuracy on the 48 searched questions")
 
