@@ -57,8 +57,13 @@ SHARED_STOPS: dict[Stage, list[str]] = {
 
 
 def format_mismatch(searched: ContextFormat, running: ContextFormat) -> str:
-    """What to tell a user who runs a profile's plans in another format than the one they were searched in."""
-    return (f"the profile was searched in the {searched!r} format and runs here in {running!r}: its plans' accuracy "
+    """What to tell a user who runs a profile's plans in another format than the one they were searched in.
+
+    Between the separate and continued formats only the summary differs (recall and analysis are the same prompts),
+    so the warning says that only the summary's plan is unmeasured there."""
+    which = ("its summary plan's accuracy" if {searched, running} == {"separate", "continued"}
+             else "its plans' accuracy")
+    return (f"the profile was searched in the {searched!r} format and runs here in {running!r}: {which} "
             f"was measured only in {searched!r} (search again with --context {running}, or run with --context "
             f"{searched})")
 

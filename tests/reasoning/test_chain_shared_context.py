@@ -213,8 +213,11 @@ def test_a_profile_records_its_search_format_and_running_it_in_another_warns(tin
     )
     profile.save(tmp_path / "p.json")
     assert Profile.load(tmp_path / "p.json").context == "continued"
-    with pytest.warns(UserWarning, match="searched in the 'continued' format and runs here in 'separate'"):
+    with pytest.warns(UserWarning, match="searched in the 'continued' format and runs here in 'separate': its "
+                      "summary plan's accuracy was measured only"):  # recall and analysis: the same prompts
         build_reasoning_chain(tiny_long, plans=profile, max_tokens=SHORT, context="separate")
+    with pytest.warns(UserWarning, match="runs here in 'shared': its plans' accuracy was measured only"):
+        build_reasoning_chain(tiny_long, plans=profile, max_tokens=SHORT, context="shared")
     import warnings
 
     with warnings.catch_warnings():
