@@ -177,11 +177,13 @@ class ChainEvaluator:
         # results stored under v1 were charged with it by run order and must not be mixed with v2 ones.
         # v3: a left-padded batch's prefill no longer computes the padding (forward.prefill_packed), so stage seconds
         # measured under v2 are slower than the same stages now and must not be compared with v3 ones.
+        # "fresh_context": each run starts from an empty context cache (`run_stages`); times measured before could
+        # include another plan's cached prompts and must not be mixed with these.
         shared: dict[str, Any] = {}
         if self.context == "shared":
-            shared = {"context": "shared", "shared_stops": SHARED_STOPS}
+            shared = {"context": "shared", "shared_stops": SHARED_STOPS, "fresh_context": True}
         elif self.context == "continued":
-            shared = {"context": "continued", "summary_lead": SUMMARY_LEAD}
+            shared = {"context": "continued", "summary_lead": SUMMARY_LEAD, "fresh_context": True}
         # An int8/int4 model decodes batch-1 steps (and a batch's last row) on the compiled step, which sums in another
         # order than the Python step, so a near-tie token can differ: results made with it switched off are kept
         # apart. Switched on (the default) keeps the key every stored result has.
@@ -225,6 +227,11 @@ class ChainEvaluator:
         """Chain states (question + every stage's output) for `questions` under `plans`, stage by stage.
 
         `early_exit` overrides the evaluator's early-exit rule of the stages it names (the search tries several).
+
+        In a format that reuses the context cache (shared, continued) the model's context cache is emptied first, so
+        each run pays what a fresh chain on new questions pays: otherwise a run after another plan's run on the same
+        questions would find its prompts cached (the continued analysis's whole prompt, when the two plans share the
+        analysis) and be timed without their prefill. The few-shot prefixes stay in the prefix table, as in serving.
         """
         rules = {**self.early_exit, **_per_stage_early_exit(early_exit)} if early_exit is not None else self.early_exit
         missing = [stage for stage in STAGES if stage not in plans]
@@ -232,6 +239,8 @@ class ChainEvaluator:
             raise InvalidInputError(f"no plan given for stage(s) {missing}")
         for stage in STAGES:
             plans[stage].check(self.model.num_layers)
+        if self.context != "separate":
+            self.model.context_cache.clear()
         states: list[State] = [{"question": q, "started": time.perf_counter()} for q in questions]
         for stage in STAGES:
             outputs = self._node(stage, plans[stage], rules[stage], stage).batch(states)

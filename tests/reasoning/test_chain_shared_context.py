@@ -199,6 +199,25 @@ def test_the_evaluator_runs_the_continued_format_and_keeps_its_results_apart(tin
     assert prompt.endswith(states[0]["analysis"].text + "\nSo the answer is option")
 
 
+@pytest.mark.parametrize("context", ["continued", "shared"])
+def test_each_evaluation_pays_its_own_prefill(tiny_long: LoadedModel, context: str) -> None:
+    """A plan run after another plan on the same questions must not find their prompts cached (the continued
+    analysis's whole prompt, when the plans share it): it would be timed without that prefill."""
+    questions = [Question.coerce({**QUESTION, "id": "q1"}), Question.coerce({**OTHER, "id": "q2"})]
+    other = {**PLANS, "summary": SkipPlan()}  # the same recall and analysis
+
+    def run(plans: dict) -> list:  # a new evaluator each time: nothing from its stage-output cache
+        return ChainEvaluator(tiny_long, max_tokens=SHORT, context=context, batch_size=2).run_stages(plans, questions)
+
+    run(other)  # the few-shot prefixes are in the prefix table from here on, for both runs compared
+    run(PLANS)
+    after = run(other)
+    tiny_long.context_cache.clear()
+    cold = run(other)
+    for stage in STAGES:
+        assert [s[stage].prefilled_tokens for s in after] == [s[stage].prefilled_tokens for s in cold], stage
+
+
 def test_a_profile_records_its_search_format_and_running_it_in_another_warns(tiny_long: LoadedModel,
                                                                              tmp_path: Path) -> None:
     from litestage_chain.budgets.profile import ModelIdentity, Profile, SearchedQuestions, StageBudget
