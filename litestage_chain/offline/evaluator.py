@@ -231,7 +231,8 @@ class ChainEvaluator:
         In a format that reuses the context cache (shared, continued) the model's context cache is emptied first, so
         each run pays what a fresh chain on new questions pays: otherwise a run after another plan's run on the same
         questions would find its prompts cached (the continued analysis's whole prompt, when the two plans share the
-        analysis) and be timed without their prefill. The few-shot prefixes stay in the prefix table, as in serving.
+        analysis) and be timed without their prefill. A few-shot prefix is then computed again, once per run, and
+        timed apart (`prefix_seconds`), as the first call of a serving process does.
         """
         rules = {**self.early_exit, **_per_stage_early_exit(early_exit)} if early_exit is not None else self.early_exit
         missing = [stage for stage in STAGES if stage not in plans]
