@@ -73,6 +73,14 @@ def run_records(out_dir: str | Path, run: Mapping[str, Any] | None = None) -> li
 
 def rebuild_report(out_dir: str | Path, *, plots: bool = True) -> tuple[list[PointSummary], list[Path]]:
     """Summarise the run's records into results.json / results.md (and the PNG plots); return rows and files."""
+    rows, _, files = rebuild_report_against(out_dir, plots=plots)
+    return rows, files
+
+
+def rebuild_report_against(
+    out_dir: str | Path, *, plots: bool = True
+) -> tuple[list[PointSummary], dict[str, list[PointSummary]], list[Path]]:
+    """`rebuild_report`, also returning the rows against each ``full:FORMAT`` point (by its label)."""
     run = read_run(out_dir)
     records = run_records(out_dir, run)
     if not records:
@@ -84,4 +92,4 @@ def rebuild_report(out_dir: str | Path, *, plots: bool = True) -> tuple[list[Poi
     files = list(write_report(out_dir, rows, meta, run["points"], against=against))
     if plots:
         files += write_plots(rows, out_dir, str(run["meta"].get("benchmark", "benchmark")))
-    return rows, files
+    return rows, against, files

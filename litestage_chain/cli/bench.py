@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -30,8 +30,8 @@ from litestage_chain.bench.methods import (
 from litestage_chain.bench.pruning import DropRule
 from litestage_chain.bench.rankings import adaskip_order, litestage_ranking
 from litestage_chain.bench.records import RECORDS_FILE, RecordStore
-from litestage_chain.bench.report import load_results, markdown_table, rows_of
-from litestage_chain.bench.results import rebuild_report, write_run
+from litestage_chain.bench.report import markdown_table
+from litestage_chain.bench.results import rebuild_report_against, write_run
 from litestage_chain.bench.runner import recorded_count, run_points
 from litestage_chain.budgets.profile import Profile
 from litestage_chain.budgets.stages import CONTEXT_FORMATS, check_stage
@@ -193,9 +193,8 @@ def _calibration_questions(args: argparse.Namespace) -> Any:
 
 def _chosen_methods(args: argparse.Namespace, out: TextIO) -> list[str]:
     if args.methods:
-        for text in args.methods:
-            parse_method(text)  # a clear error for an unknown method or format, before anything loads
-        missing = [m for m in args.methods if parse_method(m)[0] in NEEDS_PROFILE] if not args.profile else []
+        names = [parse_method(text)[0] for text in args.methods]  # a clear error for a bad one, before anything loads
+        missing = [m for m, name in zip(args.methods, names) if name in NEEDS_PROFILE] if not args.profile else []
         if missing:
             raise InvalidInputError(f"method(s) {missing} need a searched profile: pass --profile FILE")
         return list(dict.fromkeys(args.methods))
@@ -222,8 +221,7 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
 
     out = out or sys.stdout
     if args.report_only:
-        rows, files = rebuild_report(args.out, plots=not args.no_plots)
-        _print_done(out, rows, files, args.out)
+        _print_done(out, *rebuild_report_against(args.out, plots=not args.no_plots))
         return 0
     sweeps = dict(parse_sweep(text) for text in args.sweep)
     max_tokens = parse_max_tokens(args.max_tokens)
@@ -232,6 +230,7 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
         if value < low:
             raise InvalidInputError(f"{name} must be >= {low}, got {value}")
     methods = _chosen_methods(args, out)
+    specs = [parse_method(m) for m in methods]  # (method, format or None)
     drop = _drop_rule(args.drop_worse, methods)
     cluster = cluster_options(args, args.threads)  # checked before the model loads: a bad option fails at once
     questions = _load_questions(args)
@@ -247,8 +246,7 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
     model = load_model(args.model, weights=args.weights)
     if profile is not None:
         profile.check_model(model)
-        profiled = (parse_method(m) for m in methods)
-        for fmt in sorted({fmt or args.context for name, fmt in profiled if name in NEEDS_PROFILE} - {profile.context}):
+        for fmt in sorted({fmt or args.context for name, fmt in specs if name in NEEDS_PROFILE} - {profile.context}):
             out.write(f"warning: {format_mismatch(profile.context, fmt)}\n")
     progress = not args.no_progress
     settings = dict(max_tokens=max_tokens, num_shots=args.shots, fallback=not args.no_fallback,
@@ -261,9 +259,8 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
     if not fitting:
         raise InvalidInputError(f"none of the {len(questions)} questions fits the model's context")
     questions = questions.model_copy(update={"questions": tuple(fitting)})
-    bases = [parse_method(m)[0] for m in methods]
-    needs_ranking = profile is None and any(m in RANKED for m in bases)
-    wants_adaskip = any(m.startswith("adaskip") for m in bases)
+    needs_ranking = profile is None and any(name in RANKED for name, _ in specs)
+    wants_adaskip = any(name.startswith("adaskip") for name, _ in specs)
     calibration = _calibration_questions(args) if needs_ranking or wants_adaskip else ()
     calibration = tuple(fitting_questions(executor.base, calibration)[0]) if calibration else ()
     ranking = (
@@ -319,15 +316,14 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
         out.write(f"skipped question {qid}: {reason}\n")
     for label, comparison in dropped.items():
         out.write(f"dropped {label} after {comparison.questions} questions: {comparison.describe()}\n")
-    rows, files = rebuild_report(args.out, plots=not args.no_plots)
-    _print_done(out, rows, files, args.out)
+    _print_done(out, *rebuild_report_against(args.out, plots=not args.no_plots))
     return 0
 
 
-def _print_done(out: TextIO, rows: Sequence[Any], files: Sequence[Path], folder: str | Path) -> None:
+def _print_done(out: TextIO, rows: Sequence[Any], against: Mapping[str, Sequence[Any]], files: Sequence[Path]) -> None:
     out.write(markdown_table(rows))
-    for label, table in load_results(folder).get("against", {}).items():
-        out.write(f"\nagainst {label}:\n" + markdown_table(rows_of({"summary": table}), label))
+    for label, table in against.items():
+        out.write(f"\nagainst {label}:\n" + markdown_table(table, label))
     for path in files:
         out.write(f"wrote {path}\n")
     out.flush()

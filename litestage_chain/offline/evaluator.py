@@ -181,9 +181,11 @@ class ChainEvaluator:
         # include another plan's cached prompts and must not be mixed with these.
         shared: dict[str, Any] = {}
         if self.context == "shared":
-            shared = {"context": "shared", "shared_stops": SHARED_STOPS, "fresh_context": True}
+            shared = {"context": "shared", "shared_stops": SHARED_STOPS}
         elif self.context == "continued":
-            shared = {"context": "continued", "summary_lead": SUMMARY_LEAD, "fresh_context": True}
+            shared = {"context": "continued", "summary_lead": SUMMARY_LEAD}
+        if shared:
+            shared["fresh_context"] = True
         # An int8/int4 model decodes batch-1 steps (and a batch's last row) on the compiled step, which sums in another
         # order than the Python step, so a near-tie token can differ: results made with it switched off are kept
         # apart. Switched on (the default) keeps the key every stored result has.
