@@ -67,30 +67,24 @@ def unit_seconds(states: list[dict[str, Any]]) -> float:
     return sum(states[0][s].prefill_seconds + max(state[s].decode_seconds for state in states) for s in STAGES)
 
 
-def run_phase(model: Any, evaluators: dict[Arm, ChainEvaluator], plans: dict[str, dict[str, SkipPlan]],
+def run_phase(evaluators: dict[Arm, ChainEvaluator], plans: dict[str, dict[str, SkipPlan]],
               units: list[list[Any]], warmup: list[Any]) -> dict[Arm, dict[str, Any]]:
     """Time every unit (questions decoded together) in every arm, rotating which arm goes first.
 
-    The context cache is cleared before every shared-context run but for the few-shot prefix: a run reuses only its
-    own stages, never another arm's (the full model's and a profile's recall may run the same plan) or an earlier
-    unit's. (Before the prefix was kept, each shared run recomputed it: excluded from the model time, as
-    `prefix_seconds`, but inside wall and CPU time, ~3.2 s per unit on the benchmark model.)
+    Each shared-context run starts from a context cache emptied but for the few-shot prefixes (`run_stages` does
+    it): a run reuses only its own stages, never another arm's (the full model's and a profile's recall may run the
+    same plan) or an earlier unit's. (Were the prefixes dropped too, each shared run would recompute them: excluded
+    from the model time, as `prefix_seconds`, but inside wall and CPU time, ~3.2 s per unit on the benchmark model.)
     """
     arms = list(evaluators)
-    keep = None  # the shared format's few-shot prefix, in tokens: it stays in the context cache between units
     for arm in arms:
-        states = evaluators[arm].run_stages(plans[arm[1]], warmup)  # few-shot prefixes into their tables, untimed
-        if arm[0] == "shared":
-            loaded = min(s["recall"].prefix_tokens for s in states)
-            keep = loaded if keep is None else min(keep, loaded)
+        evaluators[arm].run_stages(plans[arm[1]], warmup)  # few-shot prefixes into their tables, untimed
     record: dict[Arm, dict[str, Any]] = {arm: {"seconds": [], "wall": [], "cpu": [], "prefill": {s: [] for s in STAGES},
                                                "tokens": [], "reused": {s: [] for s in STAGES}, "answers": [],
                                                "prefilled": {s: [] for s in STAGES}}
                                          for arm in arms}
     for number, unit in enumerate(units):
         for arm in arms[number % len(arms) :] + arms[: number % len(arms)]:
-            if arm[0] == "shared":
-                model.context_cache.clear(keep_tokens=keep or 0)
             started, cpu_started = time.perf_counter(), time.process_time()
             states = evaluators[arm].run_stages(plans[arm[1]], unit)
             row = record[arm]
@@ -189,7 +183,7 @@ def main() -> None:
             for fmt in FORMATS
         }
         plans = {label: plan for label, (plan, _) in plan_sets.items()}
-        record = run_phase(model, evaluators, plans, units, warmup)
+        record = run_phase(evaluators, plans, units, warmup)
         if args.out:  # the raw measurements first, so a report can be rebuilt from them
             raw = {f"{fmt}/{label}": row for (fmt, label), row in record.items()}
             args.out.with_suffix(f".batch{batch}.raw.json").write_text(json.dumps(raw) + "\n")

@@ -76,6 +76,7 @@ class ContextCache:
         self.max_bytes = max_bytes
         self._root = _Node(key=[], kv=None, parent=None)
         self._plans: dict[SkipPlan, int] = {}
+        self._pinned: set[tuple[Key, ...]] = set()  # few-shot prefixes `clear(keep_pinned=True)` keeps
         self._bytes = 0
         self._clock = itertools.count(1)
         self._lock = threading.Lock()
@@ -133,24 +134,27 @@ class ContextCache:
         if kv.shape[3] != len(keys) - offset:
             raise ValueError(f"{kv.shape[3]} entries for {len(keys) - offset} tokens")
         with self._lock:
-            stamp = next(self._clock)
-            node, done = self._root, 0
-            while done < len(keys):
-                child = node.children.get(keys[done])
-                if child is None:
-                    if done < offset:
-                        return
-                    leaf = _Node(key=list(keys[done:]), kv=kv[:, :, :, done - offset :].clone(), parent=node,
-                                 last_used=stamp)
-                    node.children[keys[done]] = leaf
-                    self._bytes += leaf.nbytes
-                    break
-                common = _common_length(child.key, keys[done:])
-                if common < len(child.key):
-                    child = self._split(child, common)
-                child.last_used = stamp
-                node, done = child, done + common
+            self._store(keys, kv, offset, next(self._clock))
             self._evict()
+
+    def _store(self, keys: Sequence[Key], kv: torch.Tensor, offset: int, stamp: int) -> None:
+        """`insert`'s walk (lock held): split where `keys` diverge from the tree, add the rest as a leaf."""
+        node, done = self._root, 0
+        while done < len(keys):
+            child = node.children.get(keys[done])
+            if child is None:
+                if done < offset:
+                    return
+                leaf = _Node(key=list(keys[done:]), kv=kv[:, :, :, done - offset :].clone(), parent=node,
+                             last_used=stamp)
+                node.children[keys[done]] = leaf
+                self._bytes += leaf.nbytes
+                return
+            common = _common_length(child.key, keys[done:])
+            if common < len(child.key):
+                child = self._split(child, common)
+            child.last_used = stamp
+            node, done = child, done + common
 
     def _split(self, node: _Node, at: int) -> _Node:
         """Cut `node`'s edge after `at` tokens; return the new upper part (the parent of the rest)."""
@@ -183,33 +187,50 @@ class ContextCache:
         with self._lock:
             return sum(len(n.key) for n in _walk(self._root))
 
-    def clear(self, keep_tokens: int = 0) -> None:
-        """Drop every entry, or with `keep_tokens` every entry past the first `keep_tokens` tokens of each sequence.
-
-        Keeping a few-shot prefix is what a long-running process looks like to its next question (the prefix stays
-        hot in the table) without letting it reuse anything of an earlier question: what a benchmark needs.
-        """
-        if isinstance(keep_tokens, bool) or not isinstance(keep_tokens, int) or keep_tokens < 0:
-            # checked before the walk: a bad value must not leave the table half truncated
-            raise ValueError(f"keep_tokens must be an int >= 0, got {keep_tokens!r}")
+    def pin(self, keys: Sequence[Key]) -> None:
+        """Mark `keys` (a few-shot prefix every call of a stage shares) as what `clear(keep_pinned=True)` keeps."""
         with self._lock:
-            if keep_tokens == 0:
-                self._root = _Node(key=[], kv=None, parent=None)
-                self._bytes = 0
-                return
-            stack = [(self._root, 0)]
-            while stack:
-                node, depth = stack.pop()  # depth: tokens above this node's children
-                for first, child in list(node.children.items()):
-                    if depth >= keep_tokens:
-                        del node.children[first]
-                        continue
-                    room = keep_tokens - depth
-                    if len(child.key) > room:
-                        assert child.kv is not None
-                        child.key, child.kv, child.children = child.key[:room], child.kv[:, :, :, :room].clone(), {}
-                    stack.append((child, depth + len(child.key)))
-            self._bytes = sum(n.nbytes for n in _walk(self._root))
+            self._pinned.add(tuple(keys))
+
+    def clear(self, keep_pinned: bool = False) -> None:
+        """Drop every entry, or with `keep_pinned` every entry but those of the pinned prefixes (`pin`).
+
+        Keeping the few-shot prefixes is what a long-running process looks like to its next question (they stay hot
+        in the table) without letting it reuse anything of an earlier question: what a benchmark needs. A pinned
+        prefix that was evicted meanwhile is forgotten.
+        """
+        with self._lock:
+            kept = []
+            if keep_pinned:
+                for keys in self._pinned:
+                    pieces = self._path(keys)
+                    if pieces is not None:
+                        kept.append((keys, torch.cat(pieces, dim=3)))
+            self._root = _Node(key=[], kv=None, parent=None)
+            self._bytes = 0
+            self._pinned = set()
+            stamp = next(self._clock)
+            for keys, kv in kept:
+                self._store(keys, kv, 0, stamp)
+                self._pinned.add(keys)
+
+    def _path(self, keys: Sequence[Key]) -> Optional[list[torch.Tensor]]:
+        """The entries of exactly `keys` as the tree's pieces, or None unless all of them are stored (lock held)."""
+        node, length, pieces = self._root, 0, []
+        while length < len(keys):
+            child = node.children.get(keys[length])
+            if child is None:
+                return None
+            common = _common_length(child.key, keys[length:])
+            if common == 0:
+                return None
+            assert child.kv is not None
+            pieces.append(child.kv[:, :, :, :common])
+            length += common
+            if common < len(child.key) and length < len(keys):
+                return None
+            node = child
+        return pieces
 
 
 def _common_length(a: Sequence[Key], b: Sequence[Key]) -> int:

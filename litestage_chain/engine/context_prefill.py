@@ -167,7 +167,8 @@ def prepare(
     """Load each row's cached prefix and prefill the rest of its prompt under the per-segment rule.
 
     `prefix_length` > 0 names a prefix every row shares (few-shot exemplars): it is made cached first, once, and the
-    seconds that took are reported apart (`prefix_seconds`), as `generate` does for its shared-prefix table.
+    seconds that took are reported apart (`prefix_seconds`), as `generate` does for its shared-prefix table. It is
+    pinned: `ContextCache.clear(keep_pinned=True)` keeps it.
     """
     keys, plans = token_keys(table, rows, plan, prompt_plans)
     plan_key = keys[0][-1][1]
@@ -178,6 +179,7 @@ def prepare(
             started = time.perf_counter()
             extend(view, table, keys[0][:prefix_length], plans)
             prefix_seconds, prefix_computed = time.perf_counter() - started, True
+        table.pin(keys[0][:prefix_length])  # a benchmark clearing the table between questions keeps it
     started = time.perf_counter()
     matches = [table.match(k, len(k) - 1) for k in keys]  # the last token always runs: it gives the first logits
     width = max(len(r) for r in rows)

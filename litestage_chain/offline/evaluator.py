@@ -230,11 +230,12 @@ class ChainEvaluator:
 
         `early_exit` overrides the evaluator's early-exit rule of the stages it names (the search tries several).
 
-        In a format that reuses the context cache (shared, continued) the model's context cache is emptied first, so
-        each run pays what a fresh chain on new questions pays: otherwise a run after another plan's run on the same
-        questions would find its prompts cached (the continued analysis's whole prompt, when the two plans share the
-        analysis) and be timed without their prefill. A few-shot prefix is then computed again, once per run, and
-        timed apart (`prefix_seconds`), as the first call of a serving process does.
+        In a format that reuses the context cache (shared, continued) the model's context cache is emptied first but
+        for the few-shot prefixes (pinned by the calls that computed them), so each run pays what a serving process
+        pays for new questions: otherwise a run after another plan's run on the same questions would find its prompts
+        cached (the continued analysis's whole prompt, when the two plans share the analysis) and be timed without
+        their prefill. A few-shot prefix is computed by a plan's first run, timed apart (`prefix_seconds`, outside the
+        model time either way), and kept for its later runs.
         """
         rules = {**self.early_exit, **_per_stage_early_exit(early_exit)} if early_exit is not None else self.early_exit
         missing = [stage for stage in STAGES if stage not in plans]
@@ -243,7 +244,7 @@ class ChainEvaluator:
         for stage in STAGES:
             plans[stage].check(self.model.num_layers)
         if self.context != "separate":
-            self.model.context_cache.clear()
+            self.model.context_cache.clear(keep_pinned=True)
         states: list[State] = [{"question": q, "started": time.perf_counter()} for q in questions]
         for stage in STAGES:
             outputs = self._node(stage, plans[stage], rules[stage], stage).batch(states)

@@ -245,30 +245,37 @@ def test_insert_past_an_evicted_prefix_stores_nothing() -> None:
         table.insert(keys, kv[:, :, :, 1:])
 
 
-def test_clear_can_keep_a_shared_prefix_and_drops_everything_past_it() -> None:
-    """`clear(keep_tokens=n)` keeps each sequence's first n tokens (a few-shot prefix) with their entries and drops
-    the rest, whether n ends inside an edge or at a branch; a kept entry is the one stored, not a neighbour's."""
+def test_clear_can_keep_the_pinned_prefixes_and_drops_everything_past_them() -> None:
+    """`clear(keep_pinned=True)` keeps the pinned prefixes (few-shot exemplars, per plan) with their entries and drops
+    the rest, whether a prefix ends inside an edge or at a branch; a kept entry is the one stored, not a neighbour's;
+    a pinned prefix no longer stored whole is forgotten, and a plain `clear()` drops the pins too."""
     table = ContextCache()
     kv = torch.arange(2 * 2 * 1 * 9 * 4, dtype=torch.float32).reshape(2, 2, 1, 9, 4)
     first = [(t, 0) for t in (1, 2, 3, 4, 5, 6)]
     second = [(t, 0) for t in (1, 2, 3, 4, 7, 8, 9, 10, 11)]
-    other_plan = [(t, 1) for t in (1, 2)]
+    other_plan = [(t, 1) for t in (1, 2, 3)]
     table.insert(first, kv[:, :, :, :6])
     table.insert(second, kv)  # shares 4 tokens with `first`: stored once
-    table.insert(other_plan, kv[:, :, :, :2])
+    table.insert(other_plan, kv[:, :, :, :3])
     full = table.stored_bytes()
-    table.clear(keep_tokens=3)
+    table.pin(second[:3])  # ends inside the shared edge
+    table.pin(other_plan[:2])
+    table.clear(keep_pinned=True)
     assert table.peek(first) == 3 and table.peek(second) == 3 and table.peek(other_plan) == 2
     assert table.stored_tokens() == 3 + 2 and 0 < table.stored_bytes() < full
     assert torch.equal(table.match(second).kv, kv[:, :, :, :3])
+    assert torch.equal(table.match(other_plan).kv, kv[:, :, :, :2])
     table.insert(second, kv)
-    table.clear(keep_tokens=4)  # at the branch: both continuations go
-    assert table.peek(first) == 4 and table.peek(second) == 4
+    table.insert(first, kv[:, :, :, :6])
+    table.pin(first[:4])  # at the branch: both continuations go
+    table.pin([(t, 0) for t in (1, 2, 9)])  # never stored whole: forgotten
+    table.clear(keep_pinned=True)
+    assert table.peek(first) == 4 and table.peek(second) == 4 and table.peek(other_plan) == 2
+    assert torch.equal(table.match(first).kv, kv[:, :, :, :4])
+    table.clear(keep_pinned=True)
+    assert table.stored_tokens() == 4 + 2, "the kept prefixes stay pinned"
     table.clear()
     assert table.stored_tokens() == 0 and table.stored_bytes() == 0
-    with pytest.raises(ValueError, match="keep_tokens"):
-        table.clear(keep_tokens=-1)
-    kept = table.stored_tokens()
-    with pytest.raises(ValueError, match="keep_tokens"):
-        table.clear(keep_tokens=2.5)  # type: ignore[arg-type]
-    assert table.stored_tokens() == kept, "a rejected value left the table as it was"
+    table.insert(second, kv)
+    table.clear(keep_pinned=True)
+    assert table.stored_tokens() == 0, "a plain clear() dropped the pins"

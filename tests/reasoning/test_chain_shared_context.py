@@ -202,7 +202,8 @@ def test_the_evaluator_runs_the_continued_format_and_keeps_its_results_apart(tin
 @pytest.mark.parametrize("context", ["continued", "shared"])
 def test_each_evaluation_pays_its_own_prefill(tiny_long: LoadedModel, context: str) -> None:
     """A plan run after another plan on the same questions must not find their prompts cached (the continued
-    analysis's whole prompt, when the plans share it): it would be timed without that prefill."""
+    analysis's whole prompt, when the plans share it): it would be timed without that prefill. The few-shot prefixes
+    stay (a serving process keeps them): the later run computes nothing of them again."""
     questions = [Question.coerce({**QUESTION, "id": "q1"}), Question.coerce({**OTHER, "id": "q2"})]
     other = {**PLANS, "summary": SkipPlan()}  # the same recall and analysis
 
@@ -214,8 +215,16 @@ def test_each_evaluation_pays_its_own_prefill(tiny_long: LoadedModel, context: s
     after = run(other)
     tiny_long.context_cache.clear()
     cold = run(other)
+    def timed(states: list) -> list[int]:  # what each row's timed prefill ran: its prompt less what it loaded
+        return [s[stage].prompt_tokens - s[stage].prefix_tokens for s in states]
+
+    recomputed = []
     for stage in STAGES:
-        assert [s[stage].prefilled_tokens for s in after] == [s[stage].prefilled_tokens for s in cold], stage
+        assert timed(after) == timed(cold), stage
+        assert [s[stage].prefilled_tokens for s in after] == timed(after), f"{stage}: the few-shot prefix was kept"
+        if [s[stage].prefilled_tokens for s in cold] != timed(cold):
+            recomputed.append(stage)
+    assert recomputed, "after clear() a stage computes its few-shot prefix again (else the test sees nothing kept)"
 
 
 def test_a_profile_records_its_search_format_and_running_it_in_another_warns(tiny_long: LoadedModel,
