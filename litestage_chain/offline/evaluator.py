@@ -265,7 +265,7 @@ class ChainEvaluator:
         states = self.run_stages(plans, questions, early_exit)
         fallback = self._node("summary", SkipPlan(), None, "summary_fallback") if self.fallback else None
         results: list[ReasoningResult] = FinalizeStep(fallback).batch(states)
-        return summarise(results, questions)
+        return summarise(results, questions, self.context)
 
     def render_prompt(self, stage: str, state: State) -> str:
         """The exact prompt text the model sees for `stage` in this chain state (for calibration)."""
@@ -277,8 +277,10 @@ class ChainEvaluator:
         return self.chat.prepare(messages, stage=checked, skip_plan=SkipPlan(), **lead).prompt
 
 
-def summarise(results: Sequence[ReasoningResult], questions: Sequence[Question]) -> EvalResult:
-    """Accuracy, mean latency and tokens per stage, and the answers, of one evaluation."""
+def summarise(
+    results: Sequence[ReasoningResult], questions: Sequence[Question], context: ContextFormat = "separate"
+) -> EvalResult:
+    """Accuracy, mean latency and tokens per stage, and the answers, of one evaluation (run in `context`)."""
     labelled = all(q.answer is not None for q in questions)
     fallback_tokens = [r.fallback.generated_tokens if r.fallback else 0 for r in results]
     return EvalResult(
@@ -291,16 +293,31 @@ def summarise(results: Sequence[ReasoningResult], questions: Sequence[Question])
         },
         answers={q.id: r.answer for r, q in zip(results, questions, strict=True)},
         tokens={
-            **{stage: [_row_tokens(r.stages[stage]) for r in results] for stage in STAGES},
+            **{stage: [_row_tokens(r.stages[stage], _earlier(r, stage, context)) for r in results] for stage in STAGES},
             FALLBACK: [_row_tokens(r.fallback) if r.fallback else None for r in results],
         },
     )
 
 
-def _row_tokens(output: StageOutput) -> tuple[int, int, int]:
+def _row_tokens(output: StageOutput, earlier: StageOutput | None = None) -> tuple[int, int, int]:
     """(tokens the call prefilled itself, tokens it generated, its whole prompt): a shared prefix's reused entries
-    cost no prefill, but its decode steps attend over them."""
-    return max(output.prompt_tokens - output.prefix_tokens, 0), output.generated_tokens, output.prompt_tokens
+    cost no prefill, but its decode steps attend over them.
+
+    A stage that continues an `earlier` stage's sequence (shared, continued formats) is counted as in a chain that
+    ran that stage: everything but the earlier stage's prompt and output (less its last token, which no forward pass
+    ran, so it has no entries). What this call loaded says otherwise when the earlier output was reused from the
+    stage-output cache (the search does that): it left no KV entries, so the call prefilled the whole chain so far,
+    which no chain in use does.
+    """
+    cached = output.prefix_tokens
+    if earlier is not None:
+        cached = earlier.prompt_tokens + earlier.generated_tokens - 1
+    return max(output.prompt_tokens - cached, 0), output.generated_tokens, output.prompt_tokens
+
+
+def _earlier(result: ReasoningResult, stage: Stage, context: ContextFormat) -> StageOutput | None:
+    """The stage whose sequence `stage` continues in `context`, or None (it starts its own)."""
+    return result.stages[STAGES[STAGES.index(stage) - 1]] if reads_earlier_kv(context, stage) else None
 
 
 def _per_stage_early_exit(

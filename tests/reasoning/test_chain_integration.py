@@ -5,6 +5,9 @@ from __future__ import annotations
 import pytest
 
 from litestage_chain import LoadedModel, SkipPlan
+from litestage_chain.budgets.stages import STAGES
+from litestage_chain.data.types import Question
+from litestage_chain.offline.evaluator import ChainEvaluator
 from litestage_chain.reasoning.chain import (
     ReasoningResult,
     build_reasoning_chain,
@@ -67,3 +70,18 @@ def test_shipped_profile_fits_the_default_model_and_drives_the_chain(name: str, 
     for stage, output in result.stages.items():
         assert output.skipped == profile.plan_for(stage)
     assert result.answer in {"A", "B", "C", "D"}
+
+
+@pytest.mark.parametrize("context", ["continued", "shared"])
+def test_priced_tokens_are_what_a_chain_prefills(real_model: LoadedModel, context: str) -> None:
+    """The cost model prices a stage that continues an earlier one by the chain's structure (the earlier stage's
+    prompt and output are cached), not by what its call loaded (a reused output leaves nothing to load): on a chain
+    that ran every stage the two agree token for token."""
+    questions = [Question.coerce(q) for q in QUESTIONS]
+    evaluator = ChainEvaluator(real_model, max_tokens={"recall": 12, "analysis": 16, "summary": 8}, context=context,
+                               batch_size=2, reuse_outputs=False)
+    plans = {stage: SkipPlan() for stage in STAGES}
+    priced = evaluator.evaluate(plans, questions).tokens
+    states = evaluator.run_stages(plans, questions)
+    for stage in STAGES:
+        assert [row[0] for row in priced[stage]] == [s[stage].prompt_tokens - s[stage].prefix_tokens for s in states]

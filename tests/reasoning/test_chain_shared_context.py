@@ -251,3 +251,23 @@ def test_a_profile_records_its_search_format_and_running_it_in_another_warns(tin
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         build_reasoning_chain(tiny_long, plans=profile, max_tokens=SHORT, context="continued")
+
+
+@pytest.mark.parametrize("context", ["shared", "continued"])
+def test_token_counts_for_the_cost_model_do_not_depend_on_reused_stage_outputs(tiny_long: LoadedModel,
+                                                                                context: str) -> None:
+    """The search keeps earlier stages' outputs and reruns only the stage it searches; a reused output leaves no KV
+    entries, so that stage's call prefills the whole chain so far. The token counts the cost model prices must still
+    be those of a chain that ran every stage (what the plans cost in use; that they are exactly what such a chain
+    prefills is checked on the real model, whose text re-encodes as generated: `test_chain_integration.py`)."""
+    questions = [Question.coerce({**QUESTION, "id": "q1"}), Question.coerce({**OTHER, "id": "q2"})]
+    other = {**PLANS, "summary": SkipPlan(mlp=[1])}
+
+    def evaluator(reuse: bool) -> ChainEvaluator:
+        return ChainEvaluator(tiny_long, max_tokens=SHORT, context=context, batch_size=2, reuse_outputs=reuse)
+
+    searching = evaluator(True)
+    searching.evaluate(PLANS, questions)
+    reused = searching.evaluate(other, questions)  # recall and analysis come from the stage-output cache
+    assert searching.generated["summary"] == 4 and searching.generated["analysis"] == 2, "the test needs reuse"
+    assert reused.tokens == evaluator(False).evaluate(other, questions).tokens
