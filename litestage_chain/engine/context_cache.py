@@ -11,7 +11,12 @@ sequence splits an edge where it diverges, and least recently used leaves are ev
 stream that reaches layer l differs), so each token is stored with the id of the plan that computed it, and a prompt
 matches only a prefix whose tokens carry the same plans the caller asks for (`prompt_plans` in `generate`). The
 outcome of a call therefore depends on its tokens and their plans alone, never on what the cache happened to hold:
-reuse never changes an output compared with the same call on a cold cache.
+in float32, reuse never changes an output compared with the same call on a cold cache. With int8/int4 weights it
+can: the kernels round each activation row to int8, and a token computed in another pass (loaded instead of
+prefilled, prefilled with other tokens) has sums in another order, which moves some roundings by one step; greedy
+decoding then goes the other way at a near-tie. Measured on SmolLM2-135M, 12 OBQA dev questions, each chain run on a
+cache holding only the few-shot prefixes and then again on a warm one: float32 0 texts of 72 differed, int8 3, int4 5
+(all in recall or analysis; no answer changed). A benchmark empties the cache between runs for that reason too.
 
 **Every layer has entries.** Entries are stored for all layers, including the attention layers a token's plan
 skipped: a later call under another plan may run attention there. A skipped attention layer's keys and values are

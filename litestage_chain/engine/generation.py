@@ -177,7 +177,8 @@ def generate(
     the longest prefix of it that any earlier call prefilled or generated, and stores its own prompt and output for
     later calls (see `context_cache.py`). `prompt_plans[i]` then lists runs of `(token count, SkipPlan)` from prompt
     i's first token: the plans those tokens are computed under (an earlier stage's segment); the rest of the prompt
-    runs under `plan`. The result depends on the tokens and their plans only, never on what was cached.
+    runs under `plan`. The result depends on the tokens and their plans only, never on what was cached (exactly in
+    float32; with int8/int4 weights up to the kernels' activation rounding, see `context_cache.py`).
 
     Setting `cancel` (from any thread) stops the call before its next decoding step with `GenerationCancelled`.
     """
