@@ -125,15 +125,19 @@ class PreparedCall:
     segments: tuple[tuple[str, SkipPlan], ...] | None = None
     """The prompt as pieces with the plan each is computed under (a continued turn, or context reuse)."""
     reuse_context: bool = False
+    store_context: bool = False
+    """`reuse_context="store"`: a plain call (exactly as without the context cache) that stores its prompt and
+    output there for the calls that continue it."""
 
     @property
     def guided(self) -> bool:
         """Whether the reply is JSON filled value by value (forced tool call or structured output)."""
         return self.forced_tool is not None or self.schema is not None
 
-    def batch_key(self) -> tuple[int, SkipPlan, GenerationConfig, bool, bool]:
+    def batch_key(self) -> tuple[int, SkipPlan, GenerationConfig, bool, bool, bool]:
         """Calls with equal keys can share one batched `generate` (one plan, one decoding config)."""
-        return (id(self.loaded), self.plan, self.config, self.reuse_context, self.segments is not None)
+        return (id(self.loaded), self.plan, self.config, self.reuse_context, self.store_context,
+                self.segments is not None)
 
 
 class ChatLiteStage(BaseChatModel):
@@ -197,7 +201,9 @@ class ChatLiteStage(BaseChatModel):
     """Reuse the KV entries of any earlier call's prompt *and output* that this call's prompt continues, whatever
     plan computed them (the model's context cache, see `context_cache.py`), and store this call's for later ones.
     Shared-context reasoning stages turn it on; a conversation gains from it too. Response metadata reports
-    `reused_tokens` and `prefilled_tokens`."""
+    `reused_tokens` and `prefilled_tokens`. A call may pass `reuse_context="store"`: its prompt continues nothing,
+    so it runs as a plain call (the same output as without the cache, also with int8/int4 weights) and only stores
+    its entries for the calls that continue it (the continued format's analysis)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -395,7 +401,14 @@ class ChatLiteStage(BaseChatModel):
         if self.reuse_prefix and len(chat) >= 2:
             shared_prefix = loaded.render_chat(chat[:-1], tools=template_tools, add_generation_prompt=False)
         prefix = "" if (forced or schema) else str(kwargs.get("response_prefix") or "")
-        reuse_context = bool(kwargs.get("reuse_context", self.reuse_context)) and not (specs or schema)
+        reuse_value = kwargs.get("reuse_context", self.reuse_context)
+        if reuse_value not in (True, False, "store"):
+            raise InvalidInputError(f"reuse_context must be True, False or 'store', got {reuse_value!r}")
+        reuse_context = bool(reuse_value) and not (specs or schema)
+        # "store": a prompt that continues no earlier call runs as a plain call and stores its entries afterwards, so
+        # its output is the separate format's, bit for bit (a plain call cannot compute a skipped attention layer's
+        # entries: such a plan reuses and stores through the context cache's own prefill instead)
+        store_context = reuse_context and reuse_value == "store" and continuation is None and not plan.attention
         segments = None
         if continuation is not None or reuse_context:
             if specs or schema:
@@ -421,6 +434,7 @@ class ChatLiteStage(BaseChatModel):
             single_call=kwargs.get("parallel_tool_calls") is False,
             segments=segments,
             reuse_context=reuse_context,
+            store_context=store_context,
         )
 
     # ------------------------------------------------------------------ generation
@@ -434,7 +448,9 @@ class ChatLiteStage(BaseChatModel):
             return [self._run_guided(call) for call in calls]
         prompts: list[Any] = [c.prompt for c in calls]
         reuse: dict[str, Any] = {}
-        if first.segments is not None:
+        if first.store_context:
+            reuse = {"store_to": first.loaded.context_cache}
+        elif first.segments is not None:
             encoded = [encode_segments(c.loaded, c.segments or ()) for c in calls]
             prompts = [ids for ids, _ in encoded]
             if first.reuse_context:

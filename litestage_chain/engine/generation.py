@@ -162,6 +162,7 @@ def generate(
     context_cache: Optional[ContextCache] = None,
     prompt_plans: Optional[Sequence[context_prefill.PromptPlans]] = None,
     cancel: Optional[threading.Event] = None,
+    store_to: Optional[ContextCache] = None,
 ) -> list[GenerationResult]:
     """Generate a continuation for each prompt under one skip plan; results come back in prompt order.
 
@@ -179,6 +180,12 @@ def generate(
     i's first token: the plans those tokens are computed under (an earlier stage's segment); the rest of the prompt
     runs under `plan`. The result depends on the tokens and their plans only, never on what was cached (exactly in
     float32; with int8/int4 weights up to the kernels' activation rounding, see `context_cache.py`).
+
+    `store_to` (a context cache; not with `context_cache`) runs the call as a plain one and then stores each row's
+    prompt and output in that table for later calls that continue them: the outputs are those of the same call
+    without it, bit for bit, also with int8/int4 weights, whose activation rounding makes a call through the context
+    cache's own prefill differ now and then (`context_cache.py`). Entries of a skipped attention layer are not
+    computed on this path, so `plan` must skip none.
 
     Setting `cancel` (from any thread) stops the call before its next decoding step with `GenerationCancelled`.
     """
@@ -206,12 +213,18 @@ def generate(
         generator = torch.Generator().manual_seed(config.seed)
 
     view = model.view
+    if context_cache is not None and store_to is not None:
+        raise InvalidInputError("pass context_cache (reuse and store) or store_to (store only), not both")
     if context_cache is not None:
         return _generate_in_context(
             model, encoded, plan, config, on_token, context_cache, prompt_plans, len(prefix), max_new, generator, cancel
         )
     if prompt_plans is not None:
         raise InvalidInputError("prompt_plans needs a context_cache (the plans of tokens the call reuses)")
+    if store_to is not None and plan.attention:
+        raise InvalidInputError(
+            "store_to needs a plan that skips no attention layer: a plain call computes no entries for skipped ones"
+        )
     # Cache layout per row: [reused prefix][left padding][rest of the prompt][generated tokens].
     input_ids, prompt_valid = _left_pad([r[reused:] for r in encoded], model.pad_token_id)
     batch, suffix_width = input_ids.shape
@@ -241,8 +254,17 @@ def generate(
         logits = prefill(view, input_ids, positions, key_valid, cache, plan, start=reused)
         prefill_seconds = max(time.perf_counter() - started - prefix_seconds, 0.0)
         decode_started = time.perf_counter()
+        finished = None
+        if store_to is not None:
+            plan_id = store_to.plan_id(plan)
+            starts = [width - (len(r) - reused) for r in encoded]  # where each row's own prompt tokens begin
+
+            def finished(slot: int, row: _Row) -> None:
+                _store_plain(store_to, cache, slot, encoded[row.index], row.token_ids, plan_id, reused,
+                             starts[row.index], width)
+
         _decode(model, rows, logits, cache, key_valid, next_position, width, plan, config, max_new, generator, on_token,
-                cancel=cancel)
+                finished, cancel=cancel)
 
     return [
         _result(
@@ -304,6 +326,22 @@ def _decode(
                 key_valid = key_valid.index_select(0, keep_index)
         logits = decode_one(model.view, tokens, next_position, key_valid, cache, width + step, plan)
         next_position = next_position + 1
+
+
+def _store_plain(
+    table: ContextCache, cache: KVCache, slot: int, prompt: list[int], generated: list[int], plan_id: int,
+    reused: int, start: int, width: int,
+) -> None:
+    """Store one row of a plain call (cache layout `[prefix][padding][own prompt][generated]`, now at `slot`): its
+    prompt and the generated tokens that went through the model (all but the last one)."""
+    fed = generated[:-1]
+    keys = [(token, plan_id) for token in [*prompt, *fed]]
+    cached = table.peek(keys)
+    if cached >= len(keys):
+        return
+    columns = ((0, reused), (start, width), (width, width + len(fed)))
+    kv = torch.cat([context_prefill.row_entries(cache, slot, lo, hi) for lo, hi in columns], dim=3)
+    table.insert(keys, kv[:, :, :, cached:], offset=cached)
 
 
 def _generate_in_context(

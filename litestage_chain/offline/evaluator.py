@@ -183,7 +183,9 @@ class ChainEvaluator:
         if self.context == "shared":
             shared = {"context": "shared", "shared_stops": SHARED_STOPS}
         elif self.context == "continued":
-            shared = {"context": "continued", "summary_lead": SUMMARY_LEAD}
+            # "analysis": "plain": the analysis runs as in the separate format and then stores its entries; before,
+            # it ran through the context cache's prefill, whose int8/int4 outputs differ now and then
+            shared = {"context": "continued", "summary_lead": SUMMARY_LEAD, "analysis": "plain"}
         if shared:
             shared["fresh_context"] = True
         # An int8/int4 model decodes batch-1 steps (and a batch's last row) on the compiled step, which sums in another

@@ -236,7 +236,9 @@ def stage_format(stage: Stage, context: ContextFormat) -> dict[str, Any]:
     forced lead where the summary continues a turn."""
     binding: dict[str, Any] = {"stop": SHARED_STOPS[stage] if context == "shared" else STAGE_STOPS[stage]}
     if reuses_context(context, stage):
-        binding["reuse_context"] = True
+        # the continued analysis continues nothing: it runs as in the separate format and stores what the summary
+        # continues
+        binding["reuse_context"] = "store" if context == "continued" and stage == "analysis" else True
     if context != "separate" and stage == "summary":
         binding["response_prefix"] = SUMMARY_LEAD
     return binding

@@ -279,3 +279,45 @@ def test_clear_can_keep_the_pinned_prefixes_and_drops_everything_past_them() -> 
     table.insert(second, kv)
     table.clear(keep_pinned=True)
     assert table.stored_tokens() == 0, "a plain clear() dropped the pins"
+
+
+def test_a_plain_call_can_store_what_later_calls_continue(tiny_model: LoadedModel) -> None:
+    """`store_to`: the first stage runs as a plain call (its outputs are those of the call without the table, token
+    for token) and stores its prompt and output; the later stages continue them through the context cache and
+    match the per-segment recompute of the whole sequence, prefilling only their header."""
+    table = ContextCache()
+    plans = [SkipPlan(mlp=[1, 3]), PLANS[1], PLANS[2]]  # the stored stage skips no attention layer
+    prompts = [tiny_model.encode(PREFIX) + tiny_model.encode(q + HEADERS[0]) for q in QUESTIONS]
+    prefix = tiny_model.encode(PREFIX)
+    first = generate(tiny_model, prompts, plan=plans[0], config=CONFIG, shared_prefix=prefix, store_to=table)
+    plain = generate(tiny_model, prompts, plan=plans[0], config=CONFIG, shared_prefix=prefix)
+    assert [r.token_ids for r in first] == [r.token_ids for r in plain]
+    assert [r.confidences for r in first] == [r.confidences for r in plain]
+    token_plans = [[plans[0]] * (len(p) + len(r.token_ids)) for p, r in zip(prompts, first)]
+    prompts = [p + r.token_ids for p, r in zip(prompts, first)]
+    outputs: list[list[list[int]]] = [[r.token_ids] for r in first]
+    for header, plan in zip(HEADERS[1:], plans[1:]):
+        prompts = [p + tiny_model.encode(header) for p in prompts]
+        runs = [_runs(tp) for tp in token_plans]
+        done = generate(tiny_model, prompts, plan=plan, config=CONFIG, context_cache=table, prompt_plans=runs,
+                        shared_prefix=prefix)
+        for i, result in enumerate(done):
+            assert result.prompt_tokens - result.reused_tokens <= len(tiny_model.encode(header)) + 1
+            outputs[i].append(result.token_ids)
+            token_plans[i] += [plan] * (len(prompts[i]) - len(token_plans[i]))
+            if header != HEADERS[-1]:
+                prompts[i] = prompts[i] + result.token_ids
+                token_plans[i] += [plan] * len(result.token_ids)
+    with torch.inference_mode():
+        _check_against_reference(
+            tiny_model, prompts, token_plans, outputs, plans,
+            lambda seq, per_token: segment_logits(tiny_model.view, torch.tensor(seq), per_token),
+        )
+
+
+def test_store_to_rejects_what_it_cannot_store(tiny_model: LoadedModel) -> None:
+    prompt = tiny_model.encode(PREFIX + QUESTIONS[0])
+    with pytest.raises(InvalidInputError, match="skips no attention layer"):
+        generate(tiny_model, [prompt], plan=SkipPlan(attention=[1]), config=CONFIG, store_to=ContextCache())
+    with pytest.raises(InvalidInputError, match="not both"):
+        generate(tiny_model, [prompt], config=CONFIG, store_to=ContextCache(), context_cache=ContextCache())

@@ -126,6 +126,20 @@ def test_unknown_context_and_bad_continuations_are_rejected(tiny_long: LoadedMod
         llm.invoke([HumanMessage("hi"), AIMessage("x", additional_kwargs={"litestage_segments": [{"txt": "x"}]})])
     with pytest.raises(InvalidInputError, match="last token"):  # the stage's own header must be under its plan
         llm.invoke([HumanMessage("hi"), continuation_message([("K:", SkipPlan(mlp=[0]))])], reuse_context=True)
+    with pytest.raises(InvalidInputError, match="reuse_context must be True, False or 'store'"):
+        llm.invoke([HumanMessage("hi")], reuse_context="yes")
+
+
+def test_a_stored_plain_call_is_continued_by_the_next_one(tiny_long: LoadedModel) -> None:
+    """`reuse_context="store"`: the same reply as a call without the context cache, and a later call that continues
+    it reuses the stored prompt whole."""
+    llm = ChatLiteStage(model=tiny_long, max_tokens=3)
+    tiny_long.context_cache.clear()
+    stored = llm.invoke([HumanMessage("Name a fruit.")], reuse_context="store")
+    assert stored.content == llm.invoke([HumanMessage("Name a fruit.")]).content
+    follow = [HumanMessage("Name a fruit."), continuation_message([(stored.content, None), (" and: ", None)])]
+    meta = llm.invoke(follow, reuse_context=True).response_metadata
+    assert meta["reused_tokens"] >= stored.usage_metadata["input_tokens"], meta
 
 
 def test_chat_model_continues_a_turn_and_reports_reuse(tiny_long: LoadedModel) -> None:
@@ -224,7 +238,8 @@ def test_each_evaluation_pays_its_own_prefill(tiny_long: LoadedModel, context: s
         assert [s[stage].prefilled_tokens for s in after] == timed(after), f"{stage}: the few-shot prefix was kept"
         if [s[stage].prefilled_tokens for s in cold] != timed(cold):
             recomputed.append(stage)
-    assert recomputed, "after clear() a stage computes its few-shot prefix again (else the test sees nothing kept)"
+    if context == "shared":  # (the continued analysis reads its prefix from the prefix table, as separate does)
+        assert recomputed, "after clear() a stage computes its few-shot prefix again (else the test sees nothing kept)"
 
 
 def test_a_profile_records_its_search_format_and_running_it_in_another_warns(tiny_long: LoadedModel,
@@ -271,3 +286,38 @@ def test_token_counts_for_the_cost_model_do_not_depend_on_reused_stage_outputs(t
     reused = searching.evaluate(other, questions)  # recall and analysis come from the stage-output cache
     assert searching.generated["summary"] == 4 and searching.generated["analysis"] == 2, "the test needs reuse"
     assert reused.tokens == evaluator(False).evaluate(other, questions).tokens
+
+
+def test_continued_recall_and_analysis_equal_the_separate_format_with_int4_weights(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The continued analysis runs as a plain call and then stores its entries, so with int8/int4 weights too its
+    outputs are the separate format's (through the context cache's own prefill the kernels' activation rounding
+    made some differ: 8 of 16 OBQA analyses on SmolLM2 int4; this tiny model happens to show none, so the test also
+    checks which engine path the analysis took), while the summary still continues them."""
+    import litestage_chain.chat.chat_model as chat_module
+
+    paths: list[str] = []
+    real = chat_module.generate
+
+    def spy(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        paths.append("store" if "store_to" in kwargs else "context" if "context_cache" in kwargs else "plain")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(chat_module, "generate", spy)
+    model = from_pretrained_objects(*tiny_long_context_llama(seed=5), name="tiny-long-int4", weights="int4")
+    questions = [Question.coerce({**q, "id": f"q{i}"}) for i, q in enumerate((QUESTION, OTHER, YESNO, QUESTION))]
+    budget = {"recall": 8, "analysis": 24, "summary": 4}
+    plans = {"recall": SkipPlan(), "analysis": SkipPlan(mlp=[1]), "summary": SkipPlan()}
+    out = {}
+    for context in ("separate", "continued"):
+        model.context_cache.clear()
+        chain = build_reasoning_chain(model, plans=plans, max_tokens=budget, fallback=False, context=context)
+        out[context] = run_batch(chain, questions, batch_size=4)
+        if context == "continued":
+            assert paths == ["plain"] * 3 + ["plain", "store", "context"], paths  # separate's calls, then these
+    for stage in ("recall", "analysis"):
+        assert [r.stages[stage].text for r in out["continued"]] == [r.stages[stage].text for r in out["separate"]]
+    for result in out["continued"]:
+        summary = result.stages["summary"]
+        assert summary.reused_tokens > 0.9 * summary.prompt_tokens, "the summary continues the stored analysis"
