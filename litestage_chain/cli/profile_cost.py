@@ -15,6 +15,8 @@ from typing import Any, TextIO
 from pydantic import ValidationError
 
 from litestage_chain.budgets.profile import Profile
+from litestage_chain.budgets.stage_budgets import StageBudget
+from litestage_chain.budgets.stages import STAGES
 from litestage_chain.cli.bench import parse_max_tokens
 from litestage_chain.cluster.cli import cluster_options, describe_pool, maybe_pool
 from litestage_chain.cluster.search import DistributedEvaluator
@@ -64,6 +66,11 @@ def add_cost_aware_options(search: Any) -> None:
                         help="cost-aware: questions per chunk; a clearly worse candidate stops after one (default 25)")
     search.add_argument("--cost-rounds", type=int, default=2, metavar="N",
                         help="cost-aware: alternating timings of each plan and the full model (default 2)")
+    search.add_argument("--from-profile", default=None, metavar="PROFILE",
+                        help="cost-aware: keep this profile's settings (a file, or a shipped name for --model) for "
+                        "every stage not in --search-stages, e.g. re-search only its summary in another --context")
+    search.add_argument("--search-stages", default=None, metavar="STAGE,...",
+                        help="cost-aware, with --from-profile: the stages searched (e.g. summary)")
 
 
 def run_cost_aware_search(
@@ -77,11 +84,12 @@ def run_cost_aware_search(
                           ("--chunk-size", args.chunk_size), ("--cost-rounds", args.cost_rounds)):
         if value < 1:
             raise InvalidInputError(f"{option} must be >= 1, got {value}")
+    start, fixed = _fixed_stages(args)
     try:
         config = CostSearchConfig(
             epsilon=args.epsilon, tolerance=args.tolerance / 100.0, confidence=args.confidence, metric=args.metric,
             counts=args.counts or DEFAULT_COUNTS, exit_grid=tuple(parse_exit_grid(args.exit_grid)),  # type: ignore[arg-type]
-            chunk_size=args.chunk_size, batch_size=args.batch_size, patience=args.patience,
+            chunk_size=args.chunk_size, batch_size=args.batch_size, patience=args.patience, fixed=fixed,
         )
     except ValidationError as error:
         raise InvalidInputError(f"invalid search settings: {describe_validation_error(error)}") from error
@@ -95,12 +103,20 @@ def run_cost_aware_search(
     settings = dict(early_exit=None, max_tokens=parse_max_tokens(args.max_tokens), num_shots=args.shots,
                     fallback=not args.no_fallback, batch_size=args.batch_size,
                     progress=not args.no_progress and cluster is None, context=args.context)
+    if start is not None:
+        start.check_model(model)  # its plans were searched on these weights
+        out.write(f"kept from {args.from_profile} (searched in the {start.context!r} format): "
+                  f"{', '.join(fixed)}; searched here in the {args.context!r} format: "
+                  f"{', '.join(s for s in STAGES if s not in fixed)}\n")
     with maybe_pool(cluster, args.model, model.weights) as pool:
         evaluator: Any = ChainEvaluator(model, **settings)
         if pool is not None:  # chunk evaluations split over the workers; the costs are timed here, between them
             evaluator = DistributedEvaluator(evaluator, pool, settings)
             out.write(describe_pool(pool) + "\n")
-        profile, result = _cost_aware(args, model, questions, evaluator, config, log, cost_log, out)
+        kept = (f"{', '.join(fixed)} kept from {args.from_profile} (searched in the {start.context!r} format on "
+                f"{start.questions.benchmark}/{start.questions.split}, {start.questions.size} questions)"
+                if start is not None else "")
+        profile, result = _cost_aware(args, model, questions, evaluator, config, log, cost_log, out, notes=kept)
     profile.save(target)
     out.write(f"chosen: {result.resolution()}; predicted {result.full.predicted_seconds:.2f} s -> "
               f"{result.chosen.predicted_seconds:.2f} s per question at batch {config.batch_size} "
@@ -108,9 +124,26 @@ def run_cost_aware_search(
     return profile, result.caveats, model, questions, target
 
 
+def _fixed_stages(args: argparse.Namespace) -> tuple[Profile | None, dict[str, StageBudget]]:
+    """`--from-profile` and `--search-stages`: the profile, and its settings for the stages not searched."""
+    if (args.from_profile is None) != (args.search_stages is None):
+        raise InvalidInputError("--from-profile and --search-stages go together: the profile's settings are kept for "
+                                "the stages not searched")
+    if args.from_profile is None:
+        return None, {}
+    searched = [part.strip() for part in args.search_stages.split(",") if part.strip()]
+    unknown = [stage for stage in searched if stage not in STAGES]
+    if unknown or not searched:
+        raise InvalidInputError(f"--search-stages takes stage names from {list(STAGES)}, got {args.search_stages!r}")
+    profile = Profile.load(args.from_profile, model=args.model)
+    fixed = {stage: StageBudget(plan=profile.plan_for(stage), early_exit=profile.early_exit_for(stage))
+             for stage in STAGES if stage not in searched}
+    return profile, fixed
+
+
 def _cost_aware(
     args: argparse.Namespace, model: LoadedModel, questions: QuestionSet, evaluator: Any, config: CostSearchConfig,
-    log: Path, cost_log: Path, out: TextIO,
+    log: Path, cost_log: Path, out: TextIO, notes: str = "",
 ) -> tuple[Profile, Any]:
     rule = config.rule()
     out.write(f"cost-aware search of {model.name} on {questions.benchmark}/{questions.split} ({len(questions)} "
@@ -126,6 +159,7 @@ def _cost_aware(
     return search_profile_cost_aware(
         model, questions, evaluator, config, calibration_size=args.calibration_size, seed=args.seed, store_path=log,
         cost_path=cost_log, cost_rounds=args.cost_rounds, on_candidate=report, progress=not args.no_progress,
+        notes=notes,
     )
 
 

@@ -34,7 +34,7 @@ from statistics import fmean
 from typing import Protocol
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from litestage_chain.offline.cost_model import CostModel, tokens_of
 from litestage_chain.data.types import Question, question_fingerprint
@@ -109,6 +109,20 @@ class CostSearchConfig(BaseModel):
     chunk_size: int = Field(25, ge=1, description="questions per chunk; a clearly worse candidate stops after one")
     batch_size: int = Field(1, ge=1, description="questions decoded together: the latency predicted is at this size")
     patience: int = Field(2, ge=1, description="consecutive counts rejected with every exit rule end a stage's sweep")
+    fixed: dict[str, StageBudget] = Field(
+        default_factory=dict,
+        description="stages kept at these settings (e.g. a profile's) and not searched: re-searching a profile's "
+        "summary in the continued format needs only the summary's candidates",
+    )
+
+    @model_validator(mode="after")
+    def _fixed_stages_are_searched_stages(self) -> "CostSearchConfig":
+        unknown = sorted(set(self.fixed) - set(self.stages))
+        if unknown:
+            raise ValueError(f"fixed stage(s) {unknown} are not among the stages {list(self.stages)}")
+        if set(self.fixed) == set(self.stages):
+            raise ValueError("every stage is fixed: nothing is left to search")
+        return self
 
     def rule(self) -> DecisionRule:
         return DecisionRule(epsilon=self.epsilon, tolerance=self.tolerance, confidence=self.confidence)
@@ -173,7 +187,7 @@ class CostSearchResult(BaseModel):
             metric=self.config.metric,
             questions=questions.model_copy(update={"fingerprint": self.questions_fingerprint}),
             importance=self.ranking,
-            stage_order=self.stage_order,
+            stage_order=[*(s for s in self.config.stages if s in self.config.fixed), *self.stage_order],  # fixed first
             full_score=full_score,
             full_latency_seconds=self.full.predicted_seconds,
             trace=trace,
@@ -361,11 +375,20 @@ def search_cost_aware(
     full_tokens = tokens_of(full.result.tokens)
     stage_seconds = {stage: runner.costs.predict({stage: SkipPlan()}, {stage: full_tokens[stage]}, config.batch_size)
                      for stage in config.stages}
-    order = sorted(config.stages, key=lambda stage: -stage_seconds[stage])
-    plans = dict(full.plans)
-    rules = dict(full.early_exit)
+    order = sorted((s for s in config.stages if s not in config.fixed), key=lambda stage: -stage_seconds[stage])
+    plans = {**full.plans, **{stage: budget.plan for stage, budget in config.fixed.items()}}
+    rules = {**full.early_exit, **{stage: budget.early_exit for stage, budget in config.fixed.items()}}
     current = full
     candidates = [full]
+    if config.fixed:  # the fixed stages with the others at the full model: where the searched stages start from
+        current = runner.candidate("+".join(s for s in config.stages if s in config.fixed), 0, plans, rules, full)
+        candidates.append(current)
+        report(current)
+        if current.verdict != "accept":
+            caveat = (f"the fixed stages alone are not accepted against the full model ({current.verdict}: "
+                      f"{current.comparison.describe() if current.comparison else ''}): every candidate includes them")
+            warnings.warn(caveat, UserWarning, stacklevel=2)
+            caveats.append(caveat)
     for stage in order:
         options = [current]
         rejected_in_a_row = 0

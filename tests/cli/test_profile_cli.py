@@ -201,6 +201,22 @@ def test_cost_aware_search_writes_a_profile_with_its_resolution_and_resumes(
     again = io.StringIO()
     assert args.handler(args, out=again) == 0
     assert "0 new chunk evaluations" in again.getvalue()
+    # its summary re-searched in the continued format, recall and analysis kept as searched
+    summary_only = tmp_path / "profiles" / "csqa-continued.json"
+    flags = ["--from-profile", str(target), "--search-stages", "summary", "--context", "continued"]
+    out = io.StringIO()
+    args = parse([*argv[: argv.index("--out")], "--out", str(summary_only), *argv[argv.index("--out") + 2 :], *flags])
+    assert args.handler(args, out=out) == 0
+    assert "searched here in the 'continued' format: summary" in out.getvalue()
+    kept = Profile.load(summary_only)
+    assert kept.context == "continued" and "recall, analysis kept from" in kept.notes
+    assert {s: (kept.plan_for(s), kept.early_exit_for(s)) for s in ("recall", "analysis")} == {
+        s: (profile.plan_for(s), profile.early_exit_for(s)) for s in ("recall", "analysis")}
+    assert {entry.stage for entry in kept.trace} == {None, "recall+analysis", "summary"}
+    for bad, message in ((flags[:2], "go together"), ([*flags[:2], "--search-stages", "answer"], "stage names")):
+        args = parse([*argv, *bad])
+        with pytest.raises(InvalidInputError, match=message):
+            args.handler(args, out=io.StringIO())
 
 
 def test_cost_aware_options_are_checked(tmp_path: Path) -> None:

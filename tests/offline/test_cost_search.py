@@ -207,3 +207,40 @@ def test_an_exit_rule_that_cannot_fire_reuses_the_evaluation_without_it(
     chain = StubChain()
     search_cost_aware(chain, QUESTIONS, RANKING, CostModel(timer, "t", rounds=1), CONFIG)
     assert any(call.rules.get("summary") for call in chain.calls)
+
+
+def test_fixed_stages_keep_their_settings_and_only_the_others_are_searched() -> None:
+    """Re-searching one stage of a profile (its summary in another reasoning format): the fixed stages' plans and
+    rules are in every candidate, the start (fixed stages, the rest full) is evaluated and judged, and no candidate
+    sweeps a fixed stage."""
+    from litestage_chain.budgets.stage_budgets import StageBudget
+
+    fixed = {"analysis": StageBudget(plan=plan_for(4), early_exit=EXIT), "recall": StageBudget(plan=plan_for(2))}
+    chain = StubChain()
+    config = CONFIG.model_copy(update={"fixed": fixed})
+    result = search_cost_aware(chain, QUESTIONS, RANKING, CostModel(timer, "t", rounds=1), config)
+    assert result.stage_order == ["summary"]
+    start = result.candidates[1]
+    assert start.stage == "recall+analysis" and start.verdict == "accept"
+    assert all(c.plans["analysis"] == fixed["analysis"].plan and c.early_exit["recall"] is None
+               for c in result.candidates[1:])
+    assert {c.stage for c in result.candidates[2:]} == {"summary"}
+    counts = {s: p.num_skipped for s, p in result.chosen.plans.items()}
+    assert counts == {"analysis": 4, "recall": 2, "summary": 1} and result.chosen.early_exit["summary"] == EXIT
+    full_chunks = len(QUESTIONS) // CONFIG.chunk_size  # the full model's own evaluations come first
+    assert all(call.counts["recall"] == 2 for call in chain.calls[full_chunks:]) and len(chain.calls) > full_chunks
+    # fixed stages that lose too much are said to, and still kept
+    lossy = CONFIG.model_copy(update={"fixed": {"recall": StageBudget(plan=plan_for(8))}})
+    with pytest.warns(UserWarning, match="fixed stages alone are not accepted"):
+        worse = search_cost_aware(StubChain(), QUESTIONS, RANKING, CostModel(timer, "t", rounds=1), lossy)
+    assert worse.chosen.plans["recall"].num_skipped == 8 and any("fixed stages" in c for c in worse.caveats)
+    with pytest.raises(ValueError, match="nothing is left to search"):
+        CostSearchConfig.model_validate({**CONFIG.model_dump(), "fixed": {s: {} for s in ("recall", "analysis", "summary")}})
+    with pytest.raises(ValueError, match="not among the stages"):
+        CostSearchConfig.model_validate({**CONFIG.model_dump(), "fixed": {"answer": {}}})
+
+
+def plan_for(count: int) -> SkipPlan:
+    from litestage_chain.offline.importance import plan_for_count
+
+    return plan_for_count(RANKING, count)
