@@ -208,6 +208,7 @@ def test_cost_aware_search_writes_a_profile_with_its_resolution_and_resumes(
     args = parse([*argv[: argv.index("--out")], "--out", str(summary_only), *argv[argv.index("--out") + 2 :], *flags])
     assert args.handler(args, out=out) == 0
     assert "searched here in the 'continued' format: summary" in out.getvalue()
+    assert "recall+analysis as kept, the rest full:" in out.getvalue()
     kept = Profile.load(summary_only)
     assert kept.context == "continued" and "recall, analysis kept from" in kept.notes
     assert {s: (kept.plan_for(s), kept.early_exit_for(s)) for s in ("recall", "analysis")} == {
