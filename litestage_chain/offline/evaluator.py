@@ -32,6 +32,7 @@ from litestage_chain.data.types import Question
 from litestage_chain.engine import fused_decode
 from litestage_chain.engine.early_exit import EarlyExitConfig
 from litestage_chain.engine.loading import LoadedModel
+from litestage_chain.engine.quant.formats import kernel_path
 from litestage_chain.engine.skip_plan import SkipPlan
 from litestage_chain.errors import InvalidInputError
 from litestage_chain.offline.store import EvalResult
@@ -192,6 +193,11 @@ class ChainEvaluator:
         # order than the Python step, so a near-tie token can differ: results made with it switched off are kept
         # apart. Switched on (the default) keeps the key every stored result has.
         step = {"decode_step": "python"} if self.model.weights in ("int8", "int4") and not fused_decode.enabled() else {}
+        # The kernel path too: another ISA's kernels (AVX2, VNNI, portable) sum in another order, and before this key
+        # a StrategyQA search compared candidates run here with full-model answers stored on another machine (the
+        # same recall plan gave other outputs: a candidate that changed nothing lost 7 of 128 answers).
+        if self.model.weights in ("int8", "int4"):
+            step["kernel"] = kernel_path(self.model.weights)
         return "chain-v3:" + content_key({
             **shared,
             **step,

@@ -131,6 +131,18 @@ def test_identity_names_the_python_decode_step_of_a_low_bit_model(lm) -> None:
     assert evaluator(low_bit).identity == on
 
 
+def test_identity_names_the_kernel_path_of_a_low_bit_model(lm, monkeypatch) -> None:
+    """Results measured with another ISA's kernels (another summation order) are kept apart; float32 has one key."""
+    import litestage_chain.offline.evaluator as evaluator_module
+
+    low_bit = copy.copy(lm)
+    low_bit.weights = "int4"
+    float_key, here = evaluator(lm).identity, evaluator(low_bit).identity
+    monkeypatch.setattr(evaluator_module, "kernel_path", lambda fmt: "avx2-elsewhere")
+    assert evaluator(low_bit).identity != here
+    assert evaluator(lm).identity == float_key
+
+
 def test_bad_evaluator_input(lm) -> None:
     with pytest.raises(InvalidInputError, match=r"no plan given for stage\(s\) \['summary'\]"):
         evaluator(lm).evaluate({"recall": SkipPlan(), "analysis": SkipPlan()}, questions())
