@@ -96,21 +96,8 @@ class ContextCache:
 
     def match(self, keys: Sequence[Key], limit: Optional[int] = None) -> ContextMatch:
         """The longest cached prefix of `keys` (at most `limit` tokens), with its entries (`ContextMatch.pieces`)."""
-        limit = len(keys) if limit is None else min(limit, len(keys))
         with self._lock:
-            node, length, pieces = self._root, 0, []
-            stamp = next(self._clock)
-            while length < limit:
-                child = node.children.get(keys[length])
-                if child is None:
-                    break
-                common = _common_length(child.key, keys[length:limit])
-                child.last_used = stamp
-                pieces.append(child.kv[:, :, :, :common] if common < len(child.key) else child.kv)  # type: ignore[index]
-                length += common
-                if common < len(child.key):
-                    break
-                node = child
+            length, pieces = self._longest(keys, limit, stamp=next(self._clock))
             if length:
                 self.hits += 1
                 self.reused_tokens += length
@@ -118,19 +105,29 @@ class ContextCache:
 
     def peek(self, keys: Sequence[Key], limit: Optional[int] = None) -> int:
         """The length `match` would return, without copying entries or counting a hit."""
-        limit = len(keys) if limit is None else min(limit, len(keys))
         with self._lock:
-            node, length = self._root, 0
-            while length < limit:
-                child = node.children.get(keys[length])
-                if child is None:
-                    break
-                common = _common_length(child.key, keys[length:limit])
-                length += common
-                if common < len(child.key):
-                    break
-                node = child
-            return length
+            return self._longest(keys, limit)[0]
+
+    def _longest(
+        self, keys: Sequence[Key], limit: Optional[int] = None, stamp: Optional[int] = None
+    ) -> tuple[int, list[torch.Tensor]]:
+        """The walk of `match`, `peek` and `clear` (lock held): the longest stored prefix of `keys` (at most `limit`
+        tokens) and its entries as views of the tree's pieces; with `stamp`, the edges walked count as used."""
+        limit = len(keys) if limit is None else min(limit, len(keys))
+        node, length, pieces = self._root, 0, []
+        while length < limit:
+            child = node.children.get(keys[length])
+            if child is None:
+                break
+            common = _common_length(child.key, keys[length:limit])
+            if stamp is not None:
+                child.last_used = stamp
+            pieces.append(child.kv[:, :, :, :common] if common < len(child.key) else child.kv)  # type: ignore[index]
+            length += common
+            if common < len(child.key):
+                break
+            node = child
+        return length, pieces
 
     def insert(self, keys: Sequence[Key], kv: torch.Tensor, offset: int = 0) -> None:
         """Store a sequence's entries; `kv` covers `keys[offset:]` (the tokens before are cached already, as `peek`
@@ -208,8 +205,8 @@ class ContextCache:
             kept = []
             if keep_pinned:
                 for keys in self._pinned:
-                    pieces = self._path(keys)
-                    if pieces is not None:
+                    length, pieces = self._longest(keys)
+                    if length == len(keys):  # (an evicted part: the pin is forgotten)
                         kept.append((keys, torch.cat(pieces, dim=3)))
             self._root = _Node(key=[], kv=None, parent=None)
             self._bytes = 0
@@ -218,24 +215,6 @@ class ContextCache:
             for keys, kv in kept:
                 self._store(keys, kv, 0, stamp)
                 self._pinned.add(keys)
-
-    def _path(self, keys: Sequence[Key]) -> Optional[list[torch.Tensor]]:
-        """The entries of exactly `keys` as the tree's pieces, or None unless all of them are stored (lock held)."""
-        node, length, pieces = self._root, 0, []
-        while length < len(keys):
-            child = node.children.get(keys[length])
-            if child is None:
-                return None
-            common = _common_length(child.key, keys[length:])
-            if common == 0:
-                return None
-            assert child.kv is not None
-            pieces.append(child.kv[:, :, :, :common])
-            length += common
-            if common < len(child.key) and length < len(keys):
-                return None
-            node = child
-        return pieces
 
 
 def _common_length(a: Sequence[Key], b: Sequence[Key]) -> int:

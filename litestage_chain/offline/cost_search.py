@@ -124,6 +124,11 @@ class CostSearchConfig(BaseModel):
             raise ValueError("every stage is fixed: nothing is left to search")
         return self
 
+    @property
+    def fixed_stages(self) -> list[str]:
+        """The fixed stages, in the order of `stages`."""
+        return [stage for stage in self.stages if stage in self.fixed]
+
     def rule(self) -> DecisionRule:
         return DecisionRule(epsilon=self.epsilon, tolerance=self.tolerance, confidence=self.confidence)
 
@@ -187,7 +192,7 @@ class CostSearchResult(BaseModel):
             metric=self.config.metric,
             questions=questions.model_copy(update={"fingerprint": self.questions_fingerprint}),
             importance=self.ranking,
-            stage_order=[*(s for s in self.config.stages if s in self.config.fixed), *self.stage_order],  # fixed first
+            stage_order=[*self.config.fixed_stages, *self.stage_order],  # the fixed stages first
             full_score=full_score,
             full_latency_seconds=self.full.predicted_seconds,
             trace=trace,
@@ -381,7 +386,7 @@ def search_cost_aware(
     current = full
     candidates = [full]
     if config.fixed:  # the fixed stages with the others at the full model: where the searched stages start from
-        current = runner.candidate("+".join(s for s in config.stages if s in config.fixed), 0, plans, rules, full)
+        current = runner.candidate("+".join(config.fixed_stages), 0, plans, rules, full)
         candidates.append(current)
         report(current)
         if current.verdict != "accept":

@@ -194,8 +194,8 @@ class ChainEvaluator:
         # apart. Switched on (the default) keeps the key every stored result has.
         step = {"decode_step": "python"} if self.model.weights in ("int8", "int4") and not fused_decode.enabled() else {}
         # The kernel path too: another ISA's kernels (AVX2, VNNI, portable) sum in another order, and before this key
-        # a StrategyQA search compared candidates run here with full-model answers stored on another machine (the
-        # same recall plan gave other outputs: a candidate that changed nothing lost 7 of 128 answers).
+        # a StrategyQA search compared candidates run here with full-model answers stored by an earlier session (the
+        # recall, a plan no candidate changed, gave other outputs, so part of every candidate's flips was the machine).
         if self.model.weights in ("int8", "int4"):
             step["kernel"] = kernel_path(self.model.weights)
         return "chain-v3:" + content_key({
