@@ -37,6 +37,7 @@ from litestage_chain.errors import InvalidInputError
 from litestage_chain.cli.profile_cost import (
     add_cost_aware_options,
     add_predict_option,
+    busy_cores_for,
     predicted_against_measured,
     run_cost_aware_search,
 )
@@ -276,6 +277,8 @@ def run_profile_check(args: argparse.Namespace, out: TextIO | None = None) -> in
     _set_threads(args.threads)
     if args.rounds < 1:
         raise InvalidInputError(f"--rounds must be >= 1, got {args.rounds}")
+    if getattr(args, "cost_busy", 0) and not getattr(args, "predict", False):
+        raise InvalidInputError("--cost-busy sets the load the costs of --predict are timed under: give --predict too")
     if args.out is None and not Path(args.profile).is_file():
         raise InvalidInputError(f"{args.profile!r} is not a profile file: give --out to write the checked profile")
     profile = Profile.load(args.profile, model=args.model)
@@ -343,7 +346,8 @@ def _check_and_save(
         fitting = fitting[:limit]
     check = check_speed(evaluator, plans, fitting, rounds=rounds, on_evaluation=report, early_exit=rules)
     if getattr(args, "predict", False):
-        predicted_against_measured(model, plans, results, args.batch_size, rounds, out)
+        with busy_cores_for(args, args.model or profile.model.name, model.weights) as busy:
+            predicted_against_measured(model, plans, results, args.batch_size, rounds, out, busy=busy)
     checked = profile.model_copy(update={"speed_check": check})
     checked.save(target)
     return checked

@@ -7,7 +7,8 @@ stays as it was.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from statistics import median
 from typing import Any, TextIO
@@ -26,6 +27,7 @@ from litestage_chain.data.types import QuestionSet
 from litestage_chain.engine.loading import LoadedModel, load_model
 from litestage_chain.engine.skip_plan import SkipPlan
 from litestage_chain.errors import InvalidInputError
+from litestage_chain.offline.busy_cores import BusyCores, busy_command
 from litestage_chain.offline.cost_model import tokens_of
 from litestage_chain.offline.cost_pipeline import (
     cost_model_for,
@@ -66,11 +68,34 @@ def add_cost_aware_options(search: Any) -> None:
                         help="cost-aware: questions per chunk; a clearly worse candidate stops after one (default 25)")
     search.add_argument("--cost-rounds", type=int, default=2, metavar="N",
                         help="cost-aware: alternating timings of each plan and the full model (default 2)")
+    add_busy_option(search)
     search.add_argument("--from-profile", default=None, metavar="PROFILE",
                         help="cost-aware: keep this profile's settings (a file, or a shipped name for --model) for "
                         "every stage not in --search-stages, e.g. re-search only its summary in another --context")
     search.add_argument("--search-stages", default=None, metavar="STAGE,...",
                         help="cost-aware, with --from-profile: the stages searched (e.g. summary)")
+
+
+def add_busy_option(parser: Any) -> None:
+    """`--cost-busy N`: time plan costs with N other processes decoding (the load of the runs being predicted)."""
+    parser.add_argument("--cost-busy", type=int, default=0, metavar="N",
+                        help="time plan costs while N other processes decode the same model, one core each: the "
+                        "load of the runs the costs predict (two workers on two cores: 1). Under load prefill slows "
+                        "more than decoding, so quiet-machine costs overrate early exit (default 0: a quiet machine)")
+
+
+@contextmanager
+def busy_cores_for(args: argparse.Namespace, source: str, weights: str) -> Iterator[BusyCores | None]:
+    """The `--cost-busy` load processes for this run, started and stopped around it (None without the option)."""
+    count = getattr(args, "cost_busy", 0) or 0
+    if count < 0:
+        raise InvalidInputError(f"--cost-busy must be >= 0, got {count}")
+    if count == 0:
+        yield None
+        return
+    command, label = busy_command(source, weights, batch_size=args.batch_size)
+    with BusyCores(command, count, label=label) as busy:
+        yield busy
 
 
 def run_cost_aware_search(
@@ -108,7 +133,7 @@ def run_cost_aware_search(
         out.write(f"kept from {args.from_profile} (searched in the {start.context!r} format): "
                   f"{', '.join(fixed)}; searched here in the {args.context!r} format: "
                   f"{', '.join(s for s in STAGES if s not in fixed)}\n")
-    with maybe_pool(cluster, args.model, model.weights) as pool:
+    with maybe_pool(cluster, args.model, model.weights) as pool, busy_cores_for(args, args.model, model.weights) as busy:
         evaluator: Any = ChainEvaluator(model, **settings)
         if pool is not None:  # chunk evaluations split over the workers; the costs are timed here, between them
             evaluator = DistributedEvaluator(evaluator, pool, settings)
@@ -116,7 +141,10 @@ def run_cost_aware_search(
         kept = (f"{', '.join(fixed)} kept from {args.from_profile} (searched in the {start.context!r} format on "
                 f"{start.questions.benchmark}/{start.questions.split}, {start.questions.size} questions)"
                 if start is not None else "")
-        profile, result = _cost_aware(args, model, questions, evaluator, config, log, cost_log, out, notes=kept)
+        if busy is not None:
+            out.write(f"plan costs timed with {busy.count} other process(es) decoding ({busy.label})\n")
+        profile, result = _cost_aware(args, model, questions, evaluator, config, log, cost_log, out, notes=kept,
+                                      busy=busy)
     profile.save(target)
     out.write(f"chosen: {result.resolution()}; predicted {result.full.predicted_seconds:.2f} s -> "
               f"{result.chosen.predicted_seconds:.2f} s per question at batch {config.batch_size} "
@@ -143,7 +171,7 @@ def _fixed_stages(args: argparse.Namespace) -> tuple[Profile | None, dict[str, S
 
 def _cost_aware(
     args: argparse.Namespace, model: LoadedModel, questions: QuestionSet, evaluator: Any, config: CostSearchConfig,
-    log: Path, cost_log: Path, out: TextIO, notes: str = "",
+    log: Path, cost_log: Path, out: TextIO, notes: str = "", busy: BusyCores | None = None,
 ) -> tuple[Profile, Any]:
     rule = config.rule()
     out.write(f"cost-aware search of {model.name} on {questions.benchmark}/{questions.split} ({len(questions)} "
@@ -158,7 +186,7 @@ def _cost_aware(
 
     return search_profile_cost_aware(
         model, questions, evaluator, config, calibration_size=args.calibration_size, seed=args.seed, store_path=log,
-        cost_path=cost_log, cost_rounds=args.cost_rounds, on_candidate=report, progress=not args.no_progress,
+        cost_path=cost_log, cost_rounds=args.cost_rounds, busy=busy, on_candidate=report, progress=not args.no_progress,
         notes=notes,
     )
 
@@ -168,14 +196,17 @@ def add_predict_option(check: Any) -> None:
     check.add_argument("--predict", action="store_true",
                        help="also time per-plan costs (alternating with the full model) and compare the cost model's "
                        "predicted seconds per question with the measured ones")
+    add_busy_option(check)
 
 
 def predicted_against_measured(
     model: LoadedModel, plans: Mapping[str, SkipPlan], results: Mapping[str, Sequence[EvalResult]], batch_size: int,
-    rounds: int, out: TextIO,
+    rounds: int, out: TextIO, busy: BusyCores | None = None,
 ) -> dict[str, float]:
     """The cost model's seconds per question for each side of a speed check, printed beside the measured medians."""
-    costs = cost_model_for(model, batch_size, rounds=rounds)
+    costs = cost_model_for(model, batch_size, rounds=rounds, busy=busy)
+    if busy is not None:
+        out.write(f"plan costs timed with {busy.count} other process(es) decoding ({busy.label})\n")
     sides = {"full": {stage: SkipPlan() for stage in plans}, "plans": dict(plans)}
     predicted: dict[str, float] = {}
     for side, side_plans in sides.items():

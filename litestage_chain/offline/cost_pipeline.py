@@ -12,10 +12,12 @@ from litestage_chain.data.types import QuestionSet
 from litestage_chain.engine.early_exit import EarlyExitConfig
 from litestage_chain.engine.loading import LoadedModel
 from litestage_chain.engine import fused_decode
+from litestage_chain.engine.skip_plan import SkipPlan
 from litestage_chain.engine.quant.kernels import kernels_status
 from litestage_chain.errors import InvalidInputError
 from litestage_chain.offline.calibration import calibration_prompts
-from litestage_chain.offline.cost_model import CostModel, engine_timer, sublayer_weights
+from litestage_chain.offline.busy_cores import BusyCores
+from litestage_chain.offline.cost_model import CostModel, PlanCosts, PlanTimer, engine_timer, sublayer_weights
 from litestage_chain.offline.cost_search import (
     Candidate,
     CostSearchConfig,
@@ -30,9 +32,13 @@ from litestage_chain.offline.store import ResultsStore
 
 def cost_model_for(
     model: LoadedModel, batch_size: int, *, rounds: int = 2, path: str | Path | None = None,
-    prompt_tokens: int = 128, decode_steps: int = 16,
+    prompt_tokens: int = 128, decode_steps: int = 16, busy: BusyCores | None = None,
 ) -> CostModel:
-    """A `CostModel` timing `model` at batch sizes 1, 2, 4, ... up to `batch_size` (and `batch_size` itself)."""
+    """A `CostModel` timing `model` at batch sizes 1, 2, 4, ... up to `batch_size` (and `batch_size` itself).
+
+    With `busy`, every timing runs while its load processes decode on the other cores (the load the predicted runs
+    have), and the costs are kept apart from those timed on a quiet machine.
+    """
     if not model.weights_sha256:
         raise InvalidInputError(f"model {model.name!r} has no weights sha256: its measured costs could not be keyed")
     sizes = sorted({1, batch_size, *(2**k for k in range(1, 8) if 2**k < batch_size)})
@@ -43,8 +49,21 @@ def cost_model_for(
             kernel += "+compiled-step"
     identity = (f"{model.weights_sha256}:{model.weights}:{kernel}:sizes={sizes}:prompt={prompt_tokens}:"
                 f"steps={decode_steps}:context-v2")
-    return CostModel(engine_timer(model, sizes, prompt_tokens, decode_steps), identity, rounds=rounds, path=path,
-                     num_layers=model.num_layers)
+    timer = engine_timer(model, sizes, prompt_tokens, decode_steps)
+    if busy is not None:
+        identity += f":busy={busy.label}"
+        timer = under_load(timer, busy)
+    return CostModel(timer, identity, rounds=rounds, path=path, num_layers=model.num_layers)
+
+
+def under_load(timer: PlanTimer, busy: BusyCores) -> PlanTimer:
+    """`timer` with every timing taken while `busy`'s load processes run."""
+
+    def time_plan(plan: SkipPlan, *, context: bool = False) -> PlanCosts:
+        with busy.running():
+            return timer(plan, context=context)
+
+    return time_plan
 
 
 def search_profile_cost_aware(
@@ -58,6 +77,7 @@ def search_profile_cost_aware(
     store_path: str | Path | None = None,
     cost_path: str | Path | None = None,
     cost_rounds: int = 2,
+    busy: BusyCores | None = None,
     on_candidate: Callable[[Candidate], None] | None = None,
     progress: bool = False,
     notes: str = "",
@@ -78,7 +98,7 @@ def search_profile_cost_aware(
     importance = compute_importance(model, calibration, progress=progress)
     similarity = importance.accumulated() / len(importance.stages)
     ranking = cost_aware_ranking(similarity, sublayer_weights(model))
-    costs = cost_model_for(model, config.batch_size, rounds=cost_rounds, path=cost_path)
+    costs = cost_model_for(model, config.batch_size, rounds=cost_rounds, path=cost_path, busy=busy)
     result = search_cost_aware(
         evaluator, questions.questions, ranking, costs, config, store=ResultsStore(store_path), on_candidate=on_candidate,
     )

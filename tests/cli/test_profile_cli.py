@@ -115,6 +115,16 @@ def test_check_times_an_existing_profile_side_by_side(model_dir: Path, tmp_path:
     text = predicted.getvalue()
     assert "full: predicted" in text and "plans: predicted" in text and "speedup: predicted" in text
     assert Profile.load(checked).speed_check.questions == 1
+    loaded = io.StringIO()  # the costs timed while another process decodes the same model directory
+    args = parse(["profile", "check", str(searched), "--data", str(data), "--model", str(model_dir), "--out",
+                  str(checked), "--rounds", "1", "--max-tokens", "3", "--shots", "0", "--no-progress", "--predict",
+                  "--limit", "1", "--weights", "float32", "--batch-size", "2", "--cost-busy", "1"])
+    assert args.handler(args, out=loaded) == 0
+    assert "plan costs timed with 1 other process(es) decoding (1xfloat32-b2-p256-s32)" in loaded.getvalue()
+    assert "speedup: predicted" in loaded.getvalue()
+    args = parse(["profile", "check", str(searched), "--data", str(data), "--out", str(checked), "--cost-busy", "1"])
+    with pytest.raises(InvalidInputError, match="give --predict too"):
+        args.handler(args, out=io.StringIO())
     args = parse(["profile", "check", str(searched), "--data", str(data), "--limit", "0"])
     with pytest.raises(InvalidInputError, match="--limit must be >= 1"):
         args.handler(args, out=io.StringIO())
@@ -205,9 +215,13 @@ def test_cost_aware_search_writes_a_profile_with_its_resolution_and_resumes(
     summary_only = tmp_path / "profiles" / "csqa-continued.json"
     flags = ["--from-profile", str(target), "--search-stages", "summary", "--context", "continued"]
     out = io.StringIO()
-    args = parse([*argv[: argv.index("--out")], "--out", str(summary_only), *argv[argv.index("--out") + 2 :], *flags])
+    args = parse([*argv[: argv.index("--out")], "--out", str(summary_only), *argv[argv.index("--out") + 2 :], *flags,
+                  "--cost-busy", "1"])
     assert args.handler(args, out=out) == 0
     assert "searched here in the 'continued' format: summary" in out.getvalue()
+    assert "plan costs timed with 1 other process(es) decoding" in out.getvalue()
+    cost_lines = (tmp_path / "profiles" / "csqa-continued.json.costs.jsonl").read_text().splitlines()
+    assert cost_lines and all(":busy=1xfloat32-b1-" in json.loads(line)["identity"] for line in cost_lines)
     assert "recall+analysis as kept, the rest full:" in out.getvalue()
     kept = Profile.load(summary_only)
     assert kept.context == "continued" and "recall, analysis kept from" in kept.notes
