@@ -120,7 +120,7 @@ def describe_candidate(candidate: Candidate, metric: str) -> str:
     decided = candidate.comparison.describe() if candidate.comparison else f"{metric} reference"
     needed = f"; too small to decide, needs about {candidate.questions_needed} questions" if candidate.questions_needed else ""
     settings = f"skip {candidate.count:>2} {exit_text:>15}"
-    if candidate.stage and candidate.stage not in candidate.plans:  # the fixed stages' start ("recall+analysis")
+    if candidate.kept:  # the fixed stages' start ("recall+analysis")
         stage, settings = candidate.stage, "as kept, the rest full"
     return (f"  {stage:>10} {settings}: {candidate.verdict:>9}, {decided}, predicted "
             f"{candidate.predicted_seconds:.2f} s/question{needed}")

@@ -147,6 +147,8 @@ class Candidate(BaseModel):
     verdict: Verdict
     predicted_seconds: float
     questions_needed: int = 0
+    kept: bool = Field(False, description="the fixed stages' start: every fixed stage as kept, the searched ones at "
+                       "the full model (`stage` joins the fixed stages' names, e.g. 'recall+analysis')")
 
 
 class CostSearchResult(BaseModel):
@@ -315,7 +317,7 @@ class _Runner:
 
     def candidate(
         self, stage: str, count: int, plans: Mapping[str, SkipPlan], early_exit: Mapping[str, EarlyExitConfig | None],
-        full: Candidate,
+        full: Candidate, *, kept: bool = False,
     ) -> Candidate:
         parts: list[EvalResult] = []
         verdict: Verdict = "undecided"
@@ -334,7 +336,7 @@ class _Runner:
         needed = self.rule.questions_needed(comparison) if verdict == "undecided" else 0
         return Candidate(stage=stage, count=count, plans=dict(plans), early_exit=dict(early_exit), result=result,
                          comparison=comparison, verdict=verdict, predicted_seconds=self.predict(plans, result),
-                         questions_needed=needed)
+                         questions_needed=needed, kept=kept)
 
 
 def search_cost_aware(
@@ -386,7 +388,7 @@ def search_cost_aware(
     current = full
     candidates = [full]
     if config.fixed:  # the fixed stages with the others at the full model: where the searched stages start from
-        current = runner.candidate("+".join(config.fixed_stages), 0, plans, rules, full)
+        current = runner.candidate("+".join(config.fixed_stages), 0, plans, rules, full, kept=True)
         candidates.append(current)
         report(current)
         if current.verdict != "accept":

@@ -221,7 +221,8 @@ def test_fixed_stages_keep_their_settings_and_only_the_others_are_searched() -> 
     result = search_cost_aware(chain, QUESTIONS, RANKING, CostModel(timer, "t", rounds=1), config)
     assert result.stage_order == ["summary"]
     start = result.candidates[1]
-    assert start.stage == "recall+analysis" and start.verdict == "accept"
+    assert start.stage == "recall+analysis" and start.kept and start.verdict == "accept"
+    assert not any(c.kept for c in result.candidates if c is not start)
     assert all(c.plans["analysis"] == fixed["analysis"].plan and c.early_exit["recall"] is None
                for c in result.candidates[1:])
     assert {c.stage for c in result.candidates[2:]} == {"summary"}
