@@ -38,6 +38,7 @@ from litestage_chain.cli.profile_cost import (
     add_cost_aware_options,
     add_predict_option,
     busy_cores_for,
+    calibration_rounds,
     predicted_against_measured,
     run_cost_aware_search,
 )
@@ -347,7 +348,8 @@ def _check_and_save(
     check = check_speed(evaluator, plans, fitting, rounds=rounds, on_evaluation=report, early_exit=rules)
     if getattr(args, "predict", False):
         with busy_cores_for(args, args.model or profile.model.name, model.weights) as busy:
-            predicted_against_measured(model, plans, results, args.batch_size, rounds, out, busy=busy)
+            predicted_against_measured(model, plans, results, args.batch_size, rounds, out, busy=busy,
+                                       calibration_rounds=calibration_rounds(args))
     checked = profile.model_copy(update={"speed_check": check})
     checked.save(target)
     return checked

@@ -30,6 +30,7 @@ from litestage_chain.errors import InvalidInputError
 from litestage_chain.offline.busy_cores import BusyCores, busy_command
 from litestage_chain.offline.cost_model import tokens_of
 from litestage_chain.offline.cost_pipeline import (
+    CALIBRATION_ROUNDS,
     cost_model_for,
     describe_candidate,
     parse_exit_grid,
@@ -68,7 +69,7 @@ def add_cost_aware_options(search: Any) -> None:
                         help="cost-aware: questions per chunk; a clearly worse candidate stops after one (default 25)")
     search.add_argument("--cost-rounds", type=int, default=2, metavar="N",
                         help="cost-aware: alternating timings of each plan and the full model (default 2)")
-    add_busy_option(search)
+    add_cost_timing_options(search)
     search.add_argument("--from-profile", default=None, metavar="PROFILE",
                         help="cost-aware: keep this profile's settings (a file, or a shipped name for --model) for "
                         "every stage not in --search-stages, e.g. re-search only its summary in another --context")
@@ -76,12 +77,22 @@ def add_cost_aware_options(search: Any) -> None:
                         help="cost-aware, with --from-profile: the stages searched (e.g. summary)")
 
 
-def add_busy_option(parser: Any) -> None:
-    """`--cost-busy N`: time plan costs with N other processes decoding (the load of the runs being predicted)."""
+def add_cost_timing_options(parser: Any) -> None:
+    """`--cost-busy N` (time plan costs with N other processes decoding) and `--plan-costs` (how plans are priced)."""
+    parser.add_argument("--plan-costs", choices=("per-sublayer", "per-plan"), default="per-sublayer",
+                        help="per-sublayer: price every plan from the cost share of one attention and one MLP "
+                        f"sub-layer, calibrated once ({CALIBRATION_ROUNDS} alternating rounds of two plans skipping "
+                        "half the layers' sub-layers of a kind); per-plan: time every plan on its own, --cost-rounds "
+                        "rounds each (noisier on a shared CPU) (default per-sublayer)")
     parser.add_argument("--cost-busy", type=int, default=0, metavar="N",
                         help="time plan costs while N other processes decode the same model, one core each: the "
                         "load of the runs the costs predict (two workers on two cores: 1). Under load prefill slows "
                         "more than decoding, so quiet-machine costs overrate early exit (default 0: a quiet machine)")
+
+
+def calibration_rounds(args: argparse.Namespace) -> int | None:
+    """`--plan-costs`: the calibration rounds of per-sub-layer pricing, None to time plan by plan."""
+    return None if getattr(args, "plan_costs", "per-sublayer") == "per-plan" else CALIBRATION_ROUNDS
 
 
 @contextmanager
@@ -186,7 +197,8 @@ def _cost_aware(
 
     return search_profile_cost_aware(
         model, questions, evaluator, config, calibration_size=args.calibration_size, seed=args.seed, store_path=log,
-        cost_path=cost_log, cost_rounds=args.cost_rounds, busy=busy, on_candidate=report, progress=not args.no_progress,
+        cost_path=cost_log, cost_rounds=args.cost_rounds, busy=busy, calibration_rounds=calibration_rounds(args),
+        on_candidate=report, progress=not args.no_progress,
         notes=notes,
     )
 
@@ -196,15 +208,15 @@ def add_predict_option(check: Any) -> None:
     check.add_argument("--predict", action="store_true",
                        help="also time per-plan costs (alternating with the full model) and compare the cost model's "
                        "predicted seconds per question with the measured ones")
-    add_busy_option(check)
+    add_cost_timing_options(check)
 
 
 def predicted_against_measured(
     model: LoadedModel, plans: Mapping[str, SkipPlan], results: Mapping[str, Sequence[EvalResult]], batch_size: int,
-    rounds: int, out: TextIO, busy: BusyCores | None = None,
+    rounds: int, out: TextIO, busy: BusyCores | None = None, calibration_rounds: int | None = CALIBRATION_ROUNDS,
 ) -> dict[str, float]:
     """The cost model's seconds per question for each side of a speed check, printed beside the measured medians."""
-    costs = cost_model_for(model, batch_size, rounds=rounds, busy=busy)
+    costs = cost_model_for(model, batch_size, rounds=rounds, busy=busy, calibration_rounds=calibration_rounds)
     if busy is not None:
         out.write(f"plan costs timed with {busy.count} other process(es) decoding ({busy.label})\n")
     sides = {"full": {stage: SkipPlan() for stage in plans}, "plans": dict(plans)}

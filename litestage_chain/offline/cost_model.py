@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Protocol
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from litestage_chain.engine.generation import GenerationConfig, generate
+from litestage_chain.engine.prefix_cache import PrefixCache
 from litestage_chain.engine.skip_plan import SkipPlan
 from litestage_chain.append_store import AppendStore, content_key
 from litestage_chain.errors import InvalidInputError, LiteStageError
@@ -36,7 +37,9 @@ if TYPE_CHECKING:
     from litestage_chain.engine.loading import LoadedModel
 
 COST_FORMAT = "cost-v1"
-REFERENCE = "full-model-reference"
+REFERENCE = "full-model-reference-v2"
+"""v2: the reference also times prefill after a cached prefix (`prefill_context_seconds`); a v1 reference lacks it and
+is timed again, while plans' ratios (no context terms) stay valid."""
 
 
 class PlanCosts(BaseModel):
@@ -51,6 +54,11 @@ class PlanCosts(BaseModel):
         default_factory=dict, description="batch size -> extra seconds per decode step per token of context beyond "
         "`context_tokens` (attention reads every cached key and value); empty: context not modelled",
     )
+    prefill_context_seconds: dict[int, float] = Field(
+        default_factory=dict, description="batch size -> extra seconds per prefilled token per token already cached "
+        "before it (a reused few-shot prefix or earlier stage: every prefilled token attends to it, and a call copies "
+        "a shared prefix into its own cache); empty: not modelled",
+    )
 
     @field_validator("prefill_token_seconds", "decode_step_seconds")
     @classmethod
@@ -61,8 +69,12 @@ class PlanCosts(BaseModel):
             raise ValueError(f"batch sizes must be >= 1 and costs >= 0, got {value}")
         return dict(sorted(value.items()))
 
-    def prefill(self, batch_size: int) -> float:
-        return _interpolate(self.prefill_token_seconds, batch_size)
+    def prefill(self, batch_size: int, reused: float | None = None) -> float:
+        """Seconds per prefilled token at `batch_size` after `reused` cached tokens (None: priced as timed)."""
+        base = _interpolate(self.prefill_token_seconds, batch_size)
+        if reused is None or not self.prefill_context_seconds:
+            return base
+        return base + _interpolate(self.prefill_context_seconds, batch_size) * max(reused, 0.0)
 
     def decode(self, batch_size: int, context: float | None = None) -> float:
         """Seconds of one decode step of `batch_size` rows whose mean context is `context` tokens (None: as timed)."""
@@ -79,12 +91,16 @@ class PlanCosts(BaseModel):
             decode_step_seconds={b: c * ratios.decode(b) for b, c in self.decode_step_seconds.items()},
             context_tokens=self.context_tokens,
             decode_context_seconds=dict(self.decode_context_seconds),
+            prefill_context_seconds=dict(self.prefill_context_seconds),
         )
 
     def with_attention_share(self, share: float) -> PlanCosts:
-        """The context term scaled to the share of attention sub-layers a plan runs (only attention reads the cache)."""
-        return self.model_copy(update={"decode_context_seconds": {b: c * share for b, c in
-                                                                  self.decode_context_seconds.items()}})
+        """The context terms scaled to the share of attention sub-layers a plan runs (only attention reads the cache,
+        and a skipped layer's cached entries are neither read nor copied)."""
+        return self.model_copy(update={
+            "decode_context_seconds": {b: c * share for b, c in self.decode_context_seconds.items()},
+            "prefill_context_seconds": {b: c * share for b, c in self.prefill_context_seconds.items()},
+        })
 
 
 def _interpolate(table: Mapping[int, float], size: int) -> float:
@@ -131,7 +147,8 @@ def batch_seconds(costs: PlanCosts, rows: Sequence[RowTokens]) -> list[float]:
     if not rows:
         return []
     size = len(rows)
-    prefill = costs.prefill(size) * sum(row.prefilled for row in rows)
+    prefill = sum(row.prefilled * costs.prefill(size, None if row.context is None else row.context - row.prefilled)
+                  for row in rows)
     # The forward pass after step s runs the rows with more than s + 1 tokens: the active count only changes where a
     # row finishes, so the decode time is summed segment by segment between those points.
     ends = sorted({max(row.generated - 1, 0) for row in rows})
@@ -188,9 +205,12 @@ def engine_timer(
 ) -> PlanTimer:
     """A timer running the engine: one prefill of `prompt_tokens` per row and `decode_steps` forced steps per size.
 
-    Asked for the context cost (the full model's reference timings), it also decodes after a `long_context`-token
-    prompt, giving the extra cost of a decode step per token of context (a plan's is the full model's times its share
-    of attention sub-layers, see `CostModel.costs`).
+    Asked for the context costs (the full model's reference timings), it also runs the same `prompt_tokens` after a
+    shared prefix that makes the prompt `long_context` tokens, as a stage prompt follows its few-shot exemplars: the
+    extra cost of a prefilled token per cached token before it, and of a decode step per token of context (a plan's
+    are the full model's times its share of attention sub-layers, see `CostModel.costs`). Why the prefill term: a
+    stage prefills 70-120 tokens after 350 cached ones, and priced as a 128-token prompt alone its prefill came out at
+    half the seconds measured, so savings in decoding (early exit) were overrated against it.
     """
     if prompt_tokens < 1 or decode_steps < 2:
         raise InvalidInputError("the cost timer needs at least 1 prompt token and 2 decode steps")
@@ -202,23 +222,71 @@ def engine_timer(
     long_length = max(min(long_context, room), length)
     prompt = [(7 + 31 * i) % model.vocab_size for i in range(long_length)]  # fixed, content-free token ids
     config = GenerationConfig(max_new_tokens=decode_steps, ignore_eos=True)
+    cached = long_length - length  # the shared prefix before the last `length` tokens of the long prompt
 
     def time_plan(plan: SkipPlan, *, context: bool = False) -> PlanCosts:
         prefill: dict[int, float] = {}
         decode: dict[int, float] = {}
-        slope: dict[int, float] = {}
+        decode_slope: dict[int, float] = {}
+        prefill_slope: dict[int, float] = {}
+        prefixes = PrefixCache()  # private: computing the prefix is timed apart from the call's prefill
         for size in sizes:
             result = generate(model, [prompt[:length]] * size, plan=plan, config=config)[0]
             prefill[size] = result.prefill_seconds / (size * length)
             decode[size] = result.decode_seconds / (result.generated_tokens - 1)
-            if context and long_length > length:
-                longer = generate(model, [prompt] * size, plan=plan, config=config)[0]
+            if context and cached > 0:
+                longer = generate(model, [prompt] * size, plan=plan, config=config, shared_prefix=prompt[:cached],
+                                  prefix_cache=prefixes)[0]
                 step = longer.decode_seconds / (longer.generated_tokens - 1)
-                slope[size] = max(step - decode[size], 0.0) / (long_length - length)
+                decode_slope[size] = max(step - decode[size], 0.0) / cached
+                per_token = longer.prefill_seconds / (size * length)
+                prefill_slope[size] = max(per_token - prefill[size], 0.0) / cached
         return PlanCosts(prefill_token_seconds=prefill, decode_step_seconds=decode,
-                         context_tokens=length + decode_steps // 2, decode_context_seconds=slope)
+                         context_tokens=length + decode_steps // 2, decode_context_seconds=decode_slope,
+                         prefill_context_seconds=prefill_slope)
 
     return time_plan
+
+
+class SublayerCosts(BaseModel):
+    """The share of the full model's cost per prefilled token and per decode step that one sub-layer of each kind
+    takes, by batch size: a plan's cost ratio is one minus its skipped sub-layers' shares.
+
+    Why: timed plan by plan, two alternating rounds on a shared CPU gave ratios off by up to 30% (an OBQA plan skipping
+    one MLP of 28 came out at 0.70 of the full model's prefill cost, where its weights make it about 0.97), and a
+    search that believed them predicted 1.34x for plans measured at 1.11-1.17x. Every attention sub-layer of a model
+    holds the same weights, as does every MLP, so one timing of many skipped sub-layers of a kind, repeated, measures
+    the per-sub-layer share with the noise divided by their number.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    attention: PlanCosts = Field(description="the share of one attention sub-layer (a cost ratio per sub-layer)")
+    mlp: PlanCosts = Field(description="the share of one MLP sub-layer")
+
+    @classmethod
+    def from_ratios(cls, attention: PlanCosts, attention_count: int, mlp: PlanCosts, mlp_count: int) -> SublayerCosts:
+        """From the measured ratios of a plan skipping `attention_count` attention sub-layers and one skipping
+        `mlp_count` MLP sub-layers."""
+
+        def share(ratios: PlanCosts, count: int) -> PlanCosts:
+            return PlanCosts(
+                prefill_token_seconds={b: max(1.0 - r, 0.0) / count for b, r in ratios.prefill_token_seconds.items()},
+                decode_step_seconds={b: max(1.0 - r, 0.0) / count for b, r in ratios.decode_step_seconds.items()},
+            )
+
+        return cls(attention=share(attention, attention_count), mlp=share(mlp, mlp_count))
+
+    def ratios(self, plan: SkipPlan) -> PlanCosts:
+        """A plan's costs relative to the full model's (never below 5%: the embedding and head always run)."""
+        attention, mlp = len(plan.attention), len(plan.mlp)
+
+        def ratio(pick: Callable[[PlanCosts], dict[int, float]]) -> dict[int, float]:
+            return {b: max(1.0 - attention * pick(self.attention)[b] - mlp * pick(self.mlp)[b], 0.05)
+                    for b in pick(self.attention)}
+
+        return PlanCosts(prefill_token_seconds=ratio(lambda c: c.prefill_token_seconds),
+                         decode_step_seconds=ratio(lambda c: c.decode_step_seconds))
 
 
 class CostModel:
@@ -226,18 +294,27 @@ class CostModel:
 
     `timer(plan)` measures one plan once; `rounds` alternating pairs (full first in even rounds) are taken per plan.
     `identity` keys the file's records (model weights, timer settings): a record of other settings is never used.
+
+    With `calibration_rounds` (and `num_layers`), a plan's ratios come from `SublayerCosts` instead: two calibration
+    plans, half the layers' attention and half the layers' MLP skipped, each timed that many alternating rounds once;
+    no plan is then timed on its own.
     """
 
     def __init__(
         self, timer: PlanTimer, identity: str, *, rounds: int = 2, path: str | Path | None = None,
-        num_layers: int | None = None,
+        num_layers: int | None = None, calibration_rounds: int | None = None,
     ) -> None:
         if rounds < 1:
             raise InvalidInputError(f"the cost model needs at least one round per plan, got {rounds}")
+        if calibration_rounds is not None and (calibration_rounds < 1 or not num_layers or num_layers < 2):
+            raise InvalidInputError("per-sub-layer costs need calibration_rounds >= 1 and a model of >= 2 layers, got "
+                                    f"{calibration_rounds} rounds and {num_layers} layers")
         self.timer = timer
         self.identity = identity
         self.num_layers = num_layers
         self.rounds = rounds
+        self.calibration_rounds = calibration_rounds
+        self._sublayer: SublayerCosts | None = None
         self.reference: list[PlanCosts] = []
         self._ratios: dict[str, PlanCosts] = {}
         self.measurements = 0
@@ -249,8 +326,11 @@ class CostModel:
         if stored is not None:
             self.reference = list(stored.full)
 
-    def _key(self, plan: SkipPlan) -> str:
-        return content_key({"format": COST_FORMAT, "plan": plans_payload({"p": plan}), "identity": self.identity})
+    def _key(self, plan: SkipPlan, rounds: int | None = None) -> str:
+        fields: dict[str, object] = {"format": COST_FORMAT, "plan": plans_payload({"p": plan}), "identity": self.identity}
+        if rounds is not None:  # a calibration plan's record: its rounds are part of what was measured
+            fields["calibration_rounds"] = rounds
+        return content_key(fields)
 
     def _reference_key(self) -> str:
         return content_key({"format": COST_FORMAT, "reference": REFERENCE, "identity": self.identity})
@@ -261,17 +341,33 @@ class CostModel:
         self.store.append([(key, record, line)])
 
     def ratios(self, plan: SkipPlan) -> PlanCosts:
-        """The plan's costs relative to the full model's (median over alternating rounds); measured once."""
+        """The plan's costs relative to the full model's: from the per-sub-layer shares in calibrated mode, else
+        measured for this plan (median over alternating rounds), once."""
         if plan.is_empty:
             return _unit_ratios(self.full_costs())
-        key = self._key(plan)
+        if self.calibration_rounds is not None:
+            return self.sublayer_costs().ratios(plan)
+        return self._measured(plan, self.rounds)
+
+    def sublayer_costs(self) -> SublayerCosts:
+        """The per-sub-layer shares, from the two calibration plans (measured once, kept in the log)."""
+        if self._sublayer is None:
+            assert self.calibration_rounds is not None and self.num_layers is not None
+            layers = list(range(0, self.num_layers, 2))  # every other layer: half of them, spread over the depth
+            attention = self._measured(SkipPlan(attention=layers), self.calibration_rounds, calibration=True)
+            mlp = self._measured(SkipPlan(mlp=layers), self.calibration_rounds, calibration=True)
+            self._sublayer = SublayerCosts.from_ratios(attention, len(layers), mlp, len(layers))
+        return self._sublayer
+
+    def _measured(self, plan: SkipPlan, rounds: int, calibration: bool = False) -> PlanCosts:
+        key = self._key(plan, rounds if calibration else None)
         stored = self.store.get(key)
         if key not in self._ratios and stored is not None and stored.ratios is not None:
             self._ratios[key] = stored.ratios
         if key not in self._ratios:
             full_runs: list[PlanCosts] = []
             plan_runs: list[PlanCosts] = []
-            for round_number in range(self.rounds):
+            for round_number in range(rounds):
                 order = (True, False) if round_number % 2 == 0 else (False, True)
                 for is_full in order:
                     (full_runs if is_full else plan_runs).append(self.timer(SkipPlan() if is_full else plan))
@@ -341,11 +437,13 @@ def _median_costs(samples: Sequence[PlanCosts]) -> PlanCosts:
     sizes_p = samples[0].prefill_token_seconds
     sizes_d = samples[0].decode_step_seconds
     sizes_c = samples[0].decode_context_seconds
+    sizes_pc = samples[0].prefill_context_seconds
     return PlanCosts(
         prefill_token_seconds={b: median(s.prefill_token_seconds[b] for s in samples) for b in sizes_p},
         decode_step_seconds={b: median(s.decode_step_seconds[b] for s in samples) for b in sizes_d},
         context_tokens=samples[0].context_tokens,
         decode_context_seconds={b: median(s.decode_context_seconds[b] for s in samples) for b in sizes_c},
+        prefill_context_seconds={b: median(s.prefill_context_seconds[b] for s in samples) for b in sizes_pc},
     )
 
 

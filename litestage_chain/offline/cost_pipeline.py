@@ -12,6 +12,7 @@ from litestage_chain.data.types import QuestionSet
 from litestage_chain.engine.early_exit import EarlyExitConfig
 from litestage_chain.engine.loading import LoadedModel
 from litestage_chain.engine import fused_decode
+from litestage_chain.engine.machine import cpu_name
 from litestage_chain.engine.skip_plan import SkipPlan
 from litestage_chain.engine.quant.kernels import kernels_status
 from litestage_chain.errors import InvalidInputError
@@ -30,14 +31,21 @@ from litestage_chain.offline.importance import compute_importance
 from litestage_chain.offline.store import ResultsStore
 
 
+CALIBRATION_ROUNDS = 5
+"""Alternating rounds of each calibration plan: two plans timed once per search, so rounds are cheap."""
+
+
 def cost_model_for(
     model: LoadedModel, batch_size: int, *, rounds: int = 2, path: str | Path | None = None,
     prompt_tokens: int = 128, decode_steps: int = 16, busy: BusyCores | None = None,
+    calibration_rounds: int | None = CALIBRATION_ROUNDS,
 ) -> CostModel:
     """A `CostModel` timing `model` at batch sizes 1, 2, 4, ... up to `batch_size` (and `batch_size` itself).
 
-    With `busy`, every timing runs while its load processes decode on the other cores (the load the predicted runs
-    have), and the costs are kept apart from those timed on a quiet machine.
+    Plans are priced from per-sub-layer shares calibrated over `calibration_rounds` alternating rounds
+    (`SublayerCosts`); None times every plan on its own, `rounds` rounds each. With `busy`, every timing runs while
+    its load processes decode on the other cores, and the costs are kept apart from those timed on a quiet machine.
+    Timings are keyed by the CPU's model name too: another machine of the same kernel path prices tokens otherwise.
     """
     if not model.weights_sha256:
         raise InvalidInputError(f"model {model.name!r} has no weights sha256: its measured costs could not be keyed")
@@ -48,12 +56,13 @@ def cost_model_for(
         if fused_decode.program_for(model.view) is not None:  # batch-1 decode steps run compiled: other costs
             kernel += "+compiled-step"
     identity = (f"{model.weights_sha256}:{model.weights}:{kernel}:sizes={sizes}:prompt={prompt_tokens}:"
-                f"steps={decode_steps}:context-v2")
+                f"steps={decode_steps}:context-v2:cpu={cpu_name()}")
     timer = engine_timer(model, sizes, prompt_tokens, decode_steps)
     if busy is not None:
         identity += f":busy={busy.label}"
         timer = under_load(timer, busy)
-    return CostModel(timer, identity, rounds=rounds, path=path, num_layers=model.num_layers)
+    return CostModel(timer, identity, rounds=rounds, path=path, num_layers=model.num_layers,
+                     calibration_rounds=calibration_rounds)
 
 
 def under_load(timer: PlanTimer, busy: BusyCores) -> PlanTimer:
@@ -78,6 +87,7 @@ def search_profile_cost_aware(
     cost_path: str | Path | None = None,
     cost_rounds: int = 2,
     busy: BusyCores | None = None,
+    calibration_rounds: int | None = CALIBRATION_ROUNDS,
     on_candidate: Callable[[Candidate], None] | None = None,
     progress: bool = False,
     notes: str = "",
@@ -98,7 +108,8 @@ def search_profile_cost_aware(
     importance = compute_importance(model, calibration, progress=progress)
     similarity = importance.accumulated() / len(importance.stages)
     ranking = cost_aware_ranking(similarity, sublayer_weights(model))
-    costs = cost_model_for(model, config.batch_size, rounds=cost_rounds, path=cost_path, busy=busy)
+    costs = cost_model_for(model, config.batch_size, rounds=cost_rounds, path=cost_path, busy=busy,
+                           calibration_rounds=calibration_rounds)
     result = search_cost_aware(
         evaluator, questions.questions, ranking, costs, config, store=ResultsStore(store_path), on_candidate=on_candidate,
     )

@@ -12,6 +12,7 @@ from litestage_chain.offline.cost_model import (
     CostModel,
     PlanCosts,
     RowTokens,
+    SublayerCosts,
     batch_seconds,
     engine_timer,
     predict_seconds,
@@ -166,14 +167,27 @@ def test_decode_steps_are_priced_at_their_context_when_it_is_known() -> None:
     assert RowTokens.from_record((3, 4)).context is None and RowTokens.from_record(None) is None
 
 
+def test_prefilled_tokens_are_priced_after_the_tokens_cached_before_them() -> None:
+    costs = PlanCosts(prefill_token_seconds={1: 0.01, 2: 0.01}, decode_step_seconds={1: 0.0, 2: 0.0},
+                      prefill_context_seconds={1: 0.0001, 2: 0.0001})
+    assert costs.prefill(1) == pytest.approx(0.01) and costs.prefill(1, 400) == pytest.approx(0.05)
+    # a stage prompt of 500 tokens, 400 of them a cached few-shot prefix: 100 prefilled at 0.01 + 400 * 0.0001 each
+    rows = [RowTokens(prefilled=100, generated=1, context=500), RowTokens(prefilled=50, generated=1, context=50)]
+    assert batch_seconds(costs, rows) == pytest.approx([100 * 0.05 + 50 * 0.01] * 2)
+    assert batch_seconds(costs, [RowTokens(prefilled=100, generated=1)]) == pytest.approx([1.0]), "context unknown"
+    assert batch_seconds(costs.model_copy(update={"prefill_context_seconds": {}}), rows[:1]) == pytest.approx([1.0])
+
+
 def test_a_plan_pays_the_context_cost_of_the_attention_it_runs() -> None:
     def timer(plan: SkipPlan, *, context: bool = False) -> PlanCosts:
         return PlanCosts(prefill_token_seconds={1: 0.01}, decode_step_seconds={1: 0.1}, context_tokens=10,
-                         decode_context_seconds={1: 0.002} if context else {})
+                         decode_context_seconds={1: 0.002} if context else {},
+                         prefill_context_seconds={1: 0.0004} if context else {})
 
     model = CostModel(timer, "m", rounds=1, num_layers=4)
     assert model.costs(SkipPlan()).decode_context_seconds == {1: pytest.approx(0.002)}
     assert model.costs(SkipPlan(attention=[0, 1], mlp=[3])).decode_context_seconds == {1: pytest.approx(0.001)}
+    assert model.costs(SkipPlan(attention=[0, 1], mlp=[3])).prefill_context_seconds == {1: pytest.approx(0.0002)}
     assert model.costs(SkipPlan(mlp=[0, 1])).decode_context_seconds == {1: pytest.approx(0.002)}
 
 
@@ -181,7 +195,9 @@ def test_engine_timer_measures_the_context_cost_when_asked(tiny_qwen2) -> None:
     timer = engine_timer(tiny_qwen2, [1], prompt_tokens=8, decode_steps=4, long_context=64)
     full = timer(SkipPlan(), context=True)
     assert set(full.decode_context_seconds) == {1} and full.context_tokens == 8 + 2
-    assert timer(SkipPlan()).decode_context_seconds == {}
+    assert set(full.prefill_context_seconds) == {1}
+    assert timer(SkipPlan()).decode_context_seconds == {} and timer(SkipPlan()).prefill_context_seconds == {}
+    assert len(tiny_qwen2.prefix_cache._entries) == 0, "the timer's shared prefix stays out of the model's table"
 
 
 def test_only_the_reference_timings_measure_the_context_cost() -> None:
@@ -190,3 +206,49 @@ def test_only_the_reference_timings_measure_the_context_cost() -> None:
     model = CostModel(lambda plan, context=False: asked.append(context) or timer(plan), "m", rounds=2)
     model.costs(SkipPlan(mlp=[1]))
     assert sorted(asked) == [False] * 4 + [True] * 2
+
+
+def test_a_plan_is_priced_from_the_shares_of_the_sublayers_it_skips() -> None:
+    attention = PlanCosts(prefill_token_seconds={1: 0.96}, decode_step_seconds={1: 0.98})  # 4 skipped
+    mlp = PlanCosts(prefill_token_seconds={1: 0.8}, decode_step_seconds={1: 0.72})  # 4 skipped
+    shares = SublayerCosts.from_ratios(attention, 4, mlp, 4)
+    ratios = shares.ratios(SkipPlan(attention=[0], mlp=[1, 2]))
+    assert ratios.prefill(1) == pytest.approx(1 - 0.01 - 2 * 0.05)
+    assert ratios.decode(1) == pytest.approx(1 - 0.005 - 2 * 0.07)
+    assert shares.ratios(SkipPlan(mlp=list(range(30)))).decode(1) == pytest.approx(0.05), "never below 5%"
+
+
+class SublayerTimer:
+    """Costs fall by 1% per skipped attention and 3% per skipped MLP; every third timing is taken in a busy spell."""
+
+    def __init__(self) -> None:
+        self.calls: list[SkipPlan] = []
+
+    def __call__(self, plan: SkipPlan, *, context: bool = False) -> PlanCosts:
+        self.calls.append(plan)
+        spell = 1.4 if len(self.calls) % 3 == 0 else 1.0
+        factor = spell * (1 - 0.01 * len(plan.attention) - 0.03 * len(plan.mlp))
+        return PlanCosts(prefill_token_seconds={1: 0.01 * factor}, decode_step_seconds={1: 0.1 * factor})
+
+
+def test_calibrated_costs_time_two_plans_once_and_price_every_plan_from_them(tmp_path: Path) -> None:
+    timer = SublayerTimer()
+    model = CostModel(timer, "m", rounds=2, num_layers=16, path=tmp_path / "costs.jsonl", calibration_rounds=5)
+    one_mlp = model.ratios(SkipPlan(mlp=[13]))
+    timed = [plan for plan in timer.calls if not plan.is_empty]
+    assert {(len(p.attention), len(p.mlp)) for p in timed} == {(8, 0), (0, 8)} and len(timed) == 10
+    # the busy spells hit single rounds: the median of five, over eight sub-layers, is unmoved by them
+    assert one_mlp.decode(1) == pytest.approx(0.97) and one_mlp.prefill(1) == pytest.approx(0.97)
+    assert model.ratios(SkipPlan(attention=[1, 2], mlp=[3])).decode(1) == pytest.approx(1 - 0.02 - 0.03)
+    assert len(timer.calls) == 20, "no plan is timed on its own"
+    # timed plan by plan, two rounds, the same plan comes out where the spells put it
+    noisy = CostModel(SublayerTimer(), "m", rounds=2, num_layers=16).ratios(SkipPlan(mlp=[13]))
+    assert abs(noisy.decode(1) - 0.97) > 0.1
+    again = CostModel(timer := SublayerTimer(), "m", rounds=2, num_layers=16, path=tmp_path / "costs.jsonl",
+                      calibration_rounds=5)
+    assert again.ratios(SkipPlan(mlp=[13])) == one_mlp and timer.calls == [], "resumed from the log"
+    other = CostModel(timer, "m", rounds=2, num_layers=16, path=tmp_path / "costs.jsonl", calibration_rounds=3)
+    other.ratios(SkipPlan(mlp=[13]))
+    assert len(timer.calls) == 12, "calibrations of another round count are measured anew"
+    with pytest.raises(InvalidInputError, match="calibration_rounds"):
+        CostModel(timer, "m", calibration_rounds=0, num_layers=16)
