@@ -277,6 +277,12 @@ class SublayerCosts(BaseModel):
 
         return cls(attention=share(attention, attention_count), mlp=share(mlp, mlp_count))
 
+    def describe(self, batch_size: int) -> str:
+        """One line for a profile's notes: what one sub-layer of each kind costs at `batch_size`."""
+        return (f"one attention sub-layer {100 * self.attention.prefill(batch_size):.2f}% of a prefilled token and "
+                f"{100 * self.attention.decode(batch_size):.2f}% of a decode step at batch {batch_size}, one MLP "
+                f"{100 * self.mlp.prefill(batch_size):.2f}% and {100 * self.mlp.decode(batch_size):.2f}%")
+
     def ratios(self, plan: SkipPlan) -> PlanCosts:
         """A plan's costs relative to the full model's (never below 5%: the embedding and head always run)."""
         attention, mlp = len(plan.attention), len(plan.mlp)

@@ -113,12 +113,18 @@ def search_profile_cost_aware(
     result = search_cost_aware(
         evaluator, questions.questions, ranking, costs, config, store=ResultsStore(store_path), on_candidate=on_candidate,
     )
+    pricing = f"plans priced from their own timings, {cost_rounds} alternating rounds each"
+    if calibration_rounds is not None:
+        pricing = (f"plans priced from per-sub-layer shares ({costs.sublayer_costs().describe(config.batch_size)}; "
+                   f"calibrated over {calibration_rounds} alternating rounds)")
+    if busy is not None:
+        pricing += f", timed with {busy.count} other process(es) decoding"
     profile = result.to_profile(
         model=ModelIdentity(name=model.name, weights_sha256=model.weights_sha256, weights=model.weights),
         questions=SearchedQuestions(benchmark=questions.benchmark, split=questions.split, size=len(questions),
                                     seed=seed, fingerprint=questions.fingerprint),
         context=evaluator.context,
-        notes=notes,
+        notes="\n".join(part for part in (notes, pricing) if part),
     )
     return profile, result
 

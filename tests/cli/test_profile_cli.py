@@ -206,6 +206,7 @@ def test_cost_aware_search_writes_a_profile_with_its_resolution_and_resumes(
     assert "resolution on this slice" in text and "predicted" in text and "chosen:" in text
     profile = Profile.load(target)
     assert "cost-aware search" in profile.notes
+    assert "plans priced from per-sub-layer shares (one attention sub-layer" in profile.notes
     assert any(entry.verdict is not None for entry in profile.trace)
     assert (tmp_path / "profiles" / "csqa.json.costs.jsonl").is_file()
     again = io.StringIO()
@@ -216,7 +217,7 @@ def test_cost_aware_search_writes_a_profile_with_its_resolution_and_resumes(
     flags = ["--from-profile", str(target), "--search-stages", "summary", "--context", "continued"]
     out = io.StringIO()
     args = parse([*argv[: argv.index("--out")], "--out", str(summary_only), *argv[argv.index("--out") + 2 :], *flags,
-                  "--cost-busy", "1"])
+                  "--cost-busy", "1", "--plan-costs", "per-plan"])
     assert args.handler(args, out=out) == 0
     assert "searched here in the 'continued' format: summary" in out.getvalue()
     assert "plan costs timed with 1 other process(es) decoding" in out.getvalue()
@@ -224,6 +225,7 @@ def test_cost_aware_search_writes_a_profile_with_its_resolution_and_resumes(
     assert cost_lines and all(":busy=1xfloat32-b1-" in json.loads(line)["identity"] for line in cost_lines)
     assert "recall+analysis as kept, the rest full:" in out.getvalue()
     kept = Profile.load(summary_only)
+    assert "plans priced from their own timings, 1 alternating rounds each, timed with 1 other process" in kept.notes
     assert kept.context == "continued" and "recall, analysis kept from" in kept.notes
     assert {s: (kept.plan_for(s), kept.early_exit_for(s)) for s in ("recall", "analysis")} == {
         s: (profile.plan_for(s), profile.early_exit_for(s)) for s in ("recall", "analysis")}
