@@ -227,6 +227,12 @@ def predicted_against_measured(
         measured = median(r.mean_latency_seconds for r in results[side])
         out.write(f"  {side:>5}: predicted {predicted[side]:.2f} s/question, measured {measured:.2f} "
                   f"({100 * (predicted[side] / measured - 1):+.1f}%)\n")
+        tokens = tokens_of(result.tokens)
+        for stage, plan in side_plans.items():  # where a miss comes from: a stage's prefill or its decoding
+            stage_predicted = costs.predict({stage: plan}, {stage: tokens[stage]}, batch_size)
+            stage_measured = median(r.stage_latency_seconds[stage] for r in results[side])
+            out.write(f"    {stage:>8}: predicted {stage_predicted:.2f} s, measured {stage_measured:.2f} "
+                      f"({100 * (stage_predicted / stage_measured - 1):+.1f}%)\n" if stage_measured > 0 else "")
     if predicted["plans"] > 0:
         measured_speedup = median(r.mean_latency_seconds for r in results["full"]) / median(
             r.mean_latency_seconds for r in results["plans"])

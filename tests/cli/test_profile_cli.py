@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -114,6 +115,8 @@ def test_check_times_an_existing_profile_side_by_side(model_dir: Path, tmp_path:
     assert args.handler(args, out=predicted) == 0
     text = predicted.getvalue()
     assert "full: predicted" in text and "plans: predicted" in text and "speedup: predicted" in text
+    per_stage = r"^ +(recall|analysis|summary): predicted [\d.]+ s, measured [\d.]+ \([+-][\d.]+%\)$"
+    assert len(re.findall(per_stage, text, flags=re.MULTILINE)) == 6, "each stage of both sides"
     assert Profile.load(checked).speed_check.questions == 1
     loaded = io.StringIO()  # the costs timed while another process decodes the same model directory
     args = parse(["profile", "check", str(searched), "--data", str(data), "--model", str(model_dir), "--out",
