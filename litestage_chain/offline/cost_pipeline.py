@@ -113,7 +113,7 @@ def search_profile_cost_aware(
     result = search_cost_aware(
         evaluator, questions.questions, ranking, costs, config, store=ResultsStore(store_path), on_candidate=on_candidate,
     )
-    pricing = f"plans priced from their own timings, {cost_rounds} alternating rounds each"
+    pricing = f"plans priced from their own timings, {cost_rounds} alternating round(s) each"
     if calibration_rounds is not None:
         pricing = (f"plans priced from per-sub-layer shares ({costs.sublayer_costs().describe(config.batch_size)}; "
                    f"calibrated over {calibration_rounds} alternating rounds)")
