@@ -86,8 +86,8 @@ def add_cost_timing_options(parser: Any) -> None:
                         "rounds each (noisier on a shared CPU) (default per-sublayer)")
     parser.add_argument("--cost-busy", type=int, default=0, metavar="N",
                         help="time plan costs while N other processes decode the same model, one core each: the "
-                        "load of the runs the costs predict (two workers on two cores: 1). Under load prefill slows "
-                        "more than decoding, so quiet-machine costs overrate early exit (default 0: a quiet machine)")
+                        "load of the runs the costs predict (two workers on two cores: 1), for a machine where that "
+                        "load prices prefill and decoding differently (default 0: a quiet machine)")
 
 
 def calibration_rounds(args: argparse.Namespace) -> int | None:
@@ -153,7 +153,7 @@ def run_cost_aware_search(
                 f"{start.questions.benchmark}/{start.questions.split}, {start.questions.size} questions)"
                 if start is not None else "")
         if busy is not None:
-            out.write(f"plan costs timed with {busy.count} other process(es) decoding ({busy.label})\n")
+            out.write(f"plan costs timed with {busy.describe()}\n")
         profile, result = _cost_aware(args, model, questions, evaluator, config, log, cost_log, out, notes=kept,
                                       busy=busy)
     profile.save(target)
@@ -218,7 +218,7 @@ def predicted_against_measured(
     """The cost model's seconds per question for each side of a speed check, printed beside the measured medians."""
     costs = cost_model_for(model, batch_size, rounds=rounds, busy=busy, calibration_rounds=calibration_rounds)
     if busy is not None:
-        out.write(f"plan costs timed with {busy.count} other process(es) decoding ({busy.label})\n")
+        out.write(f"plan costs timed with {busy.describe()}\n")
     sides = {"full": {stage: SkipPlan() for stage in plans}, "plans": dict(plans)}
     predicted: dict[str, float] = {}
     for side, side_plans in sides.items():
@@ -231,8 +231,9 @@ def predicted_against_measured(
         for stage, plan in side_plans.items():  # where a miss comes from: a stage's prefill or its decoding
             stage_predicted = costs.predict({stage: plan}, {stage: tokens[stage]}, batch_size)
             stage_measured = median(r.stage_latency_seconds[stage] for r in results[side])
-            out.write(f"    {stage:>8}: predicted {stage_predicted:.2f} s, measured {stage_measured:.2f} "
-                      f"({100 * (stage_predicted / stage_measured - 1):+.1f}%)\n" if stage_measured > 0 else "")
+            if stage_measured > 0:
+                out.write(f"    {stage:>8}: predicted {stage_predicted:.2f} s, measured {stage_measured:.2f} "
+                          f"({100 * (stage_predicted / stage_measured - 1):+.1f}%)\n")
     if predicted["plans"] > 0:
         measured_speedup = median(r.mean_latency_seconds for r in results["full"]) / median(
             r.mean_latency_seconds for r in results["plans"])

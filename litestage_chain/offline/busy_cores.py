@@ -1,11 +1,10 @@
 """Other cores kept decoding while plan costs are timed, so the cost model prices tokens under the load runs have.
 
-Why: the cost model times each plan between chunk evaluations, on a quiet machine, but the runs it predicts (a side
-by side check, a dev run) keep every core busy with one process each. Cores share caches and memory bandwidth, and
-the load does not slow every kind of work alike: on OBQA's dev run (two workers on two cores) the prefill-heavy
-summary took 1.96x its predicted seconds and the decode-heavy analysis 1.49x, so an early exit's decode savings were
-worth less than a quiet-core prediction said (predicted 1.33x, measured 1.11x). Timing under the same load removes
-that bias instead of correcting for it afterwards.
+Why: the cost model times its plans between chunk evaluations, on a quiet machine, but the runs it predicts (a side
+by side check, a dev run) keep every core busy with one process each. Cores share caches and memory bandwidth, so on
+some machines the load could price prefill and decoding differently; timing under the same load rules that out
+instead of guessing. (On the 2-core AMD EPYC the benchmarks ran on it did not: a second decoding process moved the
+full model's prices by under 2%, and OBQA's prediction miss had another cause, benchmarks/README.md section 2.)
 
 `BusyCores` starts `count` processes that load the same model and decode batches in a loop. They are paused
 (SIGSTOP) except while a timing runs (`running()`), so they never slow the search's own evaluations. POSIX only:
@@ -111,6 +110,10 @@ class BusyCores:
         errors.seek(0)
         tail = errors.read()[-1500:].decode("utf-8", "replace").strip()
         return f"command {' '.join(self.command)!r}" + (f"; its error output ends:\n{tail}" if tail else "")
+
+    def describe(self) -> str:
+        """What the timings ran beside, for logs and a profile's notes."""
+        return f"{self.count} other process(es) decoding ({self.label})"
 
     @contextmanager
     def running(self) -> Iterator[None]:

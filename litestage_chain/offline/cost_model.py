@@ -209,8 +209,8 @@ def engine_timer(
     shared prefix that makes the prompt `long_context` tokens, as a stage prompt follows its few-shot exemplars: the
     extra cost of a prefilled token per cached token before it, and of a decode step per token of context (a plan's
     are the full model's times its share of attention sub-layers, see `CostModel.costs`). Why the prefill term: a
-    stage prefills 70-120 tokens after 350 cached ones, and priced as a 128-token prompt alone its prefill came out at
-    half the seconds measured, so savings in decoding (early exit) were overrated against it.
+    stage prefills 70-120 tokens after 350 cached ones, which on the benchmark model costs about 10% more per token
+    than the same tokens prefilled alone.
     """
     if prompt_tokens < 1 or decode_steps < 2:
         raise InvalidInputError("the cost timer needs at least 1 prompt token and 2 decode steps")
@@ -229,7 +229,7 @@ def engine_timer(
         decode: dict[int, float] = {}
         decode_slope: dict[int, float] = {}
         prefill_slope: dict[int, float] = {}
-        prefixes = PrefixCache()  # private: computing the prefix is timed apart from the call's prefill
+        prefixes = PrefixCache() if context else None  # private: the prefix's computation is timed apart
         for size in sizes:
             result = generate(model, [prompt[:length]] * size, plan=plan, config=config)[0]
             prefill[size] = result.prefill_seconds / (size * length)
@@ -354,6 +354,11 @@ class CostModel:
         if self.calibration_rounds is not None:
             return self.sublayer_costs().ratios(plan)
         return self._measured(plan, self.rounds)
+
+    @property
+    def calibrated_shares(self) -> SublayerCosts | None:
+        """The per-sub-layer shares if a plan has been priced from them (nothing is timed to answer)."""
+        return self._sublayer
 
     def sublayer_costs(self) -> SublayerCosts:
         """The per-sub-layer shares, from the two calibration plans (measured once, kept in the log)."""

@@ -114,11 +114,12 @@ def search_profile_cost_aware(
         evaluator, questions.questions, ranking, costs, config, store=ResultsStore(store_path), on_candidate=on_candidate,
     )
     pricing = f"plans priced from their own timings, {cost_rounds} alternating round(s) each"
-    if calibration_rounds is not None:
-        pricing = (f"plans priced from per-sub-layer shares ({costs.sublayer_costs().describe(config.batch_size)}; "
-                   f"calibrated over {calibration_rounds} alternating rounds)")
+    if calibration_rounds is not None:  # the shares as measured: nothing is timed just to write the notes
+        shares = costs.calibrated_shares
+        measured = f"{shares.describe(config.batch_size)}; " if shares is not None else "no plan priced; "
+        pricing = f"plans priced from per-sub-layer shares ({measured}calibrated over {calibration_rounds} rounds)"
     if busy is not None:
-        pricing += f", timed with {busy.count} other process(es) decoding"
+        pricing += f", timed with {busy.describe()}"
     profile = result.to_profile(
         model=ModelIdentity(name=model.name, weights_sha256=model.weights_sha256, weights=model.weights),
         questions=SearchedQuestions(benchmark=questions.benchmark, split=questions.split, size=len(questions),
