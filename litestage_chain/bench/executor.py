@@ -28,7 +28,7 @@ from litestage_chain.engine.skip_plan import SkipPlan
 from litestage_chain.errors import InvalidInputError
 from litestage_chain.offline.evaluator import ChainEvaluator
 from litestage_chain.reasoning.chain import FinalizeStep, ReasoningResult, stage_node
-from litestage_chain.reasoning.shared_context import DEFAULT_CONTEXT
+from litestage_chain.reasoning.shared_context import MEASURED_CONTEXT
 
 FALLBACK = "fallback"
 
@@ -71,7 +71,7 @@ class ChainExecutor:
         batch_size: int = 1,
         reuse_outputs: bool = True,
         progress: bool = False,
-        context: ContextFormat = DEFAULT_CONTEXT,
+        context: ContextFormat = MEASURED_CONTEXT,
     ) -> None:
         self.model = model
         self.reuse_outputs = reuse_outputs

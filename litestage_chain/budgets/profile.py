@@ -179,8 +179,10 @@ class Profile(BaseModel):
         return self._stage(stage).early_exit
 
     def budgets(self) -> StageBudgets:
-        """What the chat model and the chain run with: each stage's plan and early exit, tied to these weights."""
-        return StageBudgets(stages={check_stage(s): b for s, b in self.stages.items()}, model=self.model)
+        """What the chat model and the chain run with: each stage's plan and early exit, tied to these weights and to
+        the format they were searched in."""
+        return StageBudgets(stages={check_stage(s): b for s, b in self.stages.items()}, model=self.model,
+                            context=self.context)
 
     def check_model(self, model: LoadedModel) -> None:
         """Raise ProfileMismatchError unless `model` has the weights this profile was searched on."""

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from litestage_chain.budgets.stages import Stage, check_stage
+from litestage_chain.budgets.stages import ContextFormat, Stage, check_stage
 from litestage_chain.engine.early_exit import EarlyExitConfig
 from litestage_chain.engine.skip_plan import SkipPlan
 from litestage_chain.engine.weight_formats import WeightFormat
@@ -50,7 +50,8 @@ class StageBudgets(BaseModel):
     stage are a bug the caller should hear about. `sets_early_exit` is False for budgets made from plain plans
     (which say nothing about early exit), so the chat model's own `early_exit` applies to their stages; a searched
     profile decides each stage's early exit, `None` meaning off. `model` is set when the budgets were searched for
-    particular weights, so that applying them to other weights fails (`check_model`).
+    particular weights, so that applying them to other weights fails (`check_model`). `context` is the reasoning
+    format a searched profile was measured in (the chain runs in it unless told otherwise); `None` for plain plans.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -58,6 +59,7 @@ class StageBudgets(BaseModel):
     stages: dict[Stage, StageBudget]
     sets_early_exit: bool = True
     model: ModelIdentity | None = None
+    context: ContextFormat | None = None
 
     @classmethod
     def from_plans(cls, plans: dict[str, Any]) -> StageBudgets:

@@ -42,7 +42,7 @@ from litestage_chain.data.benchmarks import resolve_data_dir
 from litestage_chain.engine.early_exit import EarlyExitConfig
 from litestage_chain.engine.loading import load_model
 from litestage_chain.engine.weight_formats import WEIGHT_CHOICES
-from litestage_chain.reasoning.shared_context import add_context_argument, format_mismatch
+from litestage_chain.reasoning.shared_context import MEASURED_CONTEXT, add_context_argument, format_mismatch
 from litestage_chain.errors import InvalidInputError
 from litestage_chain.offline.paired_decision import PairedComparison
 from litestage_chain.offline.question_fit import fitting_questions
@@ -88,7 +88,7 @@ def add_bench_subcommand(subparsers: Any) -> None:
         help="cap every stage at N tokens, or set per-stage budgets, e.g. recall=32,analysis=64,summary=16",
     )
     bench.add_argument("--shots", type=int, default=2, metavar="N", help="worked examples per stage (default 2)")
-    add_context_argument(bench)
+    add_context_argument(bench, f"the --profile's searched format, else {MEASURED_CONTEXT}")
     bench.add_argument("--no-fallback", action="store_true", help="do not re-run unreadable summaries on the full model")
     bench.add_argument(
         "--calibration-data", metavar="FILE",
@@ -244,6 +244,8 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
         torch.set_num_threads(args.threads)
     profile = Profile.load(args.profile, model=args.model) if args.profile else None
     model = load_model(args.model, weights=args.weights)
+    # one format for the run unless a point names its own: the profile's (where its plans were measured)
+    args.context = args.context or (profile.context if profile is not None else MEASURED_CONTEXT)
     if profile is not None:
         profile.check_model(model)
         for fmt in sorted({fmt or args.context for name, fmt in specs if name in NEEDS_PROFILE} - {profile.context}):

@@ -25,6 +25,7 @@ from litestage_chain.data.types import Question
 from litestage_chain.engine.weight_formats import WEIGHT_CHOICES
 from litestage_chain.errors import InvalidInputError, LiteStageError
 from litestage_chain.reasoning.chain import build_reasoning_chain
+from litestage_chain.reasoning.shared_context import resolve_context
 
 DEMO_MODEL = "qwen2.5-coder-1.5b"
 DEMO_PROFILE = "obqa"
@@ -85,8 +86,11 @@ def run_demo(args: argparse.Namespace, out: TextIO | None = None) -> int:
     for choice in question.choices:
         out.write(f"  {choice.label}. {choice.text}\n")
     out.flush()
-    litestage = build_reasoning_chain(model, plans=profile)
-    full = build_reasoning_chain(model, plans=None)
+    # both chains in one format, the profile's (where its plans were measured): the comparison is the method's
+    fmt = resolve_context(None, profile.context if profile is not None else None)
+    out.write(f"reasoning format: {fmt} (both runs)\n")
+    litestage = build_reasoning_chain(model, plans=profile, context=fmt)
+    full = build_reasoning_chain(model, plans=None, context=fmt)
     # Untimed first pass of each chain (the LiteStage one streamed: what the user watches). The first call of a plan
     # computes its few-shot prefix, which later calls reuse; timing that would charge whichever ran first, so the
     # timed rounds below start with both chains' prefixes computed, as in steady use (the benchmarks report the

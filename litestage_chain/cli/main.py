@@ -26,7 +26,7 @@ from litestage_chain.cli.profile import add_profile_parser, normalise_profile_ar
 from litestage_chain.data.types import Question
 from litestage_chain.engine.quant.formats import kernel_path
 from litestage_chain.engine.weight_formats import WEIGHT_CHOICES
-from litestage_chain.reasoning.shared_context import DEFAULT_CONTEXT, add_context_argument
+from litestage_chain.reasoning.shared_context import add_context_argument
 from litestage_chain.errors import InvalidInputError, LiteStageError
 from litestage_chain.reasoning.chain import DEFAULT_MAX_TOKENS, build_reasoning_chain
 
@@ -110,7 +110,7 @@ def add_ask_parser(subparsers: Any) -> None:
     )
     ask.add_argument("--max-tokens", type=int, metavar="N", help="cap every stage at N generated tokens")
     ask.add_argument("--shots", type=int, default=2, metavar="N", help="worked examples per stage (default 2)")
-    add_context_argument(ask)
+    add_context_argument(ask, "a searched --profile's format; plain plans: separate; the full model: continued")
     ask.add_argument("--no-fallback", action="store_true", help="do not re-run the summary on the full model")
     ask.add_argument("--no-stream", action="store_true", help="print each stage when done instead of streaming")
     ask.add_argument("--json", action="store_true",
@@ -140,7 +140,7 @@ def run_ask(args: argparse.Namespace, out: TextIO | None = None) -> int:
     model = ChatLiteStage(model=args.model, weights=getattr(args, "weights", "auto"))
     chain = build_reasoning_chain(
         model, plans=plans, max_tokens=max_tokens, num_shots=args.shots, fallback=not args.no_fallback,
-        context=getattr(args, "context", DEFAULT_CONTEXT),
+        context=getattr(args, "context", None),
     )
     out.write(f"Question: {question.question}\n")
     for choice in question.choices:

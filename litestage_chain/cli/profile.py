@@ -32,7 +32,7 @@ from litestage_chain.data.types import question_fingerprint
 from litestage_chain.engine.early_exit import EarlyExitConfig
 from litestage_chain.engine.loading import load_model
 from litestage_chain.engine.weight_formats import WEIGHT_CHOICES
-from litestage_chain.reasoning.shared_context import add_context_argument
+from litestage_chain.reasoning.shared_context import MEASURED_CONTEXT, add_context_argument
 from litestage_chain.errors import InvalidInputError
 from litestage_chain.cli.profile_cost import (
     add_cost_aware_options,
@@ -113,7 +113,7 @@ def add_profile_parser(subparsers: Any) -> None:
     search.add_argument("--max-tokens", metavar="N|STAGE=N,...",
                         help="cap every stage at N tokens, or per-stage budgets, e.g. recall=32,analysis=64,summary=16")
     search.add_argument("--shots", type=int, default=2, metavar="N", help="worked examples per stage (default 2)")
-    add_context_argument(search)
+    add_context_argument(search, f"{MEASURED_CONTEXT}; with --from-profile, that profile's searched format")
     search.add_argument("--no-fallback", action="store_true", help="do not re-run unreadable summaries on the full model")
     search.add_argument("--batch-size", type=int, default=1, metavar="N",
                         help="questions decoded together (default 1: single-question latency)")
@@ -156,7 +156,7 @@ def add_profile_parser(subparsers: Any) -> None:
     check.add_argument("--rounds", type=int, default=2, metavar="N", help="evaluations of each side (default 2)")
     check.add_argument("--max-tokens", metavar="N|STAGE=N,...", help="stage token budgets, as given to the search")
     check.add_argument("--shots", type=int, default=2, metavar="N", help="worked examples per stage (default 2)")
-    add_context_argument(check)
+    add_context_argument(check, "the format the profile was searched in")
     check.add_argument("--no-fallback", action="store_true", help="do not re-run unreadable summaries on the full model")
     check.add_argument("--batch-size", type=int, default=1, metavar="N",
                        help="questions decoded together, as in the search (default 1)")
@@ -218,7 +218,7 @@ def run_profile_search(args: argparse.Namespace, out: TextIO | None = None) -> i
     model = load_model(args.model, weights=args.weights)
     settings = dict(early_exit=early_exit, max_tokens=parse_max_tokens(args.max_tokens), num_shots=args.shots,
                     fallback=not args.no_fallback, batch_size=args.batch_size, reuse_outputs=not args.fresh_timings,
-                    progress=not args.no_progress and cluster is None, context=args.context)
+                    progress=not args.no_progress and cluster is None, context=args.context or MEASURED_CONTEXT)
     with maybe_pool(cluster, args.model, model.weights) as pool:
         return _search(args, model, questions, ChainEvaluator(model, **settings), settings, pool, config, log,
                        target, out)
@@ -318,7 +318,7 @@ def _check_and_save(
     rules = {stage: profile.early_exit_for(stage) for stage in profile.stages}  # the plans' side only
     settings = dict(early_exit=None, max_tokens=parse_max_tokens(args.max_tokens), num_shots=args.shots, fallback=not args.no_fallback,
                     batch_size=args.batch_size, reuse_outputs=False, progress=not args.no_progress and pool is None,
-                    context=args.context)
+                    context=args.context or profile.context)  # the format its plans were searched in
     base = ChainEvaluator(model, **settings)
     evaluator: Any = base
     if pool is not None:  # every side's evaluation split over the workers, the same shards for both sides

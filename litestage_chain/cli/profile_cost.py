@@ -39,6 +39,7 @@ from litestage_chain.offline.cost_pipeline import (
 from litestage_chain.offline.cost_search import DEFAULT_COUNTS, FALLBACK, CostSearchConfig
 from litestage_chain.offline.evaluator import ChainEvaluator
 from litestage_chain.offline.store import EvalResult
+from litestage_chain.reasoning.shared_context import MEASURED_CONTEXT
 
 
 def _counts(text: str) -> tuple[int, ...]:
@@ -136,6 +137,8 @@ def run_cost_aware_search(
                                  require_answer=args.metric == "accuracy")
     cluster = cluster_options(args, args.threads)
     model = load_model(args.model, weights=args.weights)
+    # the format searched: the one asked for, else the kept profile's, else the measurements' default
+    args.context = args.context or (start.context if start is not None else MEASURED_CONTEXT)
     settings = dict(early_exit=None, max_tokens=parse_max_tokens(args.max_tokens), num_shots=args.shots,
                     fallback=not args.no_fallback, batch_size=args.batch_size,
                     progress=not args.no_progress and cluster is None, context=args.context)

@@ -49,7 +49,7 @@ from litestage_chain.reasoning.chain import (
 from litestage_chain.reasoning.prompts import PromptSet, prompt_values
 from litestage_chain.reasoning.stage_output import StageOutput, State
 from litestage_chain.reasoning.shared_context import (
-    DEFAULT_CONTEXT,
+    MEASURED_CONTEXT,
     SHARED_STOPS,
     SUMMARY_LEAD,
     ContextFormat,
@@ -132,7 +132,8 @@ class ChainEvaluator:
             off to time every stage afresh in every evaluation: slower, but candidates are then never
             compared on times measured under different machine load.
         context: the reasoning format, "separate" (a prompt per stage), "shared" (one sequence) or "continued"
-            (separate, the summary continuing the analysis's turn); see `shared_context.py`.
+            (separate, the summary continuing the analysis's turn); see `shared_context.py`. Default: the format
+            measurements are made in (`MEASURED_CONTEXT`, "separate").
     """
 
     def __init__(
@@ -147,7 +148,7 @@ class ChainEvaluator:
         batch_size: int = 1,
         reuse_outputs: bool = True,
         progress: bool = False,
-        context: ContextFormat = DEFAULT_CONTEXT,
+        context: ContextFormat = MEASURED_CONTEXT,
     ) -> None:
         if batch_size < 1:
             raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}")

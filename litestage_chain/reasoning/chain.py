@@ -26,7 +26,6 @@ from langchain_core.runnables.config import get_config_list
 from pydantic import BaseModel, ConfigDict, Field
 
 from litestage_chain.budgets.coerce import as_stage_budgets
-from litestage_chain.budgets.profile import Profile
 from litestage_chain.budgets.stages import STAGES, Stage, check_stage
 from litestage_chain.chat.chat_model import ChatLiteStage
 from litestage_chain.data.types import Question, QuestionKind
@@ -39,13 +38,14 @@ from litestage_chain.reasoning.answer import extract, extract_correct_option
 from litestage_chain.reasoning.prompts import PromptSet, prompt_values
 from litestage_chain.reasoning.stage_output import StageOutput, State
 from litestage_chain.reasoning.shared_context import (
-    DEFAULT_CONTEXT,
     SHARED_STOPS,
+    MEASURED_CONTEXT,
     SUMMARY_LEAD,
     ContextFormat,
     check_context,
     continued_summary_prompt,
     format_mismatch,
+    resolve_context,
     reuses_context,
     shared_prompt,
 )
@@ -108,7 +108,7 @@ def build_reasoning_chain(
     prompts_dir: str | None = None,
     num_shots: int = 2,
     fallback: bool = True,
-    context: ContextFormat = DEFAULT_CONTEXT,
+    context: ContextFormat | None = None,
 ) -> Runnable[Any, ReasoningResult]:
     """Build the recall -> analysis -> summary chain.
 
@@ -125,14 +125,18 @@ def build_reasoning_chain(
             outputs (the paper's format); "shared" makes the stages consecutive segments of one sequence, so each
             stage reuses the KV entries of everything before it and prefills only its header (`shared_context.py`);
             "continued" is "separate" with the summary continuing the analysis's turn, reusing its KV entries.
+            Not given: the format a searched profile (`plans`, or the `ChatLiteStage`'s) was searched in; for
+            plain skip plans "separate"; for the full model "continued" (`shared_context.DEFAULT_CONTEXT` says
+            why). A given format unlike a searched profile's warns.
 
     The chain takes `{"question": str, "choices": [...]}` (a benchmark data row works as is, or a `Question`) and
     returns a `ReasoningResult`. `chain.batch(questions)` runs stage by stage with batched decoding.
     """
-    context = check_context(context)
-    if isinstance(plans, Profile) and plans.context != context:
-        warnings.warn(format_mismatch(plans.context, context), stacklevel=2)
     chat = _chat_model(model, plans)
+    searched = chat.stage_profile.context if chat.stage_profile is not None else None
+    if context is not None and searched is not None and check_context(context) != searched:
+        warnings.warn(format_mismatch(searched, context), stacklevel=2)  # the caller's choice: said, not refused
+    context = resolve_context(context, _plans_context(chat))
     prompts = PromptSet.load(prompts_dir)
     budgets = {**DEFAULT_MAX_TOKENS, **{check_stage(k): v for k, v in (max_tokens or {}).items()}}
     per_stage_exit = _early_exit_per_stage(early_exit)
@@ -162,7 +166,7 @@ def stage_node(
     num_shots: int = 2,
     max_tokens: int | None = None,
     name: str | None = None,
-    context: ContextFormat = DEFAULT_CONTEXT,
+    context: ContextFormat | None = None,
     **budget: Any,
 ) -> Runnable[State, StageOutput]:
     """One stage as a runnable: the stage prompt | the model bound to the stage's budget | a `StageOutput` parser.
@@ -179,11 +183,14 @@ def stage_node(
     `context="shared"` renders the shared-context format (`shared_context.py`): the node continues one assistant
     turn after a shared few-shot prefix and reuses the KV entries of everything the earlier stages read and wrote.
     `context="continued"` renders recall and analysis as in the separate format and the summary as the analysis's
-    turn continued, reusing the KV entries of the analysis's prompt and output.
+    turn continued, reusing the KV entries of the analysis's prompt and output. Not given: chosen from the model's
+    plans as in `build_reasoning_chain` (give every node of one graph the same format: a continued summary reads the
+    KV entries its analysis node stored).
     """
     stage = check_stage(stage)
-    context = check_context(context)
     model = model if isinstance(model, ChatLiteStage) else ChatLiteStage(model=model)
+    # a given format is checked, not compared with the profile's: the chain warns once, not once per node
+    context = check_context(context) if context is not None else resolve_context(None, _plans_context(model))
     prompts = prompts if prompts is not None else PromptSet.load()
     templates: dict[QuestionKind, ChatPromptTemplate] = {
         kind: stage_template(prompts, kind, stage, num_shots, context) for kind in ("mcq", "yesno")
@@ -251,7 +258,7 @@ def answer_node(
     num_shots: int = 2,
     max_tokens: int | None = None,
     fallback: bool = True,
-    context: ContextFormat = DEFAULT_CONTEXT,
+    context: ContextFormat | None = None,
 ) -> Runnable[State, ReasoningResult]:
     """The chain's last step as a runnable: reads the answer off a state holding the three stages' outputs.
 
@@ -381,6 +388,20 @@ def run_batch(
     for start in range(0, len(items), batch_size):
         results.extend(chain.batch(items[start : start + batch_size], config={"max_concurrency": batch_size}))
     return results
+
+
+def _plans_context(model: ChatLiteStage) -> ContextFormat | None:
+    """The format the model's skip plans were measured in: a searched profile's; the separate format (the paper's,
+    where plain plans are usually taken from) for plain plans that skip something; `None` for the full model.
+
+    Why plain plans do not get the continued format: a plan that skips an attention sub-layer runs the continued
+    analysis through the context cache's prefill, and with int8/int4 weights its output then depends on what the
+    cache held (`engine/context_cache.py`): the same question asked twice could read two answers."""
+    budgets = model.stage_profile
+    if budgets is not None and budgets.context is not None:
+        return budgets.context
+    plans = [budget.plan for budget in budgets.stages.values()] if budgets is not None else []
+    return MEASURED_CONTEXT if any(not plan.is_empty for plan in [*plans, model.skip_plan]) else None
 
 
 def _chat_model(model: str | LoadedModel | ChatLiteStage, plans: Any) -> ChatLiteStage:

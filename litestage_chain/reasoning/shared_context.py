@@ -40,9 +40,22 @@ from litestage_chain.errors import InvalidInputError
 from litestage_chain.budgets.stages import CONTEXT_FORMATS, ContextFormat, Stage
 from litestage_chain.reasoning.stage_output import StageOutput
 
-DEFAULT_CONTEXT: ContextFormat = "separate"
-"""The format the chain, the evaluator, the benchmarks and the CLI use unless told: one constant, because which one
-it is follows a measurement (the paired accuracy of the two formats on the benchmark model, benchmarks/README.md)."""
+DEFAULT_CONTEXT: ContextFormat = "continued"
+"""The format the full model's chain runs in when the caller names none (`resolve_context`).
+
+Why "continued": on the benchmark model's dev runs (500 CSQA, 500 OBQA, 229 StrategyQA questions, side by side) it
+made the full model's chain 1.65x, 1.46x and 1.54x faster than the separate format at no measured loss, and its
+recall and analysis are the separate format's calls bit for bit; only the summary changes (benchmarks/README.md
+section 6). A chain with skip plans runs in the format they were measured in instead (`chain._plans_context`): a
+searched profile's (a summary plan that skips many sub-layers can fail in the other one), else `MEASURED_CONTEXT`."""
+
+MEASURED_CONTEXT: ContextFormat = "separate"
+"""The format the search, the benchmarks and the evaluator measure in unless told (the paper's staged chain).
+
+Why not `DEFAULT_CONTEXT`: a measurement's default is what the recorded runs and the shipped profiles were made in,
+so a re-run resumes them and a new profile compares with the old; and the continued format's summary, timed after a
+reused analysis, prefills the whole chain again (`bench --no-reuse` is its fair setting), which a default must not
+get wrong silently. Ask for another with `--context`."""
 
 HEADERS: dict[Stage, str] = {"recall": "Key information:", "analysis": "\nAnalysis:\n", "summary": "\n"}
 """What precedes each stage's output in the shared turn (the summary's "So the answer is option" is its reply
@@ -68,6 +81,14 @@ def format_mismatch(searched: ContextFormat, running: ContextFormat) -> str:
             f"{searched})")
 
 
+def resolve_context(context: object, measured: ContextFormat | None = None) -> ContextFormat:
+    """The format to run in: `context` when given (checked), else the format the plans were `measured` in, else
+    `DEFAULT_CONTEXT` (the full model's)."""
+    if context is None:
+        return measured if measured is not None else DEFAULT_CONTEXT
+    return check_context(context)
+
+
 def check_context(context: object) -> ContextFormat:
     """`context` as a `ContextFormat`, or `InvalidInputError` naming the two formats."""
     if context not in CONTEXT_FORMATS:
@@ -75,13 +96,14 @@ def check_context(context: object) -> ContextFormat:
     return context  # type: ignore[return-value]
 
 
-def add_context_argument(parser: Any) -> None:
-    """`--context shared|separate` for the commands that run the chain."""
+def add_context_argument(parser: Any, default: str) -> None:
+    """`--context separate|shared|continued` for the commands that run the chain; `default` says in the help what
+    an absent option means (the option itself defaults to None, so a command can tell "not given" apart)."""
     parser.add_argument(
-        "--context", choices=CONTEXT_FORMATS, default=DEFAULT_CONTEXT,
+        "--context", choices=CONTEXT_FORMATS, default=None,
         help="reasoning format: 'separate' gives each stage its own prompt (the paper's); 'shared' makes the stages "
         "one sequence whose KV entries each stage reuses; 'continued' is 'separate' with the summary continuing the "
-        f"analysis's turn, reusing its KV entries (default {DEFAULT_CONTEXT})",
+        f"analysis's turn, reusing its KV entries (default: {default})",
     )
 
 

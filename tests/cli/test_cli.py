@@ -127,7 +127,8 @@ def test_ask_shared_context_reports_prefilled_and_reused_tokens(tiny_dir: Path, 
         assert stage["reused_tokens"] + stage["prefilled_tokens"] == stage["prompt_tokens"]
         assert stage["prefilled_tokens"] < stage["reused_tokens"] / 10
     assert "prefilled" in out and "reused" in out
-    assert main(argv) == 0  # the separate format re-reads every stage's prompt (few-shot prefix apart)
+    # the separate format re-reads every stage's prompt (few-shot prefix apart)
+    assert main([*argv, "--context", "separate"]) == 0
     separate = json.loads((out := capsys.readouterr().out)[out.index("{") :])["stages"]
     assert separate["summary"]["prefilled_tokens"] > 5 * stages["summary"]["prefilled_tokens"]
 

@@ -50,8 +50,9 @@ def test_batch_runs_stage_by_stage_like_single_runs(real_model: LoadedModel) -> 
 
 
 def test_unreadable_summary_falls_back_to_the_full_model(real_model: LoadedModel) -> None:
-    # One summary token ("So") can never name an option, so the fallback must run and be recorded.
-    chain = build_reasoning_chain(plans=PLANS, max_tokens={**BUDGET, "summary": 1})
+    # In the separate format one summary token ("So") can never name an option, so the fallback must run and be
+    # recorded (the continued summary starts after "So the answer is option": its first token is the answer).
+    chain = build_reasoning_chain(plans=PLANS, max_tokens={**BUDGET, "summary": 1}, context="separate")
     result = chain.invoke(QUESTIONS[1])
     assert result.fallback_used and result.fallback is not None
     assert result.fallback.skipped == SkipPlan() and result.stages["summary"].skipped == PLANS["summary"]

@@ -56,7 +56,8 @@ def test_later_stages_prefill_only_their_header(tiny_long: LoadedModel) -> None:
         assert stage.reused_tokens + stage.prefilled_tokens == stage.prompt_tokens
         assert stage.prefilled_tokens < 0.05 * stage.prompt_tokens, stage
     # the separate format re-reads everything at every stage
-    separate = build_reasoning_chain(tiny_long, plans=PLANS, max_tokens=SHORT, fallback=False).invoke(QUESTION)
+    separate = build_reasoning_chain(tiny_long, plans=PLANS, max_tokens=SHORT, fallback=False,
+                                     context="separate").invoke(QUESTION)
     assert all(separate.stages[s].reused_tokens == 0 for s in STAGES)
 
 
@@ -266,6 +267,54 @@ def test_a_profile_records_its_search_format_and_running_it_in_another_warns(tin
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         build_reasoning_chain(tiny_long, plans=profile, max_tokens=SHORT, context="continued")
+
+
+def test_a_chain_runs_in_its_profiles_format_unless_told_and_continued_without_one() -> None:
+    """No format given: a searched profile's own (its plans' accuracy was measured there), "separate" for plain skip
+    plans, "continued" for the full model. The continued summary starts after the forced "So the answer is option",
+    which the separate summary never writes on a random tiny model, so the summary's text tells the two apart."""
+    import warnings
+
+    tiny_long = from_pretrained_objects(*tiny_long_context_llama(seed=3), name="tiny-long-formats",
+                                        weights_sha256="ab" * 32)  # a searched profile runs on known weights only
+
+    from litestage_chain.budgets.profile import ModelIdentity, Profile, SearchedQuestions, StageBudget
+    from litestage_chain.reasoning.shared_context import DEFAULT_CONTEXT, SUMMARY_LEAD
+
+    def ran_continued(result) -> bool:  # noqa: ANN001
+        return result.stages["summary"].text.startswith(SUMMARY_LEAD)
+
+    profile = Profile(
+        model=ModelIdentity(name=tiny_long.name, weights_sha256="ab" * 32),
+        stages={stage: StageBudget(plan=plan) for stage, plan in PLANS.items()}, epsilon=0.01, metric="accuracy",
+        questions=SearchedQuestions(benchmark="t", split="train", size=2), importance=[(0, "mlp")],
+        stage_order=list(STAGES), full_score=0.5, full_latency_seconds=1.0, context="separate",
+    )
+    assert DEFAULT_CONTEXT == "continued"
+    assert profile.budgets().context == "separate" and ChatLiteStage(
+        model=tiny_long, stage_profile=PLANS).stage_profile.context is None, "plain plans name no format"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the profile's own format: nothing to warn about
+        full = build_reasoning_chain(tiny_long, max_tokens=SHORT, fallback=False).invoke(QUESTION)
+        plain = build_reasoning_chain(tiny_long, plans=PLANS, max_tokens=SHORT, fallback=False).invoke(QUESTION)
+        skipping = ChatLiteStage(model=tiny_long, skip_plan=SkipPlan(mlp=[0]))
+        skipping_model = build_reasoning_chain(skipping, max_tokens=SHORT, fallback=False).invoke(QUESTION)
+        told = build_reasoning_chain(tiny_long, plans=PLANS, max_tokens=SHORT, fallback=False, context="continued")
+        plain_told = told.invoke(QUESTION)  # plain plans were searched nowhere: no warning
+        searched = build_reasoning_chain(tiny_long, plans=profile, max_tokens=SHORT, fallback=False).invoke(QUESTION)
+        llm = ChatLiteStage(model=tiny_long, stage_profile=profile)
+        through_model = build_reasoning_chain(llm, max_tokens=SHORT, fallback=False).invoke(QUESTION)
+        node = stage_node(llm, "summary", max_tokens=SHORT["summary"]).invoke(
+            {"question": QUESTION, "recall": searched.stages["recall"], "analysis": searched.stages["analysis"]})
+    assert ran_continued(full) and ran_continued(plain_told)
+    assert not any(ran_continued(r) for r in (plain, skipping_model, searched, through_model))
+    assert not node.text.startswith(SUMMARY_LEAD)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        told = build_reasoning_chain(tiny_long, plans=profile, max_tokens=SHORT, fallback=False, context="continued")
+    assert [str(w.message)[:60] for w in caught] == [
+        "the profile was searched in the 'separate' format and runs h"], "one warning per chain, not one per node"
+    assert ran_continued(told.invoke(QUESTION))
 
 
 @pytest.mark.parametrize("context", ["shared", "continued"])
