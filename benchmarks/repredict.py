@@ -31,7 +31,7 @@ from litestage_chain.budgets.stages import STAGES  # noqa: E402
 from litestage_chain.engine.skip_plan import SkipPlan  # noqa: E402
 from litestage_chain.offline.cost_model import CostModel, PlanCosts, tokens_of  # noqa: E402
 from litestage_chain.offline.cost_pipeline import cost_model_for  # noqa: E402
-from litestage_chain.offline.cost_search import _rules_digest  # noqa: E402
+from litestage_chain.offline.cost_search import exit_rules_key  # noqa: E402
 
 MODEL = "qwen2.5-coder-1.5b"
 LOGS = Path(__file__).resolve().parent / "results" / "profile-searches-qwen"
@@ -40,8 +40,8 @@ LOGS = Path(__file__).resolve().parent / "results" / "profile-searches-qwen"
 def chunks(name: str, profile: Profile) -> tuple[list[dict], list[dict]]:
     """The search's chunk results of the full model and of the chosen settings, on the chunks both have."""
     chosen = {stage: profile.plan_for(stage) for stage in STAGES}
-    full_id = _rules_digest({stage: None for stage in STAGES})
-    chosen_id = _rules_digest({stage: profile.early_exit_for(stage) for stage in STAGES})
+    full_id = exit_rules_key({stage: None for stage in STAGES})
+    chosen_id = exit_rules_key({stage: profile.early_exit_for(stage) for stage in STAGES})
     full, plans = {}, {}
     for line in (LOGS / f"{name}.search.jsonl").read_text().splitlines():
         record = json.loads(line)
@@ -49,9 +49,9 @@ def chunks(name: str, profile: Profile) -> tuple[list[dict], list[dict]]:
         if not result:
             continue
         stage_plans = {k: SkipPlan(**v) for k, v in record["plans"].items() if k in STAGES}
-        if record["evaluator"].endswith("exit-" + full_id) and all(p.is_empty for p in stage_plans.values()):
+        if record["evaluator"].endswith(":" + full_id) and all(p.is_empty for p in stage_plans.values()):
             full[record["questions"]] = result
-        elif record["evaluator"].endswith("exit-" + chosen_id) and stage_plans == chosen:
+        elif record["evaluator"].endswith(":" + chosen_id) and stage_plans == chosen:
             plans[record["questions"]] = result
     common = [key for key in full if key in plans]
     if not common:

@@ -235,9 +235,13 @@ def _has_contexts(result: EvalResult) -> bool:
     return bool(result.tokens) and all(len(row) > 2 for rows in result.tokens.values() for row in rows if row)
 
 
-def _rules_digest(early_exit: Mapping[str, EarlyExitConfig | None]) -> str:
+def exit_rules_key(early_exit: Mapping[str, EarlyExitConfig | None]) -> str:
+    """The part of a chunk's store identity that names its per-stage exit rules (`exit-<digest>`).
+
+    Public because tools that read a search log (`benchmarks/repredict.py`) pick chunks by their rules with it; a
+    stored identity is `<evaluator identity>:<this>`."""
     payload = {s: (r.model_dump() if r else None) for s, r in sorted(early_exit.items())}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    return "exit-" + hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class _Runner:
@@ -260,7 +264,7 @@ class _Runner:
 
     def _identity(self, early_exit: Mapping[str, EarlyExitConfig | None]) -> str:
         """The store identity of a chunk evaluated with these exit rules."""
-        return f"{self.evaluator.identity}:exit-{_rules_digest(early_exit)}"
+        return f"{self.evaluator.identity}:{exit_rules_key(early_exit)}"
 
     def _chunk(self, index: int, plans: Mapping[str, SkipPlan], early_exit: Mapping[str, EarlyExitConfig | None]) -> EvalResult:
         identity = self._identity(early_exit)
