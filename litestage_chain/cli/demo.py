@@ -24,7 +24,7 @@ from litestage_chain.cli.output import StagePrinter, answer_line, timing_table
 from litestage_chain.data.types import Question
 from litestage_chain.engine.weight_formats import WEIGHT_CHOICES
 from litestage_chain.errors import InvalidInputError, LiteStageError
-from litestage_chain.reasoning.chain import build_reasoning_chain
+from litestage_chain.reasoning.chain import build_reasoning_chain, plans_context
 from litestage_chain.reasoning.shared_context import resolve_context
 
 DEMO_MODEL = "qwen2.5-coder-1.5b"
@@ -87,7 +87,7 @@ def run_demo(args: argparse.Namespace, out: TextIO | None = None) -> int:
         out.write(f"  {choice.label}. {choice.text}\n")
     out.flush()
     # both chains in one format, the profile's (where its plans were measured): the comparison is the method's
-    fmt = resolve_context(None, profile.context if profile is not None else None)
+    fmt = resolve_context(None, plans_context(profile))
     out.write(f"reasoning format: {fmt} (both runs)\n")
     litestage = build_reasoning_chain(model, plans=profile, context=fmt)
     full = build_reasoning_chain(model, plans=None, context=fmt)

@@ -113,7 +113,8 @@ def add_profile_parser(subparsers: Any) -> None:
     search.add_argument("--max-tokens", metavar="N|STAGE=N,...",
                         help="cap every stage at N tokens, or per-stage budgets, e.g. recall=32,analysis=64,summary=16")
     search.add_argument("--shots", type=int, default=2, metavar="N", help="worked examples per stage (default 2)")
-    add_context_argument(search, f"{MEASURED_CONTEXT}; with --from-profile, that profile's searched format")
+    add_context_argument(search, f"{MEASURED_CONTEXT}; with --from-profile (cost-aware search), that profile's "
+                         "searched format")
     search.add_argument("--no-fallback", action="store_true", help="do not re-run unreadable summaries on the full model")
     search.add_argument("--batch-size", type=int, default=1, metavar="N",
                         help="questions decoded together (default 1: single-question latency)")

@@ -26,6 +26,7 @@ from langchain_core.runnables.config import get_config_list
 from pydantic import BaseModel, ConfigDict, Field
 
 from litestage_chain.budgets.coerce import as_stage_budgets
+from litestage_chain.budgets.stage_budgets import StageBudgets
 from litestage_chain.budgets.stages import STAGES, Stage, check_stage
 from litestage_chain.chat.chat_model import ChatLiteStage
 from litestage_chain.data.types import Question, QuestionKind
@@ -190,7 +191,15 @@ def stage_node(
     stage = check_stage(stage)
     model = model if isinstance(model, ChatLiteStage) else ChatLiteStage(model=model)
     # a given format is checked, not compared with the profile's: the chain warns once, not once per node
+    chosen = context is None
     context = check_context(context) if context is not None else resolve_context(None, _plans_context(model))
+    node_plan = budget.get("skip_plan")
+    if chosen and node_plan is not None and not node_plan.is_empty and context != MEASURED_CONTEXT:
+        # the format comes from the model, which every node of a graph shares; a plan given to one node alone would
+        # make its node differ from the others if it counted, so it does not, and the caller hears about it
+        warnings.warn(f"stage_node({stage!r}, skip_plan=...) with no context= runs in the {context!r} format chosen "
+                      f"from the model's plans; give every node of the graph the same context= (e.g. "
+                      f"{MEASURED_CONTEXT!r}, where plain skip plans are measured)", stacklevel=2)
     prompts = prompts if prompts is not None else PromptSet.load()
     templates: dict[QuestionKind, ChatPromptTemplate] = {
         kind: stage_template(prompts, kind, stage, num_shots, context) for kind in ("mcq", "yesno")
@@ -390,18 +399,22 @@ def run_batch(
     return results
 
 
-def _plans_context(model: ChatLiteStage) -> ContextFormat | None:
-    """The format the model's skip plans were measured in: a searched profile's; the separate format (the paper's,
-    where plain plans are usually taken from) for plain plans that skip something; `None` for the full model.
+def plans_context(budgets: StageBudgets | None, skip_plan: SkipPlan | None = None) -> ContextFormat | None:
+    """The format skip plans were measured in: a searched profile's; the separate format (the paper's, where plain
+    plans are usually taken from) for plain plans that skip something; `None` for the full model (any format).
 
     Why plain plans do not get the continued format: a plan that skips an attention sub-layer runs the continued
     analysis through the context cache's prefill, and with int8/int4 weights its output then depends on what the
     cache held (`engine/context_cache.py`): the same question asked twice could read two answers."""
-    budgets = model.stage_profile
     if budgets is not None and budgets.context is not None:
         return budgets.context
     plans = [budget.plan for budget in budgets.stages.values()] if budgets is not None else []
-    return MEASURED_CONTEXT if any(not plan.is_empty for plan in [*plans, model.skip_plan]) else None
+    return MEASURED_CONTEXT if any(not plan.is_empty for plan in [*plans, skip_plan or SkipPlan()]) else None
+
+
+def _plans_context(model: ChatLiteStage) -> ContextFormat | None:
+    """`plans_context` of a chat model's stage budgets and its own skip plan."""
+    return plans_context(model.stage_profile, model.skip_plan)
 
 
 def _chat_model(model: str | LoadedModel | ChatLiteStage, plans: Any) -> ChatLiteStage:

@@ -315,6 +315,18 @@ def test_a_chain_runs_in_its_profiles_format_unless_told_and_continued_without_o
     assert [str(w.message)[:60] for w in caught] == [
         "the profile was searched in the 'separate' format and runs h"], "one warning per chain, not one per node"
     assert ran_continued(told.invoke(QUESTION))
+    from litestage_chain.budgets.stage_budgets import StageBudgets
+    from litestage_chain.reasoning.chain import plans_context
+
+    assert plans_context(None) is None and plans_context(StageBudgets.from_plans({s: SkipPlan() for s in STAGES})) is None
+    assert plans_context(StageBudgets.from_plans(PLANS)) == "separate" == plans_context(profile.budgets())
+    assert plans_context(None, SkipPlan(mlp=[0])) == "separate"
+    with pytest.warns(UserWarning, match="give every node of the graph the same context="):
+        stage_node(tiny_long, "analysis", skip_plan=SkipPlan(attention=[0]))  # the model's plans say: full model
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        stage_node(tiny_long, "analysis", skip_plan=SkipPlan(attention=[0]), context="continued")  # told: as told
+        stage_node(llm, "analysis", skip_plan=SkipPlan(attention=[0]))  # the model's plans: separate already
 
 
 @pytest.mark.parametrize("context", ["shared", "continued"])
