@@ -43,7 +43,6 @@ from litestage_chain.reasoning.shared_context import (
     MEASURED_CONTEXT,
     SUMMARY_LEAD,
     ContextFormat,
-    check_context,
     continued_summary_prompt,
     format_mismatch,
     resolve_context,
@@ -134,10 +133,11 @@ def build_reasoning_chain(
     returns a `ReasoningResult`. `chain.batch(questions)` runs stage by stage with batched decoding.
     """
     chat = _chat_model(model, plans)
-    searched = chat.stage_profile.context if chat.stage_profile is not None else None
-    if context is not None and searched is not None and check_context(context) != searched:
-        warnings.warn(format_mismatch(searched, context), stacklevel=2)  # the caller's choice: said, not refused
+    given = context is not None
     context = resolve_context(context, _plans_context(chat))
+    searched = chat.stage_profile.context if chat.stage_profile is not None else None
+    if given and searched is not None and context != searched:
+        warnings.warn(format_mismatch(searched, context), stacklevel=2)  # the caller's choice: said, not refused
     prompts = PromptSet.load(prompts_dir)
     budgets = {**DEFAULT_MAX_TOKENS, **{check_stage(k): v for k, v in (max_tokens or {}).items()}}
     per_stage_exit = _early_exit_per_stage(early_exit)
@@ -192,7 +192,7 @@ def stage_node(
     model = model if isinstance(model, ChatLiteStage) else ChatLiteStage(model=model)
     # a given format is checked, not compared with the profile's: the chain warns once, not once per node
     chosen = context is None
-    context = check_context(context) if context is not None else resolve_context(None, _plans_context(model))
+    context = resolve_context(context, _plans_context(model))
     node_plan = budget.get("skip_plan")
     if chosen and node_plan is not None and not node_plan.is_empty and context != MEASURED_CONTEXT:
         # the format comes from the model, which every node of a graph shares; a plan given to one node alone would
