@@ -10,8 +10,6 @@ selected by name (e.g. ``Profile.load("csqa")``).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from datetime import datetime, timezone
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -34,6 +32,7 @@ from litestage_chain.budgets.stage_budgets import (
     StageBudgets,
 )
 from litestage_chain.budgets.stages import ContextFormat, check_stage
+from litestage_chain.cache_files import atomic_write_text
 from litestage_chain.engine.early_exit import EarlyExitConfig
 from litestage_chain.engine.skip_plan import SkipPlan, SubLayer
 from litestage_chain.engine.sources import DEFAULT_MODEL
@@ -214,17 +213,12 @@ class Profile(BaseModel):
         return self.model_dump_json(indent=2) + "\n"
 
     def save(self, path: str | Path) -> Path:
-        """Write the profile as JSON, atomically (a crash never leaves a half-written profile)."""
+        """Write the profile as JSON, atomically (a crash never leaves a half-written profile).
+
+        The file gets the permissions of any new file (the umask's): a profile is meant to be shared, and a
+        private temporary file's 0600 carried over by the rename left searched profiles unreadable to others."""
         target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        try:
-            with os.fdopen(handle, "w", encoding="utf-8") as stream:
-                stream.write(self.to_json())
-            os.replace(temporary, target)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        atomic_write_text(target, self.to_json())
         return target
 
     @classmethod

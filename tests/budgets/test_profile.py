@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -65,6 +67,15 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
     assert json.loads(path.read_text())["stages"]["recall"]["plan"] == {"attention": [3, 5], "mlp": [7]}
     assert again.importance[2] == (7, "mlp")
     assert not list(path.parent.glob(".csqa.json.*")), "no temporary file left behind"
+
+
+def test_a_saved_profile_is_readable_by_others_under_a_shared_umask(tmp_path: Path) -> None:
+    previous = os.umask(0o022)
+    try:
+        path = make_profile().save(tmp_path / "csqa.json")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
 
 
 def test_plan_and_early_exit_lookup() -> None:
