@@ -59,7 +59,7 @@ def chunks(name: str, profile: Profile) -> tuple[list[dict], list[dict]]:
     return [full[key] for key in common], [plans[key] for key in common]
 
 
-def searched_costs(name: str) -> CostModel:
+def searched_costs(name: str, num_layers: int) -> CostModel:
     """The cost model the search used: its log's last identity, reference and per-plan ratios (nothing timed)."""
     path = LOGS / f"{name}.costs.jsonl"
     lines = [json.loads(line) for line in path.read_text().splitlines()]
@@ -68,7 +68,7 @@ def searched_costs(name: str) -> CostModel:
     def never(plan: SkipPlan, *, context: bool = False) -> PlanCosts:
         raise SystemExit(f"{name}: the search's cost log has no timing of {plan}")
 
-    model = CostModel(never, identity, path=path, num_layers=28)
+    model = CostModel(never, identity, path=path, num_layers=num_layers)
     model.reference = [PlanCosts.model_validate(full) for line in lines
                        if line["ratios"] is None and line["identity"] == identity for full in line["full"]]
     return model
@@ -109,7 +109,7 @@ def main() -> None:
     model = load_model(MODEL, weights=profile.model.weights)
     if args.costs:
         args.costs.parent.mkdir(parents=True, exist_ok=True)
-    rows = {"searched (per-plan ratios)": searched_costs(args.benchmark),
+    rows = {"searched (per-plan ratios)": searched_costs(args.benchmark, model.num_layers),
             "today (per-sub-layer shares)": cost_model_for(model, 8, path=args.costs)}
     print(f"{args.benchmark}: {len(full)} chunks of the search ({sum(len(r['answers']) for r in full)} questions); "
           f"today's timings: {rows['today (per-sub-layer shares)'].identity.split(':', 1)[1]}")

@@ -42,7 +42,12 @@ from litestage_chain.data.benchmarks import resolve_data_dir
 from litestage_chain.engine.early_exit import EarlyExitConfig
 from litestage_chain.engine.loading import load_model
 from litestage_chain.engine.weight_formats import WEIGHT_CHOICES
-from litestage_chain.reasoning.shared_context import MEASURED_CONTEXT, add_context_argument, format_mismatch
+from litestage_chain.reasoning.shared_context import (
+    MEASURED_CONTEXT,
+    add_context_argument,
+    format_mismatch,
+    resolve_context,
+)
 from litestage_chain.errors import InvalidInputError
 from litestage_chain.offline.paired_decision import PairedComparison
 from litestage_chain.offline.question_fit import fitting_questions
@@ -245,7 +250,8 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
     profile = Profile.load(args.profile, model=args.model) if args.profile else None
     model = load_model(args.model, weights=args.weights)
     # one format for the run unless a point names its own: the profile's (where its plans were measured)
-    args.context = args.context or (profile.context if profile is not None else MEASURED_CONTEXT)
+    searched = profile.context if profile is not None else None
+    args.context = resolve_context(args.context, searched, default=MEASURED_CONTEXT)
     if profile is not None:
         profile.check_model(model)
         for fmt in sorted({fmt or args.context for name, fmt in specs if name in NEEDS_PROFILE} - {profile.context}):

@@ -32,7 +32,7 @@ from litestage_chain.data.types import question_fingerprint
 from litestage_chain.engine.early_exit import EarlyExitConfig
 from litestage_chain.engine.loading import load_model
 from litestage_chain.engine.weight_formats import WEIGHT_CHOICES
-from litestage_chain.reasoning.shared_context import MEASURED_CONTEXT, add_context_argument
+from litestage_chain.reasoning.shared_context import MEASURED_CONTEXT, add_context_argument, resolve_context
 from litestage_chain.errors import InvalidInputError
 from litestage_chain.cli.profile_cost import (
     add_cost_aware_options,
@@ -219,7 +219,8 @@ def run_profile_search(args: argparse.Namespace, out: TextIO | None = None) -> i
     model = load_model(args.model, weights=args.weights)
     settings = dict(early_exit=early_exit, max_tokens=parse_max_tokens(args.max_tokens), num_shots=args.shots,
                     fallback=not args.no_fallback, batch_size=args.batch_size, reuse_outputs=not args.fresh_timings,
-                    progress=not args.no_progress and cluster is None, context=args.context or MEASURED_CONTEXT)
+                    progress=not args.no_progress and cluster is None,
+                    context=resolve_context(args.context, default=MEASURED_CONTEXT))
     with maybe_pool(cluster, args.model, model.weights) as pool:
         return _search(args, model, questions, ChainEvaluator(model, **settings), settings, pool, config, log,
                        target, out)
@@ -319,7 +320,7 @@ def _check_and_save(
     rules = {stage: profile.early_exit_for(stage) for stage in profile.stages}  # the plans' side only
     settings = dict(early_exit=None, max_tokens=parse_max_tokens(args.max_tokens), num_shots=args.shots, fallback=not args.no_fallback,
                     batch_size=args.batch_size, reuse_outputs=False, progress=not args.no_progress and pool is None,
-                    context=args.context or profile.context)  # the format its plans were searched in
+                    context=resolve_context(args.context, profile.context))  # the format its plans were searched in
     base = ChainEvaluator(model, **settings)
     evaluator: Any = base
     if pool is not None:  # every side's evaluation split over the workers, the same shards for both sides

@@ -39,7 +39,7 @@ from litestage_chain.offline.cost_pipeline import (
 from litestage_chain.offline.cost_search import DEFAULT_COUNTS, FALLBACK, CostSearchConfig
 from litestage_chain.offline.evaluator import ChainEvaluator
 from litestage_chain.offline.store import EvalResult
-from litestage_chain.reasoning.shared_context import MEASURED_CONTEXT
+from litestage_chain.reasoning.shared_context import MEASURED_CONTEXT, resolve_context
 
 
 def _counts(text: str) -> tuple[int, ...]:
@@ -138,7 +138,7 @@ def run_cost_aware_search(
     cluster = cluster_options(args, args.threads)
     model = load_model(args.model, weights=args.weights)
     # the format searched: the one asked for, else the kept profile's, else the measurements' default
-    args.context = args.context or (start.context if start is not None else MEASURED_CONTEXT)
+    args.context = resolve_context(args.context, start.context if start is not None else None, default=MEASURED_CONTEXT)
     settings = dict(early_exit=None, max_tokens=parse_max_tokens(args.max_tokens), num_shots=args.shots,
                     fallback=not args.no_fallback, batch_size=args.batch_size,
                     progress=not args.no_progress and cluster is None, context=args.context)

@@ -81,11 +81,13 @@ def format_mismatch(searched: ContextFormat, running: ContextFormat) -> str:
             f"{searched})")
 
 
-def resolve_context(context: object, measured: ContextFormat | None = None) -> ContextFormat:
+def resolve_context(
+    context: object, measured: ContextFormat | None = None, *, default: ContextFormat = DEFAULT_CONTEXT
+) -> ContextFormat:
     """The format to run in: `context` when given (checked), else the format the plans were `measured` in, else
-    `DEFAULT_CONTEXT` (the full model's)."""
+    `default`: `DEFAULT_CONTEXT` (the full model's) for a chain, `MEASURED_CONTEXT` for the commands that measure."""
     if context is None:
-        return measured if measured is not None else DEFAULT_CONTEXT
+        return measured if measured is not None else default
     return check_context(context)
 
 

@@ -382,3 +382,14 @@ def test_continued_recall_and_analysis_equal_the_separate_format_with_int4_weigh
     for result in out["continued"]:
         summary = result.stages["summary"]
         assert summary.reused_tokens > 0.9 * summary.prompt_tokens, "the summary continues the stored analysis"
+
+
+def test_resolve_context_prefers_the_given_then_the_measured_then_the_callers_default() -> None:
+    from litestage_chain.reasoning.shared_context import DEFAULT_CONTEXT, MEASURED_CONTEXT, resolve_context
+
+    assert resolve_context("shared", "separate", default="continued") == "shared"
+    assert resolve_context(None, "shared", default=MEASURED_CONTEXT) == "shared"
+    assert resolve_context(None, None, default=MEASURED_CONTEXT) == MEASURED_CONTEXT
+    assert resolve_context(None) == DEFAULT_CONTEXT
+    with pytest.raises(InvalidInputError, match="unknown context format 'joined'"):
+        resolve_context("joined", "separate")
