@@ -144,9 +144,9 @@ def run_cost_aware_search(
                     progress=not args.no_progress and cluster is None, context=args.context)
     if start is not None:
         start.check_model(model)  # its plans were searched on these weights
-        out.write(f"kept from {args.from_profile} (searched in the {start.context!r} format): "
-                  f"{', '.join(fixed)}; searched here in the {args.context!r} format: "
-                  f"{', '.join(s for s in STAGES if s not in fixed)}\n")
+        kept_stages = ", ".join(fixed) or "nothing (every stage is searched)"
+        out.write(f"kept from {args.from_profile} (searched in the {start.context!r} format): {kept_stages}; "
+                  f"searched here in the {args.context!r} format: {', '.join(s for s in STAGES if s not in fixed)}\n")
     with maybe_pool(cluster, args.model, model.weights) as pool, busy_cores_for(args, args.model, model.weights) as busy:
         evaluator: Any = ChainEvaluator(model, **settings)
         if pool is not None:  # chunk evaluations split over the workers; the costs are timed here, between them
@@ -154,7 +154,7 @@ def run_cost_aware_search(
             out.write(describe_pool(pool) + "\n")
         kept = (f"{', '.join(fixed)} kept from {args.from_profile} (searched in the {start.context!r} format on "
                 f"{start.questions.benchmark}/{start.questions.split}, {start.questions.size} questions)"
-                if start is not None else "")
+                if start is not None and fixed else "")
         if busy is not None:
             out.write(f"plan costs timed with {busy.describe()}\n")
         profile, result = _cost_aware(args, model, questions, evaluator, config, log, cost_log, out, notes=kept,

@@ -233,6 +233,14 @@ def test_cost_aware_search_writes_a_profile_with_its_resolution_and_resumes(
     assert {s: (kept.plan_for(s), kept.early_exit_for(s)) for s in ("recall", "analysis")} == {
         s: (profile.plan_for(s), profile.early_exit_for(s)) for s in ("recall", "analysis")}
     assert {entry.stage for entry in kept.trace} == {None, "recall+analysis", "summary"}
+    # every stage searched again in another format: nothing kept, and the notes do not claim otherwise
+    every = tmp_path / "profiles" / "csqa-every.json"
+    out = io.StringIO()
+    args = parse([*argv[: argv.index("--out")], "--out", str(every), *argv[argv.index("--out") + 2 :],
+                  "--from-profile", str(target), "--search-stages", "recall,analysis,summary", "--context", "continued"])
+    assert args.handler(args, out=out) == 0
+    assert "nothing (every stage is searched)" in out.getvalue()
+    assert "kept from" not in Profile.load(every).notes
     for bad, message in ((flags[:2], "go together"), ([*flags[:2], "--search-stages", "answer"], "stage names")):
         args = parse([*argv, *bad])
         with pytest.raises(InvalidInputError, match=message):
