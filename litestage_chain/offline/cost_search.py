@@ -108,7 +108,7 @@ class CostSearchConfig(BaseModel):
     exit_grid: tuple[EarlyExitConfig | None, ...] = Field(DEFAULT_EXIT_GRID, min_length=1)
     chunk_size: int = Field(25, ge=1, description="questions per chunk; a clearly worse candidate stops after one")
     batch_size: int = Field(1, ge=1, description="questions decoded together: the latency predicted is at this size")
-    patience: int = Field(2, ge=1, description="consecutive counts rejected with every exit rule end a stage's sweep")
+    patience: int = Field(2, ge=1, description="consecutive counts accepted with no exit rule end a stage's sweep")
     fixed: dict[str, StageBudget] = Field(
         default_factory=dict,
         description="stages kept at these settings (e.g. a profile's) and not searched: re-searching a profile's "
@@ -402,10 +402,12 @@ def search_cost_aware(
             caveats.append(caveat)
     for stage in order:
         options = [current]
-        rejected_in_a_row = 0
+        failed_in_a_row = 0
         # Count 0 first: early exit alone, every sub-layer kept. Where a stage tolerates no skip at all (the benchmark
         # model's analysis stage), it is the only way to shorten it; its rejections say nothing about skipping, so
-        # they do not count towards the patience that ends the sweep.
+        # they do not count towards the patience that ends the sweep. A count fails when no rule is accepted with it:
+        # rejected, or undecided on the whole slice (which took every question to find out, and skipping more does
+        # not make a plan more accurate), so a slice too small for a stage's flips does not sweep every count.
         for count in (0, *sorted(set(config.counts))):
             plan = plan_for_count(ranking, count)
             outcomes = []
@@ -419,10 +421,10 @@ def search_cost_aware(
                     options.append(candidate)
             if count == 0:
                 continue
-            rejected_in_a_row = rejected_in_a_row + 1 if all(v == "reject" for v in outcomes) else 0
-            if rejected_in_a_row >= config.patience:
-                logger.info("stage=%s: every exit rule rejected for %d counts; sweep stopped at %d", stage,
-                            rejected_in_a_row, count)
+            failed_in_a_row = failed_in_a_row + 1 if "accept" not in outcomes else 0
+            if failed_in_a_row >= config.patience:
+                logger.info("stage=%s: no exit rule accepted for %d counts; sweep stopped at %d", stage,
+                            failed_in_a_row, count)
                 break
         current = min(options, key=lambda c: (c.predicted_seconds, c.count))
         plans[stage] = current.plans[stage]

@@ -112,6 +112,17 @@ def test_clearly_worse_candidates_stop_after_one_chunk() -> None:
     assert not any(c.stage == "summary" and c.count == 8 for c in result.candidates)
 
 
+def test_counts_undecided_on_the_whole_slice_end_the_sweep_like_rejected_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    # summary skips 1 and 2 lose 2 points: not clearly worse (the interval reaches below 1 point), never accepted
+    monkeypatch.setitem(DROP, "summary", {0: 0, 1: 0.02, 2: 0.02, 4: 0, 8: 0})
+    result = search_cost_aware(StubChain(), QUESTIONS, RANKING, CostModel(timer, "t", rounds=1), CONFIG)
+    summary = [c for c in result.candidates if c.stage == "summary"]
+    assert {c.verdict for c in summary if c.count in (1, 2)} == {"undecided"}
+    assert all(c.comparison is not None and c.comparison.questions == len(QUESTIONS) for c in summary if c.count)
+    # two counts with nothing accepted end the sweep: count 4 (which this table would accept) is never tried
+    assert max(c.count for c in summary) == 2 and result.chosen.plans["summary"].num_skipped == 0
+
+
 def test_a_small_slice_accepts_nothing_and_says_so() -> None:
     chain = StubChain()
     with pytest.warns(UserWarning, match="too small to decide"):
