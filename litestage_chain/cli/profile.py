@@ -107,8 +107,8 @@ def add_profile_parser(subparsers: Any) -> None:
     search.add_argument("--collapse-margin", type=float, default=0.1,
                         help="a candidate this far below the target counts as collapsed (default 0.1)")
     search.add_argument("--patience", type=int, default=2,
-                        help="consecutive collapsed candidates (cost-aware: skip counts with no candidate accepted) that end a "
-                        "stage's sweep (default 2)")
+                        help="consecutive collapsed candidates (cost-aware: skip counts with no candidate "
+                        "accepted) that end a stage's sweep (default 2)")
     search.add_argument("--calibration-size", type=int, default=8, metavar="N",
                         help="questions whose stage texts calibrate the importance ranking (default 8)")
     search.add_argument("--max-tokens", metavar="N|STAGE=N,...",

@@ -138,15 +138,16 @@ def run_cost_aware_search(
     cluster = cluster_options(args, args.threads)
     model = load_model(args.model, weights=args.weights)
     # the format searched: the one asked for, else the kept profile's, else the measurements' default
-    args.context = resolve_context(args.context, start.context if start is not None else None, default=MEASURED_CONTEXT)
+    searched = start.context if start is not None else None
+    args.context = resolve_context(args.context, searched, default=MEASURED_CONTEXT)
     settings = dict(early_exit=None, max_tokens=parse_max_tokens(args.max_tokens), num_shots=args.shots,
                     fallback=not args.no_fallback, batch_size=args.batch_size,
                     progress=not args.no_progress and cluster is None, context=args.context)
     if start is not None:
         start.check_model(model)  # its plans were searched on these weights
-        kept_stages = ", ".join(fixed) or "nothing (every stage is searched)"
-        out.write(f"kept from {args.from_profile} (searched in the {start.context!r} format): {kept_stages}; "
-                  f"searched here in the {args.context!r} format: {', '.join(s for s in STAGES if s not in fixed)}\n")
+        out.write(f"kept from {args.from_profile} (searched in the {start.context!r} format): "
+                  f"{', '.join(fixed) or 'nothing (every stage is searched)'}; searched here in the "
+                  f"{args.context!r} format: {', '.join(s for s in STAGES if s not in fixed)}\n")
     with maybe_pool(cluster, args.model, model.weights) as pool, busy_cores_for(args, args.model, model.weights) as busy:
         evaluator: Any = ChainEvaluator(model, **settings)
         if pool is not None:  # chunk evaluations split over the workers; the costs are timed here, between them

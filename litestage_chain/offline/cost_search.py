@@ -108,7 +108,7 @@ class CostSearchConfig(BaseModel):
     exit_grid: tuple[EarlyExitConfig | None, ...] = Field(DEFAULT_EXIT_GRID, min_length=1)
     chunk_size: int = Field(25, ge=1, description="questions per chunk; a clearly worse candidate stops after one")
     batch_size: int = Field(1, ge=1, description="questions decoded together: the latency predicted is at this size")
-    patience: int = Field(2, ge=1, description="consecutive counts accepted with no exit rule end a stage's sweep")
+    patience: int = Field(2, ge=1, description="consecutive skip counts with no exit rule accepted end a stage's sweep")
     fixed: dict[str, StageBudget] = Field(
         default_factory=dict,
         description="stages kept at these settings (e.g. a profile's) and not searched: re-searching a profile's "

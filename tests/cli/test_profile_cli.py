@@ -236,8 +236,9 @@ def test_cost_aware_search_writes_a_profile_with_its_resolution_and_resumes(
     # every stage searched again in another format: nothing kept, and the notes do not claim otherwise
     every = tmp_path / "profiles" / "csqa-every.json"
     out = io.StringIO()
-    args = parse([*argv[: argv.index("--out")], "--out", str(every), *argv[argv.index("--out") + 2 :],
-                  "--from-profile", str(target), "--search-stages", "recall,analysis,summary", "--context", "continued"])
+    every_flags = ["--from-profile", str(target), "--search-stages", "recall,analysis,summary",
+                   "--context", "continued"]
+    args = parse([*argv[: argv.index("--out")], "--out", str(every), *argv[argv.index("--out") + 2 :], *every_flags])
     assert args.handler(args, out=out) == 0
     assert "nothing (every stage is searched)" in out.getvalue()
     assert "kept from" not in Profile.load(every).notes
