@@ -145,19 +145,15 @@ def run_cost_aware_search(
                     progress=not args.no_progress and cluster is None, context=args.context)
     if start is not None:
         start.check_model(model)  # its plans were searched on these weights
-        out.write(f"kept from {args.from_profile} (searched in the {start.context!r} format): "
-                  f"{', '.join(fixed) or 'nothing (every stage is searched)'}; searched here in the "
-                  f"{args.context!r} format: {', '.join(s for s in STAGES if s not in fixed)}\n")
+        out.write(f"{_kept_stages(args.from_profile, start, fixed)}; searched here in the {args.context!r} "
+                  f"format: {', '.join(s for s in STAGES if s not in fixed)}\n")
     with maybe_pool(cluster, args.model, model.weights) as pool, busy_cores_for(args, args.model, model.weights) as busy:
         evaluator: Any = ChainEvaluator(model, **settings)
         if pool is not None:  # chunk evaluations split over the workers; the costs are timed here, between them
             evaluator = DistributedEvaluator(evaluator, pool, settings)
             out.write(describe_pool(pool) + "\n")
-        kept = (f"{', '.join(fixed)} kept from {args.from_profile} (searched in the {start.context!r} format on "
-                f"{start.questions.benchmark}/{start.questions.split}, {start.questions.size} questions)"
-                if start is not None and fixed else "")
-        if busy is not None:
-            out.write(f"plan costs timed with {busy.describe()}\n")
+        kept = _kept_stages(args.from_profile, start, fixed, with_slice=True) if start is not None and fixed else ""
+        _write_busy(out, busy)
         profile, result = _cost_aware(args, model, questions, evaluator, config, log, cost_log, out, notes=kept,
                                       busy=busy)
     profile.save(target)
@@ -182,6 +178,21 @@ def _fixed_stages(args: argparse.Namespace) -> tuple[Profile | None, dict[str, S
     fixed = {stage: StageBudget(plan=profile.plan_for(stage), early_exit=profile.early_exit_for(stage))
              for stage in STAGES if stage not in searched}
     return profile, fixed
+
+
+def _kept_stages(source: str, start: Profile, fixed: Mapping[str, StageBudget], with_slice: bool = False) -> str:
+    """What a partial search keeps from its source profile: one wording for the console and the profile's notes
+    (the notes add the slice it was searched on, which the console has just printed for the new search)."""
+    where = f"the {start.context!r} format"
+    if with_slice:
+        where += f" on {start.questions.benchmark}/{start.questions.split}, {start.questions.size} questions"
+    return f"kept from {source} (searched in {where}): {', '.join(fixed) or 'nothing (every stage is searched)'}"
+
+
+def _write_busy(out: TextIO, busy: BusyCores | None) -> None:
+    """Say that plan costs were timed beside busy-loop threads, when they were (their timings read slower)."""
+    if busy is not None:
+        out.write(f"plan costs timed with {busy.describe()}\n")
 
 
 def _cost_aware(
@@ -221,8 +232,7 @@ def predicted_against_measured(
 ) -> dict[str, float]:
     """The cost model's seconds per question for each side of a speed check, printed beside the measured medians."""
     costs = cost_model_for(model, batch_size, rounds=rounds, busy=busy, calibration_rounds=calibration_rounds)
-    if busy is not None:
-        out.write(f"plan costs timed with {busy.describe()}\n")
+    _write_busy(out, busy)
     sides = {"full": {stage: SkipPlan() for stage in plans}, "plans": dict(plans)}
     predicted: dict[str, float] = {}
     for side, side_plans in sides.items():

@@ -46,7 +46,7 @@ DEFAULT_CONTEXT: ContextFormat = "continued"
 Why "continued": on the benchmark model's dev runs (500 CSQA, 500 OBQA, 229 StrategyQA questions, side by side) it
 made the full model's chain 1.65x, 1.46x and 1.44x faster than the separate format at no measured loss, and its
 recall and analysis are the separate format's calls bit for bit; only the summary changes (benchmarks/README.md
-section 6). A chain with skip plans runs in the format they were measured in instead (`chain._plans_context`): a
+section 6). A chain with skip plans runs in the format they were measured in instead (`chain.plans_context`): a
 searched profile's (a summary plan that skips many sub-layers can fail in the other one), else `MEASURED_CONTEXT`."""
 
 MEASURED_CONTEXT: ContextFormat = "separate"
