@@ -25,6 +25,9 @@ Methods (the names the command line accepts):
   method is compared without the part of LiteStage's speed that early exit alone gives.
 * ``capped``: the full model with every stage's token budget cut to a percent of the run's budget, the control for
   "is the speedup just shorter stages?".
+* ``capped-analysis``: the full model with only the analysis cut, to a number of tokens: the control for an exit
+  rule that ends nearly every analysis after its minimum (OBQA's 4/0.8/8 ends 485 of 500 at about 10 tokens), which
+  a percent of every stage's budget cannot match without also cutting the recall and the summary.
 * ``stage-only``: the ranking's first k sub-layers skipped in one stage, the others full: per-stage sensitivity.
 
 Any method may name a reasoning format after a colon (``full:separate``, ``litestage:continued``): its points run
@@ -53,18 +56,18 @@ from litestage_chain.reasoning.chain import DEFAULT_MAX_TOKENS
 
 MethodName = Literal[
     "full", "litestage", "litestage-noexit", "litestage-noskip", "uniform", "uniform-exit", "adaskip", "adaskip-exit", "unified",
-    "unified-exit", "exit-depth", "exit-depth-exit", "capped", "full-exit", "stage-only"
+    "unified-exit", "exit-depth", "exit-depth-exit", "capped", "capped-analysis", "full-exit", "stage-only"
 ]
 METHODS: tuple[MethodName, ...] = (
     "full", "litestage", "litestage-noexit", "litestage-noskip", "uniform", "uniform-exit", "adaskip", "adaskip-exit", "unified",
-    "unified-exit", "exit-depth", "exit-depth-exit", "capped", "full-exit", "stage-only"
+    "unified-exit", "exit-depth", "exit-depth-exit", "capped", "capped-analysis", "full-exit", "stage-only"
 )
 SWEPT: tuple[MethodName, ...] = (
     "uniform", "uniform-exit", "adaskip", "adaskip-exit", "unified", "unified-exit", "exit-depth", "exit-depth-exit",
-    "capped", "stage-only",
+    "capped", "capped-analysis", "stage-only",
 )
 """Methods with a count to sweep (sub-layers for the ranked ones, whole layers for unified / exit-depth, the percent
-of every stage's token budget for ``capped``)."""
+of every stage's token budget for ``capped``, the analysis's budget in tokens for ``capped-analysis``)."""
 NEEDS_PROFILE: tuple[MethodName, ...] = ("litestage", "litestage-noexit", "litestage-noskip")
 LAYER_COUNTED: tuple[MethodName, ...] = ("unified", "unified-exit", "exit-depth", "exit-depth-exit")
 WITH_EXIT: tuple[MethodName, ...] = ("uniform-exit", "adaskip-exit", "unified-exit", "exit-depth-exit", "full-exit")
@@ -80,6 +83,7 @@ DEFAULT_SWEEPS: dict[str, tuple[int, ...]] = {
     "exit-depth": (2, 4, 6, 8, 10),
     "exit-depth-exit": (2, 4, 6, 8, 10),
     "capped": (25, 50, 75),
+    "capped-analysis": (8, 16, 32),
     "stage-only": (4, 8, 12, 16, 20),
 }
 """Default skip counts, sized for a ~30-layer model (60 sub-layers): up to a third of the model skipped."""
@@ -273,6 +277,15 @@ def _points_of(name: MethodName, context: MethodContext, counts: Sequence[int] |
                 raise InvalidInputError(f"method 'capped' takes a percent of each stage's token budget, got {count}")
             plans, rules = _same_everywhere(stages, SkipPlan(), None)
             budgets = {stage: max(1, context.max_tokens[stage] * count // 100) for stage in stages}
+            points.append(MethodPoint(method=name, count=count, plans=plans, early_exit=rules, max_tokens=budgets))
+        elif method == "capped-analysis":
+            if "analysis" not in stages:
+                raise InvalidInputError("method 'capped-analysis' needs the analysis stage in the run")
+            if count > context.max_tokens["analysis"]:
+                raise InvalidInputError(f"method 'capped-analysis' cuts the analysis's budget of "
+                                        f"{context.max_tokens['analysis']} tokens, got {count}: not a cut")
+            plans, rules = _same_everywhere(stages, SkipPlan(), None)
+            budgets = {stage: count if stage == "analysis" else context.max_tokens[stage] for stage in stages}
             points.append(MethodPoint(method=name, count=count, plans=plans, early_exit=rules, max_tokens=budgets))
         else:  # stage-only
             plan = plan_for_count(context.ranking, count)

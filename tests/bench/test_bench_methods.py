@@ -171,6 +171,19 @@ def test_capped_control_is_the_full_model_with_cut_token_budgets() -> None:
         method_points("capped", ctx, [150])
 
 
+def test_analysis_cap_cuts_only_the_analysis_to_a_number_of_tokens() -> None:
+    ctx = context(max_tokens={"recall": 64, "analysis": 160, "summary": 24})
+    points = method_points("capped-analysis", ctx, [10, 8])
+    assert [p.label for p in points] == ["capped-analysis@8", "capped-analysis@10"]
+    assert points[1].max_tokens == {"recall": 64, "analysis": 10, "summary": 24}
+    assert all(p.is_empty for p in points[1].plans.values()) and not points[1].uses_early_exit
+    assert points[0].key() != points[1].key() != method_points("capped", ctx, [10])[0].key()
+    with pytest.raises(InvalidInputError, match="budget of 160 tokens, got 161"):
+        method_points("capped-analysis", ctx, [161])
+    with pytest.raises(InvalidInputError, match="needs the analysis stage"):
+        method_points("capped-analysis", context(stages=("recall", "summary")), [8])
+
+
 def test_all_points_puts_the_full_model_first_and_has_unique_labels() -> None:
     points = all_points(["uniform", "unified", "full", "stage-only"], context(), {"uniform": [2], "unified": [1],
                                                                                    "stage-only": [2]})
