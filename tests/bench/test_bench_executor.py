@@ -121,7 +121,8 @@ def test_bench_command_runs_every_method_writes_the_report_and_resumes(bench_set
         "--shots", "0", "--max-tokens", "recall=3,analysis=3,summary=2", "--calibration-size", "2",
         "--sweep", "uniform=1", "--sweep", "uniform-exit=1", "--sweep", "adaskip=2", "--sweep", "unified=1",
         "--sweep", "exit-depth=1", "--sweep", "stage-only=2", "--sweep", "adaskip-exit=2", "--sweep", "unified-exit=1",
-        "--sweep", "exit-depth-exit=1", "--sweep", "capped=50", "--no-progress", "--exit-min-tokens", "1",
+        "--sweep", "exit-depth-exit=1", "--sweep", "capped=50", "--sweep", "capped-analysis=2", "--no-progress",
+        "--exit-min-tokens", "1",
     ]
     text = _bench(argv)
     out = bench_setup["out"]
@@ -129,7 +130,7 @@ def test_bench_command_runs_every_method_writes_the_report_and_resumes(bench_set
     labels = [row["point"] for row in results["summary"]]
     assert labels == ["full", "litestage", "litestage-noexit", "litestage-noskip", "uniform@1", "uniform-exit@1", "adaskip@2",
                       "adaskip-exit@2", "unified@1", "unified-exit@1", "exit-depth@1", "exit-depth-exit@1",
-                      "capped@50", "full-exit", "stage-only/recall@2", "stage-only/analysis@2",
+                      "capped@50", "capped-analysis@2", "full-exit", "stage-only/recall@2", "stage-only/analysis@2",
                       "stage-only/summary@2"]
     assert all(row["questions"] == 2 for row in results["summary"])
     assert results["meta"]["calibration_ids"] and not set(results["meta"]["calibration_ids"]) & set(
@@ -139,6 +140,7 @@ def test_bench_command_runs_every_method_writes_the_report_and_resumes(bench_set
     assert points["unified@1"]["plans"]["recall"] == {"attention": [2], "mlp": [2]}
     assert points["exit-depth@1"]["plans"]["summary"] == {"attention": [3], "mlp": [3]}
     assert points["adaskip@2"]["plans"]["recall"]["scale"], "AdaSkip's skipped sub-layers are compensated"
+    assert points["capped-analysis@2"]["max_tokens"] == {"recall": 3, "analysis": 2, "summary": 2}
     assert results["meta"]["adaskip_norm_ratio"]
     for name in ("accuracy_vs_speedup.png", "stage_sensitivity.png", "tokens_vs_skipped.png", RESULTS_MD):
         assert (out / name).is_file()
@@ -146,9 +148,9 @@ def test_bench_command_runs_every_method_writes_the_report_and_resumes(bench_set
     stored = (out / RECORDS_FILE).read_text()
     assert "Which option" not in stored, "records hold ids and measurements, not question text"
     before = len(RecordStore(out / RECORDS_FILE))
-    assert before == 17 * 2
+    assert before == 18 * 2
     again = _bench(argv)
-    assert "34 of 34 runs already recorded" in again and "other records" not in again
+    assert "36 of 36 runs already recorded" in again and "other records" not in again
     assert (out / RECORDS_FILE).read_text() == stored, "a resumed, finished run appends nothing"
 
 
