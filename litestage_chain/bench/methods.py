@@ -40,7 +40,7 @@ every ``full:<format>`` point (`report.py`).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Literal, cast
+from typing import Literal, cast, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -58,10 +58,8 @@ MethodName = Literal[
     "full", "litestage", "litestage-noexit", "litestage-noskip", "uniform", "uniform-exit", "adaskip", "adaskip-exit", "unified",
     "unified-exit", "exit-depth", "exit-depth-exit", "capped", "capped-analysis", "full-exit", "stage-only"
 ]
-METHODS: tuple[MethodName, ...] = (
-    "full", "litestage", "litestage-noexit", "litestage-noskip", "uniform", "uniform-exit", "adaskip", "adaskip-exit", "unified",
-    "unified-exit", "exit-depth", "exit-depth-exit", "capped", "capped-analysis", "full-exit", "stage-only"
-)
+METHODS: tuple[MethodName, ...] = get_args(MethodName)
+"""The method names in the order runs and reports list them (the Literal's own, so the two cannot drift apart)."""
 SWEPT: tuple[MethodName, ...] = (
     "uniform", "uniform-exit", "adaskip", "adaskip-exit", "unified", "unified-exit", "exit-depth", "exit-depth-exit",
     "capped", "capped-analysis", "stage-only",
@@ -205,6 +203,22 @@ def full_point(context: MethodContext) -> MethodPoint:
     return MethodPoint(method="full", plans=plans, early_exit=rules)
 
 
+def _cut_budgets(method: str, context: MethodContext, count: int) -> dict[str, int]:
+    """The budget controls' per-stage token budgets: ``capped`` cuts every stage to `count` percent of the run's,
+    ``capped-analysis`` the analysis alone to `count` tokens (the others keep the run's)."""
+    budgets = dict(context.max_tokens)
+    if method == "capped":
+        if count > 100:
+            raise InvalidInputError(f"method 'capped' takes a percent of each stage's token budget, got {count}")
+        return {stage: max(1, budgets[stage] * count // 100) for stage in context.stages}
+    if "analysis" not in context.stages:
+        raise InvalidInputError("method 'capped-analysis' needs the analysis stage in the run")
+    if count > budgets["analysis"]:
+        raise InvalidInputError(f"method 'capped-analysis' cuts the analysis's budget of {budgets['analysis']} tokens, "
+                                f"got {count}: not a cut")
+    return {stage: count if stage == "analysis" else budgets[stage] for stage in context.stages}
+
+
 def parse_method(text: str) -> tuple[MethodName, ContextFormat | None]:
     """``METHOD`` or ``METHOD:FORMAT`` (the --methods values) as (method, format or None); errors name the problem."""
     method, sep, fmt = text.strip().partition(":")
@@ -272,20 +286,9 @@ def _points_of(name: MethodName, context: MethodContext, counts: Sequence[int] |
             build = unified_plan if method.startswith("unified") else last_layers_plan
             plans, rules = _same_everywhere(stages, build(context.num_layers, count), rule)
             points.append(MethodPoint(method=name, count=count, plans=plans, early_exit=rules))
-        elif method == "capped":
-            if count > 100:
-                raise InvalidInputError(f"method 'capped' takes a percent of each stage's token budget, got {count}")
+        elif method in ("capped", "capped-analysis"):
             plans, rules = _same_everywhere(stages, SkipPlan(), None)
-            budgets = {stage: max(1, context.max_tokens[stage] * count // 100) for stage in stages}
-            points.append(MethodPoint(method=name, count=count, plans=plans, early_exit=rules, max_tokens=budgets))
-        elif method == "capped-analysis":
-            if "analysis" not in stages:
-                raise InvalidInputError("method 'capped-analysis' needs the analysis stage in the run")
-            if count > context.max_tokens["analysis"]:
-                raise InvalidInputError(f"method 'capped-analysis' cuts the analysis's budget of "
-                                        f"{context.max_tokens['analysis']} tokens, got {count}: not a cut")
-            plans, rules = _same_everywhere(stages, SkipPlan(), None)
-            budgets = {stage: count if stage == "analysis" else context.max_tokens[stage] for stage in stages}
+            budgets = _cut_budgets(method, context, count)
             points.append(MethodPoint(method=name, count=count, plans=plans, early_exit=rules, max_tokens=budgets))
         else:  # stage-only
             plan = plan_for_count(context.ranking, count)
