@@ -11,7 +11,8 @@ Methods (the names the command line accepts):
   early exit (the ablation that shows what early exit adds on top of stage-wise budgets). ``litestage`` runs each
   stage with the profile's own rule, and without one where the profile has none: the cost-aware search picks "no
   exit" for a stage as one of its choices, so lending that stage the command line's rule would run a plan the
-  search never judged.
+  search never judged. A profile's per-stage token caps go with its exit rules (both say when a stage stops):
+  ``litestage`` and ``litestage-noskip`` run with them, ``litestage-noexit`` without.
 * ``litestage-noskip``: the profile's per-stage early-exit rules with nothing skipped, the other ablation: what the
   skipped sub-layers add on top of the searched exits (``full-exit`` uses one fixed rule in every stage instead).
 * ``uniform``: the same number of skipped sub-layers in every stage, taken from LiteStage's accumulated importance
@@ -265,7 +266,12 @@ def _points_of(name: MethodName, context: MethodContext, counts: Sequence[int] |
             else {stage: profile.early_exit_for(stage) for stage in stages}  # None: searched as "no exit"
         )
         total = sum(plan.num_skipped for plan in plans.values())
-        return [MethodPoint(method=name, count=total, plans=plans, early_exit=rules)]
+        caps = {stage: profile.max_tokens_for(stage) for stage in stages}
+        budgets = None  # no caps: the run's budgets, and the keys of points recorded before caps existed
+        if method != "litestage-noexit" and any(cap is not None for cap in caps.values()):
+            budgets = {stage: context.max_tokens[stage] if cap is None else min(context.max_tokens[stage], cap)
+                       for stage, cap in caps.items()}
+        return [MethodPoint(method=name, count=total, plans=plans, early_exit=rules, max_tokens=budgets)]
 
     chosen = list(counts) if counts is not None else list(DEFAULT_SWEEPS[method])
     if not chosen:

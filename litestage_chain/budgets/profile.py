@@ -76,6 +76,8 @@ class TraceEntry(BaseModel):
     reused: bool = Field(False, description="result came from the results store, not a fresh evaluation")
     # the cost-aware search (cost_search.py) also records these; None in traces of the plain sweep
     early_exit: dict[str, EarlyExitConfig | None] | None = Field(None, description="each stage's early-exit rule")
+    max_tokens: dict[str, int | None] | None = Field(None, description="each stage's token cap (None: no cap); absent "
+                                                     "in traces of searches that tried no caps")
     predicted_seconds: float | None = Field(None, ge=0.0, description="latency predicted by the cost model")
     verdict: Literal["accept", "reject", "undecided"] | None = Field(None, description="the paired decision rule's")
     loss: float | None = Field(None, description="estimated loss against the full model (fraction)")
@@ -177,6 +179,10 @@ class Profile(BaseModel):
         """The early-exit rule of `stage` (None = run to EOS/stop/length)."""
         return self._stage(stage).early_exit
 
+    def max_tokens_for(self, stage: str) -> int | None:
+        """The token cap of `stage` (None = the call's own budget)."""
+        return self._stage(stage).max_tokens
+
     def budgets(self) -> StageBudgets:
         """What the chat model and the chain run with: each stage's plan and early exit, tied to these weights and to
         the format they were searched in."""
@@ -201,7 +207,8 @@ class Profile(BaseModel):
                 f"early exit window={early.window} threshold={early.threshold:g} min_tokens={early.min_tokens}"
                 if early is not None else "no early exit"
             )
-            lines.append(f"  {stage}: skip {settings.plan.num_skipped} ({settings.plan.describe()}), {exit_text}")
+            cap = f", at most {settings.max_tokens} tokens" if settings.max_tokens is not None else ""
+            lines.append(f"  {stage}: skip {settings.plan.num_skipped} ({settings.plan.describe()}), {exit_text}{cap}")
         if self.speed_check is not None:
             lines.append(f"  {self.speed_check.describe()}")
         lines.extend(f"  note: {line}" for line in self.notes.splitlines() if line.strip())

@@ -35,12 +35,21 @@ class ModelIdentity(BaseModel):
 
 
 class StageBudget(BaseModel):
-    """What one stage runs with: its skip plan and its early-exit rule (None = no early exit)."""
+    """What one stage runs with: its skip plan, its early-exit rule (None = no early exit) and its token cap.
+
+    The cap is searched beside the exit rule because on a CPU a batch decodes until its longest row ends: a rule that
+    ends rows anywhere from its minimum up saves less than a cap that ends every row at the same step, and on the
+    benchmark model a capped analysis kept the accuracy the rule kept (benchmarks/README.md, section 6).
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     plan: SkipPlan = Field(default_factory=SkipPlan)
     early_exit: EarlyExitConfig | None = None
+    max_tokens: int | None = Field(
+        None, ge=1, description="the most tokens the stage generates: caps whatever budget a call asks for (None: the "
+        "call's budget, e.g. the chain's default for the stage)",
+    )
 
 
 class StageBudgets(BaseModel):
@@ -83,6 +92,15 @@ class StageBudgets(BaseModel):
     def early_exit_for(self, stage: str) -> EarlyExitConfig | None:
         """The stage's early-exit rule; `None` both when it is off and when these budgets leave it to the model."""
         return self.budget_for(stage).early_exit
+
+    def max_tokens_for(self, stage: str) -> int | None:
+        """The stage's token cap (None: no cap beyond the call's own budget)."""
+        return self.budget_for(stage).max_tokens
+
+    def capped(self, stage: str, budget: int) -> int:
+        """A call's token budget under the stage's cap: the smaller of the two."""
+        cap = self.max_tokens_for(stage)
+        return budget if cap is None else min(budget, cap)
 
     def identity(self) -> dict[str, Any]:
         """Plain data that tells two budgets apart (for LangChain's cache keys and `_identifying_params`)."""

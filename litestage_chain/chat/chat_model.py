@@ -156,7 +156,9 @@ class ChatLiteStage(BaseChatModel):
     Budget resolution for a call, first match wins: `skip_plan=` passed to the call; the plan of the call's
     `stage` in `stage_profile`; the instance's `skip_plan`. Early exit likewise: `early_exit=` on the call; the
     profile's setting for the stage (a searched `Profile` always has one, `None` meaning off; a plain
-    `{stage: SkipPlan}` mapping has none); the instance's `early_exit`.
+    `{stage: SkipPlan}` mapping has none); the instance's `early_exit`. A profile's token cap for the stage goes
+    with its early exit (both say when the stage stops): while the profile's early exit applies, the call generates
+    at most the smaller of its `max_tokens` and the cap; a call passing `early_exit=` sets how it stops itself.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", protected_namespaces=())
@@ -348,6 +350,14 @@ class ChatLiteStage(BaseChatModel):
             early = self.early_exit
         return plan, early
 
+    def stage_cap(self, stage: str | None, **overrides: Any) -> int | None:
+        """The profile's token cap for a call with `stage`: applies where the profile's early exit does (see the
+        class docstring), None otherwise."""
+        budgets = self.stage_profile
+        if stage is None or budgets is None or not budgets.sets_early_exit or "early_exit" in overrides:
+            return None
+        return budgets.max_tokens_for(check_stage(stage))
+
     def prepare(
         self, messages: Sequence[BaseMessage], stop: list[str] | None = None, **kwargs: Any
     ) -> PreparedCall:
@@ -381,9 +391,13 @@ class ChatLiteStage(BaseChatModel):
             raise InvalidInputError("response_schema must be a JSON schema dict")
         if schema is None:
             schema = response_format_schema(kwargs.get("response_format"))
+        budget = kwargs.get("max_tokens", self.max_tokens)
+        cap = self.stage_cap(stage, **{k: kwargs[k] for k in ("early_exit",) if k in kwargs})
+        if cap is not None and isinstance(budget, int):
+            budget = min(budget, cap)
         try:
             config = GenerationConfig(
-                max_new_tokens=kwargs.get("max_tokens", self.max_tokens),
+                max_new_tokens=budget,
                 temperature=kwargs.get("temperature", self.temperature),
                 top_p=kwargs.get("top_p", self.top_p),
                 top_k=kwargs.get("top_k", self.top_k),

@@ -348,7 +348,9 @@ def _check_and_save(
     limit = getattr(args, "limit", None) or getattr(args, "check_limit", None)  # `check --limit`, `search --check-limit`
     if limit is not None:
         fitting = fitting[:limit]
-    check = check_speed(evaluator, plans, fitting, rounds=rounds, on_evaluation=report, early_exit=rules)
+    caps = {stage: profile.max_tokens_for(stage) for stage in profile.stages}  # likewise
+    check = check_speed(evaluator, plans, fitting, rounds=rounds, on_evaluation=report, early_exit=rules,
+                        max_tokens=caps)
     if getattr(args, "predict", False):
         with busy_cores_for(args, args.model or profile.model.name, model.weights) as busy:
             predicted_against_measured(model, plans, results, args.batch_size, rounds, out, busy=busy,

@@ -33,6 +33,7 @@ from litestage_chain.offline.cost_pipeline import (
     CALIBRATION_ROUNDS,
     cost_model_for,
     describe_candidate,
+    parse_cap_grid,
     parse_exit_grid,
     search_profile_cost_aware,
 )
@@ -47,8 +48,8 @@ def _counts(text: str) -> tuple[int, ...]:
         counts = tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"skip counts must be integers separated by commas, got {text!r}") from None
-    if not counts or min(counts) < 1:
-        raise argparse.ArgumentTypeError(f"skip counts must be >= 1, got {text!r}")
+    if not counts or min(counts) < 0:
+        raise argparse.ArgumentTypeError(f"skip counts must be >= 0, got {text!r}")
     return counts
 
 
@@ -62,10 +63,14 @@ def add_cost_aware_options(search: Any) -> None:
                         help="cost-aware: the loss's upper bound may exceed epsilon by this many points (default 3)")
     search.add_argument("--confidence", type=float, default=0.95, help="cost-aware: interval level (default 0.95)")
     search.add_argument("--counts", type=_counts, default=None, metavar="N,N,...",
-                        help="cost-aware: skip counts tried per stage (default 1,2,4,6,8,12,16,24,32)")
+                        help="cost-aware: skip counts tried per stage; 0 (nothing skipped) is always tried, and "
+                        "'0' alone tries only the exit rules and caps (default 1,2,4,6,8,12,16,24,32)")
     search.add_argument("--exit-grid", default="none;8,0.3,16;4,0.5,8", metavar="RULES",
                         help="cost-aware: early-exit rules tried with every count, 'none' or WINDOW,THRESHOLD,MIN "
                         "separated by ';' (default none;8,0.3,16;4,0.5,8)")
+    search.add_argument("--cap-grid", default="none", metavar="CAPS",
+                        help="cost-aware: token caps tried with every exit rule and count, 'none' (the stage's own "
+                        "budget) or a number of tokens, separated by ';', e.g. none;12;16;24 (default none)")
     search.add_argument("--chunk-size", type=int, default=25, metavar="N",
                         help="cost-aware: questions per chunk; a clearly worse candidate stops after one (default 25)")
     search.add_argument("--cost-rounds", type=int, default=2, metavar="N",
@@ -126,6 +131,7 @@ def run_cost_aware_search(
         config = CostSearchConfig(
             epsilon=args.epsilon, tolerance=args.tolerance / 100.0, confidence=args.confidence, metric=args.metric,
             counts=args.counts or DEFAULT_COUNTS, exit_grid=tuple(parse_exit_grid(args.exit_grid)),  # type: ignore[arg-type]
+            cap_grid=tuple(parse_cap_grid(args.cap_grid)),
             chunk_size=args.chunk_size, batch_size=args.batch_size, patience=args.patience, fixed=fixed,
         )
     except ValidationError as error:
@@ -175,8 +181,8 @@ def _fixed_stages(args: argparse.Namespace) -> tuple[Profile | None, dict[str, S
     if unknown or not searched:
         raise InvalidInputError(f"--search-stages takes stage names from {list(STAGES)}, got {args.search_stages!r}")
     profile = Profile.load(args.from_profile, model=args.model)
-    fixed = {stage: StageBudget(plan=profile.plan_for(stage), early_exit=profile.early_exit_for(stage))
-             for stage in STAGES if stage not in searched}
+    fixed = {stage: StageBudget(plan=profile.plan_for(stage), early_exit=profile.early_exit_for(stage),
+                                max_tokens=profile.max_tokens_for(stage)) for stage in STAGES if stage not in searched}
     return profile, fixed
 
 

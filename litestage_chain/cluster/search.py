@@ -56,6 +56,7 @@ class DistributedEvaluator:
         plans: Mapping[str, SkipPlan],
         questions: Sequence[Question],
         early_exit: Mapping[str, EarlyExitConfig | None] | None = None,
+        max_tokens: Mapping[str, int | None] | None = None,
     ) -> EvalResult:
         """`ChainEvaluator.evaluate`, each shard on its worker; the shards' results merged in question order."""
         if not questions:
@@ -64,13 +65,14 @@ class DistributedEvaluator:
         found: dict[int, tuple[EvalResult, WorkerInfo]] = {}
         plans = dict(plans)
         rules = dict(early_exit) if early_exit is not None else None
+        caps = dict(max_tokens) if max_tokens is not None else None
 
         def done(index: int, result: EvalResult, info: WorkerInfo) -> None:
             found[index] = (result, info)
 
         self.pool.farm(
             list(range(len(parts))),
-            lambda actor, index: actor.evaluate.remote(self.settings, plans, parts[index], rules),
+            lambda actor, index: actor.evaluate.remote(self.settings, plans, parts[index], rules, caps),
             done,
             affinity=lambda index: index,
         )

@@ -122,5 +122,6 @@ class ModelWorker:
         plans: Mapping[str, SkipPlan],
         questions: Sequence[Question],
         early_exit: Mapping[str, EarlyExitConfig | None] | None = None,
+        max_tokens: Mapping[str, int | None] | None = None,
     ) -> EvalResult:
-        return self._evaluator(settings).evaluate(dict(plans), list(questions), early_exit)
+        return self._evaluator(settings).evaluate(dict(plans), list(questions), early_exit, max_tokens)

@@ -134,7 +134,10 @@ def describe_candidate(candidate: Candidate, metric: str) -> str:
     """One line per candidate for a search's log: settings, verdict with the loss interval, predicted latency."""
     stage = candidate.stage or "full model"
     rule = candidate.early_exit.get(candidate.stage) if candidate.stage else None
+    cap = candidate.max_tokens.get(candidate.stage) if candidate.stage else None
     exit_text = f"exit {rule.window}/{rule.threshold:g}/{rule.min_tokens}" if rule else "no exit"
+    if cap is not None:
+        exit_text += f" cap {cap}"
     decided = candidate.comparison.describe() if candidate.comparison else f"{metric} reference"
     needed = f"; too small to decide, needs about {candidate.questions_needed} questions" if candidate.questions_needed else ""
     settings = f"skip {candidate.count:>2} {exit_text:>15}"
@@ -163,3 +166,24 @@ def parse_exit_grid(text: str) -> list[EarlyExitConfig | None]:
     if not rules:
         raise InvalidInputError(f"--exit-grid {text!r} names no rule")
     return rules
+
+
+def parse_cap_grid(text: str) -> list[int | None]:
+    """``none;16;32`` -> (None, 16, 32): the token caps tried with every exit rule (none: the stage's own budget)."""
+    caps: list[int | None] = []
+    for part in (p.strip() for p in text.replace(",", ";").split(";")):
+        if not part:
+            continue
+        if part.lower() == "none":
+            caps.append(None)
+            continue
+        try:
+            cap = int(part)
+        except ValueError:
+            raise InvalidInputError(f"token cap {part!r}: expected none or a whole number of tokens, e.g. 16") from None
+        if cap < 1:
+            raise InvalidInputError(f"token cap {part!r}: a stage must be allowed at least 1 token")
+        caps.append(cap)
+    if not caps:
+        raise InvalidInputError(f"--cap-grid {text!r} names no cap")
+    return caps

@@ -9,7 +9,9 @@ tries skipping an MLP, which holds most of a layer's weights. This search change
   the residual cosine similarity, over the sub-layer's share of the weights a decode step reads. Both kinds compete.
   Skip counts step finely near zero (1, 2, 4, 6, 8, 12, ...), and each count is tried with each early-exit rule of a
   small grid (window, threshold, minimum tokens), so a stage's exit rule is searched together with its skips; each
-  rule is also tried with nothing skipped (count 0), for stages that tolerate no skip.
+  rule is also tried with nothing skipped (count 0), for stages that tolerate no skip. A grid of token caps
+  (`cap_grid`) can be crossed with the rules: on a CPU a batch decodes until its longest row ends, so a cap that ends
+  every row at one step can save more than a confidence rule ending rows anywhere from its minimum up.
 * **Is it accurate enough.** Every candidate is compared with the full model question by question
   (`paired_decision`), evaluated in chunks and dropped at the first chunk where it is clearly worse; it is accepted
   only when, on the whole slice, its loss bound allows it. An undecided candidate is not accepted, and the search
@@ -59,7 +61,9 @@ DEFAULT_EXIT_GRID: tuple[EarlyExitConfig | None, ...] = (
 
 
 class RuleEvaluator(Protocol):
-    """Runs the chain with per-stage plans and early-exit rules (`ChainEvaluator` is one)."""
+    """Runs the chain with per-stage plans, early-exit rules and token caps (`ChainEvaluator` is one).
+
+    `max_tokens` is passed only when a cap is set, so an evaluator of a search that tries no caps may leave it out."""
 
     identity: str
 
@@ -68,7 +72,12 @@ class RuleEvaluator(Protocol):
         plans: Mapping[str, SkipPlan],
         questions: Sequence[Question],
         early_exit: Mapping[str, EarlyExitConfig | None] | None = None,
+        max_tokens: Mapping[str, int | None] | None = None,
     ) -> EvalResult: ...
+
+
+Caps = Mapping[str, int | None]
+"""Each stage's token cap (None: the evaluator's budget for it)."""
 
 
 def cost_aware_ranking(similarity: torch.Tensor, weights: Sequence[tuple[int, int]]) -> list[SubLayer]:
@@ -104,8 +113,13 @@ class CostSearchConfig(BaseModel):
     tolerance: float = Field(0.03, ge=0.0, le=1.0, description="how far above epsilon the loss's upper bound may be")
     confidence: float = Field(0.95, gt=0.5, lt=1.0)
     metric: MetricName = "accuracy"
-    counts: tuple[int, ...] = Field(DEFAULT_COUNTS, min_length=1, description="skip counts tried per stage")
+    counts: tuple[int, ...] = Field(DEFAULT_COUNTS, min_length=1, description="skip counts tried per stage (count 0, "
+                                    "nothing skipped, is always tried; (0,) tries only the exit rules and caps)")
     exit_grid: tuple[EarlyExitConfig | None, ...] = Field(DEFAULT_EXIT_GRID, min_length=1)
+    cap_grid: tuple[int | None, ...] = Field(
+        (None,), min_length=1, description="token caps tried with every exit rule and count (None: the stage's own "
+        "budget); the default tries no cap",
+    )
     chunk_size: int = Field(25, ge=1, description="questions per chunk; a clearly worse candidate stops after one")
     batch_size: int = Field(1, ge=1, description="questions decoded together: the latency predicted is at this size")
     patience: int = Field(2, ge=1, description="consecutive skip counts with no exit rule accepted end a stage's sweep")
@@ -123,6 +137,18 @@ class CostSearchConfig(BaseModel):
         if set(self.fixed) == set(self.stages):
             raise ValueError("every stage is fixed: nothing is left to search")
         return self
+
+    @model_validator(mode="after")
+    def _caps_are_positive(self) -> "CostSearchConfig":
+        bad = [cap for cap in self.cap_grid if cap is not None and cap < 1]
+        if bad:
+            raise ValueError(f"token caps must be >= 1 (or None for no cap), got {bad}")
+        return self
+
+    @property
+    def stops(self) -> list[tuple[EarlyExitConfig | None, int | None]]:
+        """Every (exit rule, cap) pair a stage is tried with at a count, rules first as given."""
+        return [(rule, cap) for rule in self.exit_grid for cap in dict.fromkeys(self.cap_grid)]
 
     @property
     def fixed_stages(self) -> list[str]:
@@ -142,6 +168,8 @@ class Candidate(BaseModel):
     count: int
     plans: dict[str, SkipPlan]
     early_exit: dict[str, EarlyExitConfig | None]
+    max_tokens: dict[str, int | None] = Field(default_factory=dict, description="each stage's token cap (missing or "
+                                              "None: no cap)")
     result: EvalResult
     comparison: PairedComparison | None
     verdict: Verdict
@@ -188,8 +216,8 @@ class CostSearchResult(BaseModel):
                  f"{self.config.batch_size} ({self.predicted_speedup:.2f}x)"]
         return Profile(
             model=model,
-            stages={s: StageBudget(plan=self.chosen.plans[s], early_exit=self.chosen.early_exit[s])
-                    for s in self.config.stages},
+            stages={s: StageBudget(plan=self.chosen.plans[s], early_exit=self.chosen.early_exit[s],
+                                   max_tokens=self.chosen.max_tokens.get(s)) for s in self.config.stages},
             epsilon=self.config.epsilon,
             metric=self.config.metric,
             questions=questions.model_copy(update={"fingerprint": self.questions_fingerprint}),
@@ -222,6 +250,7 @@ def _trace_entry(candidate: Candidate, metric: MetricName, reference: Mapping[st
         meets_target=candidate.verdict == "accept",
         chosen=chosen,
         early_exit=candidate.early_exit,
+        max_tokens=dict(candidate.max_tokens) if _any_cap(candidate.max_tokens) else None,
         predicted_seconds=candidate.predicted_seconds,
         verdict=candidate.verdict,
         loss=candidate.comparison.loss if candidate.comparison else None,
@@ -244,6 +273,17 @@ def exit_rules_key(early_exit: Mapping[str, EarlyExitConfig | None]) -> str:
     return "exit-" + hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def caps_key(caps: Caps) -> str:
+    """The part of a chunk's store identity that names its per-stage token caps (`caps-<digest>`); absent from the
+    identity of a chunk run without caps, so every result stored before caps were searched keeps its key."""
+    payload = {s: c for s, c in sorted(caps.items()) if c is not None}
+    return "caps-" + hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _any_cap(caps: Caps) -> bool:
+    return any(cap is not None for cap in caps.values())
+
+
 class _Runner:
     """Evaluates candidates chunk by chunk through the store, deciding after each chunk."""
 
@@ -262,22 +302,27 @@ class _Runner:
         self.gold = None if config.metric == "agreement" else {q.id: q.answer for q in self.questions}
         self.evaluations = 0
 
-    def _identity(self, early_exit: Mapping[str, EarlyExitConfig | None]) -> str:
-        """The store identity of a chunk evaluated with these exit rules."""
-        return f"{self.evaluator.identity}:{exit_rules_key(early_exit)}"
+    def _identity(self, early_exit: Mapping[str, EarlyExitConfig | None], caps: Caps | None = None) -> str:
+        """The store identity of a chunk evaluated with these exit rules and caps."""
+        identity = f"{self.evaluator.identity}:{exit_rules_key(early_exit)}"
+        return identity + f":{caps_key(caps)}" if caps and _any_cap(caps) else identity
 
-    def _chunk(self, index: int, plans: Mapping[str, SkipPlan], early_exit: Mapping[str, EarlyExitConfig | None]) -> EvalResult:
-        identity = self._identity(early_exit)
+    def _chunk(
+        self, index: int, plans: Mapping[str, SkipPlan], early_exit: Mapping[str, EarlyExitConfig | None],
+        caps: Caps | None = None,
+    ) -> EvalResult:
+        caps = dict(caps or {})
+        identity = self._identity(early_exit, caps)
         cached = self.store.lookup(plans, self.fingerprints[index], identity)
         if cached is not None and _has_contexts(cached):
             return cached
-        same = self._without_a_rule_that_cannot_fire(index, plans, early_exit)
+        same = self._without_a_stop_that_cannot_fire(index, plans, early_exit, caps)
         if same is not None:
-            stage, base = same
-            self.store.put(plans, self.fingerprints[index], identity, base,
-                           same_as=f"the {stage} stage without its exit rule: no row reached the rule's first check")
+            reason, base = same
+            self.store.put(plans, self.fingerprints[index], identity, base, same_as=reason)
             return base
-        result = self.evaluator.evaluate(dict(plans), self.chunks[index], dict(early_exit))
+        extra = {"max_tokens": caps} if _any_cap(caps) else {}  # an evaluator of a search without caps needs no cap
+        result = self.evaluator.evaluate(dict(plans), self.chunks[index], dict(early_exit), **extra)
         missing = [q.id for q in self.chunks[index] if q.id not in result.answers]
         if missing:
             raise InvalidInputError(f"the evaluator returned no answer for question(s) {missing[:5]}")
@@ -288,25 +333,33 @@ class _Runner:
         self.store.put(plans, self.fingerprints[index], identity, result, **provenance)
         return result
 
-    def _without_a_rule_that_cannot_fire(
-        self, index: int, plans: Mapping[str, SkipPlan], early_exit: Mapping[str, EarlyExitConfig | None],
+    def _without_a_stop_that_cannot_fire(
+        self, index: int, plans: Mapping[str, SkipPlan], early_exit: Mapping[str, EarlyExitConfig | None], caps: Caps,
     ) -> tuple[str, EvalResult] | None:
-        """A stored chunk result this evaluation would reproduce exactly, with the stage it was found through.
+        """A stored chunk result this evaluation would reproduce exactly, with why it is the same.
 
-        An exit rule first looks at a row after max(window, min_tokens) tokens. If, with the same plans and rules but
-        that stage's rule removed, every row of the stage ended before that many tokens, the rule never stops a row:
-        every token, the batch's shrinking and so every later stage come out the same. Short stages gain: on the
-        CSQA logs, about a fifth of summary chunks (8 tokens mostly, but a few rows run to the 24-token budget).
+        An exit rule first looks at a row after max(window, min_tokens) tokens, and a cap stops a row at its
+        count. If, with the same settings but that stage's rule (or cap) removed, every row of the stage ended before
+        that many tokens, the rule (cap) never stops a row: every token, the batch's shrinking and so every later
+        stage come out the same. Short stages gain: on the CSQA logs, about a fifth of summary chunks (8 tokens
+        mostly, but a few rows run to the 24-token budget).
         """
+        alternatives: list[tuple[str, str, Mapping[str, EarlyExitConfig | None], Caps, int]] = []
         for stage, rule in early_exit.items():
-            if rule is None:
-                continue
-            base = self.store.lookup(plans, self.fingerprints[index], self._identity({**early_exit, stage: None}))
+            if rule is not None:
+                alternatives.append((stage, f"the {stage} stage without its exit rule: no row reached the rule's first "
+                                     "check", {**early_exit, stage: None}, caps, max(rule.window, rule.min_tokens)))
+        for stage, cap in caps.items():
+            if cap is not None:
+                alternatives.append((stage, f"the {stage} stage without its cap: no row reached {cap} tokens",
+                                     early_exit, {**caps, stage: None}, cap))
+        for stage, reason, rules, other_caps, first_stop in alternatives:
+            base = self.store.lookup(plans, self.fingerprints[index], self._identity(rules, other_caps))
             if base is None or not _has_contexts(base):
                 continue
             rows = [row for row in base.tokens.get(stage) or [] if row is not None]
-            if rows and max(row[1] for row in rows) < max(rule.window, rule.min_tokens):
-                return stage, base
+            if rows and max(row[1] for row in rows) < first_stop:
+                return reason, base
         return None
 
     def predict(self, plans: Mapping[str, SkipPlan], result: EvalResult) -> float:
@@ -321,13 +374,14 @@ class _Runner:
 
     def candidate(
         self, stage: str, count: int, plans: Mapping[str, SkipPlan], early_exit: Mapping[str, EarlyExitConfig | None],
-        full: Candidate, *, kept: bool = False,
+        full: Candidate, *, caps: Caps | None = None, kept: bool = False,
     ) -> Candidate:
         parts: list[EvalResult] = []
         verdict: Verdict = "undecided"
         comparison: PairedComparison | None = None
+        caps = {s: c for s, c in (caps or {}).items() if c is not None}
         for index in range(len(self.chunks)):
-            parts.append(self._chunk(index, plans, early_exit))
+            parts.append(self._chunk(index, plans, early_exit, caps))
             seen = [q.id for chunk in self.chunks[: index + 1] for q in chunk]
             answers = {qid: a for part in parts for qid, a in part.answers.items()}
             comparison = compare_answers(full.result.answers, answers, self.gold, seen, self.rule.confidence)
@@ -338,8 +392,8 @@ class _Runner:
         assert comparison is not None
         result = merge_results(parts)
         needed = self.rule.questions_needed(comparison) if verdict == "undecided" else 0
-        return Candidate(stage=stage, count=count, plans=dict(plans), early_exit=dict(early_exit), result=result,
-                         comparison=comparison, verdict=verdict, predicted_seconds=self.predict(plans, result),
+        return Candidate(stage=stage, count=count, plans=dict(plans), early_exit=dict(early_exit), max_tokens=caps,
+                         result=result, comparison=comparison, verdict=verdict, predicted_seconds=self.predict(plans, result),
                          questions_needed=needed, kept=kept)
 
 
@@ -359,9 +413,9 @@ def search_cost_aware(
         raise InvalidInputError("the search needs at least one question")
     if not ranking:
         raise InvalidInputError("the importance ranking is empty")
-    too_many = [c for c in config.counts if c > len(ranking) or c < 1]
+    too_many = [c for c in config.counts if c > len(ranking) or c < 0]
     if too_many:
-        raise InvalidInputError(f"skip counts {too_many} are outside 1..{len(ranking)} (the ranked sub-layers)")
+        raise InvalidInputError(f"skip counts {too_many} are outside 0..{len(ranking)} (the ranked sub-layers)")
     if config.metric == "accuracy" and any(q.answer is None for q in questions):
         raise InvalidInputError("metric 'accuracy' needs every question labelled; use metric='agreement'")
     runner = _Runner(evaluator, questions, store if store is not None else ResultsStore(), costs, config)
@@ -389,10 +443,11 @@ def search_cost_aware(
     order = sorted((s for s in config.stages if s not in config.fixed), key=lambda stage: -stage_seconds[stage])
     plans = {**full.plans, **{stage: budget.plan for stage, budget in config.fixed.items()}}
     rules = {**full.early_exit, **{stage: budget.early_exit for stage, budget in config.fixed.items()}}
+    caps: dict[str, int | None] = {stage: budget.max_tokens for stage, budget in config.fixed.items()}
     current = full
     candidates = [full]
     if config.fixed:  # the fixed stages with the others at the full model: where the searched stages start from
-        current = runner.candidate("+".join(config.fixed_stages), 0, plans, rules, full, kept=True)
+        current = runner.candidate("+".join(config.fixed_stages), 0, plans, rules, full, caps=caps, kept=True)
         candidates.append(current)
         report(current)
         if current.verdict != "accept":
@@ -408,12 +463,15 @@ def search_cost_aware(
         # they do not count towards the patience that ends the sweep. A count fails when no rule is accepted with it:
         # rejected, or undecided on the whole slice (which took every question to find out, and skipping more does
         # not make a plan more accurate), so a slice too small for a stage's flips does not sweep every count.
-        for count in (0, *sorted(set(config.counts))):
+        # A stop is an (exit rule, token cap) pair; count 0 leaves out the stage's current stop and "no rule, no cap".
+        current_stop = (rules[stage], caps.get(stage))
+        for count in sorted({0, *config.counts}):
             plan = plan_for_count(ranking, count)
             outcomes = []
-            exit_rules = config.exit_grid if count else [r for r in config.exit_grid if r not in (None, rules[stage])]
-            for rule_option in exit_rules:
-                candidate = runner.candidate(stage, count, {**plans, stage: plan}, {**rules, stage: rule_option}, full)
+            stops = config.stops if count else [s for s in config.stops if s not in ((None, None), current_stop)]
+            for rule_option, cap in stops:
+                candidate = runner.candidate(stage, count, {**plans, stage: plan}, {**rules, stage: rule_option}, full,
+                                             caps={**caps, stage: cap})
                 candidates.append(candidate)
                 outcomes.append(candidate.verdict)
                 report(candidate)
@@ -429,6 +487,7 @@ def search_cost_aware(
         current = min(options, key=lambda c: (c.predicted_seconds, c.count))
         plans[stage] = current.plans[stage]
         rules[stage] = current.early_exit[stage]
+        caps[stage] = current.max_tokens.get(stage)
     return CostSearchResult(
         config=config, ranking=list(ranking), stage_order=order, full=full, chosen=current, candidates=candidates,
         questions_fingerprint=question_fingerprint(questions), evaluations=runner.evaluations, caveats=caveats,

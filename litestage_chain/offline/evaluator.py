@@ -216,13 +216,16 @@ class ChainEvaluator:
     def early_exit_for(self, stage: str) -> EarlyExitConfig | None:
         return self.early_exit[check_stage(stage)]
 
-    def _node(self, stage: Stage, plan: SkipPlan, early_exit: EarlyExitConfig | None, name: str) -> CachedStage:
+    def _node(
+        self, stage: Stage, plan: SkipPlan, early_exit: EarlyExitConfig | None, name: str, cap: int | None = None,
+    ) -> CachedStage:
+        budget = self.max_tokens[stage] if cap is None else min(self.max_tokens[stage], cap)
         node = stage_node(
-            self.chat, stage, self.prompts, num_shots=self.num_shots, max_tokens=self.max_tokens[stage],
+            self.chat, stage, self.prompts, num_shots=self.num_shots, max_tokens=budget,
             skip_plan=plan, early_exit=early_exit, name=name, context=self.context,
         )
         settings = {"plan": plan.model_dump(mode="json"), "early_exit": early_exit.model_dump() if early_exit else None,
-                    "max_tokens": self.max_tokens[stage]}
+                    "max_tokens": budget}
         if self.context != "separate":
             settings["context"] = self.context
         if reads_earlier_kv(self.context, stage):
@@ -234,10 +237,12 @@ class ChainEvaluator:
         plans: Mapping[str, SkipPlan],
         questions: Sequence[Question],
         early_exit: Mapping[str, EarlyExitConfig | None] | None = None,
+        max_tokens: Mapping[str, int | None] | None = None,
     ) -> list[State]:
         """Chain states (question + every stage's output) for `questions` under `plans`, stage by stage.
 
-        `early_exit` overrides the evaluator's early-exit rule of the stages it names (the search tries several).
+        `early_exit` overrides the evaluator's early-exit rule of the stages it names (the search tries several);
+        `max_tokens` caps the token budgets of the stages it names (None: the evaluator's budget).
 
         In a format that reuses the context cache (shared, continued) the model's context cache is emptied first but
         for the few-shot prefixes (pinned by the calls that computed them), so each run pays what a serving process
@@ -247,6 +252,7 @@ class ChainEvaluator:
         model time either way), and kept for its later runs.
         """
         rules = {**self.early_exit, **_per_stage_early_exit(early_exit)} if early_exit is not None else self.early_exit
+        caps = _per_stage_caps(max_tokens)
         missing = [stage for stage in STAGES if stage not in plans]
         if missing:
             raise InvalidInputError(f"no plan given for stage(s) {missing}")
@@ -256,7 +262,7 @@ class ChainEvaluator:
             self.model.context_cache.clear(keep_pinned=True)
         states: list[State] = [{"question": q, "started": time.perf_counter()} for q in questions]
         for stage in STAGES:
-            outputs = self._node(stage, plans[stage], rules[stage], stage).batch(states)
+            outputs = self._node(stage, plans[stage], rules[stage], stage, caps[stage]).batch(states)
             states = [{**state, stage: output} for state, output in zip(states, outputs, strict=True)]
         return states
 
@@ -265,13 +271,15 @@ class ChainEvaluator:
         plans: Mapping[str, SkipPlan],
         questions: Sequence[Question],
         early_exit: Mapping[str, EarlyExitConfig | None] | None = None,
+        max_tokens: Mapping[str, int | None] | None = None,
     ) -> EvalResult:
-        """Run the chain with `plans` (and `early_exit` overriding the evaluator's rules of the stages it names)."""
+        """Run the chain with `plans` (`early_exit` overriding the evaluator's rules of the stages it names, and
+        `max_tokens` capping their token budgets)."""
         if not questions:
             raise InvalidInputError("no questions to evaluate")
         if not self.reuse_outputs:
             self._cache.clear()
-        states = self.run_stages(plans, questions, early_exit)
+        states = self.run_stages(plans, questions, early_exit, max_tokens)
         fallback = self._node("summary", SkipPlan(), None, "summary_fallback") if self.fallback else None
         results: list[ReasoningResult] = FinalizeStep(fallback).batch(states)
         return summarise(results, questions, self.context)
@@ -327,6 +335,20 @@ def _row_tokens(output: StageOutput, earlier: StageOutput | None = None) -> tupl
 def _earlier(result: ReasoningResult, stage: Stage, context: ContextFormat) -> StageOutput | None:
     """The stage whose sequence `stage` continues in `context`, or None (it starts its own)."""
     return result.stages[STAGES[STAGES.index(stage) - 1]] if reads_earlier_kv(context, stage) else None
+
+
+def _per_stage_caps(value: Mapping[str, int | None] | None) -> dict[Stage, int | None]:
+    """`{stage: cap}` for every stage (None: uncapped); a cap below 1 is an error naming the stage."""
+    caps: dict[Stage, int | None] = {stage: None for stage in STAGES}
+    if value is None:
+        return caps
+    if not isinstance(value, Mapping):
+        raise InvalidInputError(f"max_tokens must be a mapping stage -> token cap (or None), got {value!r}")
+    for stage, cap in value.items():
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+            raise InvalidInputError(f"the token cap of stage {stage!r} must be an integer >= 1 or None, got {cap!r}")
+        caps[check_stage(stage)] = cap
+    return caps
 
 
 def _per_stage_early_exit(

@@ -30,6 +30,7 @@ class FreshEvaluator(Protocol):
     def evaluate(
         self, plans: Mapping[str, SkipPlan], questions: Sequence[Question],
         early_exit: Mapping[str, EarlyExitConfig | None] | None = None,
+        max_tokens: Mapping[str, int | None] | None = None,
     ) -> EvalResult: ...
 
 
@@ -40,12 +41,14 @@ def check_speed(
     rounds: int = 2,
     on_evaluation: Callable[[str, EvalResult], None] | None = None,
     early_exit: Mapping[str, EarlyExitConfig | None] | None = None,
+    max_tokens: Mapping[str, int | None] | None = None,
 ) -> SpeedCheck:
     """Evaluate the full model and `plans` `rounds` times each, alternating which goes first, and compare medians.
 
     The plans run with their `early_exit` rules and the full model with none, whatever rules the evaluator was
     built with: the full model is what a speedup is measured against, and a check that let it exit early too
     would measure only what the skipped sub-layers add (a CSQA check once said 1.03x for a 1.25x plan that way).
+    Likewise the plans' token caps (`max_tokens`, per stage) apply to the plans' side only.
     """
     if rounds < 1:
         raise InvalidInputError(f"the speed check needs at least one round, got {rounds}")
@@ -53,16 +56,19 @@ def check_speed(
         raise InvalidInputError("the speed check needs at least one question")
     if evaluator.reuse_outputs:
         raise InvalidInputError("the speed check needs an evaluator that times every stage afresh (reuse_outputs=False)")
-    sides: dict[str, tuple[Mapping[str, SkipPlan], dict[str, EarlyExitConfig | None]]] = {
-        "full": ({stage: SkipPlan() for stage in plans}, {stage: None for stage in plans}),
-        "plans": (plans, {stage: (early_exit or {}).get(stage) for stage in plans}),
+    sides: dict[str, tuple[Mapping[str, SkipPlan], dict[str, EarlyExitConfig | None], dict[str, int | None] | None]]
+    sides = {
+        "full": ({stage: SkipPlan() for stage in plans}, {stage: None for stage in plans}, None),
+        "plans": (plans, {stage: (early_exit or {}).get(stage) for stage in plans},
+                  dict(max_tokens) if max_tokens and any(v is not None for v in max_tokens.values()) else None),
     }
     results: dict[str, list[EvalResult]] = {"full": [], "plans": []}
     for round_number in range(rounds):
         order = ("full", "plans") if round_number % 2 == 0 else ("plans", "full")
         for side in order:
-            side_plans, rules = sides[side]
-            result = evaluator.evaluate(side_plans, questions, rules)
+            side_plans, rules, caps = sides[side]
+            result = (evaluator.evaluate(side_plans, questions, rules, caps) if caps is not None
+                      else evaluator.evaluate(side_plans, questions, rules))
             results[side].append(result)
             if on_evaluation is not None:
                 on_evaluation(side, result)

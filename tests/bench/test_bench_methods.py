@@ -133,6 +133,22 @@ def test_litestage_uses_the_profile_with_and_without_early_exit() -> None:
         method_points("litestage", context(num_layers=3, profile=profile()))
 
 
+def test_litestage_runs_the_profiles_token_caps_with_its_exit_rules() -> None:
+    base = profile()
+    capped = base.model_copy(update={"stages": {**base.stages, "analysis": base.stages["analysis"].model_copy(
+        update={"max_tokens": 16})}})
+    ctx = context(profile=capped, max_tokens={"recall": 64, "analysis": 160, "summary": 12})
+    (with_exit,) = method_points("litestage", ctx)
+    (no_skip,) = method_points("litestage-noskip", ctx)
+    (without,) = method_points("litestage-noexit", ctx)
+    assert with_exit.max_tokens == no_skip.max_tokens == {"recall": 64, "analysis": 16, "summary": 12}
+    assert without.max_tokens is None, "no exit rules, no caps: both say when a stage stops"
+    assert method_points("litestage", context(profile=capped, max_tokens={**ctx.max_tokens, "analysis": 8}))[
+        0].max_tokens["analysis"] == 8, "a run's budget below the cap stays"
+    # a profile without caps gives the points (and keys) it gave before caps existed
+    assert method_points("litestage", context(profile=base))[0].max_tokens is None
+
+
 def test_adaskip_points_carry_the_joint_ranking_and_norm_ratio_compensation() -> None:
     calibration = AdaSkipCalibration(similarity=[(0.9, 0.5)] * LAYERS,
                                      norm_ratio=[(1.0 + 0.1 * i, 2.0 + 0.1 * i) for i in range(LAYERS)], prompts=1)

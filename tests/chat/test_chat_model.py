@@ -18,7 +18,7 @@ from langchain_core.runnables import ConfigurableField
 from pydantic import ValidationError
 
 from litestage_chain import EarlyExitConfig, InvalidInputError, LoadedModel, SkipPlan
-from litestage_chain.budgets.stage_budgets import StageBudgets
+from litestage_chain.budgets.stage_budgets import StageBudget, StageBudgets
 from litestage_chain.chat.chat_model import ChatLiteStage
 
 
@@ -149,6 +149,24 @@ def test_stage_profile_resolution(tiny_llama: LoadedModel) -> None:
         llm.bind(stage="analysis").invoke("x")
     with pytest.raises(InvalidInputError, match="unknown stage 'reasoning'"):
         llm.bind(stage="reasoning").invoke("x")
+
+
+def test_a_profiles_token_cap_bounds_its_stage_calls(tiny_llama: LoadedModel) -> None:
+    """A searched cap goes with the profile's early exit: the call gets the smaller of its budget and the cap, other
+    stages keep theirs, and a call that sets its own early exit sets how it stops (no cap)."""
+    budgets = StageBudgets(stages={"recall": StageBudget(), "analysis": StageBudget(max_tokens=3)})
+    llm = ChatLiteStage(model=tiny_llama, max_tokens=10, stage_profile=budgets)
+
+    def generated(**call: object) -> int:
+        return llm.bind(**call).invoke("hello").usage_metadata["output_tokens"]
+
+    uncapped = generated(stage="recall")
+    assert uncapped > 3, "the tiny model must write past the cap for this test to see it"
+    assert generated(stage="analysis") == 3
+    assert generated(stage="analysis", max_tokens=2) == 2, "a smaller budget than the cap still wins"
+    assert generated(stage="analysis", early_exit=None) == uncapped
+    with pytest.raises(ValueError):
+        StageBudget(max_tokens=0)
 
 
 def test_profile_object_plugs_in(tiny_llama: LoadedModel) -> None:

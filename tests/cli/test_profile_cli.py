@@ -252,11 +252,17 @@ def test_cost_aware_search_writes_a_profile_with_its_resolution_and_resumes(
 
 def test_cost_aware_options_are_checked(tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
-        parse(["profile", "search", "--benchmark", "csqa", "--out", "x.json", "--counts", "0,2"])
+        parse(["profile", "search", "--benchmark", "csqa", "--out", "x.json", "--counts", "-1,2"])
+    assert parse(["profile", "search", "--benchmark", "csqa", "--out", "x.json", "--counts", "0"]).counts == (0,)
     args = parse(["profile", "search", "--search", "cost-aware", "--benchmark", "csqa", "--out",
                   str(tmp_path / "x.json"), "--exit-grid", "8,0.3"])
     with pytest.raises(InvalidInputError, match="WINDOW,THRESHOLD,MIN_TOKENS"):
         args.handler(args, out=io.StringIO())
+    for grid, problem in (("none;0", "at least 1 token"), ("16;x", "whole number"), (";", "names no cap")):
+        args = parse(["profile", "search", "--search", "cost-aware", "--benchmark", "csqa", "--out",
+                      str(tmp_path / "x.json"), "--cap-grid", grid])
+        with pytest.raises(InvalidInputError, match=problem):
+            args.handler(args, out=io.StringIO())
 
 
 def test_show_picks_a_models_shipped_profiles() -> None:

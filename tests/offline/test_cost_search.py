@@ -160,7 +160,7 @@ def test_profile_keeps_rules_verdicts_and_predictions() -> None:
 
 
 def test_bad_settings_are_rejected_with_a_clear_message() -> None:
-    with pytest.raises(InvalidInputError, match="outside 1..16"):
+    with pytest.raises(InvalidInputError, match="outside 0..16"):
         search_cost_aware(StubChain(), QUESTIONS, RANKING, CostModel(timer, "t"), CONFIG.model_copy(update={"counts": (1, 40)}))
     with pytest.raises(InvalidInputError, match="at least one question"):
         search_cost_aware(StubChain(), [], RANKING, CostModel(timer, "t"), CONFIG)
@@ -256,3 +256,73 @@ def plan_for(count: int) -> SkipPlan:
     from litestage_chain.offline.importance import plan_for_count
 
     return plan_for_count(RANKING, count)
+
+
+class CappedChain(StubChain):
+    """The stub with token caps: a capped stage writes at most its cap; an analysis cut below 16 tokens loses 30
+    points of the full model's right answers (it stops before its reasoning reaches the options)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.caps: list[dict[str, int | None] | None] = []
+
+    def evaluate(
+        self, plans: Mapping[str, SkipPlan], questions: Sequence[Question],
+        early_exit: Mapping[str, EarlyExitConfig | None] | None = None,
+        max_tokens: Mapping[str, int | None] | None = None,
+    ) -> EvalResult:
+        self.caps.append(dict(max_tokens) if max_tokens is not None else None)
+        caps = dict(max_tokens or {})
+        analysis_cap = caps.get("analysis")
+        with pytest.MonkeyPatch.context() as patch:
+            if analysis_cap is not None and analysis_cap < 16:
+                patch.setitem(EXIT_DROP, "analysis", 0.3)  # reuse the stub's drop table: a "rule" that costs 30
+                result = super().evaluate(plans, questions, {**(early_exit or {}), "analysis": EXIT})
+            else:
+                result = super().evaluate(plans, questions, early_exit)
+        tokens = {s: [(row[0], min(row[1], caps[s]) if caps.get(s) else row[1], row[2]) if row else row for row in rows]
+                  for s, rows in result.tokens.items()}
+        return result.model_copy(update={"tokens": tokens})
+
+
+def test_token_caps_are_searched_beside_the_exit_rules(tmp_path: Path) -> None:
+    """With counts (0,) and a cap grid, the analysis is tried at each cap with nothing skipped: the smallest cap
+    that keeps accuracy wins and is written into the profile; a cap above every row's length reuses the uncapped
+    evaluation; chunks without caps keep the store identity they had before caps existed."""
+    from litestage_chain.budgets.stage_budgets import StageBudget
+    from litestage_chain.offline.cost_search import exit_rules_key
+
+    fixed = {"recall": StageBudget(), "summary": StageBudget()}
+    config = CONFIG.model_copy(update={"counts": (0,), "exit_grid": (None,), "cap_grid": (None, 8, 16, 32, 400),
+                                       "fixed": fixed})
+    chain = CappedChain()
+    store_path = tmp_path / "search.jsonl"
+    result = search_cost_aware(chain, QUESTIONS, RANKING, CostModel(timer, "t", rounds=1), config,
+                               store=ResultsStore(store_path))
+    analysis = {c.max_tokens.get("analysis"): c for c in result.candidates if c.stage == "analysis"}
+    assert set(analysis) == {8, 16, 32, 400} and all(c.count == 0 for c in analysis.values())
+    assert analysis[8].verdict == "reject" and analysis[16].verdict == "accept" and analysis[32].verdict == "accept"
+    assert result.chosen.max_tokens == {"analysis": 16} and result.chosen.plans["analysis"].is_empty
+    assert result.predicted_speedup > 1.0
+    # the cap of 400 is above the analysis's 120 tokens: the evaluation without it is reused, not run again
+    assert {400} & {c.get("analysis") for c in chain.caps if c} == set()
+    assert analysis[400].result == result.candidates[1].result
+    # uncapped evaluations are asked without max_tokens and stored under the identity they always had
+    assert chain.caps[0] is None
+    lines = store_path.read_text().splitlines()
+    plain = f'"{StubChain.identity}:{exit_rules_key({s: None for s in TOKENS})}"'
+    assert any(plain in line for line in lines) and any(":caps-" in line for line in lines)
+
+    profile = result.to_profile(model=ModelIdentity(name="stub", weights_sha256="0" * 64),
+                                questions=SearchedQuestions(benchmark="csqa", split="train", size=len(QUESTIONS)),
+                                context="continued")
+    again = Profile.from_json(profile.to_json())
+    assert again.max_tokens_for("analysis") == 16 and again.max_tokens_for("recall") is None
+    assert "at most 16 tokens" in again.describe()
+    assert [e.max_tokens for e in again.trace if e.chosen] == [{"analysis": 16}]
+    # the budgets a chain runs with carry the cap: a call's budget is the smaller of its own and the cap
+    budgets = again.budgets()
+    assert budgets.capped("analysis", 160) == 16 and budgets.capped("analysis", 10) == 10
+    assert budgets.capped("summary", 24) == 24
+    with pytest.raises(ValueError, match=">= 1"):
+        CostSearchConfig(cap_grid=(0,))

@@ -107,6 +107,22 @@ def test_outputs_can_be_timed_afresh_in_every_evaluation(lm) -> None:
     assert evaluator(lm, reuse_outputs=False).identity != evaluator(lm).identity
 
 
+def test_an_evaluation_can_cap_a_stages_tokens(lm) -> None:
+    """`max_tokens` per evaluation caps the stages it names (the search tries caps with one evaluator): the capped
+    stage is decoded again, at most the cap long, the stages before it are reused."""
+    ev = evaluator(lm, fallback=False)
+    full = ev.run_stages(FULL, questions())
+    assert max(s["analysis"].generated_tokens for s in full) > 2, "the tiny model must write past the cap"
+    capped = ev.run_stages(FULL, questions(), max_tokens={"analysis": 2})
+    assert all(s["analysis"].generated_tokens <= 2 for s in capped)
+    assert [s["recall"].text for s in capped] == [s["recall"].text for s in full]
+    assert ev.generated["recall"] == 3 and ev.generated["analysis"] == 6
+    assert ev.run_stages(FULL, questions(), max_tokens={"analysis": 10**6})[0]["analysis"] == full[0]["analysis"]
+    for bad in ({"analysis": 0}, {"verify": 4}, {"analysis": "8"}):
+        with pytest.raises(InvalidInputError, match="cap|unknown stage"):
+            ev.evaluate(FULL, questions(), max_tokens=bad)
+
+
 def test_identity_tracks_what_changes_results(lm) -> None:
     base = evaluator(lm).identity
     assert evaluator(lm).identity == base
