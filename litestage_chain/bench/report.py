@@ -58,6 +58,8 @@ class PointSummary(BaseModel):
     speedup_ci_high: float | None = Field(None, description="97.5th percentile of the mean speedup, paired bootstrap")
     tokens: dict[str, float] = Field(description="mean generated tokens per question, per stage and fallback")
     stage_seconds: dict[str, float] = Field(description="mean engine seconds per question, per stage and fallback")
+    early_exits: dict[str, int] = Field(default_factory=dict, description="questions whose stage the confidence rule "
+                                        "ended, per stage (a stage stopped by its token budget is not counted)")
     fallback_rate: float
     unanswered_rate: float
     lost: int | None = Field(None, description="questions the full model got right and this point wrong (paired)")
@@ -123,6 +125,7 @@ def summarise(
             **dict(zip(("speedup_ci_low", "speedup_ci_high"), speedup_interval(base, own), strict=True)),
             tokens={c: fmean(r.stages[c].tokens if c in r.stages else 0 for r in group) for c in columns},
             stage_seconds={c: fmean(r.stages[c].seconds if c in r.stages else 0.0 for r in group) for c in columns},
+            early_exits={c: sum(1 for r in group if c in r.stages and r.stages[c].early_exited) for c in columns},
             fallback_rate=fmean(1.0 if r.fallback_used else 0.0 for r in group),
             unanswered_rate=fmean(1.0 if r.answer is None else 0.0 for r in group),
             **(_paired_fields(paired) if paired is not None else {}),
@@ -197,6 +200,19 @@ def markdown_table(rows: Sequence[PointSummary], reference: str = "full") -> str
     return "\n".join(lines) + "\n"
 
 
+def stage_table(rows: Sequence[PointSummary]) -> str:
+    """Where each point's time goes: mean engine seconds per question in each stage and the fallback, and how many
+    questions each stage's early-exit rule ended (what a speedup is made of, without re-reading the records)."""
+    header = ("| point | recall s | analysis s | summary s | fallback s | early exits R/A/S | tokens R/A/S/fallback |")
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for row in rows:
+        seconds = " | ".join(f"{row.stage_seconds.get(c, 0.0):.2f}" for c in TOKEN_COLUMNS)
+        exits = "/".join(f"{row.early_exits.get(c, 0)}" for c in TOKEN_COLUMNS[:3])
+        tokens = "/".join(f"{row.tokens.get(c, 0.0):.1f}" for c in TOKEN_COLUMNS)
+        lines.append(f"| {row.point} | {seconds} | {exits} of {row.questions} | {tokens} |")
+    return "\n".join(lines) + "\n"
+
+
 def _loss(row: PointSummary, reference: str) -> str:
     """E.g. '+0.5 +- 1.9 (2/1)': points lost (negative: gained) with the 95% half-width; 'reference' for the
     reference point, '' for unlabelled questions."""
@@ -259,7 +275,9 @@ def write_report(
         f"in that reasoning format) on the questions a point shares with it.\n\n" + markdown_table(table, label)
         for label, table in (against or {}).items()
     )
-    md_path.write_text(title + notes + markdown_table(rows) + others, encoding="utf-8")
+    per_stage = "\n## Per stage\n\nMean engine seconds per question in each stage (batched rows: each row's prefill and " \
+        "decoding until it finished), and the questions whose stage ended by its early-exit rule.\n\n" + stage_table(rows)
+    md_path.write_text(title + notes + markdown_table(rows) + per_stage + others, encoding="utf-8")
     return json_path, md_path
 
 

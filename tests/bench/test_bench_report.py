@@ -8,7 +8,7 @@ import pytest
 
 from litestage_chain import InvalidInputError
 from litestage_chain.bench.records import QuestionRecord, StageMeasure
-from litestage_chain.bench.report import markdown_table, summarise, wilson_interval
+from litestage_chain.bench.report import markdown_table, stage_table, summarise, wilson_interval
 
 
 def record(point: str, qid: str, seconds: float, correct: bool, *, tokens: tuple[int, int, int] = (10, 20, 5),
@@ -101,3 +101,15 @@ def test_speedup_interval_is_a_paired_bootstrap_around_the_mean_ratio() -> None:
                      + [record("uniform@4", f"q{i}", 5.0 + i / 2, True) for i in range(4)])
     assert rows[1].speedup_ci_low == rows[1].speedup_ci_high == pytest.approx(2.0)
     assert "2.00x [2.00, 2.00]" in markdown_table(rows)
+
+
+def test_stage_table_says_where_the_time_goes_and_how_many_stages_exited() -> None:
+    exited = record("litestage", "q2", 6.0, True)
+    exited = exited.model_copy(update={"stages": {**exited.stages, "analysis": StageMeasure(
+        tokens=8, seconds=1.0, early_exited=True)}})
+    rows = summarise([record("full", "q1", 9.0, True), record("full", "q2", 9.0, True),
+                      record("litestage", "q1", 6.0, True), exited])
+    assert rows[1].early_exits == {"recall": 0, "analysis": 1, "summary": 0}
+    table = stage_table(rows)
+    assert "| full | 3.00 | 3.00 | 3.00 | 0.00 | 0/0/0 of 2 | 10.0/20.0/5.0/0.0 |" in table
+    assert "| litestage | 2.00 | 1.50 | 2.00 | 0.00 | 0/1/0 of 2 | 10.0/14.0/5.0/0.0 |" in table
