@@ -393,3 +393,25 @@ def test_resolve_context_prefers_the_given_then_the_measured_then_the_callers_de
     assert resolve_context(None) == DEFAULT_CONTEXT
     with pytest.raises(InvalidInputError, match="unknown context format 'joined'"):
         resolve_context("joined", "separate")
+
+
+def test_a_chain_runs_its_profiles_token_caps() -> None:
+    """A searched cap bounds its stage in the chain (the nodes name their stage), whatever budget the chain gives it;
+    an explicit early_exit= for the chain sets how every stage stops, so the caps go with the profile's rules."""
+    from litestage_chain.budgets.profile import ModelIdentity, Profile, SearchedQuestions, StageBudget
+    from litestage_chain.engine.early_exit import EarlyExitConfig
+
+    tiny = from_pretrained_objects(*tiny_long_context_llama(seed=3), name="tiny-long-caps", weights_sha256="cd" * 32)
+    profile = Profile(
+        model=ModelIdentity(name=tiny.name, weights_sha256="cd" * 32),
+        stages={**{stage: StageBudget() for stage in STAGES}, "analysis": StageBudget(max_tokens=2)}, epsilon=0.01,
+        metric="accuracy", questions=SearchedQuestions(benchmark="t", split="train", size=2),
+        importance=[(0, "mlp")], stage_order=list(STAGES), full_score=0.5, full_latency_seconds=1.0,
+        context="continued",
+    )
+    budgets = {**SHORT, "analysis": 6}
+    capped = build_reasoning_chain(tiny, plans=profile, max_tokens=budgets, fallback=False).invoke(QUESTION)
+    assert capped.stages["analysis"].generated_tokens == 2
+    ruled = build_reasoning_chain(tiny, plans=profile, max_tokens=budgets, fallback=False,
+                                  early_exit=EarlyExitConfig(window=64, threshold=0.01, min_tokens=64)).invoke(QUESTION)
+    assert ruled.stages["analysis"].generated_tokens > 2
