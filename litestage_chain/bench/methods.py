@@ -28,7 +28,8 @@ Methods (the names the command line accepts):
   "is the speedup just shorter stages?".
 * ``capped-analysis``: the full model with only the analysis cut, to a number of tokens: the control for an exit
   rule that ends nearly every analysis after its minimum (OBQA's 4/0.8/8 ends 485 of 500 at about 10 tokens), which
-  a percent of every stage's budget cannot match without also cutting the recall and the summary.
+  a percent of every stage's budget cannot match without also cutting the recall and the summary. Its default
+  sweep (8, 16, 32 tokens) keeps the caps below the run's analysis budget.
 * ``stage-only``: the ranking's first k sub-layers skipped in one stage, the others full: per-stage sensitivity.
 
 Any method may name a reasoning format after a colon (``full:separate``, ``litestage:continued``): its points run
@@ -274,6 +275,9 @@ def _points_of(name: MethodName, context: MethodContext, counts: Sequence[int] |
         return [MethodPoint(method=name, count=total, plans=plans, early_exit=rules, max_tokens=budgets)]
 
     chosen = list(counts) if counts is not None else list(DEFAULT_SWEEPS[method])
+    if counts is None and method == "capped-analysis" and "analysis" in context.max_tokens:
+        # the default caps that are cuts of this run's analysis budget (a sweep asked for is checked as given)
+        chosen = [c for c in chosen if c <= context.max_tokens["analysis"]] or chosen
     if not chosen:
         raise InvalidInputError(f"method {method!r} has an empty sweep")
     bad = [c for c in chosen if c < 1]

@@ -198,6 +198,11 @@ def test_analysis_cap_cuts_only_the_analysis_to_a_number_of_tokens() -> None:
         method_points("capped-analysis", ctx, [161])
     with pytest.raises(InvalidInputError, match="needs the analysis stage"):
         method_points("capped-analysis", context(stages=("recall", "summary")), [8])
+    # the default sweep (8, 16, 32) keeps the caps that cut the run's budget; an asked-for sweep is checked as given
+    small = context(max_tokens={"recall": 64, "analysis": 20, "summary": 24})
+    assert [p.count for p in method_points("capped-analysis", small)] == [8, 16]
+    with pytest.raises(InvalidInputError, match="budget of 4 tokens, got 8"):
+        method_points("capped-analysis", context(max_tokens={"recall": 64, "analysis": 4, "summary": 24}))
 
 
 def test_all_points_puts_the_full_model_first_and_has_unique_labels() -> None:
