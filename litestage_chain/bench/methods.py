@@ -267,11 +267,10 @@ def _points_of(name: MethodName, context: MethodContext, counts: Sequence[int] |
             else {stage: profile.early_exit_for(stage) for stage in stages}  # None: searched as "no exit"
         )
         total = sum(plan.num_skipped for plan in plans.values())
-        caps = {stage: profile.max_tokens_for(stage) for stage in stages}
         budgets = None  # no caps: the run's budgets, and the keys of points recorded before caps existed
-        if method != "litestage-noexit" and any(cap is not None for cap in caps.values()):
-            budgets = {stage: context.max_tokens[stage] if cap is None else min(context.max_tokens[stage], cap)
-                       for stage, cap in caps.items()}
+        if method != "litestage-noexit" and any(profile.max_tokens_for(stage) is not None for stage in stages):
+            searched = profile.budgets()
+            budgets = {stage: searched.capped(stage, context.max_tokens[stage]) for stage in stages}
         return [MethodPoint(method=name, count=total, plans=plans, early_exit=rules, max_tokens=budgets)]
 
     chosen = list(counts) if counts is not None else list(DEFAULT_SWEEPS[method])
