@@ -189,7 +189,7 @@ def markdown_table(rows: Sequence[PointSummary], reference: str = "full") -> str
             if row.accuracy is not None
             else "n/a (unlabelled)"
         )
-        tokens = "/".join(f"{row.tokens.get(c, 0.0):.1f}" for c in TOKEN_COLUMNS)
+        tokens = _tokens(row)
         lines.append(
             f"| {row.method} | {row.point} | {skipped} | {'yes' if row.early_exit else 'no'} | {row.questions}"
             f"{' (dropped)' if row.dropped else ''} "
@@ -208,9 +208,14 @@ def stage_table(rows: Sequence[PointSummary]) -> str:
     for row in rows:
         seconds = " | ".join(f"{row.stage_seconds.get(c, 0.0):.2f}" for c in TOKEN_COLUMNS)
         exits = "/".join(f"{row.early_exits.get(c, 0)}" for c in TOKEN_COLUMNS[:3])
-        tokens = "/".join(f"{row.tokens.get(c, 0.0):.1f}" for c in TOKEN_COLUMNS)
+        tokens = _tokens(row)
         lines.append(f"| {row.point} | {seconds} | {exits} of {row.questions} | {tokens} |")
     return "\n".join(lines) + "\n"
+
+
+def _tokens(row: PointSummary) -> str:
+    """Mean generated tokens as 'recall/analysis/summary/fallback', the column both tables show."""
+    return "/".join(f"{row.tokens.get(c, 0.0):.1f}" for c in TOKEN_COLUMNS)
 
 
 def _loss(row: PointSummary, reference: str) -> str:

@@ -52,6 +52,11 @@ class StageBudget(BaseModel):
     )
 
 
+def capped_budget(budget: int, cap: int | None) -> int:
+    """A token budget under a cap (None: no cap): the one rule every place that applies a stage's cap follows."""
+    return budget if cap is None else min(budget, cap)
+
+
 class StageBudgets(BaseModel):
     """Per-stage budgets, immutable.
 
@@ -99,8 +104,7 @@ class StageBudgets(BaseModel):
 
     def capped(self, stage: str, budget: int) -> int:
         """A call's token budget under the stage's cap: the smaller of the two."""
-        cap = self.max_tokens_for(stage)
-        return budget if cap is None else min(budget, cap)
+        return capped_budget(budget, self.max_tokens_for(stage))
 
     def identity(self) -> dict[str, Any]:
         """Plain data that tells two budgets apart (for LangChain's cache keys and `_identifying_params`)."""

@@ -55,7 +55,7 @@ from pydantic import ConfigDict, Field, InstanceOf, field_validator, model_valid
 from typing_extensions import override
 
 from litestage_chain.budgets.coerce import as_stage_budgets
-from litestage_chain.budgets.stage_budgets import StageBudgets
+from litestage_chain.budgets.stage_budgets import StageBudgets, capped_budget
 from litestage_chain.budgets.stages import STAGES, Stage, check_stage
 from litestage_chain.chat.call_options import (
     FINISH_REASONS,
@@ -350,11 +350,11 @@ class ChatLiteStage(BaseChatModel):
             early = self.early_exit
         return plan, early
 
-    def stage_cap(self, stage: str | None, **overrides: Any) -> int | None:
+    def stage_cap(self, stage: str | None, *, own_early_exit: bool = False) -> int | None:
         """The profile's token cap for a call with `stage`: applies where the profile's early exit does (see the
-        class docstring), None otherwise."""
+        class docstring), so not to a call that passes its own `early_exit`; None otherwise."""
         budgets = self.stage_profile
-        if stage is None or budgets is None or not budgets.sets_early_exit or "early_exit" in overrides:
+        if stage is None or budgets is None or not budgets.sets_early_exit or own_early_exit:
             return None
         return budgets.max_tokens_for(check_stage(stage))
 
@@ -392,9 +392,8 @@ class ChatLiteStage(BaseChatModel):
         if schema is None:
             schema = response_format_schema(kwargs.get("response_format"))
         budget = kwargs.get("max_tokens", self.max_tokens)
-        cap = self.stage_cap(stage, **{k: kwargs[k] for k in ("early_exit",) if k in kwargs})
-        if cap is not None and isinstance(budget, int):
-            budget = min(budget, cap)
+        if isinstance(budget, int):  # anything else is GenerationConfig's to reject
+            budget = capped_budget(budget, self.stage_cap(stage, own_early_exit="early_exit" in kwargs))
         try:
             config = GenerationConfig(
                 max_new_tokens=budget,

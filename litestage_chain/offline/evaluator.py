@@ -26,6 +26,7 @@ from langchain_core.runnables import Runnable, RunnableConfig
 from tqdm.auto import tqdm
 
 from litestage_chain.append_store import content_key
+from litestage_chain.budgets.stage_budgets import capped_budget
 from litestage_chain.budgets.stages import STAGES, Stage, check_stage
 from litestage_chain.chat.chat_model import ChatLiteStage
 from litestage_chain.data.types import Question
@@ -219,7 +220,7 @@ class ChainEvaluator:
     def _node(
         self, stage: Stage, plan: SkipPlan, early_exit: EarlyExitConfig | None, name: str, cap: int | None = None,
     ) -> CachedStage:
-        budget = self.max_tokens[stage] if cap is None else min(self.max_tokens[stage], cap)
+        budget = capped_budget(self.max_tokens[stage], cap)
         node = stage_node(
             self.chat, stage, self.prompts, num_shots=self.num_shots, max_tokens=budget,
             skip_plan=plan, early_exit=early_exit, name=name, context=self.context,
