@@ -71,6 +71,10 @@ def add_cost_aware_options(search: Any) -> None:
     search.add_argument("--cap-grid", default="none", metavar="CAPS",
                         help="cost-aware: token caps tried with every exit rule and count, 'none' (the stage's own "
                         "budget) or a number of tokens, separated by ';', e.g. none;12;16;24 (default none)")
+    search.add_argument("--speed-margin", type=float, default=0.0, metavar="PERCENT",
+                        help="cost-aware: accepted candidates predicted within this many percent of the fastest one "
+                        "count as equally fast, and the one losing the fewest answers on the slice wins (default 0: "
+                        "the fastest wins)")
     search.add_argument("--chunk-size", type=int, default=25, metavar="N",
                         help="cost-aware: questions per chunk; a clearly worse candidate stops after one (default 25)")
     search.add_argument("--cost-rounds", type=int, default=2, metavar="N",
@@ -133,6 +137,7 @@ def run_cost_aware_search(
             counts=args.counts or DEFAULT_COUNTS, exit_grid=tuple(parse_exit_grid(args.exit_grid)),  # type: ignore[arg-type]
             cap_grid=tuple(parse_cap_grid(args.cap_grid)),
             chunk_size=args.chunk_size, batch_size=args.batch_size, patience=args.patience, fixed=fixed,
+            speed_margin=args.speed_margin / 100.0,
         )
     except ValidationError as error:
         raise InvalidInputError(f"invalid search settings: {describe_validation_error(error)}") from error
@@ -207,7 +212,8 @@ def _cost_aware(
 ) -> tuple[Profile, Any]:
     rule = config.rule()
     out.write(f"cost-aware search of {model.name} on {questions.benchmark}/{questions.split} ({len(questions)} "
-              f"questions); log: {log}; costs: {cost_log}\n{rule.describe()}; resolution on this slice at zero loss: "
+              f"questions); log: {log}; costs: {cost_log}\n{rule.describe()}; {config.describe_choice()}; "
+              f"resolution on this slice at zero loss: "
               f"+- {100 * rule.resolution(len(questions), 0.05):.1f} points at 5% flips, "
               f"+- {100 * rule.resolution(len(questions), 0.15):.1f} at 15%\n")
     out.flush()

@@ -20,8 +20,9 @@ tries skipping an MLP, which holds most of a layer's weights. This search change
   costs per token (`cost_model`), measured alternating with the full model, not from seconds taken at another time.
 
 Stages are searched slowest first (the full model's predicted seconds per stage), each with the stages already
-searched fixed at their choice; among accepted candidates the lowest predicted latency wins, and "nothing more
-skipped in this stage" is always a valid choice. Evaluations go through the `ResultsStore`, chunk by chunk, so an
+searched fixed at their choice; among accepted candidates the lowest predicted latency wins (with a `speed_margin`,
+the fewest answers lost among those predicted about as fast: `choose`), and "nothing more skipped in this stage" is
+always a valid choice. Evaluations go through the `ResultsStore`, chunk by chunk, so an
 interrupted search resumes where it stopped.
 """
 
@@ -123,6 +124,12 @@ class CostSearchConfig(BaseModel):
     chunk_size: int = Field(25, ge=1, description="questions per chunk; a clearly worse candidate stops after one")
     batch_size: int = Field(1, ge=1, description="questions decoded together: the latency predicted is at this size")
     patience: int = Field(2, ge=1, description="consecutive skip counts with no exit rule accepted end a stage's sweep")
+    speed_margin: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="accepted candidates predicted within this fraction of the fastest one's latency count as equally "
+        "fast, and the one that loses the fewest answers on the slice among them wins (`choose`); 0 (the default): "
+        "the fastest wins",
+    )
     fixed: dict[str, StageBudget] = Field(
         default_factory=dict,
         description="stages kept at these settings (e.g. a profile's) and not searched: re-searching a profile's "
@@ -157,6 +164,13 @@ class CostSearchConfig(BaseModel):
 
     def rule(self) -> DecisionRule:
         return DecisionRule(epsilon=self.epsilon, tolerance=self.tolerance, confidence=self.confidence)
+
+    def describe_choice(self) -> str:
+        """How a stage's winner is picked among its accepted candidates, for the search's log and profile notes."""
+        if not self.speed_margin:
+            return "the fastest accepted candidate wins"
+        return (f"among accepted candidates predicted within {100 * self.speed_margin:g}% of the fastest, the one "
+                "losing the fewest answers wins")
 
 
 class Candidate(BaseModel):
@@ -211,7 +225,8 @@ class CostSearchResult(BaseModel):
         (required: a plan's accuracy holds only in that format)."""
         full_score = _score(self.full.result, self.config.metric, self.full.result.answers)
         trace = [_trace_entry(c, self.config.metric, self.full.result.answers, c is self.chosen) for c in self.candidates]
-        lines = [f"cost-aware search: {self.config.rule().describe()}; chosen: {self.resolution()}; predicted "
+        lines = [f"cost-aware search: {self.config.rule().describe()}; {self.config.describe_choice()}; chosen: "
+                 f"{self.resolution()}; predicted "
                  f"{self.full.predicted_seconds:.2f} s -> {self.chosen.predicted_seconds:.2f} s per question at batch "
                  f"{self.config.batch_size} ({self.predicted_speedup:.2f}x)"]
         return Profile(
@@ -397,6 +412,33 @@ class _Runner:
                          questions_needed=needed, kept=kept)
 
 
+def net_lost(candidate: Candidate) -> int:
+    """Answers the candidate loses against the full model minus those it gains, on the questions it was compared on
+    (0 for the full model itself)."""
+    comparison = candidate.comparison
+    return 0 if comparison is None else comparison.lost - comparison.gained
+
+
+def choose(options: Sequence[Candidate], speed_margin: float = 0.0) -> Candidate:
+    """The winner among a stage's accepted candidates: the lowest predicted latency, unless others are predicted
+    within `speed_margin` (a fraction) of it; then the one losing the fewest answers among those, faster first on a tie.
+
+    Why a margin: predicted latencies differ from side-by-side measurements by a few percent (the cost model's error),
+    so a candidate predicted 1% faster is not measurably faster, while the answers it loses are counted on the very
+    questions every candidate was compared on. Without a margin the search takes any such 1% at whatever loss the
+    rule still accepts, which is the winner's curse the paired rule is meant to avoid.
+    """
+    if not options:
+        raise InvalidInputError("there is no candidate to choose from")
+    if speed_margin < 0:
+        raise InvalidInputError(f"speed_margin must be >= 0, got {speed_margin}")
+    fastest = min(options, key=lambda c: (c.predicted_seconds, c.count))
+    if not speed_margin:  # exactly the rule of the searches recorded before the margin existed
+        return fastest
+    near = [c for c in options if c.predicted_seconds <= fastest.predicted_seconds * (1.0 + speed_margin)]
+    return min(near, key=lambda c: (net_lost(c), c.predicted_seconds, c.count))
+
+
 def search_cost_aware(
     evaluator: RuleEvaluator,
     questions: Sequence[Question],
@@ -484,7 +526,7 @@ def search_cost_aware(
                 logger.info("stage=%s: no exit rule accepted for %d counts; sweep stopped at %d", stage,
                             failed_in_a_row, count)
                 break
-        current = min(options, key=lambda c: (c.predicted_seconds, c.count))
+        current = choose(options, config.speed_margin)
         plans[stage] = current.plans[stage]
         rules[stage] = current.early_exit[stage]
         caps[stage] = current.max_tokens.get(stage)

@@ -215,6 +215,13 @@ def test_cost_aware_search_writes_a_profile_with_its_resolution_and_resumes(
     again = io.StringIO()
     assert args.handler(args, out=again) == 0
     assert "0 new chunk evaluations" in again.getvalue()
+    assert "the fastest accepted candidate wins" in text
+    # another choice rule re-decides from the stored evaluations alone
+    margin = io.StringIO()
+    args_margin = parse([*argv, "--speed-margin", "5"])
+    assert args_margin.handler(args_margin, out=margin) == 0
+    assert "0 new chunk evaluations" in margin.getvalue() and "within 5% of the fastest" in margin.getvalue()
+    assert "within 5% of the fastest" in Profile.load(target).notes
     # its summary re-searched in the continued format, recall and analysis kept as searched
     summary_only = tmp_path / "profiles" / "csqa-continued.json"
     flags = ["--from-profile", str(target), "--search-stages", "summary", "--context", "continued"]
@@ -262,6 +269,11 @@ def test_cost_aware_options_are_checked(tmp_path: Path) -> None:
         args = parse(["profile", "search", "--search", "cost-aware", "--benchmark", "csqa", "--out",
                       str(tmp_path / "x.json"), "--cap-grid", grid])
         with pytest.raises(InvalidInputError, match=problem):
+            args.handler(args, out=io.StringIO())
+    for margin in ("-1", "100"):  # percent: a margin of 100% or more would call every candidate as fast as the fastest
+        args = parse(["profile", "search", "--search", "cost-aware", "--benchmark", "csqa", "--out",
+                      str(tmp_path / "x.json"), "--speed-margin", margin])
+        with pytest.raises(InvalidInputError, match="speed_margin"):
             args.handler(args, out=io.StringIO())
 
 

@@ -326,3 +326,44 @@ def test_token_caps_are_searched_beside_the_exit_rules(tmp_path: Path) -> None:
     assert budgets.capped("summary", 24) == 24
     with pytest.raises(ValueError, match=">= 1"):
         CostSearchConfig(cap_grid=(0,))
+
+
+class NearTieChain(StubChain):
+    """The stub where the analysis's exit rule saves one token of 120 (under 1% of the stage) and costs two of the
+    full model's right answers (q0 and q100): accepted by the rule, but not measurably faster."""
+
+    def evaluate(
+        self, plans: Mapping[str, SkipPlan], questions: Sequence[Question],
+        early_exit: Mapping[str, EarlyExitConfig | None] | None = None,
+    ) -> EvalResult:
+        result = super().evaluate(plans, questions, {})
+        if not (early_exit or {}).get("analysis"):
+            return result
+        answers = {qid: "B" if qid in ("q0", "q100") else answer for qid, answer in result.answers.items()}
+        tokens = {**result.tokens, "analysis": [(row[0], row[1] - 1, row[2]) for row in result.tokens["analysis"]]}
+        return result.model_copy(update={"answers": answers, "tokens": tokens})
+
+
+@pytest.mark.parametrize(("margin", "wins"), [(0.0, "exit"), (0.001, "exit"), (0.02, "full")])
+def test_a_speed_margin_prefers_fewer_lost_answers_among_candidates_about_as_fast(margin: float, wins: str) -> None:
+    """Without a margin (the recorded searches' rule) a plan predicted under 1% faster wins at two answers lost; with
+    a 2% margin the full analysis, as fast within the cost model's error and losing nothing, wins; a margin smaller
+    than the gap changes nothing."""
+    from litestage_chain.offline.cost_search import choose, net_lost
+
+    config = CONFIG.model_copy(update={"stages": ("analysis",), "counts": (0,), "speed_margin": margin})
+    result = search_cost_aware(NearTieChain(), QUESTIONS, RANKING, CostModel(timer, "t", rounds=1), config)
+    exit_candidate = next(c for c in result.candidates if c.stage == "analysis")
+    assert exit_candidate.verdict == "accept" and net_lost(exit_candidate) == 2
+    gap = result.full.predicted_seconds / exit_candidate.predicted_seconds - 1
+    assert 0.001 < gap < 0.02, "the stub's exit rule is predicted faster by under 2%, over 0.1%"
+    assert result.chosen is (exit_candidate if wins == "exit" else result.full)
+    profile = result.to_profile(model=ModelIdentity(name="stub", weights_sha256="0" * 64),
+                                questions=SearchedQuestions(benchmark="csqa", split="train", size=len(QUESTIONS)),
+                                context="continued")
+    assert config.describe_choice() in profile.notes
+    assert ("within 2%" in profile.notes) == (margin == 0.02)
+    with pytest.raises(InvalidInputError, match="no candidate"):
+        choose([], margin)
+    with pytest.raises(ValueError, match="speed_margin"):
+        CostSearchConfig(speed_margin=-0.01)
