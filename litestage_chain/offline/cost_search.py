@@ -64,7 +64,7 @@ DEFAULT_EXIT_GRID: tuple[EarlyExitConfig | None, ...] = (
 class RuleEvaluator(Protocol):
     """Runs the chain with per-stage plans, early-exit rules and token caps (`ChainEvaluator` is one).
 
-    `max_tokens` is passed only when a cap is set, so an evaluator of a search that tries no caps may leave it out."""
+    The search always passes `max_tokens`: the stages it caps, an empty mapping when none is."""
 
     identity: str
 
@@ -265,7 +265,7 @@ def _trace_entry(candidate: Candidate, metric: MetricName, reference: Mapping[st
         meets_target=candidate.verdict == "accept",
         chosen=chosen,
         early_exit=candidate.early_exit,
-        max_tokens=dict(candidate.max_tokens) if _any_cap(candidate.max_tokens) else None,
+        max_tokens=set_caps(candidate.max_tokens) or None,
         predicted_seconds=candidate.predicted_seconds,
         verdict=candidate.verdict,
         loss=candidate.comparison.loss if candidate.comparison else None,
@@ -295,8 +295,10 @@ def caps_key(caps: Caps) -> str:
     return "caps-" + hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _any_cap(caps: Caps) -> bool:
-    return any(cap is not None for cap in caps.values())
+def set_caps(caps: Caps | None) -> dict[str, int]:
+    """Only the stages `caps` does cap (None entries dropped): the one form caps take inside the search, so a chunk
+    evaluated with {"analysis": None} and one with {} are the same evaluation under the same key."""
+    return {stage: cap for stage, cap in (caps or {}).items() if cap is not None}
 
 
 class _Runner:
@@ -320,13 +322,13 @@ class _Runner:
     def _identity(self, early_exit: Mapping[str, EarlyExitConfig | None], caps: Caps | None = None) -> str:
         """The store identity of a chunk evaluated with these exit rules and caps."""
         identity = f"{self.evaluator.identity}:{exit_rules_key(early_exit)}"
-        return identity + f":{caps_key(caps)}" if caps and _any_cap(caps) else identity
+        return identity + f":{caps_key(caps)}" if set_caps(caps) else identity
 
     def _chunk(
         self, index: int, plans: Mapping[str, SkipPlan], early_exit: Mapping[str, EarlyExitConfig | None],
         caps: Caps | None = None,
     ) -> EvalResult:
-        caps = dict(caps or {})
+        caps = set_caps(caps)
         identity = self._identity(early_exit, caps)
         cached = self.store.lookup(plans, self.fingerprints[index], identity)
         if cached is not None and _has_contexts(cached):
@@ -336,8 +338,7 @@ class _Runner:
             reason, base = same
             self.store.put(plans, self.fingerprints[index], identity, base, same_as=reason)
             return base
-        extra = {"max_tokens": caps} if _any_cap(caps) else {}  # an evaluator of a search without caps needs no cap
-        result = self.evaluator.evaluate(dict(plans), self.chunks[index], dict(early_exit), **extra)
+        result = self.evaluator.evaluate(dict(plans), self.chunks[index], dict(early_exit), max_tokens=caps)
         missing = [q.id for q in self.chunks[index] if q.id not in result.answers]
         if missing:
             raise InvalidInputError(f"the evaluator returned no answer for question(s) {missing[:5]}")
@@ -394,7 +395,7 @@ class _Runner:
         parts: list[EvalResult] = []
         verdict: Verdict = "undecided"
         comparison: PairedComparison | None = None
-        caps = {s: c for s, c in (caps or {}).items() if c is not None}
+        caps = set_caps(caps)
         for index in range(len(self.chunks)):
             parts.append(self._chunk(index, plans, early_exit, caps))
             seen = [q.id for chunk in self.chunks[: index + 1] for q in chunk]

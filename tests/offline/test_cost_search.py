@@ -50,6 +50,7 @@ class StubChain:
     def evaluate(
         self, plans: Mapping[str, SkipPlan], questions: Sequence[Question],
         early_exit: Mapping[str, EarlyExitConfig | None] | None = None,
+        max_tokens: Mapping[str, int | None] | None = None,
     ) -> EvalResult:
         counts = {stage: plan.num_skipped for stage, plan in plans.items()}
         rules = dict(early_exit or {})
@@ -277,9 +278,9 @@ class CappedChain(StubChain):
         with pytest.MonkeyPatch.context() as patch:
             if analysis_cap is not None and analysis_cap < 16:
                 patch.setitem(EXIT_DROP, "analysis", 0.3)  # reuse the stub's drop table: a "rule" that costs 30
-                result = super().evaluate(plans, questions, {**(early_exit or {}), "analysis": EXIT})
+                result = super().evaluate(plans, questions, {**(early_exit or {}), "analysis": EXIT}, caps)
             else:
-                result = super().evaluate(plans, questions, early_exit)
+                result = super().evaluate(plans, questions, early_exit, caps)
         tokens = {s: [(row[0], min(row[1], caps[s]) if caps.get(s) else row[1], row[2]) if row else row for row in rows]
                   for s, rows in result.tokens.items()}
         return result.model_copy(update={"tokens": tokens})
@@ -307,8 +308,8 @@ def test_token_caps_are_searched_beside_the_exit_rules(tmp_path: Path) -> None:
     # the cap of 400 is above the analysis's 120 tokens: the evaluation without it is reused, not run again
     assert {400} & {c.get("analysis") for c in chain.caps if c} == set()
     assert analysis[400].result == result.candidates[1].result
-    # uncapped evaluations are asked without max_tokens and stored under the identity they always had
-    assert chain.caps[0] is None
+    # uncapped evaluations are asked with no stage capped and stored under the identity they always had
+    assert chain.caps[0] == {}
     lines = store_path.read_text().splitlines()
     plain = f'"{StubChain.identity}:{exit_rules_key({s: None for s in TOKENS})}"'
     assert any(plain in line for line in lines) and any(":caps-" in line for line in lines)
@@ -326,6 +327,11 @@ def test_token_caps_are_searched_beside_the_exit_rules(tmp_path: Path) -> None:
     assert budgets.capped("summary", 24) == 24
     with pytest.raises(ValueError, match=">= 1"):
         CostSearchConfig(cap_grid=(0,))
+    # "no cap" written out and left out are one evaluation under one key
+    from litestage_chain.offline.cost_search import caps_key, set_caps
+
+    assert set_caps({"analysis": None, "recall": 16}) == {"recall": 16} and set_caps(None) == {}
+    assert caps_key({"analysis": None, "recall": 16}) == caps_key({"recall": 16})
 
 
 class NearTieChain(StubChain):
@@ -335,8 +341,9 @@ class NearTieChain(StubChain):
     def evaluate(
         self, plans: Mapping[str, SkipPlan], questions: Sequence[Question],
         early_exit: Mapping[str, EarlyExitConfig | None] | None = None,
+        max_tokens: Mapping[str, int | None] | None = None,
     ) -> EvalResult:
-        result = super().evaluate(plans, questions, {})
+        result = super().evaluate(plans, questions, {}, max_tokens)
         if not (early_exit or {}).get("analysis"):
             return result
         answers = {qid: "B" if qid in ("q0", "q100") else answer for qid, answer in result.answers.items()}
