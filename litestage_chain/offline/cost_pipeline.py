@@ -169,7 +169,9 @@ def parse_exit_grid(text: str) -> list[EarlyExitConfig | None]:
 
 
 def parse_cap_grid(text: str) -> list[int | None]:
-    """``none;16;32`` -> (None, 16, 32): the token caps tried with every exit rule (none: the stage's own budget)."""
+    """``none;16;32`` -> (None, 16, 32): the token caps tried with every exit rule (none: the stage's own budget).
+
+    Only the syntax is checked here; whether a cap is allowed is `CostSearchConfig`'s to say."""
     caps: list[int | None] = []
     for part in (p.strip() for p in text.replace(",", ";").split(";")):
         if not part:
@@ -181,9 +183,7 @@ def parse_cap_grid(text: str) -> list[int | None]:
             cap = int(part)
         except ValueError:
             raise InvalidInputError(f"token cap {part!r}: expected none or a whole number of tokens, e.g. 16") from None
-        if cap < 1:
-            raise InvalidInputError(f"token cap {part!r}: a stage must be allowed at least 1 token")
-        caps.append(cap)
+        caps.append(cap)  # a cap below 1 is refused by CostSearchConfig, the one place that rule lives
     if not caps:
         raise InvalidInputError(f"--cap-grid {text!r} names no cap")
     return caps

@@ -265,7 +265,8 @@ def test_cost_aware_options_are_checked(tmp_path: Path) -> None:
                   str(tmp_path / "x.json"), "--exit-grid", "8,0.3"])
     with pytest.raises(InvalidInputError, match="WINDOW,THRESHOLD,MIN_TOKENS"):
         args.handler(args, out=io.StringIO())
-    for grid, problem in (("none;0", "at least 1 token"), ("16;x", "whole number"), (";", "names no cap")):
+    problems = (("none;0", r"token caps must be >= 1.*got \[0\]"), ("16;x", "whole number"), (";", "names no cap"))
+    for grid, problem in problems:
         args = parse(["profile", "search", "--search", "cost-aware", "--benchmark", "csqa", "--out",
                       str(tmp_path / "x.json"), "--cap-grid", grid])
         with pytest.raises(InvalidInputError, match=problem):
