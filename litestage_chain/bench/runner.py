@@ -1,8 +1,8 @@
 """Run every method point over the questions, interleaved per question batch, resuming from the records file.
 
 The loop is: for each batch of `interleave` questions, run every point on the questions of that batch it has no
-record for, in an order rotated by one point per batch. Interleaving means a slow spell of the machine (other processes share the
-CPU) hits all methods on the same questions alike, instead of inflating whichever method happened to run then;
+record for, in an order that changes every batch (a balanced design: `round_order`). Interleaving means a slow
+spell of the machine (other processes share the CPU) hits all methods on the same questions alike, instead of inflating whichever method happened to run then;
 speedups are ratios over the same questions, so they are not skewed by it.
 
 Running a point is delegated to an `Executor` (the real one runs the reasoning chain, see `executor.py`), which
@@ -84,14 +84,34 @@ def records_of(
     return [to_record(point, identity, q, o, **measured_by) for q, o in zip(questions, outcomes, strict=True)]
 
 
-def rotated(points: Sequence[MethodPoint], round_index: int) -> list[MethodPoint]:
-    """The run order of one round: `points` rotated by the round number.
+def balanced_orders(count: int) -> list[list[int]]:
+    """The rows of a Williams design for `count` items: in every cycle of rows, each item runs first equally often
+    and runs directly after each other item equally often (`count` rows when even, twice that when odd)."""
+    if count < 1:
+        raise InvalidInputError(f"an order needs at least one item, got {count}")
+    first, low, high = [0], 1, count - 1
+    while len(first) < count:
+        if len(first) % 2:
+            first.append(low)
+            low += 1
+        else:
+            first.append(high)
+            high -= 1
+    rows = [[(item + shift) % count for item in first] for shift in range(count)]
+    return rows + [row[::-1] for row in rows] if count % 2 else rows
 
-    Rotating spreads a systematic within-round effect (the load rising or falling during a round, the first
-    run after a pause) over all methods, instead of always landing on the same one (e.g. the full model).
+
+def round_order(points: Sequence[MethodPoint], round_index: int) -> list[MethodPoint]:
+    """The run order of one round: row `round_index` of a balanced (Williams) design over `points`.
+
+    Changing the order every round spreads a systematic within-round effect (the load rising or falling during a
+    round, the first run after a pause) over all methods instead of always landing on the same one. A plain rotation
+    did that but kept every point's predecessor fixed (B always ran right after A), so an effect of what ran just
+    before (memory the previous point left allocated, say) stayed on one point: on StrategyQA dev two points with
+    identical settings and answers measured 4% apart. Balancing predecessors spreads that too.
     """
-    shift = round_index % len(points)
-    return [*points[shift:], *points[:shift]]
+    rows = balanced_orders(len(points))
+    return [points[index] for index in rows[round_index % len(rows)]]
 
 
 def recorded_count(
@@ -133,11 +153,11 @@ def round_work(
     points: Sequence[MethodPoint], keys: dict[tuple[str, str], str], store: RecordStore, round_index: int,
     batch: Sequence[Question], skip: Collection[str] = (),
 ) -> list[tuple[MethodPoint, list[Question]]]:
-    """One round's runs in order: every point (rotated by the round) with the batch's questions it has no record for,
+    """One round's runs in order: every point (in the round's balanced order) with the batch's questions it has no record for,
     leaving out the points labelled in `skip` (dropped ones). The rotation is over all points, so dropping one does
     not shift where the others run in a round."""
     work = []
-    for point in rotated(points, round_index):
+    for point in round_order(points, round_index):
         if point.label in skip:
             continue
         missing = [q for q in batch if keys[(point.label, q.id)] not in store]

@@ -1,7 +1,7 @@
 """The benchmark loop of `bench.runner.run_points`, spread over workers.
 
 A task is one round: a batch of `interleave` questions and every method point missing records on it, in the
-round's rotated order, exactly as the single-process loop runs it. The whole round runs on one worker, so every
+round's balanced order, exactly as the single-process loop runs it. The whole round runs on one worker, so every
 speedup pairs a method's seconds with the full model's seconds measured by the same process on the same questions
 minutes apart at most, and stage outputs shared between points are reused as in one process. Rounds are dealt to
 whichever worker is free; the driver writes each finished round's records (with the worker and host that

@@ -104,7 +104,7 @@ class ModelWorker:
     def run_round(
         self, settings: Mapping[str, Any], work: Sequence[tuple[MethodPoint, Sequence[Question]]]
     ) -> RoundResult:
-        """Run each (point, questions) in the order given (the driver's rotated round order).
+        """Run each (point, questions) in the order given (the driver's balanced round order).
 
         A question a point fails on (a `LiteStageError`) is left out of the round's later points, as in one process;
         the driver reports it and records the rest."""

@@ -34,7 +34,7 @@ from litestage_chain.bench.report import (
     write_report,
 )
 from litestage_chain.bench.results import rebuild_report, run_records, write_run
-from litestage_chain.bench.runner import recorded_count, run_points, to_record
+from litestage_chain.bench.runner import balanced_orders, recorded_count, round_order, run_points, to_record
 from litestage_chain.cli.bench import add_bench_subcommand, parse_max_tokens
 from litestage_chain.data.types import Question
 from litestage_chain.offline.importance import rank_sublayers
@@ -78,18 +78,37 @@ def points() -> list[MethodPoint]:
                        "stage-only": [2]})
 
 
-def test_points_are_interleaved_per_question_batch_in_rotating_order() -> None:
+def test_points_are_interleaved_per_question_batch_in_balanced_orders() -> None:
     stub, pts = StubExecutor(), points()
     records = run_points(stub, pts, questions(5), RecordStore(), interleave=2, progress=False)
     assert len(records) == len(pts) * 5
     assert [r.point for r in records[:5]] == ["full"] * 5, "returned point-major in the given order"
     batches = [ids for _, ids in stub.calls]
     assert batches == [["q0", "q1"]] * len(pts) + [["q2", "q3"]] * len(pts) + [["q4"]] * len(pts)
-    labels = [p.label for p in pts]
     rounds = [[label for label, _ in stub.calls[i * len(pts) : (i + 1) * len(pts)]] for i in range(3)]
-    assert rounds[0] == labels and rounds[0][0] == "full"
-    assert rounds[1] == labels[1:] + labels[:1], "each round starts one point later"
-    assert rounds[2] == labels[2:] + labels[:2]
+    assert rounds == [[p.label for p in round_order(pts, i)] for i in range(3)]
+    assert rounds[0][0] == "full" and len({r[0] for r in rounds}) == 3, "each round starts with another point"
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 4, 5, 8])
+def test_round_orders_balance_first_places_and_predecessors(count: int) -> None:
+    """Over one cycle of rows every point runs first equally often and directly after every other point equally
+    often: a plain rotation fails the second (each point always follows the same one)."""
+    from collections import Counter
+
+    rows = balanced_orders(count)
+    assert all(sorted(row) == list(range(count)) for row in rows)
+    assert len(rows) == (count if count % 2 == 0 else 2 * count)
+    firsts = Counter(row[0] for row in rows)
+    assert set(firsts.values()) == {len(rows) // count}
+    pairs = Counter((a, b) for row in rows for a, b in zip(row, row[1:]))
+    if count > 1:
+        assert len(pairs) == count * (count - 1) and len(set(pairs.values())) == 1
+    rotation = [[(i + shift) % count for i in range(count)] for shift in range(count)]
+    rotation_pairs = Counter((a, b) for row in rotation for a, b in zip(row, row[1:]))
+    assert count < 3 or len(rotation_pairs) < count * (count - 1), "a rotation leaves predecessors unbalanced"
+    with pytest.raises(InvalidInputError):
+        balanced_orders(0)
 
 
 def test_resume_redoes_nothing_and_finishes_what_is_missing(tmp_path: Path) -> None:
