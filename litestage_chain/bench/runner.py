@@ -2,8 +2,9 @@
 
 The loop is: for each batch of `interleave` questions, run every point on the questions of that batch it has no
 record for, in an order that changes every batch (a balanced design: `round_order`). Interleaving means a slow
-spell of the machine (other processes share the CPU) hits all methods on the same questions alike, instead of inflating whichever method happened to run then;
-speedups are ratios over the same questions, so they are not skewed by it.
+spell of the machine (other processes share the CPU) hits all methods on the same questions alike, instead of
+inflating whichever method happened to run then; speedups are ratios over the same questions, so they are not
+skewed by it.
 
 Running a point is delegated to an `Executor` (the real one runs the reasoning chain, see `executor.py`), which
 keeps the loop testable with a stub and the measurement in one place.
@@ -153,9 +154,9 @@ def round_work(
     points: Sequence[MethodPoint], keys: dict[tuple[str, str], str], store: RecordStore, round_index: int,
     batch: Sequence[Question], skip: Collection[str] = (),
 ) -> list[tuple[MethodPoint, list[Question]]]:
-    """One round's runs in order: every point (in the round's balanced order) with the batch's questions it has no record for,
-    leaving out the points labelled in `skip` (dropped ones). The rotation is over all points, so dropping one does
-    not shift where the others run in a round."""
+    """One round's runs in order: every point (in the round's balanced order) with the batch's questions it has no
+    record for, leaving out the points labelled in `skip` (dropped ones). The order is over all points, so dropping
+    one does not shift where the others run in a round."""
     work = []
     for point in round_order(points, round_index):
         if point.label in skip:

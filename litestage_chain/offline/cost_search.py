@@ -265,7 +265,7 @@ def _trace_entry(candidate: Candidate, metric: MetricName, reference: Mapping[st
         meets_target=candidate.verdict == "accept",
         chosen=chosen,
         early_exit=candidate.early_exit,
-        max_tokens=set_caps(candidate.max_tokens) or None,
+        max_tokens=dict(candidate.max_tokens) or None,  # `candidate` stored them normalised
         predicted_seconds=candidate.predicted_seconds,
         verdict=candidate.verdict,
         loss=candidate.comparison.loss if candidate.comparison else None,
@@ -326,9 +326,10 @@ class _Runner:
 
     def _chunk(
         self, index: int, plans: Mapping[str, SkipPlan], early_exit: Mapping[str, EarlyExitConfig | None],
-        caps: Caps | None = None,
+        caps: Mapping[str, int] | None = None,
     ) -> EvalResult:
-        caps = set_caps(caps)
+        """One chunk's result, from the store or evaluated. `caps` as `candidate` normalised them (`set_caps`)."""
+        caps = dict(caps or {})
         identity = self._identity(early_exit, caps)
         cached = self.store.lookup(plans, self.fingerprints[index], identity)
         if cached is not None and _has_contexts(cached):
@@ -350,7 +351,8 @@ class _Runner:
         return result
 
     def _without_a_stop_that_cannot_fire(
-        self, index: int, plans: Mapping[str, SkipPlan], early_exit: Mapping[str, EarlyExitConfig | None], caps: Caps,
+        self, index: int, plans: Mapping[str, SkipPlan], early_exit: Mapping[str, EarlyExitConfig | None],
+        caps: Mapping[str, int],
     ) -> tuple[str, EvalResult] | None:
         """A stored chunk result this evaluation would reproduce exactly, with why it is the same.
 
@@ -366,9 +368,8 @@ class _Runner:
                 alternatives.append((stage, f"the {stage} stage without its exit rule: no row reached the rule's first "
                                      "check", {**early_exit, stage: None}, caps, max(rule.window, rule.min_tokens)))
         for stage, cap in caps.items():
-            if cap is not None:
-                alternatives.append((stage, f"the {stage} stage without its cap: no row reached {cap} tokens",
-                                     early_exit, {**caps, stage: None}, cap))
+            alternatives.append((stage, f"the {stage} stage without its cap: no row reached {cap} tokens",
+                                 early_exit, {**caps, stage: None}, cap))
         for stage, reason, rules, other_caps, first_stop in alternatives:
             base = self.store.lookup(plans, self.fingerprints[index], self._identity(rules, other_caps))
             if base is None or not _has_contexts(base):
@@ -431,8 +432,6 @@ def choose(options: Sequence[Candidate], speed_margin: float = 0.0) -> Candidate
     """
     if not options:
         raise InvalidInputError("there is no candidate to choose from")
-    if speed_margin < 0:
-        raise InvalidInputError(f"speed_margin must be >= 0, got {speed_margin}")
     fastest = min(options, key=lambda c: (c.predicted_seconds, c.count))
     if not speed_margin:  # exactly the rule of the searches recorded before the margin existed
         return fastest
