@@ -18,13 +18,14 @@ def run_script(*args: str, profile: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["bash", str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=60)
 
 
-def test_batch1_caps_names_a_missing_profile() -> None:
-    done = run_script("batch1-caps", "strategyqa", profile="no-such-profile")
+@pytest.mark.parametrize("kind", ["batch1-caps", "all"])
+def test_a_missing_profile_is_named(kind: str) -> None:
+    done = run_script(kind, "strategyqa", profile="no-such-profile")
     assert done.returncode == 2
     assert done.stderr.strip() == "no no-such-profile profile for the benchmark model"
 
 
-@pytest.mark.parametrize("kind", ["batch1-caps", "formats"])
+@pytest.mark.parametrize("kind", ["batch1-caps", "formats", "all"])
 def test_a_broken_profile_file_is_one_line_error(tmp_path: Path, kind: str) -> None:
     broken = tmp_path / "broken.json"
     broken.write_text("{not json", encoding="utf-8")
