@@ -28,7 +28,8 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from statistics import fmean, median
 from typing import Any
@@ -54,8 +55,12 @@ Step = tuple[int, int, float, bool]
 """One decode step: active rows, its first cache column (the context), seconds, whether it ran with a key mask."""
 
 
-def record(calls: list[Call], steps: list[Step]) -> None:
-    """Wrap the chat model's generate call and the engine's decode step so that every run appends to these lists."""
+@contextmanager
+def recording() -> Iterator[tuple[list[Call], list[Step]]]:
+    """The chat model's generate call and the engine's decode step wrapped, inside the block only, so that every
+    run appends to the yielded lists; the originals are back afterwards (the reference timing runs unwrapped)."""
+    calls: list[Call] = []
+    steps: list[Step] = []
     generate = chat_model.generate
     decode_one = generation.decode_one
 
@@ -74,6 +79,11 @@ def record(calls: list[Call], steps: list[Step]) -> None:
 
     chat_model.generate = timed_generate  # type: ignore[assignment]
     generation.decode_one = timed_step  # type: ignore[assignment]
+    try:
+        yield calls, steps
+    finally:
+        chat_model.generate = generate  # type: ignore[assignment]
+        generation.decode_one = decode_one  # type: ignore[assignment]
 
 
 def stage_table(calls: Sequence[Call], costs: PlanCosts) -> list[str]:
@@ -131,22 +141,18 @@ def main() -> None:
     if skipping:
         raise SystemExit(f"profile {args.profile!r} skips sub-layers in {', '.join(skipping)}: this script prices "
                          "every call at the full model's reference, so it takes only profiles that skip nothing")
-    calls: list[Call] = []
-    steps: list[Step] = []
-    record(calls, steps)
-    with tempfile.TemporaryDirectory() as scratch:  # the checked profile is not what this is for
+    with recording() as (calls, steps), tempfile.TemporaryDirectory() as scratch:  # the checked profile is unused
         status = cli_main(["profile", "check", args.profile, "--model", MODEL, "--data", args.data, "--out",
                            f"{scratch}/checked.json", "--rounds", str(args.rounds), "--batch-size",
                            str(args.batch_size), "--limit", str(args.limit), "--threads", "1", "--no-progress"])
     if status:
         raise SystemExit(status)
-    evaluated = (list(calls), list(steps))
     model = load_model(MODEL, weights=profile.model.weights)
     costs = cost_model_for(model, args.batch_size).full_costs()  # the reference a search times first
-    print(f"\nper stage call ({len(evaluated[0])} calls), prices timed after the evaluations in this process")
-    print("\n".join(stage_table(evaluated[0], costs)))
-    print(f"\nper decode step ({len(evaluated[1])} steps)")
-    print("\n".join(step_table(evaluated[1], costs)))
+    print(f"\nper stage call ({len(calls)} calls), prices timed after the evaluations in this process")
+    print("\n".join(stage_table(calls, costs)))
+    print(f"\nper decode step ({len(steps)} steps)")
+    print("\n".join(step_table(steps, costs)))
 
 
 if __name__ == "__main__":

@@ -32,3 +32,15 @@ def test_step_table_prices_each_batch_size_at_its_steps_mean_context() -> None:
     table = step_table(steps, costs)
     assert table[2] == "| 1 | 1 | 0 | 100.0 | 100 | 100.0 (+0%) |"
     assert table[3] == "| 2 | 3 | 2 | 300.0 | 200 | 300.0 (+0%) |"  # 0.2 + 0.001 * (200 - 100)
+
+
+def test_recording_wraps_the_engine_only_inside_its_block() -> None:
+    from benchmarks.stage_costs import recording
+    from litestage_chain.chat import chat_model
+    from litestage_chain.engine import generation
+
+    originals = (chat_model.generate, generation.decode_one)
+    with recording() as (calls, steps):
+        assert (chat_model.generate, generation.decode_one) != originals
+        assert calls == [] and steps == []
+    assert (chat_model.generate, generation.decode_one) == originals
