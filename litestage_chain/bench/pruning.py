@@ -17,13 +17,23 @@ The decision is a replay of the records in the run's question order: a point is 
 and a report rebuilt from the records agree on which points were dropped and where, and a point whose interval only
 crosses the margin in its last round, or that has fewer records than the full model because a question failed for
 it, ran to the end and is not called dropped.
+
+A second, optional test looks at latency (``--drop-slower FACTOR``): a point slower than the product point
+(``litestage``) by more than FACTOR in every round so far, at least `min_rounds` of them, stops too. Why: the issue's
+question is whether any baseline is faster than LiteStage at matched accuracy, and a point several times slower
+cannot be, whatever its accuracy; yet such points (a skip plan that makes the model ramble to its token budget) are
+the dearest to run: in the first rounds of the StrategyQA dev run, eleven of 32 points took 1.7-3.9 times
+LiteStage's seconds, half the run's compute. The unit is the round (one batch per point at batch 8: its rows share
+the batch's prefill and decode steps), and "every round" is deliberately blunt: a point that is ever within FACTOR
+of LiteStage runs on to the end and gets its intervals, and identical work drifts only a few percent between the
+rounds of one run. Points of the full model (in any format) and the product point itself are never dropped.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from litestage_chain.bench.methods import MethodPoint
 from litestage_chain.bench.records import QuestionRecord, RecordStore
@@ -32,23 +42,70 @@ from litestage_chain.errors import InvalidInputError
 from litestage_chain.offline.paired_decision import PairedComparison, compare_answers, flip
 
 
-class DropRule(BaseModel):
-    """Drop a point whose paired loss against the full model is, at `confidence`, above `margin`."""
+class SlowerRule(BaseModel):
+    """Drop a point slower than the point labelled `than` by more than `factor` in each of its rounds so far."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    margin: float = Field(ge=0.0, le=1.0, description="loss (fraction, 0.05 = 5 points) the lower bound must exceed")
+    factor: float = Field(gt=1.0, description="seconds ratio (point / `than`) every round must exceed")
+    than: str = Field("litestage", min_length=1, description="the label of the point latency is compared with")
+    min_rounds: int = Field(2, ge=1, description="never drop on fewer rounds than this")
+
+    def describe(self) -> str:
+        return (f"a point stops once it took more than {self.factor:g}x {self.than}'s seconds in every round so far "
+                f"(at least {self.min_rounds})")
+
+
+class SlowerComparison(BaseModel):
+    """A point's seconds against the `than` point's, round by round (sums over the questions both ran)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    than: str
+    ratios: tuple[float, ...] = Field(description="per round: the point's seconds / the `than` point's")
+    questions: int = Field(ge=1, description="questions in those rounds that both ran")
+
+    def describe(self) -> str:
+        """E.g. 'slower than litestage in every round: 1.62x, 1.84x (16 questions)'."""
+        shown = ", ".join(f"{ratio:.2f}x" for ratio in self.ratios)
+        return f"slower than {self.than} in every round: {shown} ({self.questions} questions)"
+
+
+Verdict = PairedComparison | SlowerComparison
+"""Why a point was dropped: its paired loss against the full model, or its seconds against the product point's."""
+
+
+class DropRule(BaseModel):
+    """When a point stops early: its paired loss against the full model is, at `confidence`, above `margin`; or
+    (with `slower`) it is clearly slower than the product point. At least one of the two is set."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    margin: float | None = Field(None, ge=0.0, le=1.0,
+                                 description="loss (fraction, 0.05 = 5 points) the lower bound must exceed")
     confidence: float = Field(0.95, gt=0.5, lt=1.0)
     min_questions: int = Field(16, ge=1, description="never drop on fewer shared questions than this")
+    slower: SlowerRule | None = Field(None, description="the latency test (None: none)")
+
+    @model_validator(mode="after")
+    def _some_test(self) -> DropRule:
+        if self.margin is None and self.slower is None:
+            raise ValueError("a drop rule needs a loss margin, a latency test or both")
+        return self
 
     def drops(self, comparison: PairedComparison | None) -> bool:
-        if comparison is None or comparison.questions < self.min_questions:
+        if self.margin is None or comparison is None or comparison.questions < self.min_questions:
             return False
         return comparison.interval[0] > self.margin
 
     def describe(self) -> str:
-        return (f"a point stops once the lower end of its {100 * self.confidence:.0f}% paired loss interval is above "
-                f"{100 * self.margin:.1f} points (after at least {self.min_questions} questions)")
+        tests = []
+        if self.margin is not None:
+            tests.append(f"a point stops once the lower end of its {100 * self.confidence:.0f}% paired loss interval "
+                         f"is above {100 * self.margin:.1f} points (after at least {self.min_questions} questions)")
+        if self.slower is not None:
+            tests.append(self.slower.describe())
+        return "; or ".join(tests)
 
 
 def paired_loss(
@@ -99,17 +156,68 @@ def first_drop(
     return None
 
 
+def first_slower(
+    rule: SlowerRule,
+    reference: Mapping[str, QuestionRecord],
+    point: Mapping[str, QuestionRecord],
+    order: Sequence[str],
+    interleave: int,
+) -> SlowerComparison | None:
+    """The comparison at the first round boundary where `rule` drops `point`, or None (it never did).
+
+    `reference` holds the `rule.than` point's records by question id. At each boundary the rounds before it are
+    looked at, each over the questions both points have records for (a round neither has is passed over)."""
+    if interleave < 1:
+        raise InvalidInputError(f"interleave must be >= 1, got {interleave}")
+    ratios: list[float] = []
+    questions = 0
+    for start in range(0, len(order), interleave):
+        if len(ratios) >= rule.min_rounds and all(ratio > rule.factor for ratio in ratios):
+            return SlowerComparison(than=rule.than, ratios=tuple(ratios), questions=questions)
+        shared = [qid for qid in order[start : start + interleave] if qid in reference and qid in point]
+        theirs = sum(reference[qid].seconds for qid in shared)
+        if shared and theirs > 0:
+            ratios.append(sum(point[qid].seconds for qid in shared) / theirs)
+            questions += len(shared)
+    return None
+
+
 def dropped_in_records(
     rule: DropRule, records: Sequence[QuestionRecord], order: Sequence[str], interleave: int, reference: str = "full"
-) -> dict[str, PairedComparison]:
-    """The points of a run's `records` that `rule` dropped, each with the comparison that dropped it (a replay)."""
+) -> dict[str, Verdict]:
+    """The points of a run's `records` that `rule` dropped, each with the comparison that dropped it (a replay).
+
+    A point both tests drop is reported with its loss. The full model's points (any format) and the latency
+    test's own reference are never dropped by the latency test."""
     by_point: dict[str, dict[str, QuestionRecord]] = {}
+    methods: dict[str, str] = {}
     for record in records:
         by_point.setdefault(record.point, {})[record.question_id] = record
+        methods[record.point] = record.method
     full = by_point.get(reference, {})
-    found = {label: first_drop(rule, full, mine, order, interleave)
-             for label, mine in by_point.items() if label != reference}
-    return {label: comparison for label, comparison in found.items() if comparison is not None}
+    slower = rule.slower
+    found: dict[str, Verdict] = {}
+    for label, mine in by_point.items():
+        if label == reference:
+            continue
+        worse = first_drop(rule, full, mine, order, interleave) if rule.margin is not None else None
+        if worse is not None:
+            found[label] = worse
+        elif slower is not None and label != slower.than and methods[label] != "full" and slower.than in by_point:
+            verdict = first_slower(slower, by_point[slower.than], mine, order, interleave)
+            if verdict is not None:
+                found[label] = verdict
+    return found
+
+
+def check_rule(rule: DropRule, points: Sequence[MethodPoint]) -> None:
+    """Raise `InvalidInputError` when the points lack what `rule` compares with (the full model for the loss test,
+    the reference point for the latency test)."""
+    if rule.margin is not None:
+        full_label(points)
+    if rule.slower is not None and rule.slower.than not in {p.label for p in points}:
+        raise InvalidInputError(f"dropping clearly slower points compares them with {rule.slower.than!r}, which is "
+                                "not among the method points (add it to --methods)")
 
 
 def dropped_points(
@@ -119,8 +227,15 @@ def dropped_points(
     keys: Mapping[tuple[str, str], str],
     store: RecordStore,
     interleave: int,
-) -> dict[str, PairedComparison]:
-    """The points `rule` drops given the records so far in `store`, each with the comparison that dropped it."""
-    found = (store.get(keys[(point.label, q.id)]) for point in points for q in questions)
+) -> dict[str, Verdict]:
+    """The points `rule` drops given the records so far in `store`, each with the comparison that dropped it.
+
+    `points` are those still running (the full model among them: it is never dropped); the latency test's
+    reference is read from the store whether it is among them or not."""
+    labels = [point.label for point in points]
+    if rule.slower is not None and rule.slower.than not in labels:
+        labels.append(rule.slower.than)
+    found = (store.get(keys[(label, q.id)]) for label in labels for q in questions if (label, q.id) in keys)
     records = [record for record in found if record is not None]
-    return dropped_in_records(rule, records, [q.id for q in questions], interleave, full_label(points))
+    reference = full_label(points) if rule.margin is not None else "full"
+    return dropped_in_records(rule, records, [q.id for q in questions], interleave, reference)

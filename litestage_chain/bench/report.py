@@ -67,7 +67,8 @@ class PointSummary(BaseModel):
     paired_questions: int | None = Field(None, description="labelled questions both this point and the full model ran")
     loss: float | None = Field(None, description="(lost - gained) / paired_questions: the accuracy lost, a fraction")
     loss_half_width: float | None = Field(None, description="half-width of the loss's 95% paired interval")
-    dropped: bool = Field(False, description="stopped before the end: clearly worse than the full model (--drop-worse)")
+    dropped: bool = Field(False, description="stopped before the end: clearly worse than the full model "
+                          "(--drop-worse) or clearly slower than LiteStage (--drop-slower)")
 
 
 def _by_point(records: Sequence[QuestionRecord]) -> dict[str, list[QuestionRecord]]:

@@ -19,7 +19,7 @@ from typing import Protocol, runtime_checkable
 from tqdm.auto import tqdm
 
 from litestage_chain.bench.methods import MethodPoint
-from litestage_chain.bench.pruning import DropRule, dropped_points, full_label
+from litestage_chain.bench.pruning import DropRule, Verdict, check_rule, dropped_points
 from litestage_chain.bench.records import (
     Outcome,
     QuestionRecord,
@@ -29,7 +29,6 @@ from litestage_chain.bench.records import (
 )
 from litestage_chain.data.types import Question
 from litestage_chain.errors import InvalidInputError, LiteStageError
-from litestage_chain.offline.paired_decision import PairedComparison
 
 
 @runtime_checkable
@@ -130,7 +129,7 @@ def check_run(
     points: Sequence[MethodPoint], questions: Sequence[Question], interleave: int, drop: DropRule | None = None
 ) -> None:
     """Raise `InvalidInputError` for an empty question or point list, duplicate question ids or point labels,
-    `interleave` < 1, or a drop rule without the full model to compare with (shared by the single-process loop and
+    `interleave` < 1, or a drop rule without the points it compares with (shared by the single-process loop and
     the distributed one, `litestage_chain.cluster.bench`)."""
     if not questions:
         raise InvalidInputError("no questions to benchmark")
@@ -147,7 +146,7 @@ def check_run(
     if repeated:
         raise InvalidInputError(f"duplicate method points: {repeated}")
     if drop is not None:
-        full_label(points)
+        check_rule(drop, points)
 
 
 def round_work(
@@ -177,9 +176,9 @@ class Pruner:
     ) -> None:
         self.rule, self.points, self.questions, self.keys, self.store = rule, points, questions, keys, store
         self.interleave = interleave
-        self.dropped: dict[str, PairedComparison] = {}
+        self.dropped: dict[str, Verdict] = {}
 
-    def update(self, bar: tqdm | None = None, *, scheduled: int = 0) -> dict[str, PairedComparison]:
+    def update(self, bar: tqdm | None = None, *, scheduled: int = 0) -> dict[str, Verdict]:
         """The dropped points now (a point once dropped stays dropped: its records only grow in flight).
 
         A newly dropped point's runs that will not happen are taken off `bar`'s total, so the bar ends at 100%:
@@ -206,17 +205,17 @@ def run_points(
     progress: bool = True,
     failures: dict[str, str] | None = None,
     drop: DropRule | None = None,
-    dropped: dict[str, PairedComparison] | None = None,
+    dropped: dict[str, Verdict] | None = None,
 ) -> list[QuestionRecord]:
     """Every (point, question) record, measuring only those missing from `store`; returns them point-major.
 
     A question the executor fails on (a `LiteStageError`) is skipped for every point, named in a warning and, with
     `failures`, reported there by id; the run goes on with the other questions. With `drop`, a point clearly worse
-    than the full model is not run in later rounds (`pruning.py`); with `dropped`, those points are reported there
+    than the full model (or clearly slower than the product point) is not run in later rounds (`pruning.py`); with `dropped`, those points are reported there
     with the comparison that dropped them. A dropped point's records cover the questions it ran on.
 
     Raises `InvalidInputError` for an empty question or point list, duplicate question ids or point labels,
-    `interleave` < 1, or `drop` without the full model among the points.
+    `interleave` < 1, or `drop` without the points it compares with.
     """
     check_run(points, questions, interleave, drop)
     identity = executor.identity

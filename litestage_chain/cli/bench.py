@@ -27,7 +27,7 @@ from litestage_chain.bench.methods import (
     parse_method,
     parse_sweep,
 )
-from litestage_chain.bench.pruning import DropRule
+from litestage_chain.bench.pruning import DropRule, SlowerRule, Verdict
 from litestage_chain.bench.rankings import adaskip_order, litestage_ranking
 from litestage_chain.bench.records import RECORDS_FILE, RecordStore
 from litestage_chain.bench.report import markdown_table
@@ -49,7 +49,6 @@ from litestage_chain.reasoning.shared_context import (
     resolve_context,
 )
 from litestage_chain.errors import InvalidInputError
-from litestage_chain.offline.paired_decision import PairedComparison
 from litestage_chain.offline.question_fit import fitting_questions
 from litestage_chain.reasoning.chain import DEFAULT_MAX_TOKENS
 
@@ -125,6 +124,12 @@ def add_bench_subcommand(subparsers: Any) -> None:
         "--drop-worse", type=float, metavar="POINTS",
         help="stop running a point once the lower end of its 95%% paired loss interval against the full model is "
              "above POINTS accuracy points (after 16 questions); default: every point runs to the end",
+    )
+    bench.add_argument(
+        "--drop-slower", type=float, metavar="FACTOR",
+        help="stop running a point once it took more than FACTOR times LiteStage's seconds in every round so far "
+             "(at least 2; never the full model's points): it cannot be faster at matched accuracy, and such "
+             "points are the dearest to run; default: every point runs to the end",
     )
     bench.add_argument("--no-progress", action="store_true", help="no progress bars")
     bench.add_argument("--no-plots", action="store_true", help="write the table only")
@@ -210,15 +215,22 @@ def _chosen_methods(args: argparse.Namespace, out: TextIO) -> list[str]:
     return methods
 
 
-def _drop_rule(points: float | None, methods: Sequence[str]) -> DropRule | None:
-    """`--drop-worse POINTS` as a rule (None when not given), checked before anything loads."""
-    if points is None:
+def _drop_rule(points: float | None, methods: Sequence[str], slower: float | None = None) -> DropRule | None:
+    """`--drop-worse POINTS` and `--drop-slower FACTOR` as one rule (None when neither is given), checked before
+    anything loads."""
+    if points is None and slower is None:
         return None
-    if not 0 <= points <= 100:
+    if points is not None and not 0 <= points <= 100:
         raise InvalidInputError(f"--drop-worse takes accuracy points from 0 to 100, got {points}")
-    if "full" not in methods:
+    if points is not None and "full" not in methods:
         raise InvalidInputError("--drop-worse compares every point with the full model: add 'full' to --methods")
-    return DropRule(margin=points / 100)
+    if slower is not None and not slower > 1:
+        raise InvalidInputError(f"--drop-slower takes a seconds ratio above 1 (e.g. 1.25), got {slower}")
+    if slower is not None and "litestage" not in methods:
+        raise InvalidInputError("--drop-slower compares every point's seconds with LiteStage's: add 'litestage' to "
+                                "--methods (with --profile)")
+    return DropRule(margin=None if points is None else points / 100,
+                    slower=None if slower is None else SlowerRule(factor=slower, than="litestage"))
 
 
 def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
@@ -236,7 +248,7 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
             raise InvalidInputError(f"{name} must be >= {low}, got {value}")
     methods = _chosen_methods(args, out)
     specs = [parse_method(m) for m in methods]  # (method, format or None)
-    drop = _drop_rule(args.drop_worse, methods)
+    drop = _drop_rule(args.drop_worse, methods, args.drop_slower)
     cluster = cluster_options(args, args.threads)  # checked before the model loads: a bad option fails at once
     questions = _load_questions(args)
 
@@ -309,7 +321,7 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
               f" runs already recorded in {args.out}{kept}\n")
     out.flush()
     failures: dict[str, str] = {}
-    dropped: dict[str, PairedComparison] = {}
+    dropped: dict[str, Verdict] = {}
     with maybe_pool(cluster, args.model, model.weights) as pool:
         if pool is None:
             run_points(executor, points, questions.questions, store, interleave=args.interleave, progress=progress,
