@@ -26,7 +26,8 @@ the dearest to run: in the first rounds of the StrategyQA dev run, eleven of 32 
 LiteStage's seconds, half the run's compute. The unit is the round (one batch per point at batch 8: its rows share
 the batch's prefill and decode steps), and "every round" is deliberately blunt: a point that is ever within FACTOR
 of LiteStage runs on to the end and gets its intervals, and identical work drifts only a few percent between the
-rounds of one run. Points of the full model (in any format) and the product point itself are never dropped.
+rounds of one run. Points of the full model (in any format), the product point and its ablations (``litestage-*``)
+are never dropped by it: they are what the others are measured against, not competitors.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ class SlowerComparison(BaseModel):
         return f"slower than {self.than} in every round: {shown} ({self.questions} questions)"
 
 
-Verdict = PairedComparison | SlowerComparison
+DropReason = PairedComparison | SlowerComparison
 """Why a point was dropped: its paired loss against the full model, or its seconds against the product point's."""
 
 
@@ -182,13 +183,18 @@ def first_slower(
     return None
 
 
+def exempt(label: str, method: str, rule: SlowerRule) -> bool:
+    """Whether the latency test spares a point: the full model (any format), the point it compares with, and the
+    product's ablations (``litestage-noexit``, ...), which explain LiteStage's time rather than compete with it."""
+    return label == rule.than or method == "full" or method.startswith("litestage")
+
+
 def dropped_in_records(
     rule: DropRule, records: Sequence[QuestionRecord], order: Sequence[str], interleave: int, reference: str = "full"
-) -> dict[str, Verdict]:
+) -> dict[str, DropReason]:
     """The points of a run's `records` that `rule` dropped, each with the comparison that dropped it (a replay).
 
-    A point both tests drop is reported with its loss. The full model's points (any format) and the latency
-    test's own reference are never dropped by the latency test."""
+    A point both tests drop is reported with its loss; the latency test spares the points `exempt` names."""
     by_point: dict[str, dict[str, QuestionRecord]] = {}
     methods: dict[str, str] = {}
     for record in records:
@@ -196,14 +202,14 @@ def dropped_in_records(
         methods[record.point] = record.method
     full = by_point.get(reference, {})
     slower = rule.slower
-    found: dict[str, Verdict] = {}
+    found: dict[str, DropReason] = {}
     for label, mine in by_point.items():
         if label == reference:
             continue
         worse = first_drop(rule, full, mine, order, interleave) if rule.margin is not None else None
         if worse is not None:
             found[label] = worse
-        elif slower is not None and label != slower.than and methods[label] != "full" and slower.than in by_point:
+        elif slower is not None and not exempt(label, methods[label], slower) and slower.than in by_point:
             verdict = first_slower(slower, by_point[slower.than], mine, order, interleave)
             if verdict is not None:
                 found[label] = verdict
@@ -227,7 +233,7 @@ def dropped_points(
     keys: Mapping[tuple[str, str], str],
     store: RecordStore,
     interleave: int,
-) -> dict[str, Verdict]:
+) -> dict[str, DropReason]:
     """The points `rule` drops given the records so far in `store`, each with the comparison that dropped it.
 
     `points` are those still running (the full model among them: it is never dropped); the latency test's

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,11 +21,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from litestage_chain.bench.pruning import DropRule, dropped_in_records, paired_loss
+from litestage_chain.bench.head_to_head import HeadToHead, head_to_head_table
+from litestage_chain.bench.pruning import DropReason, DropRule, dropped_in_records, paired_loss
 from litestage_chain.bench.records import QuestionRecord
 from litestage_chain.errors import InvalidInputError
 from litestage_chain.offline.paired_decision import PairedComparison
-from litestage_chain.offline.stats import wilson_interval
+from litestage_chain.offline.stats import speedup_interval, wilson_interval
 
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
@@ -148,29 +148,6 @@ def _ratio(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator > 0 else math.inf
 
 
-def speedup_interval(
-    base: Sequence[float], own: Sequence[float], *, resamples: int = 2000, seed: int = 0
-) -> tuple[float | None, float | None]:
-    """95% paired-bootstrap interval of mean(base) / mean(own) over the same questions (None below 2 questions).
-
-    Why: per-question times vary several-fold with the question (long or short reasoning) and a busy machine
-    adds its own noise, so a speedup of a few percent can be nothing. Questions are resampled as pairs, which keeps
-    what a question costs both methods together. Seeded: a report rebuilt from the same records is identical.
-    """
-    if len(base) != len(own):
-        raise InvalidInputError(f"paired times differ in length: {len(base)} and {len(own)}")
-    if len(base) < 2:
-        return None, None
-    generator = random.Random(seed)
-    n = len(base)
-    ratios = []
-    for _ in range(resamples):
-        picks = [generator.randrange(n) for _ in range(n)]
-        ratios.append(_ratio(sum(base[i] for i in picks), sum(own[i] for i in picks)))
-    ratios.sort()
-    return ratios[int(0.025 * (resamples - 1))], ratios[int(0.975 * (resamples - 1))]
-
-
 # ----------------------------------------------------------------------------------------- files
 
 
@@ -242,12 +219,14 @@ def write_report(
     points: Sequence[Mapping[str, Any]] = (),
     intro: str | None = None,
     against: Mapping[str, Sequence[PointSummary]] | None = None,
+    versus: Sequence[HeadToHead] = (),
 ) -> tuple[Path, Path]:
     """Write `results.json` (metadata, point definitions, table rows) and `results.md`; return both paths.
 
     `intro` replaces the markdown's default title (e.g. for a table combined from several runs). `against` maps
     the label of another full-model point (``full:separate``: `reference_points`) to the rows summarised against
-    it; each becomes a table of its own after the main one (and ``against`` in the JSON)."""
+    it; each becomes a table of its own after the main one (and ``against`` in the JSON). `versus` is LiteStage
+    against every point (`head_to_head`): a section after the main table (``head_to_head`` in the JSON)."""
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
     document = {
@@ -261,6 +240,8 @@ def write_report(
         document["against"] = {
             label: [row.model_dump(mode="json") for row in table] for label, table in against.items()
         }
+    if versus:
+        document["head_to_head"] = [row.model_dump(mode="json") for row in versus]
     json_path = folder / RESULTS_JSON
     json_path.write_text(json.dumps(document, indent=2, allow_nan=True) + "\n", encoding="utf-8")
     title = intro if intro is not None else (
@@ -283,7 +264,8 @@ def write_report(
     )
     per_stage = "\n## Per stage\n\nMean engine seconds per question in each stage (batched rows: each row's prefill and " \
         "decoding until it finished), and the questions whose stage ended by its early-exit rule.\n\n" + stage_table(rows)
-    md_path.write_text(title + notes + markdown_table(rows) + per_stage + others, encoding="utf-8")
+    compared = "\n" + head_to_head_table(versus) if versus else ""
+    md_path.write_text(title + notes + markdown_table(rows) + compared + per_stage + others, encoding="utf-8")
     return json_path, md_path
 
 
@@ -300,13 +282,19 @@ def drop_rule(meta: Mapping[str, Any]) -> DropRule | None:
 
 
 def run_drops(run: Mapping[str, Any], records: Sequence[QuestionRecord]) -> set[str]:
-    """The points of a run (its run.json) that its drop rule stopped, replayed from its records as the runner
-    decided them (`pruning.py`): the same answer before and after a resume, and no point that ran to the end."""
+    """The labels of the points a run's drop rule stopped (`run_drop_reasons`)."""
+    return set(run_drop_reasons(run, records))
+
+
+def run_drop_reasons(run: Mapping[str, Any], records: Sequence[QuestionRecord]) -> dict[str, DropReason]:
+    """The points of a run (its run.json) that its drop rule stopped, each with the comparison that stopped it,
+    replayed from its records as the runner decided them (`pruning.py`): the same answer before and after a resume,
+    and no point that ran to the end."""
     rule = drop_rule(run["meta"])
     if rule is None:
-        return set()
+        return {}
     interleave = int(run["meta"].get("interleave", 4))  # every run with a rule records it; 4 is the CLI's default
-    return set(dropped_in_records(rule, records, run["question_ids"], interleave))
+    return dropped_in_records(rule, records, run["question_ids"], interleave)
 
 
 def partial_run_note(rows: Sequence[PointSummary], planned: Any, drop: DropRule | None = None) -> str:

@@ -21,7 +21,14 @@ from litestage_chain.bench.records import (
     RecordStore,
     identity_hash,
 )
-from litestage_chain.bench.report import PointSummary, reference_points, run_drops, summarise, write_report
+from litestage_chain.bench.head_to_head import head_to_head, same_settings
+from litestage_chain.bench.report import (
+    PointSummary,
+    reference_points,
+    run_drop_reasons,
+    summarise,
+    write_report,
+)
 from litestage_chain.errors import InvalidInputError
 
 RUN_FILE = "run.json"
@@ -48,6 +55,43 @@ def write_run(
     return path
 
 
+def check_resumable(out_dir: str | Path, identity: str, meta: Mapping[str, Any]) -> None:
+    """Raise `InvalidInputError` when `out_dir` holds records of a run measured under another executor identity.
+
+    Why: a run resumes by its identity (model weights, kernel path, prompts, budgets, ...), and starting it in a
+    folder whose run.json names another identity would replace that run.json: the records measured so far would
+    stay in records.jsonl but no report could be rebuilt from them. The common cause is resuming on another kind of
+    machine (an int4 run measured with the AVX-512 VNNI kernels cannot be continued with the AVX2 ones: their sums
+    differ, so would the answers and the times). The error names what differs, where the run.json recorded it."""
+    path = Path(out_dir) / RUN_FILE
+    records = Path(out_dir) / RECORDS_FILE
+    if not path.is_file() or not records.is_file():
+        return
+    old = read_run(out_dir)
+    if old.get("identity") == identity_hash(identity):
+        return
+    theirs = sum(1 for record in RecordStore(records) if record.identity == old.get("identity"))
+    if not theirs:
+        return
+    recorded = old.get("meta", {})
+    differences = [
+        f"{key} {recorded.get(key, 'not recorded')!r} there, {meta.get(key)!r} here"
+        for key in sorted(set(meta) | set(recorded))
+        if key not in _VOLATILE_META and recorded.get(key, "not recorded") != meta.get(key)
+    ]
+    shown = "; ".join(differences) if differences else "settings the run.json does not record (prompts, stops)"
+    raise InvalidInputError(
+        f"{out_dir} holds {theirs} records of another run ({shown}): continuing here would replace its run.json. "
+        "Resume it with the same settings on the same kind of machine, or pass another --out (--new-run starts a "
+        "new run in this folder; the old records stay in records.jsonl)"
+    )
+
+
+_VOLATILE_META = frozenset({"calibration_ids", "ranking", "adaskip_ranking", "adaskip_norm_ratio", "workers",
+                            "ray_address", "methods", "drop_worse"})
+"""run.json fields that may differ on a resume without changing the identity (points and drop rules may change)."""
+
+
 def read_run(out_dir: str | Path) -> dict[str, Any]:
     path = Path(out_dir) / RUN_FILE
     if not path.is_file():
@@ -72,7 +116,9 @@ def run_records(out_dir: str | Path, run: Mapping[str, Any] | None = None) -> li
 
 
 def rebuild_report(out_dir: str | Path, *, plots: bool = True) -> tuple[list[PointSummary], list[Path]]:
-    """Summarise the run's records into results.json / results.md (and the PNG plots); return rows and files."""
+    """Summarise the run's records into results.json / results.md (and the PNG plots); return rows and files.
+
+    With a ``litestage`` point, the report also compares it with every other point (`head_to_head`)."""
     rows, _, files = rebuild_report_against(out_dir, plots=plots)
     return rows, files
 
@@ -85,11 +131,15 @@ def rebuild_report_against(
     records = run_records(out_dir, run)
     if not records:
         raise InvalidInputError(f"{out_dir} has no records of its run yet")
-    dropped = run_drops(run, records)
+    reasons = run_drop_reasons(run, records)
+    dropped = set(reasons)
     rows = summarise(records, dropped=dropped)
     against = {label: summarise(records, full_point=label, dropped=dropped) for label in reference_points(records)}
     meta = {**run["meta"], "identity": run["identity"], "question_ids": run["question_ids"]}
-    files = list(write_report(out_dir, rows, meta, run["points"], against=against))
+    interleave = int(run["meta"].get("interleave", 4))
+    versus = head_to_head(records, run["question_ids"], interleave, identical=same_settings(run["points"]),
+                          dropped=reasons)
+    files = list(write_report(out_dir, rows, meta, run["points"], against=against, versus=versus))
     if plots:
         files += write_plots(rows, out_dir, str(run["meta"].get("benchmark", "benchmark")))
     return rows, against, files

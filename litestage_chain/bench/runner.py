@@ -19,7 +19,7 @@ from typing import Protocol, runtime_checkable
 from tqdm.auto import tqdm
 
 from litestage_chain.bench.methods import MethodPoint
-from litestage_chain.bench.pruning import DropRule, Verdict, check_rule, dropped_points
+from litestage_chain.bench.pruning import DropReason, DropRule, check_rule, dropped_points
 from litestage_chain.bench.records import (
     Outcome,
     QuestionRecord,
@@ -176,9 +176,9 @@ class Pruner:
     ) -> None:
         self.rule, self.points, self.questions, self.keys, self.store = rule, points, questions, keys, store
         self.interleave = interleave
-        self.dropped: dict[str, Verdict] = {}
+        self.dropped: dict[str, DropReason] = {}
 
-    def update(self, bar: tqdm | None = None, *, scheduled: int = 0) -> dict[str, Verdict]:
+    def update(self, bar: tqdm | None = None, *, scheduled: int = 0) -> dict[str, DropReason]:
         """The dropped points now (a point once dropped stays dropped: its records only grow in flight).
 
         A newly dropped point's runs that will not happen are taken off `bar`'s total, so the bar ends at 100%:
@@ -205,7 +205,7 @@ def run_points(
     progress: bool = True,
     failures: dict[str, str] | None = None,
     drop: DropRule | None = None,
-    dropped: dict[str, Verdict] | None = None,
+    dropped: dict[str, DropReason] | None = None,
 ) -> list[QuestionRecord]:
     """Every (point, question) record, measuring only those missing from `store`; returns them point-major.
 

@@ -18,7 +18,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from litestage_chain.bench.methods import MethodPoint
-from litestage_chain.bench.pruning import DropRule, Verdict
+from litestage_chain.bench.pruning import DropReason, DropRule
 from litestage_chain.bench.records import QuestionRecord, RecordStore, record_key
 from litestage_chain.bench.runner import Pruner, check_run, records_of, round_work
 from litestage_chain.cluster.pool import WorkerPool
@@ -41,7 +41,7 @@ def run_points_on_workers(
     on_round: Callable[[WorkerInfo], None] | None = None,
     failures: dict[str, str] | None = None,
     drop: DropRule | None = None,
-    dropped: dict[str, Verdict] | None = None,
+    dropped: dict[str, DropReason] | None = None,
 ) -> list[QuestionRecord]:
     """Every (point, question) record, measuring only those missing from `store`; returns them point-major.
 

@@ -91,7 +91,7 @@ def test_markdown_table_has_one_row_per_point_with_ci_speedup_and_tokens() -> No
 
 
 def test_speedup_interval_is_a_paired_bootstrap_around_the_mean_ratio() -> None:
-    from litestage_chain.bench.report import speedup_interval
+    from litestage_chain.offline.stats import speedup_interval
 
     assert speedup_interval([2.0, 4.0, 6.0], [1.0, 2.0, 3.0]) == (2.0, 2.0)  # every pair 2x: no spread
     low, high = speedup_interval([10.0, 1.0, 5.0, 7.0, 2.0, 9.0], [9.0, 1.5, 5.0, 4.0, 2.5, 10.0])
