@@ -27,11 +27,11 @@ from litestage_chain.bench.methods import (
     parse_method,
     parse_sweep,
 )
-from litestage_chain.bench.pruning import DropRule, SlowerRule, Verdict
+from litestage_chain.bench.pruning import DropReason, DropRule, SlowerRule
 from litestage_chain.bench.rankings import adaskip_order, litestage_ranking
 from litestage_chain.bench.records import RECORDS_FILE, RecordStore
 from litestage_chain.bench.report import markdown_table
-from litestage_chain.bench.results import rebuild_report_against, write_run
+from litestage_chain.bench.results import check_resumable, rebuild_report_against, write_run
 from litestage_chain.bench.runner import recorded_count, run_points
 from litestage_chain.budgets.profile import Profile
 from litestage_chain.budgets.stages import CONTEXT_FORMATS, check_stage
@@ -41,6 +41,7 @@ from litestage_chain.data import load_benchmark, load_jsonl, seeded_slice
 from litestage_chain.data.benchmarks import resolve_data_dir
 from litestage_chain.engine.early_exit import EarlyExitConfig
 from litestage_chain.engine.loading import load_model
+from litestage_chain.engine.quant.formats import kernel_path
 from litestage_chain.engine.weight_formats import WEIGHT_CHOICES
 from litestage_chain.reasoning.shared_context import (
     MEASURED_CONTEXT,
@@ -131,6 +132,9 @@ def add_bench_subcommand(subparsers: Any) -> None:
              "(at least 2; never the full model's points): it cannot be faster at matched accuracy, and such "
              "points are the dearest to run; default: every point runs to the end",
     )
+    bench.add_argument("--new-run", action="store_true",
+                       help="start this run in --out even though the folder holds another run's records (other "
+                            "weights, kernel path or settings): its run.json and report then describe this run")
     bench.add_argument("--no-progress", action="store_true", help="no progress bars")
     bench.add_argument("--no-plots", action="store_true", help="write the table only")
     bench.add_argument("--report-only", action="store_true",
@@ -311,7 +315,10 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
         "calibration_ids": [q.id for q in calibration], "ranking": [list(s) for s in ranking],
         "adaskip_ranking": [list(s) for s in adaskip] if adaskip else None,
         "adaskip_norm_ratio": adaskip_calibration.norm_ratio if adaskip_calibration else None,
+        "kernel": kernel_path(model.weights),
     }
+    if not args.new_run:
+        check_resumable(args.out, executor.identity, meta)
     write_run(args.out, meta, points, executor.identity, [q.id for q in questions])
     store = RecordStore(Path(args.out) / RECORDS_FILE)
     done = recorded_count(points, questions.questions, executor.identity, store)
@@ -321,7 +328,7 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
               f" runs already recorded in {args.out}{kept}\n")
     out.flush()
     failures: dict[str, str] = {}
-    dropped: dict[str, Verdict] = {}
+    dropped: dict[str, DropReason] = {}
     with maybe_pool(cluster, args.model, model.weights) as pool:
         if pool is None:
             run_points(executor, points, questions.questions, store, interleave=args.interleave, progress=progress,
