@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from litestage_chain.bench.head_to_head import head_to_head, same_settings
 from litestage_chain.bench.methods import MethodPoint
 from litestage_chain.bench.plots import write_plots
 from litestage_chain.bench.records import (
@@ -21,7 +22,6 @@ from litestage_chain.bench.records import (
     RecordStore,
     identity_hash,
 )
-from litestage_chain.bench.head_to_head import head_to_head, same_settings
 from litestage_chain.bench.report import (
     PointSummary,
     reference_points,
@@ -29,6 +29,7 @@ from litestage_chain.bench.report import (
     summarise,
     write_report,
 )
+from litestage_chain.cache_files import atomic_write_text
 from litestage_chain.errors import InvalidInputError
 
 RUN_FILE = "run.json"
@@ -51,45 +52,50 @@ def write_run(
         "points": [{"label": p.label, "key": p.key(), **p.payload()} for p in points],
     }
     path = folder / RUN_FILE
-    path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(path, json.dumps(document, indent=2) + "\n")  # a killed write leaves the old one whole
     return path
 
 
-def check_resumable(out_dir: str | Path, identity: str, meta: Mapping[str, Any]) -> None:
-    """Raise `InvalidInputError` when `out_dir` holds records of a run measured under another executor identity.
+def check_resumable(out_dir: str | Path, identity: str, settings: Mapping[str, Any]) -> None:
+    """Raise `InvalidInputError` when continuing in `out_dir` would orphan the records of the run it holds.
 
-    Why: a run resumes by its identity (model weights, kernel path, prompts, budgets, ...), and starting it in a
-    folder whose run.json names another identity would replace that run.json: the records measured so far would
-    stay in records.jsonl but no report could be rebuilt from them. The common cause is resuming on another kind of
-    machine (an int4 run measured with the AVX-512 VNNI kernels cannot be continued with the AVX2 ones: their sums
-    differ, so would the answers and the times). The error names what differs, where the run.json recorded it."""
-    path = Path(out_dir) / RUN_FILE
+    Why: a run resumes by its identity (model weights, kernel path, prompts, budgets, ...), and starting a run with
+    another identity in the folder replaces its run.json: the records measured so far stay in records.jsonl, but no
+    report can be rebuilt from them. The common cause is resuming on another kind of machine (an int4 run measured
+    with the AVX-512 VNNI kernels cannot be continued with the AVX2 ones: their sums differ, so would the answers and
+    times). A resume with another round size (`interleave`) is refused too: the drop rules and the report replay the
+    records round by round. `settings` are the run.json fields that describe the identity and the rounds; the error
+    names those that differ. A folder whose run.json cannot be read is refused only when it holds other records."""
     records = Path(out_dir) / RECORDS_FILE
-    if not path.is_file() or not records.is_file():
+    if not records.is_file():
         return
-    old = read_run(out_dir)
-    if old.get("identity") == identity_hash(identity):
+    mine = identity_hash(identity)
+    try:
+        old: Any = read_run(out_dir)
+    except InvalidInputError:
+        old = None
+    store = RecordStore(records)
+    if not isinstance(old, dict) or not isinstance(old.get("meta"), dict):
+        others = sum(1 for record in store if record.identity != mine)
+        if others:
+            raise InvalidInputError(
+                f"{out_dir} holds {others} records of another run and its {RUN_FILE} is missing or unreadable: "
+                "continuing here would leave them without a run definition. Pass another --out, or --new-run to "
+                "start this run in the folder anyway (the old records stay in records.jsonl)")
         return
-    theirs = sum(1 for record in RecordStore(records) if record.identity == old.get("identity"))
-    if not theirs:
+    theirs = sum(1 for record in store if record.identity == old.get("identity"))
+    recorded = old["meta"]
+    same_rounds = recorded.get("interleave", settings.get("interleave")) == settings.get("interleave")
+    if not theirs or (old.get("identity") == mine and same_rounds):
         return
-    recorded = old.get("meta", {})
-    differences = [
-        f"{key} {recorded.get(key, 'not recorded')!r} there, {meta.get(key)!r} here"
-        for key in sorted(set(meta) | set(recorded))
-        if key not in _VOLATILE_META and recorded.get(key, "not recorded") != meta.get(key)
-    ]
+    differences = [f"{key} {recorded.get(key, 'not recorded')!r} there, {value!r} here"
+                   for key, value in settings.items() if recorded.get(key, "not recorded") != value]
     shown = "; ".join(differences) if differences else "settings the run.json does not record (prompts, stops)"
     raise InvalidInputError(
         f"{out_dir} holds {theirs} records of another run ({shown}): continuing here would replace its run.json. "
         "Resume it with the same settings on the same kind of machine, or pass another --out (--new-run starts a "
         "new run in this folder; the old records stay in records.jsonl)"
     )
-
-
-_VOLATILE_META = frozenset({"calibration_ids", "ranking", "adaskip_ranking", "adaskip_norm_ratio", "workers",
-                            "ray_address", "methods", "drop_worse"})
-"""run.json fields that may differ on a resume without changing the identity (points and drop rules may change)."""
 
 
 def read_run(out_dir: str | Path) -> dict[str, Any]:

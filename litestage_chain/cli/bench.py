@@ -129,7 +129,8 @@ def add_bench_subcommand(subparsers: Any) -> None:
     bench.add_argument(
         "--drop-slower", type=float, metavar="FACTOR",
         help="stop running a point once it took more than FACTOR times LiteStage's seconds in every round so far "
-             "(at least 2; never the full model's points): it cannot be faster at matched accuracy, and such "
+             "(at least 2; never the full model's points, LiteStage's or its ablations'): it cannot be faster at "
+             "matched accuracy, and such "
              "points are the dearest to run; default: every point runs to the end",
     )
     bench.add_argument("--new-run", action="store_true",
@@ -277,6 +278,14 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
                     batch_size=args.batch_size, reuse_outputs=not args.no_reuse, progress=False,
                     context=args.context)  # one bar: the runner's
     executor = ChainExecutor(model, **settings)
+    recorded = {  # what run.json records of the executor identity (and the rounds), checked before any calibration
+        "model": model.name, "weights_sha256": model.weights_sha256, "weights": model.weights,
+        "kernel": kernel_path(model.weights), "max_tokens": executor.base.max_tokens, "shots": args.shots,
+        "fallback": not args.no_fallback, "batch_size": args.batch_size, "reuse_outputs": not args.no_reuse,
+        "interleave": args.interleave,
+    }
+    if not args.new_run:
+        check_resumable(args.out, executor.identity, recorded)
     fitting, skipped = fitting_questions(executor.base, questions.questions)
     for qid, reason in skipped.items():
         out.write(f"skipping question {qid}: {reason}\n")
@@ -305,20 +314,14 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
         out.write("warning: points run in the continued format while stage outputs are reused (no --no-reuse): a "
                   "summary continuing a reused analysis prefills its turn again, so its seconds are too high\n")
     meta = {
-        "benchmark": args.benchmark, "split": questions.split, "questions": len(questions),
-        "fingerprint": questions.fingerprint, "seed": args.seed, "model": model.name,
-        "weights_sha256": model.weights_sha256, "weights": model.weights, "profile": args.profile, "methods": methods,
-        "max_tokens": executor.base.max_tokens, "shots": args.shots, "fallback": not args.no_fallback,
-        "batch_size": args.batch_size, "interleave": args.interleave, "threads": args.threads, "reuse_outputs": not args.no_reuse,
-        "early_exit": early_exit.model_dump(), "drop_worse": drop.model_dump() if drop else None,
+        **recorded, "benchmark": args.benchmark, "split": questions.split, "questions": len(questions),
+        "fingerprint": questions.fingerprint, "seed": args.seed, "profile": args.profile, "methods": methods,
+        "threads": args.threads, "early_exit": early_exit.model_dump(), "drop_worse": drop.model_dump() if drop else None,
         "workers": cluster.workers if cluster else None, "ray_address": cluster.address if cluster else None,
         "calibration_ids": [q.id for q in calibration], "ranking": [list(s) for s in ranking],
         "adaskip_ranking": [list(s) for s in adaskip] if adaskip else None,
         "adaskip_norm_ratio": adaskip_calibration.norm_ratio if adaskip_calibration else None,
-        "kernel": kernel_path(model.weights),
     }
-    if not args.new_run:
-        check_resumable(args.out, executor.identity, meta)
     write_run(args.out, meta, points, executor.identity, [q.id for q in questions])
     store = RecordStore(Path(args.out) / RECORDS_FILE)
     done = recorded_count(points, questions.questions, executor.identity, store)
